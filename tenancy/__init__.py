@@ -1,0 +1,62 @@
+"""Database-per-tenant multi-tenancy for Django.
+
+Public API::
+
+    from tenancy import tenant_context, current_tenant, require_tenant
+
+    with tenant_context("acme"):
+        Project.objects.all()     # acme's database
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tenancy.context import current_tenant, require_tenant, tenant_context
+from tenancy.exceptions import (
+    CrossTenantError,
+    NoTenantError,
+    TenancyError,
+    TenantNotFound,
+    TenantServerError,
+    TenantUnavailable,
+)
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from tenancy.models import AbstractTenant
+
+__all__ = [
+    "CrossTenantError",
+    "NoTenantError",
+    "TenancyError",
+    "TenantNotFound",
+    "TenantServerError",
+    "TenantUnavailable",
+    "current_tenant",
+    "get_tenant_model",
+    "require_tenant",
+    "tenant_connection",
+    "tenant_context",
+]
+
+
+def get_tenant_model() -> type[AbstractTenant]:
+    """The tenant model in use (``settings.TENANCY_TENANT_MODEL``)."""
+    from tenancy.models import get_tenant_model
+
+    return get_tenant_model()
+
+
+def tenant_connection() -> BaseDatabaseWrapper:
+    """The connection to the current tenant's database, for raw SQL.
+
+    Raises ``NoTenantError`` when no tenant is active::
+
+        with tenant_context("acme"), tenant_connection().cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM app_project")
+    """
+    from tenancy.connections import tenant_connection
+
+    return tenant_connection()

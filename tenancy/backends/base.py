@@ -1,0 +1,30 @@
+"""The operations tenancy needs from a database server, one class per vendor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DatabaseServer:
+    """A configured server (an entry of TENANCY['SERVERS']) that holds tenant databases.
+
+    ``name`` arguments are validated database names (``tenancy.validators``).
+    """
+
+    def __init__(self, name: str, template: dict[str, Any]) -> None:
+        self.name = name
+        self.template = template
+
+    def database_exists(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def create_database(self, name: str) -> bool:
+        """Create the database; ``False`` (no error) when it exists already."""
+        raise NotImplementedError
+
+    def drop_database(self, name: str) -> bool:
+        """Drop the database, ending other sessions on it; ``False`` if it did not exist."""
+        raise NotImplementedError
+
+    def list_databases(self) -> list[str]:
+        raise NotImplementedError

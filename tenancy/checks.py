@@ -1,0 +1,99 @@
+"""System checks: what can be found wrong at start-up is reported there, with a fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model
+
+from tenancy.conf import tenancy_settings
+
+ROUTER = "tenancy.routers.TenantRouter"
+
+
+@checks.register(checks.Tags.database, deploy=False)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    try:
+        tenancy_settings.validate()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="tenancy.E001")]
+    if ROUTER not in getattr(settings, "DATABASE_ROUTERS", []):
+        errors.append(
+            checks.Error(
+                f"{ROUTER} is not in DATABASE_ROUTERS, so tenant apps would use the "
+                "default database.",
+                hint=f"Add {ROUTER!r} to DATABASE_ROUTERS (after routers of your own).",
+                id="tenancy.E002",
+            )
+        )
+    for name, server in tenancy_settings.SERVERS.items():
+        if server.get("OPTIONS", {}).get("pool"):
+            errors.append(
+                checks.Warning(
+                    f"TENANCY['SERVERS'][{name!r}] enables psycopg pooling: Django keeps one "
+                    "pool per alias, so every tenant gets pools of its own (min_size "
+                    "connections and threads each).",
+                    hint="Remove OPTIONS['pool'] from tenant servers; use PgBouncer in "
+                    "front of the server to share connections between tenants.",
+                    id="tenancy.W001",
+                )
+            )
+    return errors
+
+
+@checks.register(checks.Tags.models)
+def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        tenancy_settings.validate()
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    return check_relations(apps.get_models())
+
+
+def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
+    """Report relations between tenant and shared models: they would cross databases."""
+    labels = tenancy_settings.tenant_app_labels
+    messages: list[checks.CheckMessage] = []
+    for model in models:
+        model_is_tenant = model._meta.app_label in labels
+        for field in model._meta.get_fields(include_hidden=False):
+            if not (field.is_relation and (field.concrete or field.many_to_many)):
+                continue
+            if field.auto_created or not isinstance(field.related_model, type):
+                continue
+            related = field.related_model
+            if (related._meta.app_label in labels) == model_is_tenant:
+                continue
+            if model_is_tenant:
+                messages.append(
+                    checks.Error(
+                        f"{model._meta.label}.{field.name} relates tenant model "
+                        f"{model._meta.label} to shared model {related._meta.label}, which "
+                        "lives in the default database: the constraint cannot be created "
+                        "and joins across databases are impossible.",
+                        hint=f"Store the {related._meta.label} primary key in a plain field "
+                        f"(e.g. {field.name}_id = models.BigIntegerField(db_index=True)) and "
+                        "fetch it with a separate query.",
+                        obj=field,
+                        id="tenancy.E003",
+                    )
+                )
+            else:
+                messages.append(
+                    checks.Error(
+                        f"{model._meta.label}.{field.name} relates shared model "
+                        f"{model._meta.label} to tenant model {related._meta.label}, which "
+                        "lives in every tenant's database, not the default one.",
+                        hint="Store the tenant object's primary key (and the tenant) in plain "
+                        "fields, or move the model into a tenant app.",
+                        obj=field,
+                        id="tenancy.E004",
+                    )
+                )
+    return messages

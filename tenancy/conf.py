@@ -1,0 +1,256 @@
+"""The ``TENANCY`` setting, read through one object with defaults and validation.
+
+Every value is validated on first use and cached; ``setting_changed`` (for example
+``override_settings(TENANCY=...)``) clears the cache. Errors are ``ImproperlyConfigured``
+and name the key to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import DEFAULT_DB_ALIAS
+from django.db.utils import load_backend
+
+from tenancy.validators import validate_database_name, validate_hostname
+
+TENANT_MODEL_SETTING = "TENANCY_TENANT_MODEL"
+DEFAULT_TENANT_MODEL = "tenancy.Tenant"
+
+SUPPORTED_VENDORS = ("postgresql", "sqlite")
+
+# Keys of a server entry that tenancy reads itself; they never reach Django.
+SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB")
+
+DEFAULTS: dict[str, Any] = {
+    # Apps (labels or dotted names) whose tables live in every tenant database.
+    "TENANT_APPS": (),
+    # Named connection templates, everything but the database name. When unset, one
+    # server named "default" is derived from DATABASES["default"].
+    "SERVERS": None,
+    "DEFAULT_SERVER": "default",
+    # How a tenant's database is named; "-" in slugs becomes "_".
+    "DATABASE_NAME": "tenant_{slug}",
+    # "host", "subdomain", "header", "path", or the dotted path of a resolver class or
+    # of a callable taking the request.
+    "RESOLVER": "host",
+    "BASE_DOMAIN": "",
+    "PUBLIC_HOSTS": (),
+    "HEADER": "X-Tenant",
+    "PATH_PREFIX": "/t/",
+    "MAX_OPEN_CONNECTIONS": 100,
+}
+
+
+def _error(key: str, message: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"TENANCY[{key!r}] {message}")
+
+
+class TenancySettings:
+    """Validated view of ``settings.TENANCY``."""
+
+    @cached_property
+    def _raw(self) -> Mapping[str, Any]:
+        raw = getattr(settings, "TENANCY", {})
+        if not isinstance(raw, Mapping):
+            raise ImproperlyConfigured("TENANCY must be a dict.")
+        unknown = sorted(set(raw) - set(DEFAULTS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"TENANCY has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"known keys are {', '.join(sorted(DEFAULTS))}."
+            )
+        return {**DEFAULTS, **raw}
+
+    def reset(self) -> None:
+        self.__dict__.clear()
+
+    @cached_property
+    def TENANT_APPS(self) -> tuple[str, ...]:
+        value = self._raw["TENANT_APPS"]
+        if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            raise _error("TENANT_APPS", "must be a list of app labels or dotted app names.")
+        return tuple(value)
+
+    @cached_property
+    def tenant_app_labels(self) -> frozenset[str]:
+        """Labels of the tenant apps; needs the app registry to be ready."""
+        by_name = {config.name: config.label for config in apps.get_app_configs()}
+        labels = set()
+        for entry in self.TENANT_APPS:
+            if entry in by_name:
+                labels.add(by_name[entry])
+            elif apps.is_installed(entry) or entry in by_name.values():
+                labels.add(entry)
+            else:
+                raise _error(
+                    "TENANT_APPS",
+                    f"names {entry!r}, which is not an installed app; add it to "
+                    "INSTALLED_APPS or remove it from TENANT_APPS.",
+                )
+        return frozenset(labels)
+
+    @cached_property
+    def SERVERS(self) -> dict[str, dict[str, Any]]:
+        value = self._raw["SERVERS"]
+        if value is None:
+            value = {"default": _server_from_default_database()}
+        if not isinstance(value, Mapping) or not value:
+            raise _error("SERVERS", "must be a non-empty dict of server name -> settings.")
+        return {name: _validated_server(name, template) for name, template in value.items()}
+
+    @cached_property
+    def DEFAULT_SERVER(self) -> str:
+        value = self._raw["DEFAULT_SERVER"]
+        if value not in self.SERVERS:
+            raise _error(
+                "DEFAULT_SERVER",
+                f"is {value!r}, which is not in TENANCY['SERVERS'] "
+                f"({', '.join(map(repr, self.SERVERS))}).",
+            )
+        return str(value)
+
+    @cached_property
+    def DATABASE_NAME(self) -> str:
+        value = self._raw["DATABASE_NAME"]
+        if not isinstance(value, str) or "{slug}" not in value:
+            raise _error("DATABASE_NAME", "must be a string containing '{slug}'.")
+        try:
+            validate_database_name(value.format(slug="x"))
+        except (KeyError, IndexError, ValueError, ValidationError) as exc:
+            raise _error(
+                "DATABASE_NAME",
+                f"({value!r}) must give a valid database name: lowercase letters, digits and "
+                f"underscores besides '{{slug}}' ({exc}).",
+            ) from exc
+        return value
+
+    @cached_property
+    def RESOLVER(self) -> Any:
+        value = self._raw["RESOLVER"]
+        if not (isinstance(value, str) and value) and not callable(value):
+            raise _error("RESOLVER", "must be a resolver name, a dotted path or a callable.")
+        return value
+
+    @cached_property
+    def BASE_DOMAIN(self) -> str:
+        value = self._raw["BASE_DOMAIN"]
+        if value:
+            _validate_host("BASE_DOMAIN", value)
+        return str(value or "")
+
+    @cached_property
+    def PUBLIC_HOSTS(self) -> frozenset[str]:
+        value = self._raw["PUBLIC_HOSTS"]
+        if isinstance(value, str):
+            raise _error("PUBLIC_HOSTS", "must be a list of hostnames, not a string.")
+        for host in value:
+            _validate_host("PUBLIC_HOSTS", host)
+        return frozenset(value)
+
+    @cached_property
+    def HEADER(self) -> str:
+        value = self._raw["HEADER"]
+        if not isinstance(value, str) or not value.replace("-", "").isalnum():
+            raise _error("HEADER", "must be an HTTP header name such as 'X-Tenant'.")
+        return value
+
+    @cached_property
+    def PATH_PREFIX(self) -> str:
+        value = self._raw["PATH_PREFIX"]
+        if not isinstance(value, str) or not value.startswith("/") or not value.endswith("/"):
+            raise _error("PATH_PREFIX", "must start and end with '/', e.g. '/t/'.")
+        return value
+
+    @cached_property
+    def MAX_OPEN_CONNECTIONS(self) -> int:
+        value = self._raw["MAX_OPEN_CONNECTIONS"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _error("MAX_OPEN_CONNECTIONS", "must be a positive integer.")
+        return value
+
+    def validate(self) -> None:
+        """Read every value, so that any error is raised now (used by the system check)."""
+        for key in DEFAULTS:
+            getattr(self, key)
+        self.tenant_app_labels  # noqa: B018
+
+    def server(self, name: str) -> dict[str, Any]:
+        """The validated template of server ``name``; KeyError if it is not configured."""
+        return self.SERVERS[name]
+
+    def database_name_for(self, slug: str) -> str:
+        return self.DATABASE_NAME.format(slug=slug.replace("-", "_"))
+
+
+def server_vendor(template: Mapping[str, Any]) -> str:
+    vendor: str = load_backend(template["ENGINE"]).DatabaseWrapper.vendor
+    return vendor
+
+
+def _validate_host(key: str, value: object) -> None:
+    try:
+        validate_hostname(value)
+    except ValidationError as exc:
+        raise _error(key, f"contains an invalid hostname: {exc.messages[0]}") from exc
+
+
+def _validated_server(name: object, template: object) -> dict[str, Any]:
+    key = f"SERVERS'][{name!r}"
+    if not isinstance(name, str) or not name:
+        raise _error("SERVERS", "keys must be non-empty strings.")
+    if not isinstance(template, Mapping) or not template.get("ENGINE"):
+        raise _error(key, "must be a dict of connection settings with an ENGINE.")
+    try:
+        vendor = server_vendor(template)
+    except ImproperlyConfigured as exc:
+        raise _error(key, f"has an ENGINE that cannot be loaded: {exc}") from exc
+    if vendor not in SUPPORTED_VENDORS:
+        raise _error(
+            key, f"uses a {vendor} backend; tenancy supports {', '.join(SUPPORTED_VENDORS)}."
+        )
+    if "NAME" in template:
+        raise _error(
+            key,
+            "must not set NAME: each tenant's database name comes from "
+            "TENANCY['DATABASE_NAME'] (a SQLite server sets DIRECTORY instead).",
+        )
+    if template.get("ATOMIC_REQUESTS"):
+        raise _error(
+            key,
+            "must not set ATOMIC_REQUESTS: Django would open every tenant's database on "
+            "every request.",
+        )
+    server = copy.deepcopy(dict(template))
+    if vendor == "sqlite":
+        if not template.get("DIRECTORY"):
+            raise _error(key, "is a SQLite server and needs DIRECTORY, where tenant files live.")
+        server["DIRECTORY"] = Path(template["DIRECTORY"])
+    return server
+
+
+def _server_from_default_database() -> dict[str, Any]:
+    default = dict(settings.DATABASES.get(DEFAULT_DB_ALIAS, {}))
+    engine = default.get("ENGINE", "")
+    if engine and server_vendor(default) == "sqlite":
+        name = str(default.get("NAME", ""))
+        if not name or name == ":memory:" or name.startswith("file:"):
+            raise _error(
+                "SERVERS",
+                "is not set and the default database is an in-memory SQLite database; "
+                "set TENANCY['SERVERS'] to say where tenant databases live.",
+            )
+        return {"ENGINE": engine, "DIRECTORY": Path(name).parent / "tenants"}
+    for key in ("NAME", "TEST", "ATOMIC_REQUESTS"):
+        default.pop(key, None)
+    return default
+
+
+tenancy_settings = TenancySettings()

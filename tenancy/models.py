@@ -1,0 +1,219 @@
+"""The tenant registry in the main database: tenants and the hostnames that reach them.
+
+Projects that need more fields on the tenant subclass ``AbstractTenant`` and point the
+``TENANCY_TENANT_MODEL`` setting at their model, the way ``AUTH_USER_MODEL`` works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils.translation import gettext_lazy as _
+
+from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
+from tenancy.validators import (
+    DATABASE_NAME_MAX_LENGTH,
+    HOSTNAME_MAX_LENGTH,
+    SLUG_MAX_LENGTH,
+    validate_database_name,
+    validate_hostname,
+    validate_slug,
+)
+
+
+class TenantStatus(models.TextChoices):
+    PROVISIONING = "provisioning", _("provisioning")
+    ACTIVE = "active", _("active")
+    SUSPENDED = "suspended", _("suspended")
+    FAILED = "failed", _("failed")
+    DELETING = "deleting", _("deleting")
+
+
+def default_server() -> str:
+    return tenancy_settings.DEFAULT_SERVER
+
+
+class AbstractTenant(models.Model):
+    """A customer with a database of its own on one of the configured servers."""
+
+    slug = models.CharField(
+        _("slug"),
+        max_length=SLUG_MAX_LENGTH,
+        unique=True,
+        validators=[validate_slug],
+        help_text=_("Lowercase letters, digits and hyphens. Cannot be changed later."),
+    )
+    name = models.CharField(_("name"), max_length=200)
+    status = models.CharField(
+        _("status"),
+        max_length=16,
+        choices=TenantStatus.choices,
+        default=TenantStatus.PROVISIONING,
+    )
+    server = models.CharField(
+        _("server"),
+        max_length=63,
+        default=default_server,
+        help_text=_("A key of TENANCY['SERVERS'] in the settings."),
+    )
+    database_name = models.CharField(
+        _("database name"),
+        max_length=DATABASE_NAME_MAX_LENGTH,
+        blank=True,
+        validators=[validate_database_name],
+        help_text=_("Derived from the slug when left blank."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    Status: ClassVar[type[TenantStatus]] = TenantStatus
+
+    class Meta:
+        abstract = True
+        ordering = ["slug"]
+        verbose_name = _("tenant")
+        verbose_name_plural = _("tenants")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["server", "database_name"],
+                name="%(app_label)s_%(class)s_unique_database",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # save() validates too: slugs and database names end up in SQL identifiers,
+        # file paths and connection aliases, and are never trusted to the caller.
+        self._fill_database_name()
+        errors = {}
+        for field, validate in (
+            ("slug", validate_slug),
+            ("database_name", validate_database_name),
+        ):
+            try:
+                validate(getattr(self, field))
+            except ValidationError as exc:
+                errors[field] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        self._check_identity()
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        self._fill_database_name()
+        self._check_identity()
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == TenantStatus.ACTIVE
+
+    def _stored_slug(self) -> str | None:
+        if self._state.adding or self.pk is None:
+            return None
+        manager = type(self)._default_manager.db_manager(self._state.db)
+        slug: str | None = manager.filter(pk=self.pk).values_list("slug", flat=True).first()
+        return slug
+
+    def _fill_database_name(self) -> None:
+        if not self.database_name and isinstance(self.slug, str) and self.slug:
+            self.database_name = tenancy_settings.database_name_for(self.slug)
+
+    def _check_identity(self) -> None:
+        stored_slug = self._stored_slug()
+        if stored_slug is not None and self.slug != stored_slug:
+            raise ValidationError(
+                {
+                    "slug": _(
+                        "The slug of tenant %(old)r cannot be changed: it names the tenant's "
+                        "database and connection. Create a new tenant instead."
+                    )
+                    % {"old": stored_slug}
+                }
+            )
+        if self.server not in tenancy_settings.SERVERS:
+            raise ValidationError(
+                {
+                    "server": _(
+                        "Server %(server)r is not configured; choose one of "
+                        "TENANCY['SERVERS']: %(servers)s."
+                    )
+                    % {
+                        "server": self.server,
+                        "servers": ", ".join(sorted(tenancy_settings.SERVERS)),
+                    }
+                }
+            )
+
+
+class Tenant(AbstractTenant):
+    class Meta(AbstractTenant.Meta):
+        swappable = TENANT_MODEL_SETTING
+
+
+class Domain(models.Model):
+    """A hostname that reaches a tenant; each tenant has at most one primary domain."""
+
+    domain = models.CharField(
+        _("domain"),
+        max_length=HOSTNAME_MAX_LENGTH,
+        unique=True,
+        validators=[validate_hostname],
+        help_text=_("A hostname without port, e.g. acme.example.com."),
+    )
+    tenant = models.ForeignKey(
+        getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL),
+        on_delete=models.CASCADE,
+        related_name="domains",
+        verbose_name=_("tenant"),
+    )
+    is_primary = models.BooleanField(_("primary"), default=False)
+
+    class Meta:
+        ordering = ["domain"]
+        verbose_name = _("domain")
+        verbose_name_plural = _("domains")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(is_primary=True),
+                name="tenancy_domain_one_primary_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.domain
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(self.domain, str):
+            self.domain = self.domain.lower()
+        try:
+            validate_hostname(self.domain)
+        except ValidationError as exc:
+            raise ValidationError({"domain": exc}) from None
+        super().save(*args, **kwargs)
+
+
+def get_tenant_model() -> type[AbstractTenant]:
+    """The tenant model in use: ``settings.TENANCY_TENANT_MODEL`` or ``tenancy.Tenant``."""
+    label = getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL)
+    try:
+        model = apps.get_model(label, require_ready=False)
+    except (ValueError, LookupError) as exc:
+        raise ImproperlyConfigured(
+            f"{TENANT_MODEL_SETTING} refers to {label!r}, which is not an installed model "
+            "('app_label.ModelName')."
+        ) from exc
+    if not issubclass(model, AbstractTenant):
+        raise ImproperlyConfigured(
+            f"{TENANT_MODEL_SETTING} refers to {label!r}, which does not subclass "
+            "tenancy.models.AbstractTenant."
+        )
+    return model

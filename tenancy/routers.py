@@ -1,0 +1,76 @@
+"""The database router: tenant apps to the current tenant's database, the rest to default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS
+from django.db.models import Model
+
+from tenancy.conf import tenancy_settings
+from tenancy.connections import alias_for, is_tenant_alias
+from tenancy.context import current_tenant
+from tenancy.exceptions import CrossTenantError, NoTenantError
+
+
+def is_tenant_model(model: type[Model]) -> bool:
+    return model._meta.app_label in tenancy_settings.tenant_app_labels
+
+
+class TenantRouter:
+    """Route tenant-app models to the current tenant; fail closed without one.
+
+    Add it to ``DATABASE_ROUTERS``; put routers of your own for other databases before it.
+    """
+
+    def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
+        return self._route(model, hints)
+
+    def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
+        return self._route(model, hints)
+
+    def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
+        instance = hints.get("instance")
+        instance_db = getattr(getattr(instance, "_state", None), "db", None)
+        if not is_tenant_model(model):
+            # Django would otherwise follow the instance into its tenant database, e.g.
+            # for `task.owner` where owner is a shared model.
+            if instance_db is not None and is_tenant_alias(instance_db):
+                return DEFAULT_DB_ALIAS
+            return None
+        tenant = current_tenant()
+        if tenant is None:
+            raise NoTenantError.for_model(model)
+        alias = alias_for(tenant)
+        if (
+            instance is not None
+            and instance_db not in (None, alias)
+            and is_tenant_alias(instance_db)
+        ):
+            raise CrossTenantError(
+                f"{instance._meta.label} object {instance.pk!r} was loaded from "
+                f"{instance_db!r} but tenant {tenant.slug!r} is active. Use objects of a "
+                "tenant only inside that tenant's context."
+            )
+        return alias
+
+    def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
+        tenant1, tenant2 = is_tenant_model(type(obj1)), is_tenant_model(type(obj2))
+        if tenant1 != tenant2:
+            return False
+        db1, db2 = obj1._state.db, obj2._state.db
+        if tenant1 and db1 is not None and db2 is not None and db1 != db2:
+            return False
+        return None
+
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
+        # Decided by app label only, so historical models in migrations and RunPython
+        # operations are routed the same way as the real models.
+        tenant_app = app_label in tenancy_settings.tenant_app_labels
+        if is_tenant_alias(db):
+            return tenant_app
+        if tenant_app:
+            return False
+        return None

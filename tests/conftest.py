@@ -1,0 +1,123 @@
+"""Fixtures: two tenant databases on two servers, created once per session.
+
+Tenant aliases are registered at runtime, after Django's test-case machinery has looked
+at the configured databases, so these tests do not use the ``django_db`` marker: they
+unblock database access themselves (``db_access``) and clean up after each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import call_command
+from django.db import connections
+from django.test.utils import setup_databases, teardown_databases
+
+from tenancy.backends import get_server
+from tenancy.conf import tenancy_settings
+from tenancy.connections import alias_for, unregister_all
+from tenancy.context import tenant_context
+from tenancy.models import Domain, Tenant, TenantStatus
+from tests.sharedapp.models import Plan
+from tests.tenantapp.models import Note, Tag
+
+# slug -> server; alpha and beta live on different servers.
+TEST_TENANTS = {"alpha": "one", "beta": "two"}
+
+
+def make_tenant(slug: str, server: str, **fields: object) -> Tenant:
+    """An unsaved tenant whose database is the session's test database for ``slug``."""
+    fields.setdefault("database_name", tenancy_settings.database_name_for(slug))
+    return Tenant(slug=slug, name=slug.title(), server=server, **fields)
+
+
+def create_tenant_database(tenant: Tenant) -> None:
+    server = get_server(tenant.server)
+    server.drop_database(tenant.database_name)
+    server.create_database(tenant.database_name)
+    call_command("migrate", database=alias_for(tenant), verbosity=0)
+
+
+def drop_tenant_database(tenant: Tenant) -> None:
+    unregister_all()
+    get_server(tenant.server).drop_database(tenant.database_name)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: object,
+    django_db_keepdb: bool,
+    django_db_createdb: bool,
+    django_db_modify_db_settings: None,
+) -> Iterator[None]:
+    """The default test database, always: pytest-django creates only the databases that
+    ``django_db`` markers name, and these tests do without the marker."""
+    keepdb = django_db_keepdb and not django_db_createdb
+    verbosity = request.config.option.verbose
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        config = setup_databases(
+            verbosity=verbosity, interactive=False, aliases={"default"}, keepdb=keepdb
+        )
+    yield
+    if not keepdb:
+        with django_db_blocker.unblock():  # type: ignore[attr-defined]
+            teardown_databases(config, verbosity=verbosity)
+
+
+@pytest.fixture(scope="session")
+def tenant_databases(django_db_setup: None, django_db_blocker: object) -> Iterator[None]:
+    tenants = [make_tenant(slug, server) for slug, server in TEST_TENANTS.items()]
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        for tenant in tenants:
+            create_tenant_database(tenant)
+        unregister_all()
+    yield
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        for tenant in tenants:
+            drop_tenant_database(tenant)
+
+
+@pytest.fixture
+def db_access(tenant_databases: None, django_db_blocker: object) -> Iterator[None]:
+    """Database access for one test; afterwards every row it wrote is removed."""
+    name = str(connections["default"].settings_dict["NAME"])
+    assert name.startswith("test_") or "memorydb" in name, f"not a test database: {name}"
+    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+        yield
+        unregister_all()
+        for slug, server in TEST_TENANTS.items():
+            with tenant_context(make_tenant(slug, server)):
+                Tag.objects.all().delete()
+                Note.objects.all().delete()
+        unregister_all()
+        Domain.objects.all().delete()
+        Tenant.objects.all().delete()
+        Plan.objects.all().delete()
+        connections.close_all()
+        # The async ORM runs queries in asgiref's thread-sensitive executor thread:
+        # close the connections it opened there as well.
+        asyncio.run(sync_to_async(connections.close_all)())
+
+
+def _saved_tenant(slug: str) -> Tenant:
+    tenant = make_tenant(slug, TEST_TENANTS[slug], status=TenantStatus.ACTIVE)
+    tenant.save()
+    Domain.objects.create(domain=f"{slug}.example.test", tenant=tenant, is_primary=True)
+    return tenant
+
+
+@pytest.fixture
+def alpha(db_access: None) -> Tenant:
+    """Active tenant on server "one", reached at alpha.example.test."""
+    return _saved_tenant("alpha")
+
+
+@pytest.fixture
+def beta(db_access: None) -> Tenant:
+    """Active tenant on server "two", reached at beta.example.test."""
+    return _saved_tenant("beta")

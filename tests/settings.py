@@ -1,0 +1,69 @@
+"""Settings for the test suite.
+
+TENANCY_TEST_BACKEND selects where the main database and the two tenant servers live:
+"postgresql" (two clusters, TENANCY_TEST_PG_1 and TENANCY_TEST_PG_2 as host:port, as
+scripts/with-postgres exports them) or "sqlite" (two directories).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+BACKEND = os.environ.get("TENANCY_TEST_BACKEND", "sqlite")
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "tenancy",
+    "tests.sharedapp",
+    "tests.tenantapp",
+]
+MIDDLEWARE = ["tenancy.middleware.TenantMiddleware"]
+DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
+
+
+def _postgres(variable: str) -> dict[str, Any]:
+    address = os.environ.get(variable)
+    if not address:
+        raise ImproperlyConfigured(
+            f"TENANCY_TEST_BACKEND=postgresql needs {variable} (host:port); run the suite "
+            "with `make test`, which starts the clusters."
+        )
+    host, _, port = address.rpartition(":")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": host,
+        "PORT": port,
+        "USER": "postgres",
+    }
+
+
+if BACKEND == "postgresql":
+    SERVER_1, SERVER_2 = _postgres("TENANCY_TEST_PG_1"), _postgres("TENANCY_TEST_PG_2")
+    DATABASES = {"default": {**SERVER_1, "NAME": "tenancy"}}
+elif BACKEND == "sqlite":
+    _files = Path(tempfile.mkdtemp(prefix="tenancy-tests-"))
+    SERVER_1 = {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": _files / "server1"}
+    SERVER_2 = {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": _files / "server2"}
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _files / "main.db"}}
+else:
+    raise ImproperlyConfigured(f"TENANCY_TEST_BACKEND must be postgresql or sqlite, not {BACKEND}")
+
+TENANCY = {
+    "TENANT_APPS": ["tests.tenantapp"],
+    "SERVERS": {"one": SERVER_1, "two": SERVER_2},
+    "DEFAULT_SERVER": "one",
+    # Test databases are named like Django's own, so tests never touch a real tenant.
+    "DATABASE_NAME": "test_tenancy_{slug}",
+}

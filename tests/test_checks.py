@@ -1,0 +1,106 @@
+"""System checks and settings validation."""
+
+import pytest
+from django.core.management import call_command
+from django.db import models
+from django.test.utils import isolate_apps
+
+from tenancy.checks import check_relations, check_settings
+from tests.settings import SERVER_1
+
+
+def check_ids(settings, **tenancy):
+    settings.TENANCY = {**settings.TENANCY, **tenancy}
+    return [(message.id, message.msg) for message in check_settings()]
+
+
+def test_project_passes_its_checks():
+    call_command("check", fail_level="WARNING")
+
+
+@isolate_apps("tests.tenantapp", "tests.sharedapp")
+def test_relation_from_tenant_model_to_shared_model_is_an_error():
+    class Account(models.Model):
+        class Meta:
+            app_label = "sharedapp"
+
+    class Invoice(models.Model):
+        account = models.ForeignKey(Account, on_delete=models.CASCADE)
+        watchers = models.ManyToManyField(Account, related_name="+")
+
+        class Meta:
+            app_label = "tenantapp"
+
+    messages = check_relations([Account, Invoice])
+    assert [(m.id, m.obj.name) for m in messages] == [
+        ("tenancy.E003", "account"),
+        ("tenancy.E003", "watchers"),
+    ]
+    assert "account_id = models.BigIntegerField(db_index=True)" in messages[0].hint
+
+
+@isolate_apps("tests.tenantapp", "tests.sharedapp")
+def test_relation_from_shared_model_to_tenant_model_is_an_error():
+    class Project(models.Model):
+        class Meta:
+            app_label = "tenantapp"
+
+    class Favourite(models.Model):
+        project = models.OneToOneField(Project, on_delete=models.CASCADE)
+
+        class Meta:
+            app_label = "sharedapp"
+
+    assert [m.id for m in check_relations([Project, Favourite])] == ["tenancy.E004"]
+
+
+@isolate_apps("tests.tenantapp")
+def test_relations_inside_tenant_apps_are_fine():
+    class Project(models.Model):
+        class Meta:
+            app_label = "tenantapp"
+
+    class Task(models.Model):
+        project = models.ForeignKey(Project, on_delete=models.CASCADE)
+
+        class Meta:
+            app_label = "tenantapp"
+
+    assert check_relations([Project, Task]) == []
+
+
+def test_missing_router_is_an_error(settings):
+    settings.DATABASE_ROUTERS = []
+    assert [m.id for m in check_settings()] == ["tenancy.E002"]
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "message"),
+    [
+        ({"TENANT_APS": []}, "unknown key(s) 'TENANT_APS'"),
+        ({"TENANT_APPS": ["not.installed"]}, "TENANCY['TENANT_APPS'] names 'not.installed'"),
+        ({"TENANT_APPS": "tests.tenantapp"}, "TENANCY['TENANT_APPS'] must be a list"),
+        ({"SERVERS": {"one": {**SERVER_1, "NAME": "x"}}}, "must not set NAME"),
+        ({"SERVERS": {"one": {**SERVER_1, "ATOMIC_REQUESTS": True}}}, "ATOMIC_REQUESTS"),
+        ({"SERVERS": {"one": {"ENGINE": "django.db.backends.mysql"}}}, "ENGINE"),
+        ({"SERVERS": {"one": {"ENGINE": "django.db.backends.sqlite3"}}}, "needs DIRECTORY"),
+        ({"DEFAULT_SERVER": "three"}, "TENANCY['DEFAULT_SERVER'] is 'three'"),
+        ({"DATABASE_NAME": "tenant"}, "must be a string containing '{slug}'"),
+        ({"DATABASE_NAME": "Tenant-{slug}"}, "must give a valid database name"),
+        ({"MAX_OPEN_CONNECTIONS": 0}, "MAX_OPEN_CONNECTIONS'] must be a positive integer"),
+        ({"PUBLIC_HOSTS": "www.example.test"}, "PUBLIC_HOSTS'] must be a list"),
+        ({"PUBLIC_HOSTS": ["bad host"]}, "PUBLIC_HOSTS'] contains an invalid hostname"),
+        ({"PATH_PREFIX": "t"}, "PATH_PREFIX'] must start and end with '/'"),
+    ],
+)
+def test_bad_settings_are_reported_with_the_key(settings, tenancy, message):
+    messages = check_ids(settings, **tenancy)
+    assert len(messages) == 1
+    assert messages[0][0] == "tenancy.E001"
+    assert message in messages[0][1]
+
+
+def test_pooling_on_a_tenant_server_is_a_warning(settings):
+    server = {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"pool": True}}
+    messages = check_ids(settings, SERVERS={"one": server}, DEFAULT_SERVER="one")
+    assert [message_id for message_id, _ in messages] == ["tenancy.W001"]

@@ -1,0 +1,214 @@
+"""Runtime registration and removal of tenant connection aliases."""
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import DatabaseError, close_old_connections, connections
+
+from tenancy import TenancyError, TenantServerError, tenant_context
+from tenancy.backends import get_server
+from tenancy.connections import (
+    alias_for,
+    connection_for,
+    register,
+    registered_aliases,
+    unregister,
+)
+from tests.conftest import create_tenant_database, drop_tenant_database, make_tenant
+from tests.settings import BACKEND, SERVER_2
+from tests.tenantapp.models import Note
+
+
+def tenant_aliases():
+    return sorted(alias for alias in connections.settings if alias.startswith("tenant:"))
+
+
+@contextmanager
+def joined(threads):
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join(timeout=60)
+
+
+def open_sessions(tenant):
+    """Server-side sessions on the tenant's database (PostgreSQL only)."""
+    with get_server(tenant.server)._cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [tenant.database_name]
+        )
+        return cursor.fetchone()[0]
+
+
+def test_alias_is_registered_on_first_use_with_djangos_defaults(alpha):
+    assert tenant_aliases() == []
+    with tenant_context(alpha):
+        Note.objects.count()
+    alias = alias_for(alpha)
+    assert registered_aliases() == {"alpha": alias}
+    assert tenant_aliases() == [alias]
+    database = connections.settings[alias]
+    for key in ("AUTOCOMMIT", "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "OPTIONS", "TIME_ZONE"):
+        assert key in database
+    assert database["ATOMIC_REQUESTS"] is False
+    assert set(database["TEST"]) >= {"CHARSET", "COLLATION", "MIGRATE", "MIRROR", "NAME"}
+    assert "DIRECTORY" not in database
+    # Django's settings and the connection handler keep seeing one and the same dict.
+    assert django_settings.DATABASES is connections.settings
+
+
+def test_concurrent_first_use_registers_one_alias(alpha):
+    count = 32
+    barrier = threading.Barrier(count, timeout=60)
+    aliases, errors = [], []
+
+    def work():
+        try:
+            barrier.wait()
+            with tenant_context(alpha):
+                aliases.append(alias_for(alpha))
+                Note.objects.count()
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    with joined([threading.Thread(target=work) for _ in range(count)]):
+        pass
+    assert errors == []
+    assert len(aliases) == count
+    assert len(set(aliases)) == 1
+    assert tenant_aliases() == [aliases[0]]
+    assert aliases[0].startswith("tenant:alpha")
+
+
+def test_registering_while_another_thread_walks_connections_is_safe(db_access):
+    stop, errors = threading.Event(), []
+
+    def walk():
+        # What Django does at the start and end of every request.
+        while not stop.is_set():
+            try:
+                close_old_connections()
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    with joined([threading.Thread(target=walk)]):
+        try:
+            for i in range(300):
+                register(make_tenant(f"walker-{i}", "one"))
+        finally:
+            stop.set()
+    assert errors == []
+    assert len(tenant_aliases()) == 300
+
+
+def test_unregister_closes_connections_in_every_thread(alpha):
+    count = 8
+    opened, checked = threading.Barrier(count + 1, timeout=60), threading.Event()
+    drivers, stale_errors, fresh = [], [], []
+    old_alias = alias_for(alpha)
+
+    def work():
+        with tenant_context(alpha):
+            Note.objects.count()
+            drivers.append(connections[old_alias].connection)
+            opened.wait()
+            checked.wait(timeout=60)
+            # The old wrapper in this thread must not silently reconnect...
+            try:
+                with connections[old_alias].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+            except DatabaseError as exc:
+                stale_errors.append(exc)
+            # ...while the tenant itself keeps working under a new alias.
+            fresh.append((alias_for(alpha), Note.objects.count()))
+            connections.close_all()
+
+    with joined([threading.Thread(target=work) for _ in range(count)]):
+        opened.wait()
+        if BACKEND == "postgresql":
+            assert open_sessions(alpha) == count
+        assert unregister(alpha) is True
+        assert old_alias not in connections.settings
+        assert registered_aliases() == {}
+        try:
+            for driver in drivers:
+                if BACKEND == "postgresql":
+                    assert driver.closed
+                else:
+                    with pytest.raises(Exception, match="closed database"):
+                        driver.execute("SELECT 1")
+            if BACKEND == "postgresql":
+                assert open_sessions(alpha) == 0
+        finally:
+            checked.set()
+    assert len(stale_errors) == count
+    new_aliases = {alias for alias, _ in fresh}
+    assert len(new_aliases) == 1
+    assert old_alias not in new_aliases
+    assert {count for _, count in fresh} == {0}
+    assert unregister(alpha) is True
+    assert unregister(alpha) is False
+
+
+def test_unregister_in_the_same_thread_closes_through_django(alpha):
+    with tenant_context(alpha):
+        Note.objects.count()
+    wrapper = connection_for(alpha)
+    assert wrapper.connection is not None
+    unregister(alpha)
+    assert wrapper.connection is None
+
+
+def test_tenant_moved_to_another_server_is_reregistered(alpha):
+    moved = make_tenant("alpha", "two")
+    create_tenant_database(moved)
+    try:
+        with tenant_context(moved):
+            Note.objects.create(text="on server two")
+        with tenant_context(alpha):
+            assert Note.objects.count() == 0
+        with tenant_context(moved):
+            assert list(Note.objects.values_list("text", flat=True)) == ["on server two"]
+    finally:
+        drop_tenant_database(moved)
+
+
+def test_server_settings_change_takes_effect_without_restart(alpha, settings):
+    with tenant_context(alpha):
+        Note.objects.create(text="on server one")
+    copy_on_two = make_tenant("alpha", "two")
+    create_tenant_database(copy_on_two)
+    try:
+        with tenant_context(copy_on_two):
+            Note.objects.create(text="on server two")
+        # Server "one" now points where server "two" is.
+        settings.TENANCY = {**settings.TENANCY, "SERVERS": {"one": SERVER_2, "two": SERVER_2}}
+        with tenant_context(alpha):
+            assert list(Note.objects.values_list("text", flat=True)) == ["on server two"]
+    finally:
+        drop_tenant_database(copy_on_two)
+
+
+def test_unknown_server_raises_naming_tenant_and_server(db_access):
+    with pytest.raises(
+        TenantServerError, match=r"'alpha' is on server 'nowhere'.*\(defined: one, two\)"
+    ):
+        alias_for(make_tenant("alpha", "nowhere"))
+    assert tenant_aliases() == []
+
+
+@pytest.mark.parametrize("slug", ["al'pha", "ALPHA", "a" * 300, "x; DROP DATABASE y"])
+def test_invalid_tenant_is_never_registered(db_access, slug):
+    tenant = make_tenant("alpha", "one")
+    tenant.slug = slug
+    with pytest.raises(TenancyError, match="Cannot connect to tenant"):
+        alias_for(tenant)
+    assert tenant_aliases() == []

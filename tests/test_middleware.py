@@ -1,0 +1,248 @@
+"""TenantMiddleware with each resolver, under WSGI-style and ASGI-style requests."""
+
+import asyncio
+import json
+
+import pytest
+from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from tenancy import NoTenantError, current_tenant, tenant_context
+from tenancy.connections import alias_for, registered_aliases
+from tenancy.models import TenantStatus
+from tests.tenantapp.models import Note
+
+
+async def asgi_get(path, host="testserver", query=""):
+    """A GET through Django's ASGI handler, as an ASGI server would send it."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(b"host", host.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    received = asyncio.Event()
+    sent = []
+
+    async def receive():
+        if received.is_set():
+            await asyncio.Event().wait()  # no disconnect: wait until cancelled
+        received.set()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await ASGIHandler()(scope, receive, send)
+    return sent[0]["status"], b"".join(message.get("body", b"") for message in sent[1:])
+
+
+def asgi_json(path, host="testserver", query=""):
+    status, body = asyncio.run(asgi_get(path, host, query))
+    assert status == 200, body
+    return json.loads(body)
+
+
+def add_notes(tenant, *texts):
+    with tenant_context(tenant):
+        Note.objects.bulk_create([Note(text=text) for text in texts])
+
+
+@pytest.fixture
+def two_tenants(alpha, beta):
+    add_notes(alpha, "a1", "a2")
+    add_notes(beta, "b1")
+    return alpha, beta
+
+
+def tenancy_settings(settings, **values):
+    settings.TENANCY = {**settings.TENANCY, **values}
+
+
+# Host resolver (the default).
+
+
+def test_each_host_sees_its_own_tenant(client, two_tenants):
+    assert client.get("/notes/", HTTP_HOST="alpha.example.test").json() == {"notes": ["a1", "a2"]}
+    assert client.get("/notes/", HTTP_HOST="beta.example.test").json() == {"notes": ["b1"]}
+    assert client.get("/notes/", HTTP_HOST="ALPHA.example.test:8000").json()["notes"] == [
+        "a1",
+        "a2",
+    ]
+
+
+def test_tenant_is_reset_and_connection_closed_after_the_request(client, alpha):
+    response = client.get("/whoami/", HTTP_HOST="alpha.example.test")
+    assert response.json()["tenant"] == "alpha"
+    assert current_tenant() is None
+    assert connections[alias_for(alpha)].connection is None
+
+
+def test_unknown_host_is_404_and_touches_no_tenant(client, alpha):
+    with CaptureQueriesContext(connections["default"]) as queries:
+        response = client.get("/notes/", HTTP_HOST="nobody.example.test")
+    assert response.status_code == 404
+    assert b"There is no site at nobody.example.test" in response.content
+    assert len(queries) == 1  # the Domain lookup
+    assert registered_aliases() == {}
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        TenantStatus.SUSPENDED,
+        TenantStatus.PROVISIONING,
+        TenantStatus.FAILED,
+        TenantStatus.DELETING,
+    ],
+)
+def test_tenant_that_is_not_active_is_503(client, alpha, status):
+    alpha.status = status
+    alpha.save()
+    response = client.get("/notes/", HTTP_HOST="alpha.example.test")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "120"
+    assert b"alpha is not available" in response.content
+    assert registered_aliases() == {}
+
+
+def test_public_host_is_the_main_site_without_tenant(client, alpha, settings):
+    tenancy_settings(settings, PUBLIC_HOSTS=["www.example.test"])
+    assert client.get("/whoami/", HTTP_HOST="www.example.test").json()["tenant"] is None
+    with pytest.raises(NoTenantError):
+        client.get("/notes/", HTTP_HOST="www.example.test")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 300 + ".example.test",
+        "alpha.example.test'; DROP TABLE tenancy_tenant; --",
+        "ålpha.example.test",
+        "alpha..example.test",
+        "alpha.example.test:port",
+        '"alpha".example.test',
+    ],
+)
+def test_hostile_host_headers_never_reach_a_tenant(client, alpha, host):
+    response = client.get("/notes/", HTTP_HOST=host)
+    assert response.status_code in (400, 404)
+    assert registered_aliases() == {}
+
+
+def test_sync_streaming_response_is_produced_inside_the_tenant(client, two_tenants):
+    response = client.get("/stream/", HTTP_HOST="alpha.example.test")
+    assert current_tenant() is None
+    assert b"".join(response.streaming_content) == b"a1\na2\ntenant=alpha\n"
+    assert current_tenant() is None
+
+
+# ASGI: the middleware runs in async mode; a synchronous ORM call in the event loop
+# would raise SynchronousOnlyOperation.
+
+
+def test_async_view_sees_its_tenant(two_tenants):
+    assert asgi_json("/anotes/", "alpha.example.test") == {"notes": ["a1", "a2"]}
+    assert asgi_json("/anotes/", "beta.example.test") == {"notes": ["b1"]}
+
+
+def test_concurrent_async_requests_for_different_tenants(two_tenants):
+    async def main():
+        hosts = ["alpha.example.test", "beta.example.test"] * 10
+        return await asyncio.gather(*(asgi_get("/anotes/", host) for host in hosts))
+
+    bodies = [json.loads(body)["notes"] for _, body in asyncio.run(main())]
+    assert bodies == [["a1", "a2"], ["b1"]] * 10
+
+
+def test_sync_view_under_asgi_sees_its_tenant(two_tenants):
+    assert asgi_json("/notes/", "beta.example.test") == {"notes": ["b1"]}
+
+
+def test_async_unknown_host_is_404(alpha):
+    status, body = asyncio.run(asgi_get("/anotes/", "nobody.example.test"))
+    assert (status, b"There is no site at nobody.example.test" in body) == (404, True)
+
+
+def test_async_suspended_tenant_is_503(alpha):
+    alpha.status = TenantStatus.SUSPENDED
+    alpha.save()
+    assert asyncio.run(asgi_get("/anotes/", "alpha.example.test"))[0] == 503
+
+
+def test_async_streaming_response_is_produced_inside_the_tenant(two_tenants):
+    status, body = asyncio.run(asgi_get("/astream/", "beta.example.test"))
+    assert (status, body) == (200, b"b1\ntenant=beta\n")
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous")
+def test_sync_streaming_response_under_asgi_is_produced_inside_the_tenant(two_tenants):
+    status, body = asyncio.run(asgi_get("/stream/", "alpha.example.test"))
+    assert (status, body) == (200, b"a1\na2\ntenant=alpha\n")
+
+
+# The other resolvers.
+
+
+def test_subdomain_resolver(client, two_tenants, settings):
+    tenancy_settings(settings, RESOLVER="subdomain", BASE_DOMAIN="example.test")
+    assert client.get("/notes/", HTTP_HOST="beta.example.test").json() == {"notes": ["b1"]}
+    assert client.get("/whoami/", HTTP_HOST="example.test").json()["tenant"] is None
+    assert client.get("/notes/", HTTP_HOST="x.alpha.example.test").status_code == 404
+    assert client.get("/notes/", HTTP_HOST="alpha.elsewhere.test").status_code == 404
+    assert client.get("/notes/", HTTP_HOST="nobody.example.test").status_code == 404
+
+
+def test_header_resolver(client, two_tenants, settings):
+    tenancy_settings(settings, RESOLVER="header")
+    response = client.get("/notes/", HTTP_HOST="any.test", HTTP_X_TENANT="alpha")
+    assert response.json() == {"notes": ["a1", "a2"]}
+    assert client.get("/whoami/", HTTP_HOST="any.test").json()["tenant"] is None
+    hostile = client.get("/notes/", HTTP_HOST="any.test", HTTP_X_TENANT="alpha' OR 1=1")
+    assert hostile.status_code == 404
+
+
+def test_path_resolver(client, two_tenants, settings):
+    tenancy_settings(settings, RESOLVER="path")
+    assert client.get("/t/beta/notes/").json() == {"notes": ["b1"]}
+    whoami = client.get("/t/alpha/whoami/").json()
+    assert whoami == {"tenant": "alpha", "request_tenant": "alpha", "path_info": "/whoami/"}
+    assert client.get("/t/alpha/link/").content == b"/t/alpha/notes/"
+    assert client.get("/link/").content == b"/notes/"
+    assert client.get("/whoami/").json()["tenant"] is None
+    assert client.get("/t/nobody/notes/").status_code == 404
+
+
+def resolve_by_query_parameter(request):
+    from tenancy.models import Tenant
+
+    slug = request.GET.get("tenant")
+    return Tenant.objects.get(slug=slug) if slug else None
+
+
+async def aresolve_by_query_parameter(request):
+    from tenancy.models import Tenant
+
+    slug = request.GET.get("tenant")
+    return await Tenant.objects.aget(slug=slug) if slug else None
+
+
+def test_callable_resolver(client, two_tenants, settings):
+    tenancy_settings(settings, RESOLVER="tests.test_middleware.resolve_by_query_parameter")
+    assert client.get("/notes/?tenant=beta").json() == {"notes": ["b1"]}
+    assert client.get("/whoami/").json()["tenant"] is None
+    assert asgi_json("/anotes/", query="tenant=alpha") == {"notes": ["a1", "a2"]}
+
+
+def test_async_callable_resolver(two_tenants, settings):
+    tenancy_settings(settings, RESOLVER="tests.test_middleware.aresolve_by_query_parameter")
+    assert asgi_json("/anotes/", query="tenant=beta") == {"notes": ["b1"]}
+    assert asgi_json("/whoami/")["tenant"] is None

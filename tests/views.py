@@ -1,0 +1,49 @@
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import reverse
+
+from tenancy import current_tenant
+from tests.tenantapp.models import Note
+
+
+def notes(request):
+    return JsonResponse({"notes": list(Note.objects.values_list("text", flat=True))})
+
+
+async def async_notes(request):
+    texts = [note.text async for note in Note.objects.all()]
+    return JsonResponse({"notes": texts})
+
+
+def whoami(request):
+    tenant = current_tenant()
+    return JsonResponse(
+        {
+            "tenant": tenant.slug if tenant else None,
+            "request_tenant": request.tenant.slug if request.tenant else None,
+            "path_info": request.path_info,
+        }
+    )
+
+
+def link(request):
+    return HttpResponse(reverse(notes))
+
+
+def stream_notes(request):
+    def chunks():
+        for note in Note.objects.all():
+            yield f"{note.text}\n"
+        yield f"tenant={current_tenant().slug}\n"
+
+    return StreamingHttpResponse(chunks())
+
+
+def async_stream_notes(request):
+    async def chunks():
+        async for note in Note.objects.all():
+            yield f"{note.text}\n"
+        tenant = await sync_to_async(current_tenant)()
+        yield f"tenant={tenant.slug}\n"
+
+    return StreamingHttpResponse(chunks())
