@@ -87,7 +87,7 @@ class tenant_context:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _current.reset(self._tokens.pop())
+        self.__exit__(exc_type, exc, tb)
 
     def _push(self, tenant: AbstractTenant | None) -> AbstractTenant | None:
         self._tokens.append(_current.set(tenant))

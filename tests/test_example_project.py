@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 REQUESTS = """
@@ -46,3 +48,14 @@ def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
         "tenant_alpha.sqlite3",
         "tenant_beta.sqlite3",
     ]
+
+
+def test_shell_code_without_tenant_fails_closed(tmp_path):
+    manage(tmp_path, "migrate", "--verbosity", "0")
+    manage(tmp_path, "seed_demo")
+    count_tasks = "from example_project.projects.models import Task; print(Task.objects.count())"
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        manage(tmp_path, "shell", "--verbosity", "0", "-c", count_tasks)
+    assert "NoTenantError: projects.Task is stored in tenant databases" in failed.value.stderr
+    in_tenant = f"from tenancy import tenant_context\nwith tenant_context('beta'):\n {count_tasks}"
+    assert manage(tmp_path, "shell", "--verbosity", "0", "-c", in_tenant).strip() == "1"
