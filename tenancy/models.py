@@ -55,6 +55,11 @@ class AbstractTenant(models.Model):
         choices=TenantStatus.choices,
         default=TenantStatus.PROVISIONING,
     )
+    status_detail = models.TextField(
+        _("status detail"),
+        blank=True,
+        help_text=_("Why provisioning or deletion failed, for the operator."),
+    )
     server = models.CharField(
         _("server"),
         max_length=63,

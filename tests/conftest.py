@@ -46,6 +46,16 @@ def drop_tenant_database(tenant: Tenant) -> None:
     get_server(tenant.server).drop_database(tenant.database_name)
 
 
+def drop_test_databases_except(slugs: object) -> None:
+    """Drop the tenant databases a test created on the test servers."""
+    keep = {tenancy_settings.database_name_for(slug) for slug in slugs}  # type: ignore[attr-defined]
+    for name in ("one", "two"):
+        server = get_server(name)
+        for database in server.list_databases():
+            if database.startswith("test_tenancy_") and database not in keep:
+                server.drop_database(database)
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(
     request: pytest.FixtureRequest,
@@ -97,6 +107,7 @@ def db_access(tenant_databases: None, django_db_blocker: object) -> Iterator[Non
         unregister_all()
         Domain.objects.all().delete()
         Tenant.objects.all().delete()
+        drop_test_databases_except(TEST_TENANTS)
         Plan.objects.all().delete()
         connections.close_all()
         # The async ORM runs queries in asgiref's thread-sensitive executor thread:

@@ -9,7 +9,7 @@ from tenancy.backends.base import DatabaseServer
 from tenancy.validators import validate_database_name
 
 SUFFIX = ".sqlite3"
-_COMPANIONS = ("-wal", "-shm", "-journal")
+_COMPANIONS = ("-wal", "-shm", "-journal", ".migrate-lock")
 
 
 class SQLiteServer(DatabaseServer):

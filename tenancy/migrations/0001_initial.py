@@ -23,6 +23,7 @@ class Migration(migrations.Migration):
                 ('slug', models.CharField(help_text='Lowercase letters, digits and hyphens. Cannot be changed later.', max_length=63, unique=True, validators=[tenancy.validators.validate_slug], verbose_name='slug')),
                 ('name', models.CharField(max_length=200, verbose_name='name')),
                 ('status', models.CharField(choices=[('provisioning', 'provisioning'), ('active', 'active'), ('suspended', 'suspended'), ('failed', 'failed'), ('deleting', 'deleting')], default='provisioning', max_length=16, verbose_name='status')),
+                ('status_detail', models.TextField(blank=True, help_text='Why provisioning or deletion failed, for the operator.', verbose_name='status detail')),
                 ('server', models.CharField(default=tenancy.models.default_server, help_text="A key of TENANCY['SERVERS'] in the settings.", max_length=63, verbose_name='server')),
                 ('database_name', models.CharField(blank=True, help_text='Derived from the slug when left blank.', max_length=63, validators=[tenancy.validators.validate_database_name], verbose_name='database name')),
                 ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),

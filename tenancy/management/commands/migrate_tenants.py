@@ -1,0 +1,268 @@
+"""manage.py migrate_tenants: the main database first, then every tenant database."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from tenancy.migration import (
+    FAILED,
+    LOCKED,
+    MIGRATED,
+    PENDING,
+    UP_TO_DATE,
+    MigrationResult,
+    MigrationState,
+    applied_migrations,
+    migrate_tenant,
+    migration_lock,
+)
+from tenancy.models import AbstractTenant, TenantStatus, get_tenant_model
+
+# Tenants migrated when no --tenant is given. Provisioning, failed and deleting tenants
+# are left to create_tenant / delete_tenant, which migrate or remove them themselves.
+MIGRATED_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
+
+
+class Command(BaseCommand):
+    help = (
+        "Migrate the main database, then every active or suspended tenant database, in "
+        "slug order. A failing tenant is reported and the others continue."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--tenant",
+            action="append",
+            dest="tenants",
+            metavar="SLUG",
+            help="Only this tenant (repeatable).",
+        )
+        parser.add_argument(
+            "--server",
+            action="append",
+            dest="servers",
+            metavar="NAME",
+            help="Only tenants on this server (repeatable).",
+        )
+        parser.add_argument(
+            "--jobs", type=int, default=1, help="Tenants migrated at once (default 1)."
+        )
+        parser.add_argument(
+            "--jobs-per-server",
+            type=int,
+            metavar="N",
+            help="At most N tenants of one server at once (default: --jobs).",
+        )
+        parser.add_argument(
+            "--fail-fast", action="store_true", help="Stop at the first failing tenant."
+        )
+        parser.add_argument(
+            "--skip-locked",
+            action="store_true",
+            help="Skip a database another migrator is working on, instead of waiting for it.",
+        )
+        report = parser.add_mutually_exclusive_group()
+        report.add_argument(
+            "--check",
+            action="store_true",
+            help="Change nothing; exit with status 1 if any migration is unapplied.",
+        )
+        report.add_argument(
+            "--plan", action="store_true", help="Change nothing; list the unapplied migrations."
+        )
+        report.add_argument(
+            "--list",
+            action="store_true",
+            help="Change nothing; count applied and unapplied migrations per database.",
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="One JSON object per line and database."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        jobs = options["jobs"]
+        per_server = options["jobs_per_server"] or jobs
+        if jobs < 1 or per_server < 1:
+            raise CommandError("--jobs and --jobs-per-server must be at least 1.")
+        self.options = options
+        self.read_only = options["check"] or options["plan"] or options["list"]
+        state = MigrationState()
+        started = time.monotonic()
+
+        default = self.migrate_default(state)
+        tenants = self.selected_tenants()
+        total = tenants.count()
+        counts = {MIGRATED: 0, UP_TO_DATE: 0, PENDING: 0, LOCKED: 0, FAILED: 0}
+        failed: list[str] = []
+        width = len(str(total))
+
+        def work(tenant: AbstractTenant) -> MigrationResult:
+            return migrate_tenant(
+                tenant,
+                check_only=self.read_only,
+                wait_for_lock=not options["skip_locked"],
+                state=state,
+            )
+
+        results = _run_in_parallel(
+            tenants.iterator(chunk_size=500), work, jobs, per_server, options["fail_fast"]
+        )
+        for done, result in enumerate(results, start=1):
+            counts[result.status] += 1
+            if result.failed:
+                failed.append(result.slug)
+            self.report(result, f"[{done:>{width}}/{total}]", state)
+
+        if not options["json"]:
+            self.summarise(counts, failed, total, time.monotonic() - started)
+        unapplied = counts[PENDING] + (1 if default.status == PENDING else 0)
+        if failed:
+            shown = ", ".join(failed[:20]) + (" ..." if len(failed) > 20 else "")
+            raise CommandError(
+                f"{len(failed)} tenant(s) failed: {shown}. Fix the cause and run migrate_tenants "
+                "again: tenants already up to date are skipped in one query each."
+            )
+        if options["check"] and unapplied:
+            sys.exit(1)
+
+    def migrate_default(self, state: MigrationState) -> MigrationResult:
+        connection = connections[DEFAULT_DB_ALIAS]
+        if self.read_only:
+            pending = state.pending(applied_migrations(connection))
+            result = MigrationResult(
+                DEFAULT_DB_ALIAS,
+                PENDING if pending else UP_TO_DATE,
+                pending=[f"{app}.{name}" for app, name in pending],
+            )
+            self.report(result, "[main]", state)
+            return result
+        if not self.options["json"]:
+            self.stdout.write(self.style.MIGRATE_HEADING("Main database:"))
+        try:
+            with migration_lock(connection):
+                call_command(
+                    "migrate",
+                    database=DEFAULT_DB_ALIAS,
+                    interactive=False,
+                    verbosity=self.options["verbosity"] if not self.options["json"] else 0,
+                    stdout=self.stdout,
+                    skip_checks=True,
+                )
+        except Exception as exc:
+            raise CommandError(
+                f"Migrating the main database failed, so no tenant was migrated: {exc}"
+            ) from exc
+        return MigrationResult(DEFAULT_DB_ALIAS, MIGRATED)
+
+    def selected_tenants(self) -> Any:
+        tenants = get_tenant_model()._default_manager.order_by("slug")
+        slugs = self.options["tenants"]
+        if slugs:
+            tenants = tenants.filter(slug__in=slugs).exclude(status=TenantStatus.DELETING)
+            missing = sorted(set(slugs) - set(tenants.values_list("slug", flat=True)))
+            if missing:
+                raise CommandError(
+                    f"No tenant to migrate with slug {', '.join(map(repr, missing))}."
+                )
+        else:
+            tenants = tenants.filter(status__in=MIGRATED_STATUSES)
+        if self.options["servers"]:
+            tenants = tenants.filter(server__in=self.options["servers"])
+        if not self.options["json"] and not self.read_only:
+            self.stdout.write(self.style.MIGRATE_HEADING("Tenant databases:"))
+        return tenants
+
+    def report(self, result: MigrationResult, position: str, state: MigrationState) -> None:
+        if self.options["json"]:
+            self.stdout.write(json.dumps(result.as_dict()))
+            return
+        if self.options["list"]:
+            applied = len(state.nodes) - len(result.pending)
+            text = f"{applied} applied, {len(result.pending)} unapplied"
+        elif result.status == MIGRATED:
+            text = self.style.SUCCESS(f"{result.applied} applied")
+        elif result.status == UP_TO_DATE:
+            text = "up to date"
+        elif result.status == PENDING:
+            text = self.style.WARNING(f"{len(result.pending)} unapplied")
+        elif result.status == LOCKED:
+            text = self.style.WARNING("skipped: another migrator holds its lock")
+        else:
+            text = self.style.ERROR(f"FAILED: {result.error}")
+        self.stdout.write(f"{position} {result.slug}  {text}  {result.seconds:.2f}s")
+        if self.options["plan"]:
+            for name in result.pending:
+                self.stdout.write(f"    {name}")
+
+    def summarise(
+        self, counts: dict[str, int], failed: list[str], total: int, seconds: float
+    ) -> None:
+        parts = [
+            f"{counts[status]} {label}"
+            for status, label in (
+                (MIGRATED, "migrated"),
+                (UP_TO_DATE, "up to date"),
+                (PENDING, "with unapplied migrations"),
+                (LOCKED, "skipped (locked)"),
+                (FAILED, "failed"),
+            )
+            if counts[status] or status in (MIGRATED, UP_TO_DATE, FAILED)
+        ]
+        style = self.style.ERROR if failed else self.style.SUCCESS
+        self.stdout.write(style(f"{total} tenant(s): {', '.join(parts)} in {seconds:.1f}s."))
+
+
+def _run_in_parallel(
+    tenants: Iterable[AbstractTenant],
+    work: Callable[[AbstractTenant], MigrationResult],
+    jobs: int,
+    per_server: int,
+    fail_fast: bool,
+) -> Iterator[MigrationResult]:
+    """Results in completion order. Tenants are read lazily and at most 2 x jobs are
+    queued, so memory stays flat however many tenants there are."""
+    if jobs == 1:
+        for tenant in tenants:
+            result = work(tenant)
+            yield result
+            if fail_fast and result.failed:
+                return
+        return
+
+    limits: dict[str, threading.BoundedSemaphore] = {}
+
+    def limited(tenant: AbstractTenant, limit: threading.BoundedSemaphore) -> MigrationResult:
+        with limit:
+            try:
+                return work(tenant)
+            finally:
+                connections.close_all()
+
+    stop = False
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migrate_tenants") as pool:
+        running: set[Future[MigrationResult]] = set()
+        for tenant in tenants:
+            if len(running) >= 2 * jobs:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    stop = stop or (fail_fast and result.failed)
+                    yield result
+            if stop:
+                break
+            limit = limits.setdefault(tenant.server, threading.BoundedSemaphore(per_server))
+            running.add(pool.submit(limited, tenant, limit))
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()

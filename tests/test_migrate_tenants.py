@@ -1,0 +1,243 @@
+"""migrate_tenants and migrate_tenant: order, cost, failures, locks, reports."""
+
+import json
+import threading
+from contextlib import ExitStack
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from tenancy import tenant_context
+from tenancy.connections import alias_for
+from tenancy.migration import (
+    LOCKED,
+    MIGRATED,
+    UP_TO_DATE,
+    migrate_tenant,
+    migration_lock,
+    reset_state,
+)
+from tenancy.models import Tenant, TenantStatus
+from tenancy.provisioning import create_tenant
+from tests.settings import BACKEND, SERVER_1
+from tests.tenantapp.models import Note
+
+SLUGS = ["beta-two", "gamma", "omega"]  # beta-two on server "two"
+
+
+@pytest.fixture
+def fleet(db_access):
+    tenants = [
+        create_tenant(slug, server="two" if slug == "beta-two" else "one") for slug in SLUGS
+    ]
+    yield tenants
+    reset_state()
+
+
+@pytest.fixture
+def migrations(settings):
+    """Switch the tenant app's migrations to another package."""
+
+    def use(package, app="tenantapp"):
+        settings.MIGRATION_MODULES = {app: package}
+        reset_state()
+
+    return use
+
+
+def run(*args):
+    """migrate_tenants' output lines, and the CommandError it raised (or None)."""
+    import io
+
+    out = io.StringIO()
+    error = None
+    try:
+        call_command("migrate_tenants", *args, stdout=out, no_color=True)
+    except CommandError as exc:
+        error = exc
+    return out.getvalue().splitlines(), error
+
+
+def tenant_lines(lines):
+    return [line for line in lines if line.startswith("[") and not line.startswith("[main]")]
+
+
+def test_up_to_date_tenants_cost_one_query_each(fleet):
+    aliases = [alias_for(tenant) for tenant in fleet]
+    with ExitStack() as stack:
+        captured = [stack.enter_context(CaptureQueriesContext(connections[a])) for a in aliases]
+        lines, error = run()
+    assert error is None
+    assert [len(queries) for queries in captured] == [1, 1, 1]
+    assert [line.split()[1:4] for line in tenant_lines(lines)] == [
+        ["beta-two", "up", "to"],
+        ["gamma", "up", "to"],
+        ["omega", "up", "to"],
+    ]
+    assert lines[-1].startswith("3 tenant(s): 0 migrated, 3 up to date, 0 failed")
+
+
+def test_main_database_is_migrated_first(fleet, migrations):
+    lines, error = run()
+    assert error is None
+    assert lines.index("Main database:") < lines.index("Tenant databases:")
+
+
+def test_new_migration_reaches_every_tenant_in_slug_order(fleet, migrations):
+    migrations("tests.migrations_v2")
+    lines, error = run()
+    assert error is None
+    assert [line.split()[:4] for line in tenant_lines(lines)] == [
+        ["[1/3]", "beta-two", "1", "applied"],
+        ["[2/3]", "gamma", "1", "applied"],
+        ["[3/3]", "omega", "1", "applied"],
+    ]
+    for tenant in fleet:
+        with tenant_context(tenant):
+            # RunPython used the model without `using=`: it ran inside the tenant.
+            assert list(Note.objects.values_list("text", flat=True)) == ["welcome"]
+    lines, error = run()
+    assert lines[-1].startswith("3 tenant(s): 0 migrated, 3 up to date")
+
+
+def test_parallel_jobs_migrate_every_tenant(fleet, migrations):
+    migrations("tests.migrations_v2")
+    lines, error = run("--jobs", "3", "--jobs-per-server", "1")
+    assert error is None
+    assert sorted(line.split()[1] for line in tenant_lines(lines)) == SLUGS
+    assert lines[-1].startswith("3 tenant(s): 3 migrated, 0 up to date, 0 failed")
+    for tenant in fleet:
+        with tenant_context(tenant):
+            assert Note.objects.count() == 1
+
+
+def test_one_failing_tenant_does_not_stop_the_others(fleet, migrations):
+    migrations("tests.migrations_failing")
+    lines, error = run()
+    assert "this migration fails for beta" in tenant_lines(lines)[0]
+    assert "FAILED" in tenant_lines(lines)[0]
+    assert lines[-1].startswith("3 tenant(s): 2 migrated, 0 up to date, 1 failed")
+    assert error is not None
+    assert "1 tenant(s) failed: beta-two" in str(error)
+
+    # The failed migration left nothing behind, and a re-run picks up exactly that tenant.
+    migrations("tests.migrations_v2")
+    lines, error = run("--json")
+    assert error is None
+    results = {r["slug"]: r for r in map(json.loads, lines)}
+    assert (results["beta-two"]["status"], results["beta-two"]["applied"]) == (MIGRATED, 1)
+    assert results["gamma"]["status"] == results["omega"]["status"] == UP_TO_DATE
+
+
+def test_fail_fast_stops_at_the_first_failure(fleet, migrations):
+    migrations("tests.migrations_failing")
+    lines, error = run("--fail-fast")
+    assert len(tenant_lines(lines)) == 1
+    assert error is not None
+
+
+def test_unreachable_server_fails_its_tenants_only(fleet, migrations, settings):
+    if BACKEND == "postgresql":
+        down = {**SERVER_1, "PORT": "1"}  # nothing listens there
+    else:
+        down = {**SERVER_1, "DIRECTORY": "/dev/null/nowhere"}
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**settings.TENANCY["SERVERS"], "down": down},
+    }
+    Tenant.objects.create(slug="lost", name="Lost", server="down", status=TenantStatus.ACTIVE)
+    migrations("tests.migrations_v2")
+    lines, error = run()
+    statuses = {line.split()[1]: line.split()[2] for line in tenant_lines(lines)}
+    assert statuses == {"beta-two": "1", "gamma": "1", "lost": "FAILED:", "omega": "1"}
+    assert "1 tenant(s) failed: lost" in str(error)
+
+
+def test_main_database_failure_migrates_no_tenant(fleet, migrations):
+    migrations("tests.migrations_shared_failing", app="sharedapp")
+    lines, error = run()
+    assert "Migrating the main database failed, so no tenant was migrated" in str(error)
+    assert "the main database migration fails" in str(error)
+    assert tenant_lines(lines) == []
+
+
+def test_check_exits_1_when_anything_is_unapplied(fleet, migrations):
+    run("--check")  # up to date: no exit
+    migrations("tests.migrations_v2")
+    with pytest.raises(SystemExit) as exited:
+        run("--check")
+    assert exited.value.code == 1
+    with tenant_context(fleet[0]):
+        assert Note.objects.count() == 0  # --check changed nothing
+
+
+def test_plan_and_list(fleet, migrations):
+    migrations("tests.migrations_v2")
+    lines, error = run("--plan", "--tenant", "gamma")
+    assert error is None
+    assert lines[0].startswith("[main] default  ")
+    gamma = next(i for i, line in enumerate(lines) if line.startswith("[1/1] gamma"))
+    assert lines[gamma].startswith("[1/1] gamma  1 unapplied")
+    assert lines[gamma + 1] == "    tenantapp.0002_note_text_index"
+    assert lines[gamma + 2].startswith("1 tenant(s): 0 migrated, 0 up to date, 1 with unapplied")
+
+    lines, error = run("--list", "--server", "two")
+    (beta,) = tenant_lines(lines)
+    slug, applied, *rest = beta.split()[1:6]
+    assert (slug, rest) == ("beta-two", ["applied,", "1", "unapplied"])
+    assert int(applied) > 1
+
+
+def test_unknown_tenant_is_an_error(fleet):
+    _, error = run("--tenant", "gamma", "--tenant", "nobody")
+    assert "No tenant to migrate with slug 'nobody'" in str(error)
+
+
+def test_inactive_tenants_are_skipped_unless_named(fleet, migrations):
+    Tenant.objects.filter(slug="omega").update(status=TenantStatus.FAILED)
+    migrations("tests.migrations_v2")
+    lines, error = run()
+    assert error is None
+    assert [line.split()[1] for line in tenant_lines(lines)] == ["beta-two", "gamma"]
+    lines, error = run("--tenant", "omega")
+    assert error is None
+    assert [line.split()[1:3] for line in tenant_lines(lines)] == [["omega", "1"]]
+
+
+def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
+    migrations("tests.migrations_v2")
+    gamma = fleet[1]
+    barrier, results = threading.Barrier(2, timeout=60), []
+
+    def migrate():
+        barrier.wait()
+        results.append(migrate_tenant(gamma))
+        connections.close_all()
+
+    threads = [threading.Thread(target=migrate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(r.status for r in results) == [MIGRATED, UP_TO_DATE], results
+    with tenant_context(gamma):
+        assert Note.objects.count() == 1  # the data migration ran once
+
+
+def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):
+    migrations("tests.migrations_v2")
+    gamma = fleet[1]
+    holder = connections[alias_for(gamma)]
+    results = []
+    with migration_lock(holder) as acquired:
+        assert acquired
+        thread = threading.Thread(
+            target=lambda: results.append(migrate_tenant(gamma, wait_for_lock=False))
+        )
+        thread.start()
+        thread.join(timeout=60)
+    assert [r.status for r in results] == [LOCKED]
+    assert migrate_tenant(gamma).status == MIGRATED

@@ -1,0 +1,249 @@
+"""create_tenant / provision_tenant / deprovision_tenant and their commands."""
+
+import threading
+
+import psycopg
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from tenancy import current_tenant, tenant_context
+from tenancy.backends import get_server
+from tenancy.connections import alias_for, registered_aliases
+from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.provisioning import (
+    ProvisioningError,
+    create_tenant,
+    deprovision_tenant,
+    provision_tenant,
+)
+from tenancy.signals import tenant_deprovisioned, tenant_provisioned
+from tests.settings import BACKEND
+from tests.tenantapp.models import Note
+
+
+def database_exists(tenant):
+    return get_server(tenant.server).database_exists(tenant.database_name)
+
+
+@pytest.fixture
+def receiver():
+    """Connect a receiver to a signal for the test only."""
+    connected = []
+
+    def connect(signal, function):
+        signal.connect(function, weak=False)
+        connected.append((signal, function))
+
+    yield connect
+    for signal, function in connected:
+        signal.disconnect(function)
+
+
+def test_create_tenant_creates_migrates_and_activates(db_access):
+    tenant = create_tenant("gamma", name="Gamma", domains=["gamma.example.test", "g.example.test"])
+    tenant.refresh_from_db()
+    assert (tenant.status, tenant.status_detail, tenant.server) == ("active", "", "one")
+    assert database_exists(tenant)
+    primary = {d.domain: d.is_primary for d in Domain.objects.filter(tenant=tenant)}
+    assert primary == {"gamma.example.test": True, "g.example.test": False}
+    with tenant_context(tenant):
+        assert Note.objects.count() == 0
+
+
+def test_create_tenant_on_another_server(db_access):
+    tenant = create_tenant("gamma", server="two")
+    assert tenant.server == "two"
+    assert get_server("two").database_exists(tenant.database_name)
+    assert not get_server("one").database_exists(tenant.database_name)
+
+
+def test_provisioned_signal_seeds_inside_the_tenant(db_access, receiver):
+    seen = []
+
+    def seed(sender, tenant, **kwargs):
+        seen.append(current_tenant().slug)
+        Note.objects.get_or_create(text="seeded")
+
+    receiver(tenant_provisioned, seed)
+    tenant = create_tenant("gamma")
+    assert seen == ["gamma"]
+    with tenant_context(tenant):
+        assert list(Note.objects.values_list("text", flat=True)) == ["seeded"]
+
+
+def test_create_tenant_twice_is_not_an_error(db_access):
+    first = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(first):
+        Note.objects.create(text="kept")
+    second = create_tenant("gamma", domains=["gamma.example.test"])
+    assert second.pk == first.pk
+    assert Tenant.objects.count() == 1
+    assert Domain.objects.count() == 1
+    with tenant_context(second):
+        assert Note.objects.count() == 1
+
+
+def test_provisioning_interrupted_after_creating_the_database_is_finished(db_access):
+    # What a crash between CREATE DATABASE and migrate leaves behind.
+    tenant = Tenant.objects.create(slug="gamma", name="Gamma")
+    get_server(tenant.server).create_database(tenant.database_name)
+    assert tenant.status == TenantStatus.PROVISIONING
+    create_tenant("gamma")
+    tenant.refresh_from_db()
+    assert tenant.status == TenantStatus.ACTIVE
+    with tenant_context(tenant):
+        assert Note.objects.count() == 0
+
+
+def test_failure_marks_the_tenant_failed_and_a_rerun_finishes(db_access, receiver):
+    def broken_seed(sender, tenant, **kwargs):
+        raise RuntimeError("seed data unavailable")
+
+    receiver(tenant_provisioned, broken_seed)
+    with pytest.raises(ProvisioningError, match=r"'gamma' failed.*create_tenant gamma"):
+        create_tenant("gamma")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.status == TenantStatus.FAILED
+    assert tenant.status_detail == "RuntimeError: seed data unavailable"
+    assert "gamma" not in registered_aliases()
+
+    tenant_provisioned.disconnect(broken_seed)
+    provision_tenant(tenant)
+    tenant.refresh_from_db()
+    assert (tenant.status, tenant.status_detail) == (TenantStatus.ACTIVE, "")
+
+
+@pytest.mark.parametrize("slug", ["Gamma", "gam'ma", "gamma; DROP DATABASE x", "g" * 300])
+def test_hostile_slug_creates_nothing(db_access, slug):
+    before = {name: get_server(name).list_databases() for name in ("one", "two")}
+    with pytest.raises(ValidationError):
+        create_tenant(slug)
+    assert Tenant.objects.count() == 0
+    assert {name: get_server(name).list_databases() for name in ("one", "two")} == before
+
+
+def test_domain_of_another_tenant_is_refused(alpha):
+    with pytest.raises(
+        ProvisioningError, match=r"'alpha\.example\.test' already belongs to tenant alpha"
+    ):
+        create_tenant("gamma", domains=["alpha.example.test"])
+
+
+def test_existing_tenant_on_another_server_is_refused(db_access):
+    create_tenant("gamma", server="one")
+    with pytest.raises(ProvisioningError, match="exists on server 'one', not 'two'"):
+        create_tenant("gamma", server="two")
+
+
+def test_deprovision_drops_database_and_row(db_access, receiver):
+    sent = []
+    receiver(
+        tenant_deprovisioned,
+        lambda sender, tenant, keep_database, **kw: sent.append((tenant.slug, keep_database)),
+    )
+    tenant = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(tenant):
+        Note.objects.create(text="x")
+    deprovision_tenant(tenant)
+    assert not database_exists(tenant)
+    assert Tenant.objects.count() == Domain.objects.count() == 0
+    assert "gamma" not in registered_aliases()
+    assert sent == [("gamma", False)]
+
+
+def test_deprovision_with_sessions_open(db_access):
+    tenant = create_tenant("gamma")
+    alias = alias_for(tenant)
+    opened, finish = threading.Event(), threading.Event()
+
+    def hold_connection():
+        with tenant_context(tenant):
+            Note.objects.count()
+            opened.set()
+            finish.wait(timeout=60)
+
+    thread = threading.Thread(target=hold_connection)
+    thread.start()
+    outside = None
+    try:
+        assert opened.wait(timeout=60)
+        if BACKEND == "postgresql":
+            settings = connections.settings[alias]
+            outside = psycopg.connect(
+                host=settings["HOST"],
+                port=settings["PORT"],
+                user=settings["USER"],
+                dbname=tenant.database_name,
+            )
+        deprovision_tenant(tenant)
+        assert not database_exists(tenant)
+    finally:
+        finish.set()
+        thread.join(timeout=60)
+        if outside is not None:
+            outside.close()
+
+
+def test_deprovision_keeping_the_database_then_recreating_reuses_it(db_access):
+    tenant = create_tenant("gamma")
+    with tenant_context(tenant):
+        Note.objects.create(text="survives")
+    deprovision_tenant(tenant, keep_database=True)
+    assert database_exists(tenant)
+    assert Tenant.objects.count() == 0
+    again = create_tenant("gamma")
+    with tenant_context(again):
+        assert list(Note.objects.values_list("text", flat=True)) == ["survives"]
+
+
+def test_create_tenant_command(db_access, capsys):
+    call_command(
+        "create_tenant",
+        "gamma",
+        "--name",
+        "Gamma",
+        "--domain",
+        "gamma.example.test",
+        "--server",
+        "two",
+    )
+    assert (
+        "Tenant gamma is active on server two (database test_tenancy_gamma)"
+        in capsys.readouterr().out
+    )
+    assert Tenant.objects.get(slug="gamma").domains.get().is_primary
+
+
+def test_create_tenant_command_reports_invalid_slug(db_access):
+    with pytest.raises(
+        CommandError, match=r"'Bad Slug' was not created: .*not a valid tenant slug"
+    ):
+        call_command("create_tenant", "Bad Slug")
+
+
+def test_delete_tenant_command(db_access, capsys):
+    tenant = create_tenant("gamma")
+    call_command("delete_tenant", "gamma", "--noinput")
+    assert "Deleted tenant gamma, dropping database test_tenancy_gamma" in capsys.readouterr().out
+    assert not database_exists(tenant)
+
+
+def test_delete_tenant_command_asks_for_the_slug(db_access, monkeypatch):
+    tenant = create_tenant("gamma")
+    monkeypatch.setattr("builtins.input", lambda prompt: "gamm")
+    with pytest.raises(CommandError, match="Cancelled"):
+        call_command("delete_tenant", "gamma")
+    assert Tenant.objects.filter(slug="gamma").exists()
+    assert database_exists(tenant)
+    monkeypatch.setattr("builtins.input", lambda prompt: "gamma")
+    call_command("delete_tenant", "gamma", "--keep-database")
+    assert not Tenant.objects.filter(slug="gamma").exists()
+    assert database_exists(tenant)
+
+
+def test_delete_unknown_tenant(db_access):
+    with pytest.raises(CommandError, match="No tenant with slug 'nobody'"):
+        call_command("delete_tenant", "nobody", "--noinput")
