@@ -137,32 +137,35 @@ class Command(BaseCommand):
 
     def migrate_default(self, state: MigrationState) -> MigrationResult:
         connection = connections[DEFAULT_DB_ALIAS]
-        if self.read_only:
-            pending = state.pending(applied_migrations(connection))
-            result = MigrationResult(
-                DEFAULT_DB_ALIAS,
-                PENDING if pending else UP_TO_DATE,
-                pending=[f"{app}.{name}" for app, name in pending],
-            )
+        started = time.monotonic()
+        pending = state.pending(applied_migrations(connection))
+        result = MigrationResult(DEFAULT_DB_ALIAS, PENDING if pending else UP_TO_DATE)
+        if not self.read_only:
+            if not self.options["json"]:
+                self.stdout.write(self.style.MIGRATE_HEADING("Main database:"))
+            try:
+                with migration_lock(connection):
+                    call_command(
+                        "migrate",
+                        database=DEFAULT_DB_ALIAS,
+                        interactive=False,
+                        verbosity=0 if self.options["json"] else self.options["verbosity"],
+                        stdout=self.stdout,
+                        skip_checks=True,
+                    )
+            except Exception as exc:
+                raise CommandError(
+                    f"Migrating the main database failed, so no tenant was migrated: {exc}"
+                ) from exc
+            still_pending = state.pending(applied_migrations(connection))
+            result.applied = len(pending) - len(still_pending)
+            result.status = MIGRATED if result.applied else UP_TO_DATE
+            pending = still_pending
+        result.pending = [f"{app}.{name}" for app, name in pending]
+        result.seconds = round(time.monotonic() - started, 3)
+        if self.read_only or self.options["json"]:
             self.report(result, "[main]", state)
-            return result
-        if not self.options["json"]:
-            self.stdout.write(self.style.MIGRATE_HEADING("Main database:"))
-        try:
-            with migration_lock(connection):
-                call_command(
-                    "migrate",
-                    database=DEFAULT_DB_ALIAS,
-                    interactive=False,
-                    verbosity=self.options["verbosity"] if not self.options["json"] else 0,
-                    stdout=self.stdout,
-                    skip_checks=True,
-                )
-        except Exception as exc:
-            raise CommandError(
-                f"Migrating the main database failed, so no tenant was migrated: {exc}"
-            ) from exc
-        return MigrationResult(DEFAULT_DB_ALIAS, MIGRATED)
+        return result
 
     def selected_tenants(self) -> Any:
         tenants = get_tenant_model()._default_manager.order_by("slug")
