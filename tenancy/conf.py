@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "HEADER": "X-Tenant",
     "PATH_PREFIX": "/t/",
     "MAX_OPEN_CONNECTIONS": 100,
+    # New tenant databases are copies of a per-server template kept at the current schema.
+    "USE_TEMPLATE_DATABASES": True,
 }
 
 
@@ -175,6 +177,18 @@ class TenancySettings:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _error("MAX_OPEN_CONNECTIONS", "must be a positive integer.")
         return value
+
+    @cached_property
+    def USE_TEMPLATE_DATABASES(self) -> bool:
+        value = self._raw["USE_TEMPLATE_DATABASES"]
+        if not isinstance(value, bool):
+            raise _error("USE_TEMPLATE_DATABASES", "must be True or False.")
+        return value
+
+    def template_database_name(self) -> str:
+        """Name of each server's template database. Slugs never start with "-", so no
+        tenant's database can have this name."""
+        return self.DATABASE_NAME.format(slug="_template")
 
     def validate(self) -> None:
         """Read every value, so that any error is raised now (used by the system check)."""

@@ -144,7 +144,8 @@ def registered_aliases() -> dict[str, str]:
 def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
     """The complete ``DATABASES`` entry for ``tenant``, built from its server's template."""
     try:
-        validate_slug(tenant.slug)
+        if not getattr(tenant, "is_template", False):
+            validate_slug(tenant.slug)
         validate_database_name(tenant.database_name)
     except ValidationError as exc:
         raise TenancyError(

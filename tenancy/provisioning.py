@@ -9,17 +9,22 @@ tenant's connections, drops (or keeps) its database and deletes the row.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from django.db import transaction
 
 from tenancy.backends import get_server
+from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
 from tenancy.migration import migrate_tenant
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
+from tenancy.template_databases import TemplateInUse, create_database_from_template
+
+logger = logging.getLogger("tenancy.provisioning")
 
 
 class ProvisioningError(TenancyError):
@@ -72,8 +77,8 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
     _set_status(tenant, TenantStatus.PROVISIONING)
     try:
-        get_server(tenant.server).create_database(tenant.database_name)
-        result = migrate_tenant(tenant)
+        _create_database(tenant)
+        result = migrate_tenant(tenant)  # one query when the copy is up to date
         if result.failed:
             raise ProvisioningError(result.error)
         with tenant_context(tenant):
@@ -110,6 +115,18 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
             f"Deleting tenant {tenant.slug!r} failed ({reason}). It stays marked deleting; "
             f"run `manage.py delete_tenant {tenant.slug}` again to finish."
         ) from exc
+
+
+def _create_database(tenant: AbstractTenant) -> None:
+    if tenancy_settings.USE_TEMPLATE_DATABASES:
+        try:
+            create_database_from_template(tenant)
+            return
+        except TemplateInUse as exc:
+            logger.warning(
+                "Template database in use, creating %s by migrating instead: %s", tenant.slug, exc
+            )
+    get_server(tenant.server).create_database(tenant.database_name)
 
 
 def _set_status(tenant: AbstractTenant, status: str, detail: str = "") -> None:

@@ -49,6 +49,7 @@ def drop_tenant_database(tenant: Tenant) -> None:
 def drop_test_databases_except(slugs: object) -> None:
     """Drop the tenant databases a test created on the test servers."""
     keep = {tenancy_settings.database_name_for(slug) for slug in slugs}  # type: ignore[attr-defined]
+    keep.add(tenancy_settings.template_database_name())
     for name in ("one", "two"):
         server = get_server(name)
         for database in server.list_databases():
@@ -108,6 +109,7 @@ def db_access(tenant_databases: None, django_db_blocker: object) -> Iterator[Non
         Domain.objects.all().delete()
         Tenant.objects.all().delete()
         drop_test_databases_except(TEST_TENANTS)
+        unregister_all()
         Plan.objects.all().delete()
         connections.close_all()
         # The async ORM runs queries in asgiref's thread-sensitive executor thread:
@@ -132,3 +134,23 @@ def alpha(db_access: None) -> Tenant:
 def beta(db_access: None) -> Tenant:
     """Active tenant on server "two", reached at beta.example.test."""
     return _saved_tenant("beta")
+
+
+def drop_template_databases() -> None:
+    for name in ("one", "two"):
+        get_server(name).drop_database(tenancy_settings.template_database_name())
+
+
+@pytest.fixture
+def migrations(settings: object) -> Iterator[object]:
+    """Switch an app's migrations to another package for one test."""
+    from tenancy.migration import reset_state
+
+    def use(package: str, app: str = "tenantapp") -> None:
+        settings.MIGRATION_MODULES = {app: package}  # type: ignore[attr-defined]
+        reset_state()
+
+    yield use
+    reset_state()
+    # Template databases migrated with these packages must not serve later tests.
+    drop_template_databases()

@@ -45,6 +45,7 @@ def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
     assert [t["title"] for t in json.loads(beta)["tasks"]] == ["Fix the roof"]
     assert unknown == "404"
     assert sorted(p.name for p in (tmp_path / "tenants").glob("*.sqlite3")) == [
+        "tenant__template.sqlite3",  # new tenants are copies of it
         "tenant_alpha.sqlite3",
         "tenant_beta.sqlite3",
     ]

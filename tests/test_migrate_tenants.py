@@ -37,17 +37,6 @@ def fleet(db_access):
     reset_state()
 
 
-@pytest.fixture
-def migrations(settings):
-    """Switch the tenant app's migrations to another package."""
-
-    def use(package, app="tenantapp"):
-        settings.MIGRATION_MODULES = {app: package}
-        reset_state()
-
-    return use
-
-
 def run(*args):
     """migrate_tenants' output lines, and the CommandError it raised (or None)."""
     import io

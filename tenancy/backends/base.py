@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 
@@ -28,3 +29,16 @@ class DatabaseServer:
 
     def list_databases(self) -> list[str]:
         raise NotImplementedError
+
+    def clone_database(self, template: str, name: str) -> bool:
+        """Create ``name`` as a copy of ``template``; ``False`` when ``name`` exists already.
+        Raises ``TemplateInUse`` when the copy cannot be made right now."""
+        raise NotImplementedError
+
+    def template_lock(self) -> AbstractContextManager[None]:
+        """Serialise work on this server's template database across processes."""
+        raise NotImplementedError
+
+
+class TemplateInUse(Exception):
+    """The template database is in use (PostgreSQL refuses to copy it then)."""

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tenancy.backends.base import DatabaseServer
@@ -42,6 +47,38 @@ class SQLiteServer(DatabaseServer):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return existed
+
+    def clone_database(self, template: str, name: str) -> bool:
+        source, target = self.path(template), self.path(name)
+        if target.exists():
+            return False
+        # Copy through SQLite's backup API into a private file, then link it into place:
+        # a crash never leaves a half-copied database under the tenant's name.
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            with (
+                contextlib.closing(sqlite3.connect(source)) as src,
+                contextlib.closing(sqlite3.connect(partial)) as copy,
+            ):
+                src.backup(copy)
+            try:
+                os.link(partial, target)
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return True
+
+    @contextlib.contextmanager
+    def template_lock(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / ".template-lock").open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def list_databases(self) -> list[str]:
         if not self.directory.is_dir():

@@ -1,0 +1,107 @@
+"""New tenants copied from a template database: same schema, faster, self-updating."""
+
+import psycopg
+import pytest
+from django.db import connections
+
+from tenancy import tenant_connection, tenant_context
+from tenancy.backends import get_server
+from tenancy.conf import tenancy_settings
+from tenancy.migration import applied_migrations
+from tenancy.provisioning import create_tenant
+from tests.settings import BACKEND
+from tests.tenantapp.models import Note
+
+TEMPLATE = "test_tenancy__template"
+
+
+def schema(tenant):
+    """Tables, columns, constraints and indexes, and the recorded migrations."""
+    with tenant_context(tenant):
+        connection = tenant_connection()
+        introspection = connection.introspection
+        with connection.cursor() as cursor:
+            tables = sorted(introspection.table_names(cursor))
+            shape = {
+                table: (
+                    [
+                        tuple(column)[:7]
+                        for column in introspection.get_table_description(cursor, table)
+                    ],
+                    introspection.get_constraints(cursor, table),
+                )
+                for table in tables
+            }
+        return shape, applied_migrations(connection)
+
+
+@pytest.fixture
+def without_templates(settings):
+    settings.TENANCY = {**settings.TENANCY, "USE_TEMPLATE_DATABASES": False}
+
+
+def test_template_name_cannot_be_a_tenants():
+    assert tenancy_settings.template_database_name() == TEMPLATE
+
+
+def test_copied_tenant_equals_migrated_tenant(db_access, settings):
+    copied = create_tenant("gamma")
+    assert get_server("one").database_exists(TEMPLATE)
+    settings.TENANCY = {**settings.TENANCY, "USE_TEMPLATE_DATABASES": False}
+    migrated = create_tenant("delta")
+    copied_schema, copied_applied = schema(copied)
+    migrated_schema, migrated_applied = schema(migrated)
+    assert copied_schema == migrated_schema
+    assert copied_applied == migrated_applied
+    assert ("tenantapp", "0001_initial") in copied_applied
+
+
+def test_without_templates_no_template_is_made(db_access, without_templates):
+    get_server("two").drop_database(TEMPLATE)
+    create_tenant("gamma", server="two")
+    assert not get_server("two").database_exists(TEMPLATE)
+
+
+def test_template_follows_new_migrations(db_access, migrations):
+    create_tenant("gamma")
+    migrations("tests.migrations_v2")
+    delta = create_tenant("delta")
+    with tenant_context(delta):
+        assert list(Note.objects.values_list("text", flat=True)) == ["welcome"]
+        assert ("tenantapp", "0002_note_text_index") in applied_migrations(tenant_connection())
+
+
+def test_seed_data_is_per_tenant_not_copied(db_access):
+    gamma = create_tenant("gamma")
+    with tenant_context(gamma):
+        Note.objects.create(text="gamma only")
+    delta = create_tenant("delta")
+    with tenant_context(delta):
+        assert Note.objects.count() == 0
+
+
+def test_cloning_onto_an_existing_database_changes_nothing(db_access):
+    gamma = create_tenant("gamma")
+    with tenant_context(gamma):
+        Note.objects.create(text="kept")
+    connections.close_all()
+    assert get_server("one").clone_database(TEMPLATE, gamma.database_name) is False
+    with tenant_context(gamma):
+        assert Note.objects.count() == 1
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="only PostgreSQL locks a template in use")
+def test_template_in_use_falls_back_to_migrating(db_access):
+    create_tenant("gamma")  # makes sure the template exists
+    server = tenancy_settings.server("one")
+    session = psycopg.connect(
+        host=server["HOST"], port=server["PORT"], user=server["USER"], dbname=TEMPLATE
+    )
+    try:
+        delta = create_tenant("delta")
+    finally:
+        session.close()
+    delta.refresh_from_db()
+    assert delta.status == "active"
+    with tenant_context(delta):
+        assert Note.objects.count() == 0
