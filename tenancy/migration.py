@@ -54,6 +54,11 @@ class MigrationState:
     def _replaces(self) -> dict[MigrationKey, tuple[MigrationKey, ...]]:
         return {key: tuple(m.replaces) for key, m in self._loader.replacements.items()}
 
+    @cached_property
+    def replaced(self) -> frozenset[MigrationKey]:
+        """Migrations that squashed migrations in the graph replace."""
+        return frozenset(key for keys in self._replaces.values() for key in keys)
+
     def pending(self, applied: set[MigrationKey]) -> list[MigrationKey]:
         """Graph nodes not applied (a squashed migration counts as applied when every
         migration it replaces is), in a stable order."""

@@ -11,24 +11,46 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django.db import transaction
 
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
-from tenancy.connections import unregister
+from tenancy.connections import connection_for, unregister
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
-from tenancy.migration import migrate_tenant
+from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
 from tenancy.template_databases import TemplateInUse, create_database_from_template
+from tenancy.validators import validate_database_name
 
 logger = logging.getLogger("tenancy.provisioning")
 
 
 class ProvisioningError(TenancyError):
     """Provisioning a tenant failed; the tenant is marked failed with the reason."""
+
+
+@dataclass(frozen=True)
+class AdoptionReport:
+    """How an adopted database's tenant-app migrations differ from the project's."""
+
+    missing: list[str]  # in the project, not applied in the database
+    unknown: list[str]  # applied in the database, not in the project
+
+    @property
+    def matches(self) -> bool:
+        return not self.missing and not self.unknown
+
+    def __str__(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"not applied: {', '.join(self.missing)}")
+        if self.unknown:
+            parts.append(f"applied but not in this project: {', '.join(self.unknown)}")
+        return "; ".join(parts) or "migrations match"
 
 
 def create_tenant(
@@ -53,6 +75,59 @@ def create_tenant(
     add_domains(tenant, domains)
     provision_tenant(tenant)
     return tenant
+
+
+def adopt_database(
+    slug: str,
+    database_name: str,
+    *,
+    name: str = "",
+    domains: Iterable[str] = (),
+    server: str | None = None,
+) -> tuple[AbstractTenant, AdoptionReport]:
+    """Register the existing database ``database_name`` as tenant ``slug``'s, creating
+    nothing. The tenant becomes active when the database's tenant-app migrations match
+    the project's; otherwise it is marked failed with the differences (running
+    ``create_tenant SLUG`` afterwards applies missing migrations)."""
+    server = server or tenancy_settings.DEFAULT_SERVER
+    validate_database_name(database_name)
+    if not get_server(server).database_exists(database_name):
+        raise ProvisioningError(
+            f"Database {database_name!r} does not exist on server {server!r}; nothing to adopt."
+        )
+    model = get_tenant_model()
+    tenant, _ = model._default_manager.get_or_create(
+        slug=slug,
+        defaults={"name": name or slug, "server": server, "database_name": database_name},
+    )
+    if (tenant.server, tenant.database_name) != (server, database_name):
+        raise ProvisioningError(
+            f"Tenant {slug!r} exists already, with database {tenant.database_name!r} on "
+            f"server {tenant.server!r}."
+        )
+    add_domains(tenant, domains)
+    report = compare_migrations(tenant)
+    if report.matches:
+        _set_status(tenant, TenantStatus.ACTIVE)
+    else:
+        _set_status(tenant, TenantStatus.FAILED, f"Adopted database differs: {report}")
+    return tenant, report
+
+
+def compare_migrations(tenant: AbstractTenant) -> AdoptionReport:
+    """Compare the tenant apps' migrations recorded in ``tenant``'s database with the
+    project's migration graph."""
+    state = migration_state()
+    connection = connection_for(tenant)
+    try:
+        applied = applied_migrations(connection)
+    finally:
+        connection.close()
+    labels = tenancy_settings.tenant_app_labels
+    missing = [f"{app}.{name}" for app, name in state.pending(applied) if app in labels]
+    known = state.nodes | state.replaced
+    unknown = sorted(f"{app}.{name}" for app, name in applied - known if app in labels)
+    return AdoptionReport(missing, unknown)
 
 
 def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:

@@ -38,7 +38,8 @@ def create_tenant_database(tenant: Tenant) -> None:
     server = get_server(tenant.server)
     server.drop_database(tenant.database_name)
     server.create_database(tenant.database_name)
-    call_command("migrate", database=alias_for(tenant), verbosity=0)
+    with tenant_context(tenant):
+        call_command("migrate", database=alias_for(tenant), verbosity=0)
 
 
 def drop_tenant_database(tenant: Tenant) -> None:
@@ -146,8 +147,10 @@ def migrations(settings: object) -> Iterator[object]:
     """Switch an app's migrations to another package for one test."""
     from tenancy.migration import reset_state
 
-    def use(package: str, app: str = "tenantapp") -> None:
-        settings.MIGRATION_MODULES = {app: package}  # type: ignore[attr-defined]
+    def use(package: str | None, app: str = "tenantapp") -> None:
+        """``None``: the app's own migrations again."""
+        modules = {app: package} if package else {}
+        settings.MIGRATION_MODULES = modules  # type: ignore[attr-defined]
         reset_state()
 
     yield use

@@ -247,3 +247,68 @@ def test_delete_tenant_command_asks_for_the_slug(db_access, monkeypatch):
 def test_delete_unknown_tenant(db_access):
     with pytest.raises(CommandError, match="No tenant with slug 'nobody'"):
         call_command("delete_tenant", "nobody", "--noinput")
+
+
+def legacy_database(name):
+    """An existing database as a single-database project would have it."""
+    from tests.conftest import create_tenant_database, make_tenant
+
+    legacy = make_tenant("legacy", "one", database_name=name)
+    create_tenant_database(legacy)
+    with tenant_context(legacy):
+        Note.objects.create(text="from before")
+    connections.close_all()
+    return legacy
+
+
+def test_adopt_database_registers_existing_data(db_access, capsys):
+    legacy_database("test_tenancy_legacy")
+    call_command(
+        "create_tenant",
+        "gamma",
+        "--adopt-database",
+        "test_tenancy_legacy",
+        "--domain",
+        "gamma.example.test",
+    )
+    assert (
+        "Tenant gamma is active with the existing database test_tenancy_legacy"
+        in capsys.readouterr().out
+    )
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.status, tenant.database_name) == (TenantStatus.ACTIVE, "test_tenancy_legacy")
+    with tenant_context(tenant):
+        assert list(Note.objects.values_list("text", flat=True)) == ["from before"]
+
+
+def test_adopt_reports_missing_migrations_and_create_tenant_applies_them(db_access):
+    get_server("one").create_database("test_tenancy_empty")
+    with pytest.raises(CommandError, match=r"not applied: tenantapp\.0001_initial") as adopting:
+        call_command("create_tenant", "gamma", "--adopt-database", "test_tenancy_empty")
+    assert "marked failed" in str(adopting.value)
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.status == TenantStatus.FAILED
+    assert "tenantapp.0001_initial" in tenant.status_detail
+    call_command("create_tenant", "gamma")
+    tenant.refresh_from_db()
+    assert tenant.status == TenantStatus.ACTIVE
+    with tenant_context(tenant):
+        assert Note.objects.count() == 0
+
+
+def test_adopt_reports_migrations_the_project_does_not_know(db_access, migrations):
+    migrations("tests.migrations_v2")
+    legacy_database("test_tenancy_newer")
+    migrations(None)  # the project's own migrations: it has no 0002
+    with pytest.raises(
+        CommandError, match=r"applied but not in this project: tenantapp\.0002_note_text_index"
+    ):
+        call_command("create_tenant", "gamma", "--adopt-database", "test_tenancy_newer")
+
+
+def test_adopt_missing_database(db_access):
+    with pytest.raises(
+        CommandError, match="'test_tenancy_nowhere' does not exist on server 'one'"
+    ):
+        call_command("create_tenant", "gamma", "--adopt-database", "test_tenancy_nowhere")
+    assert not Tenant.objects.exists()

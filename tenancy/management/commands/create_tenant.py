@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenancy.exceptions import TenancyError
-from tenancy.provisioning import create_tenant
+from tenancy.provisioning import adopt_database, create_tenant
 
 
 class Command(BaseCommand):
@@ -32,9 +32,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--server", help="A key of TENANCY['SERVERS'] (default: DEFAULT_SERVER)."
         )
+        parser.add_argument(
+            "--adopt-database",
+            metavar="NAME",
+            help="Register this existing database as the tenant's instead of creating one; "
+            "its tenant-app migrations are compared with the project's.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
+        if options["adopt_database"]:
+            self.adopt(options)
+            return
         try:
             tenant = create_tenant(
                 options["slug"],
@@ -52,5 +61,33 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"Tenant {tenant.slug} is active on server {tenant.server} "
                 f"(database {tenant.database_name}) in {time.monotonic() - started:.2f}s."
+            )
+        )
+
+    def adopt(self, options: dict[str, Any]) -> None:
+        slug, database = options["slug"], options["adopt_database"]
+        try:
+            tenant, report = adopt_database(
+                slug,
+                database,
+                name=options["name"],
+                domains=options["domains"],
+                server=options["server"],
+            )
+        except ValidationError as exc:
+            raise CommandError(f"Nothing adopted: {'; '.join(exc.messages)}") from exc
+        except TenancyError as exc:
+            raise CommandError(str(exc)) from exc
+        if not report.matches:
+            raise CommandError(
+                f"Tenant {slug} was registered with database {database}, but its migrations "
+                f"differ from the project's ({report}). It is marked failed. Run "
+                f"`manage.py create_tenant {slug}` to apply missing migrations; migrations the "
+                "project does not know must be reconciled by hand."
+            )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Tenant {slug} is active with the existing database {database} on server "
+                f"{tenant.server}; its tenant-app migrations match."
             )
         )
