@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from tenancy.backends import get_server
-from tenancy.backends.base import TemplateInUse
+from tenancy.backends.base import TemplateInUse, TemplateMissing
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
@@ -52,12 +52,16 @@ def create_database_from_template(tenant: AbstractTenant) -> bool:
     the template cannot be copied right now (someone is connected to it).
     """
     server = get_server(tenant.server)
-    if server.database_exists(tenant.database_name):
-        return False
     template = template_for(tenant.server)
     with server.template_lock():
         _bring_up_to_date(template)
-        return server.clone_database(template.database_name, tenant.database_name)
+        try:
+            return server.clone_database(template.database_name, tenant.database_name)
+        except TemplateMissing:
+            # Dropped behind our back since we last saw it current: build it again.
+            _current.discard((template, id(migration_state())))
+            _bring_up_to_date(template)
+            return server.clone_database(template.database_name, tenant.database_name)
 
 
 # Templates known to be current for the migration graph loaded in this process, so that
@@ -69,7 +73,7 @@ def _bring_up_to_date(template: TemplateDatabase) -> None:
     state = migration_state()
     key = (template, id(state))
     server = get_server(template.server)
-    if key in _current and server.database_exists(template.database_name):
+    if key in _current:
         return
     server.create_database(template.database_name)
     try:

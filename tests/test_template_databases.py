@@ -105,3 +105,24 @@ def test_template_in_use_falls_back_to_migrating(db_access):
     assert delta.status == "active"
     with tenant_context(delta):
         assert Note.objects.count() == 0
+
+
+def test_template_dropped_behind_our_back_is_rebuilt(db_access):
+    create_tenant("gamma")  # the template is now known to be current in this process
+    get_server("one").drop_database(TEMPLATE)
+    delta = create_tenant("delta")
+    assert get_server("one").database_exists(TEMPLATE)
+    with tenant_context(delta):
+        assert Note.objects.count() == 0
+        assert ("tenantapp", "0001_initial") in applied_migrations(tenant_connection())
+
+
+def test_missing_sqlite_template_is_not_created_empty(db_access, tmp_path, settings):
+    from tenancy.backends.base import TemplateMissing
+    from tenancy.backends.sqlite import SQLiteServer
+
+    server = SQLiteServer("scratch", {"DIRECTORY": tmp_path / "dir with ?#% chars"})
+    with pytest.raises(TemplateMissing):
+        server.clone_database("absent", "copy")
+    assert not server.database_exists("absent")
+    assert not server.database_exists("copy")

@@ -42,3 +42,7 @@ class DatabaseServer:
 
 class TemplateInUse(Exception):
     """The template database is in use (PostgreSQL refuses to copy it then)."""
+
+
+class TemplateMissing(Exception):
+    """The template database does not exist."""

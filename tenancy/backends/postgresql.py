@@ -11,7 +11,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
 from psycopg import errors, sql
 
-from tenancy.backends.base import DatabaseServer, TemplateInUse
+from tenancy.backends.base import DatabaseServer, TemplateInUse, TemplateMissing
 from tenancy.conf import SERVER_ONLY_KEYS
 from tenancy.validators import validate_database_name
 
@@ -85,6 +85,8 @@ class PostgreSQLServer(DatabaseServer):
                     return False
                 if isinstance(exc.__cause__, errors.ObjectInUse):
                     raise TemplateInUse(str(exc)) from exc
+                if isinstance(exc.__cause__, errors.InvalidCatalogName):
+                    raise TemplateMissing(str(exc)) from exc
                 raise
         return True
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tenancy.backends.base import DatabaseServer
+from tenancy.backends.base import DatabaseServer, TemplateMissing
 from tenancy.validators import validate_database_name
 
 SUFFIX = ".sqlite3"
@@ -56,8 +56,13 @@ class SQLiteServer(DatabaseServer):
         # a crash never leaves a half-copied database under the tenant's name.
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
         try:
+            try:
+                # Read-only: a missing template must not be created empty.
+                src_connection = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+            except sqlite3.OperationalError as exc:
+                raise TemplateMissing(f"{source}: {exc}") from exc
             with (
-                contextlib.closing(sqlite3.connect(source)) as src,
+                contextlib.closing(src_connection) as src,
                 contextlib.closing(sqlite3.connect(partial)) as copy,
             ):
                 src.backup(copy)

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Fleet migrations and provisioning, side by side with what users would do otherwise.
+
+    scripts/with-postgres -n 1 .venv/bin/python benchmarks/migrations.py [--tenants 1000]
+
+Prints three comparisons, each measured in this one run on the same cluster:
+1. `migrate_tenants` with nothing to do on N tenants, against a loop of
+   `manage.py migrate --database=<tenant>` (plain Django, each tenant a configured
+   database), timed on a sample of tenants and scaled to N.
+2. One new migration applied to 200 tenants with --jobs 1 and with --jobs 4.
+3. Provisioning one tenant by copying the template against migrating it, the tenant apps
+   being Django's auth, contenttypes and sessions plus an app with 100 migrations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "benchmarks" / ".generated"
+
+
+def generate_app(migrations: int = 100) -> None:
+    """An app `hundred` whose model grows one field per migration; `migrations_plus`
+    holds the same migrations and one more."""
+    app = GENERATED / "hundred"
+    for package, count in (("migrations", migrations), ("migrations_plus", migrations + 1)):
+        directory = app / package
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "__init__.py").write_text("")
+        for number in range(1, count + 1):
+            name = f"{number:04d}_step"
+            if number == 1:
+                body = (
+                    "    operations = [migrations.CreateModel('Item', [('id', "
+                    "models.BigAutoField(primary_key=True)), ('name', models.CharField("
+                    "max_length=100))])]\n"
+                )
+                dependencies = "[]"
+            else:
+                body = (
+                    f"    operations = [migrations.AddField('item', 'field_{number}', "
+                    "models.CharField(max_length=50, null=True))]\n"
+                )
+                dependencies = f"[('hundred', '{number - 1:04d}_step')]"
+            (directory / f"{name}.py").write_text(
+                "from django.db import migrations, models\n\n\n"
+                "class Migration(migrations.Migration):\n"
+                f"    dependencies = {dependencies}\n{body}"
+            )
+    (app / "__init__.py").write_text("")
+    fields = "".join(
+        f"    field_{n} = models.CharField(max_length=50, null=True)\n"
+        for n in range(2, migrations + 1)
+    )
+    (app / "models.py").write_text(
+        "from django.db import models\n\n\nclass Item(models.Model):\n"
+        f"    name = models.CharField(max_length=100)\n{fields}"
+    )
+
+
+def environment(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(GENERATED)]),
+        **extra,
+    }
+
+
+def manage(*args: str, **extra: str) -> float:
+    """Run manage.py in a new process, as a user would; its wall time in seconds."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment(**extra),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--baseline-sample", type=int, default=10)
+    parser.add_argument("--jobs-tenants", type=int, default=200)
+    options = parser.parse_args()
+
+    generate_app()
+    os.environ.update(environment())
+    sys.path[:0] = [str(ROOT), str(GENERATED)]
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.test.utils import override_settings
+
+    from tenancy.backends import get_server
+    from tenancy.conf import tenancy_settings
+    from tenancy.models import Tenant, TenantStatus
+    from tenancy.provisioning import create_tenant
+
+    server = get_server("fleet")
+    for name in server.list_databases():
+        if name.startswith("bench_"):
+            server.drop_database(name)
+    server.create_database("bench_main")
+    call_command("migrate_tenants", verbosity=0)
+
+    print(
+        f"Benchmarks on PostgreSQL at {settings.DATABASES['default']['HOST']}:"
+        f"{settings.DATABASES['default']['PORT']}, Python {sys.version.split()[0]}, "
+        f"Django {django.get_version()}"
+    )
+
+    # 3. Provisioning: template copy against migrating.
+    create_tenant("warm-up")  # builds the template
+    copied = []
+    for i in range(5):
+        started = time.perf_counter()
+        create_tenant(f"copied-{i}")
+        copied.append(time.perf_counter() - started)
+    migrated = []
+    with override_settings(TENANCY={**settings.TENANCY, "USE_TEMPLATE_DATABASES": False}):
+        for i in range(3):
+            started = time.perf_counter()
+            create_tenant(f"migrated-{i}")
+            migrated.append(time.perf_counter() - started)
+
+    # The fleet: copies of the template, registered as active tenants.
+    def add_tenants(prefix: str, count: int, server_name: str) -> list[str]:
+        names = []
+        for i in range(count):
+            tenant = Tenant(
+                slug=f"{prefix}-{i:04d}",
+                name=prefix,
+                server=server_name,
+                status=TenantStatus.ACTIVE,
+            )
+            tenant.database_name = tenancy_settings.database_name_for(tenant.slug)
+            get_server(server_name).clone_database("bench__template", tenant.database_name)
+            tenant.save()
+            names.append(tenant.database_name)
+        return names
+
+    started = time.perf_counter()
+    fleet = add_tenants("fleet", options.tenants - len(copied) - len(migrated) - 1, "fleet")
+    print(f"(set-up: {options.tenants} tenant databases in {time.perf_counter() - started:.0f}s)")
+
+    # 1. No-op migrate_tenants against a loop of plain `migrate --database`.
+    manage("migrate_tenants", "--server", "fleet")  # warm the page cache
+    noop = [manage("migrate_tenants", "--server", "fleet") for _ in range(3)]
+    sample = fleet[: options.baseline_sample]
+    loop = [manage("migrate", "--database", name, BENCH_STATIC_TENANTS=name) for name in sample]
+    per_tenant_loop = statistics.median(loop)
+    ours = statistics.median(noop)
+    ours_per_tenant = ours / options.tenants
+
+    # 2. One new migration on N tenants, --jobs 1 and --jobs 4.
+    add_tenants("jobs1", options.jobs_tenants, "jobs1")
+    add_tenants("jobs4", options.jobs_tenants, "jobs4")
+    plus = {"BENCH_HUNDRED_MIGRATIONS": "hundred.migrations_plus"}
+    manage("migrate", "--database", "default", **plus)
+    jobs1 = manage("migrate_tenants", "--server", "jobs1", "--jobs", "1", **plus)
+    jobs4 = manage("migrate_tenants", "--server", "jobs4", "--jobs", "4", **plus)
+
+    median_migrated, median_copied = statistics.median(migrated), statistics.median(copied)
+    loop_total = per_tenant_loop * options.tenants
+    lines = [
+        "",
+        f"1. Nothing to migrate, {options.tenants} tenants",
+        f"   migrate_tenants, one process (median of 3): {ours:8.2f} s"
+        f" ({ours_per_tenant * 1000:.1f} ms per tenant)",
+        f"   loop of `manage.py migrate --database=X`:   {loop_total:8.2f} s"
+        f" ({per_tenant_loop * 1000:.0f} ms per tenant: median of {len(sample)} runs,"
+        f" x {options.tenants})",
+        f"   ratio: {per_tenant_loop / ours_per_tenant:.0f}x (target >= 50x)",
+        "",
+        f"2. One new migration on {options.jobs_tenants} tenants",
+        f"   --jobs 1: {jobs1:6.2f} s   --jobs 4: {jobs4:6.2f} s   ratio: {jobs1 / jobs4:.2f}x",
+        "",
+        "3. Provisioning one tenant (contrib auth, contenttypes, sessions + 100 migrations)",
+        f"   by migrating:         {median_migrated:6.3f} s (median of {len(migrated)})",
+        f"   copying the template: {median_copied:6.3f} s (median of {len(copied)})",
+        f"   ratio: {median_migrated / median_copied:.1f}x (target >= 10x)",
+    ]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
