@@ -1,4 +1,4 @@
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean bench
 
 # Set up the example project on SQLite, create two demo tenants and serve it.
 demo:
@@ -7,6 +7,11 @@ demo:
 # Every check and test: ruff, mypy, pytest on PostgreSQL and SQLite, Django 5.2 and 6.
 test:
 	scripts/test
+
+# Benchmarks against the alternatives, printed side by side (see benchmarks/README.md).
+bench:
+	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
+	scripts/with-postgres -n 1 .venv/bin/python benchmarks/migrations.py
 
 lint:
 	.venv/bin/ruff check .

@@ -114,7 +114,7 @@ def main() -> None:
         if name.startswith("bench_"):
             server.drop_database(name)
     server.create_database("bench_main")
-    call_command("migrate_tenants", verbosity=0)
+    call_command("migrate_tenants", verbosity=0, stdout=open(os.devnull, "w"))  # noqa: SIM115
 
     print(
         f"Benchmarks on PostgreSQL at {settings.DATABASES['default']['HOST']}:"

@@ -11,7 +11,7 @@ from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
 from tenancy import tenant_context
-from tenancy.connections import alias_for
+from tenancy.connections import alias_for, registered_aliases
 from tenancy.migration import (
     LOCKED,
     MIGRATED,
@@ -90,6 +90,7 @@ def test_new_migration_reaches_every_tenant_in_slug_order(fleet, migrations):
             assert list(Note.objects.values_list("text", flat=True)) == ["welcome"]
     lines, error = run()
     assert lines[-1].startswith("3 tenant(s): 0 migrated, 3 up to date")
+    assert registered_aliases() == {}  # nothing kept per tenant
 
 
 def test_parallel_jobs_migrate_every_tenant(fleet, migrations):

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from tenancy.connections import unregister
 from tenancy.migration import (
     FAILED,
     LOCKED,
@@ -107,12 +108,17 @@ class Command(BaseCommand):
         width = len(str(total))
 
         def work(tenant: AbstractTenant) -> MigrationResult:
-            return migrate_tenant(
-                tenant,
-                check_only=self.read_only,
-                wait_for_lock=not options["skip_locked"],
-                state=state,
-            )
+            try:
+                return migrate_tenant(
+                    tenant,
+                    check_only=self.read_only,
+                    wait_for_lock=not options["skip_locked"],
+                    state=state,
+                )
+            finally:
+                # Keep nothing per tenant: the process's aliases stay few however many
+                # tenants there are.
+                unregister(tenant)
 
         results = _run_in_parallel(
             tenants.iterator(chunk_size=500), work, jobs, per_server, options["fail_fast"]
