@@ -231,3 +231,25 @@ def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):
         thread.join(timeout=60)
     assert [r.status for r in results] == [LOCKED]
     assert migrate_tenant(gamma).status == MIGRATED
+
+
+def test_migration_graph_is_loaded_once_not_per_tenant(fleet, migrations, monkeypatch):
+    from django.db.migrations.loader import MigrationLoader
+
+    migrations("tests.migrations_v2")
+    loads = []
+    build_graph = MigrationLoader.build_graph
+
+    def counting_build_graph(self):
+        loads.append(self.connection.alias if self.connection else None)
+        return build_graph(self)
+
+    monkeypatch.setattr(MigrationLoader, "build_graph", counting_build_graph)
+    lines, error = run()
+    assert error is None
+    assert lines[-1].startswith("3 tenant(s): 3 migrated")
+    # Django's migrate of the main database loads it once, the command's graph once,
+    # and one plan shared by the three tenants (their applied migrations are the same).
+    tenant_loads = [alias for alias in loads if alias not in (None, "default")]
+    assert len(tenant_loads) == 1
+    assert len(loads) == 3
