@@ -28,7 +28,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
-from django.db.migrations.state import ProjectState
+from django.db.migrations.state import ProjectState, StateApps
 
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
@@ -55,6 +55,9 @@ class _Plan:
     targets: list[MigrationKey]
     plan: list[tuple[Migration, bool]]
     state: ProjectState  # before migrating, with its apps rendered
+    # The models after migrating, for post_migrate receivers: the same for every database
+    # that follows this plan, so rendered once.
+    post_apps: StateApps | None = None
 
 
 class MigrationState:
@@ -274,8 +277,10 @@ def _run_migrate(
         executor.connection, executor.loader = connection, plan.loader
         executor.recorder, executor.progress_callback = MigrationRecorder(connection), None
         post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
-        post_state.clear_delayed_apps_cache()
-        quiet["apps"] = post_state.apps
+        if plan.post_apps is None:
+            post_state.clear_delayed_apps_cache()
+            plan.post_apps = post_state.apps
+        quiet["apps"] = plan.post_apps
         emit_post_migrate_signal(0, False, connection.alias, **quiet)
 
 
