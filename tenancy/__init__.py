@@ -21,6 +21,7 @@ from tenancy.exceptions import (
     TenantServerError,
     TenantUnavailable,
 )
+from tenancy.transactions import atomic, on_commit
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -34,8 +35,10 @@ __all__ = [
     "TenantNotFound",
     "TenantServerError",
     "TenantUnavailable",
+    "atomic",
     "current_tenant",
     "get_tenant_model",
+    "on_commit",
     "require_tenant",
     "tenant_connection",
     "tenant_context",

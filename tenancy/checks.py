@@ -32,6 +32,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="tenancy.E002",
             )
         )
+    errors.extend(_check_atomic_requests())
     for name, server in tenancy_settings.SERVERS.items():
         if server.get("OPTIONS", {}).get("pool"):
             errors.append(
@@ -97,3 +98,29 @@ def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
                     )
                 )
     return messages
+
+
+ATOMIC_MIDDLEWARE = "tenancy.middleware.TenantAtomicRequestsMiddleware"
+
+
+def _check_atomic_requests() -> list[checks.CheckMessage]:
+    middleware = list(getattr(settings, "MIDDLEWARE", []))
+    if tenancy_settings.ATOMIC_REQUESTS and ATOMIC_MIDDLEWARE not in middleware:
+        return [
+            checks.Error(
+                "TENANCY['ATOMIC_REQUESTS'] is on, but no middleware applies it.",
+                hint=f"Add {ATOMIC_MIDDLEWARE!r} as the last entry of MIDDLEWARE.",
+                id="tenancy.E005",
+            )
+        ]
+    if ATOMIC_MIDDLEWARE in middleware and middleware[-1] != ATOMIC_MIDDLEWARE:
+        return [
+            checks.Error(
+                f"{ATOMIC_MIDDLEWARE} must be the last entry of MIDDLEWARE: it calls the view, "
+                "so the process_view of any middleware after it (CSRF protection among "
+                "them) would not run.",
+                hint="Move it to the end of MIDDLEWARE.",
+                id="tenancy.E006",
+            )
+        ]
+    return []

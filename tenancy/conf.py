@@ -48,6 +48,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_OPEN_CONNECTIONS": 100,
     # New tenant databases are copies of a per-server template kept at the current schema.
     "USE_TEMPLATE_DATABASES": True,
+    # Wrap each tenant request's view in a transaction on the tenant's database (needs
+    # tenancy.middleware.TenantAtomicRequestsMiddleware, last in MIDDLEWARE).
+    "ATOMIC_REQUESTS": False,
+    # Warn (DefaultTransactionWarning) when a tenant model is written while only the main
+    # database has a transaction open. None: when settings.DEBUG is on.
+    "CHECK_TRANSACTIONS": None,
 }
 
 
@@ -183,6 +189,22 @@ class TenancySettings:
         value = self._raw["USE_TEMPLATE_DATABASES"]
         if not isinstance(value, bool):
             raise _error("USE_TEMPLATE_DATABASES", "must be True or False.")
+        return value
+
+    @cached_property
+    def ATOMIC_REQUESTS(self) -> bool:
+        value = self._raw["ATOMIC_REQUESTS"]
+        if not isinstance(value, bool):
+            raise _error("ATOMIC_REQUESTS", "must be True or False.")
+        return value
+
+    @cached_property
+    def CHECK_TRANSACTIONS(self) -> bool:
+        value = self._raw["CHECK_TRANSACTIONS"]
+        if value is None:
+            return bool(settings.DEBUG)
+        if not isinstance(value, bool):
+            raise _error("CHECK_TRANSACTIONS", "must be True, False or None (follow DEBUG).")
         return value
 
     def template_database_name(self) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.html import escape
 
+from tenancy.conf import tenancy_settings
 from tenancy.context import tenant_context
 from tenancy.models import AbstractTenant
 from tenancy.resolvers import Resolution, get_resolver
+from tenancy.transactions import atomic
 
 _PAGE = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
@@ -128,3 +130,48 @@ async def _aiter_in_context(
             except StopAsyncIteration:
                 return
         yield chunk
+
+
+class TenantAtomicRequestsMiddleware:
+    """With ``TENANCY['ATOMIC_REQUESTS']``, run each tenant request's view in a
+    transaction on that tenant's database, as Django's ``ATOMIC_REQUESTS`` does for a
+    configured database: an exception from the view rolls back its tenant writes.
+
+    It calls the view from ``process_view``, so it must be the last entry in
+    ``MIDDLEWARE`` (checked): later middleware's ``process_view`` would not run. Views
+    marked with ``tenancy.middleware.non_atomic_tenant_request`` are left alone; async
+    views are refused, as Django refuses them for ``ATOMIC_REQUESTS``.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        return self.get_response(request)
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view: Callable[..., HttpResponseBase],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        if (
+            not tenancy_settings.ATOMIC_REQUESTS
+            or getattr(request, "tenant", None) is None
+            or getattr(view, "_non_atomic_tenant_request", False)
+        ):
+            return None
+        if iscoroutinefunction(view):
+            raise RuntimeError("TENANCY['ATOMIC_REQUESTS'] cannot wrap async views.")
+        with atomic():
+            return view(request, *args, **kwargs)
+
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def non_atomic_tenant_request(view: V) -> V:
+    """Exempt a view from ``TENANCY['ATOMIC_REQUESTS']``."""
+    view._non_atomic_tenant_request = True  # type: ignore[attr-defined]
+    return view

@@ -11,6 +11,7 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for, is_tenant_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
+from tenancy.transactions import warn_if_only_default_in_transaction
 
 
 def is_tenant_model(model: type[Model]) -> bool:
@@ -27,7 +28,10 @@ class TenantRouter:
         return self._route(model, hints)
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
-        return self._route(model, hints)
+        alias = self._route(model, hints)
+        if alias is not None and tenancy_settings.CHECK_TRANSACTIONS and is_tenant_alias(alias):
+            warn_if_only_default_in_transaction(alias, model)
+        return alias
 
     def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
         instance = hints.get("instance")

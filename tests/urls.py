@@ -9,4 +9,8 @@ urlpatterns = [
     path("astream/", views.async_stream_notes),
     path("whoami/", views.whoami),
     path("link/", views.link),
+    path("write-fail/", views.write_then_fail),
+    path("write-ok/", views.write_ok),
+    path("write-fail-exempt/", views.write_then_fail_exempt),
+    path("async-write/", views.async_write),
 ]

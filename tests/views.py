@@ -3,6 +3,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 
 from tenancy import current_tenant
+from tenancy.middleware import non_atomic_tenant_request
 from tests.tenantapp.models import Note
 
 
@@ -47,3 +48,24 @@ def async_stream_notes(request):
         yield f"tenant={tenant.slug}\n"
 
     return StreamingHttpResponse(chunks())
+
+
+def write_then_fail(request):
+    Note.objects.create(text="half an order")
+    raise RuntimeError("the second half failed")
+
+
+def write_ok(request):
+    Note.objects.create(text="whole order")
+    return HttpResponse("ok")
+
+
+@non_atomic_tenant_request
+def write_then_fail_exempt(request):
+    Note.objects.create(text="exempt")
+    raise RuntimeError("failed")
+
+
+async def async_write(request):
+    await Note.objects.acreate(text="async")
+    return HttpResponse("ok")
