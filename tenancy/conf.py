@@ -186,16 +186,16 @@ class TenancySettings:
 
     @cached_property
     def USE_TEMPLATE_DATABASES(self) -> bool:
-        value = self._raw["USE_TEMPLATE_DATABASES"]
-        if not isinstance(value, bool):
-            raise _error("USE_TEMPLATE_DATABASES", "must be True or False.")
-        return value
+        return self._boolean("USE_TEMPLATE_DATABASES")
 
     @cached_property
     def ATOMIC_REQUESTS(self) -> bool:
-        value = self._raw["ATOMIC_REQUESTS"]
+        return self._boolean("ATOMIC_REQUESTS")
+
+    def _boolean(self, key: str) -> bool:
+        value = self._raw[key]
         if not isinstance(value, bool):
-            raise _error("ATOMIC_REQUESTS", "must be True or False.")
+            raise _error(key, "must be True or False.")
         return value
 
     @cached_property
