@@ -273,15 +273,24 @@ def _run_migrate(
         plan.loader.check_consistent_history(connection)
         quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
         emit_pre_migrate_signal(0, False, connection.alias, **quiet)
-        executor = MigrationExecutor.__new__(MigrationExecutor)
-        executor.connection, executor.loader = connection, plan.loader
-        executor.recorder, executor.progress_callback = MigrationRecorder(connection), None
+        executor = _SharedPlanExecutor(connection, plan.loader)
         post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
         if plan.post_apps is None:
             post_state.clear_delayed_apps_cache()
             plan.post_apps = post_state.apps
         quiet["apps"] = plan.post_apps
         emit_post_migrate_signal(0, False, connection.alias, **quiet)
+
+
+class _SharedPlanExecutor(MigrationExecutor):
+    """An executor on an already loaded graph: MigrationExecutor.__init__ would load
+    the graph from disk and the applied migrations from the database again."""
+
+    def __init__(self, connection: BaseDatabaseWrapper, loader: MigrationLoader) -> None:
+        self.connection = connection
+        self.loader = loader
+        self.recorder = MigrationRecorder(connection)
+        self.progress_callback = None
 
 
 def _call_migrate(connection: BaseDatabaseWrapper) -> None:
