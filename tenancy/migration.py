@@ -229,9 +229,10 @@ def migrate_tenant(
                     result.status = LOCKED
                 else:
                     # Read again under the lock: another migrator may have finished.
-                    pending = state.pending(applied_migrations(connection))
+                    applied = applied_migrations(connection)
+                    pending = state.pending(applied)
                     if pending:
-                        _run_migrate(tenant, connection, state)
+                        _run_migrate(tenant, connection, state, applied)
                         still_pending = state.pending(applied_migrations(connection))
                         result.applied = len(pending) - len(still_pending)
                         if still_pending:
@@ -254,12 +255,15 @@ def migrate_tenant(
 
 
 def _run_migrate(
-    tenant: AbstractTenant, connection: BaseDatabaseWrapper, state: MigrationState
+    tenant: AbstractTenant,
+    connection: BaseDatabaseWrapper,
+    state: MigrationState,
+    applied: set[MigrationKey],
 ) -> None:
     """What Django's `migrate` command does for one database, with the loaded graph, the
     plan and the pre-migration project state shared between databases (computing the
     state from hundreds of applied migrations is most of `migrate`'s time)."""
-    plan = state.plan_for(connection, applied_migrations(connection))
+    plan = state.plan_for(connection, applied)
     # Inside the tenant's context, RunPython code that uses tenant models without
     # `using=` reaches this database and not NoTenantError.
     with tenant_context(tenant):

@@ -18,7 +18,7 @@ from tenancy.backends.base import TemplateInUse, TemplateMissing
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
-from tenancy.migration import migrate_tenant, migration_state
+from tenancy.migration import MigrationState, migrate_tenant, migration_state
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
@@ -59,23 +59,22 @@ def create_database_from_template(tenant: AbstractTenant) -> bool:
             return server.clone_database(template.database_name, tenant.database_name)
         except TemplateMissing:
             # Dropped behind our back since we last saw it current: build it again.
-            _current.discard((template, id(migration_state())))
+            _current.pop(template, None)
             _bring_up_to_date(template)
             return server.clone_database(template.database_name, tenant.database_name)
 
 
-# Templates known to be current for the migration graph loaded in this process, so that
-# the next copy needs no connection to the template at all.
-_current: set[tuple[TemplateDatabase, int]] = set()
+# Each template with the migration graph it was last seen current for, so that the next
+# copy needs no connection to the template at all. The graph object itself is kept, not
+# its id: a new graph after reset_state() may reuse a freed object's id.
+_current: dict[TemplateDatabase, MigrationState] = {}
 
 
 def _bring_up_to_date(template: TemplateDatabase) -> None:
     state = migration_state()
-    key = (template, id(state))
-    server = get_server(template.server)
-    if key in _current:
+    if _current.get(template) is state:
         return
-    server.create_database(template.database_name)
+    get_server(template.server).create_database(template.database_name)
     try:
         result = migrate_tenant(cast("AbstractTenant", template), state=state)
     finally:
@@ -92,4 +91,4 @@ def _bring_up_to_date(template: TemplateDatabase) -> None:
             template.server,
             result.applied,
         )
-    _current.add(key)
+    _current[template] = state
