@@ -21,7 +21,8 @@ class TenancyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from tenancy import checks  # noqa: F401 - registers the system checks
+        # Registers the system checks, and the per-request work on tenant connections.
+        from tenancy import checks, connections  # noqa: F401
 
         setting_changed.connect(_tenancy_setting_changed, dispatch_uid="tenancy.settings")
 

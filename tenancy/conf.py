@@ -11,7 +11,7 @@ import copy
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django.apps import apps
 from django.conf import settings
@@ -45,7 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_HOSTS": (),
     "HEADER": "X-Tenant",
     "PATH_PREFIX": "/t/",
+    # Open tenant connections per process; beyond it, the least recently used idle ones
+    # are closed at safe points. None: no cap.
     "MAX_OPEN_CONNECTIONS": 100,
+    # Seconds after its last use at which an idle tenant connection is closed at the next
+    # safe point of its thread. None: kept as long as CONN_MAX_AGE allows.
+    "IDLE_CONNECTION_TIMEOUT": None,
     # New tenant databases are copies of a per-server template kept at the current schema.
     "USE_TEMPLATE_DATABASES": True,
     # Wrap each tenant request's view in a transaction on the tenant's database (needs
@@ -178,11 +183,24 @@ class TenancySettings:
         return value
 
     @cached_property
-    def MAX_OPEN_CONNECTIONS(self) -> int:
+    def MAX_OPEN_CONNECTIONS(self) -> int | None:
         value = self._raw["MAX_OPEN_CONNECTIONS"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _error("MAX_OPEN_CONNECTIONS", "must be a positive integer.")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise _error("MAX_OPEN_CONNECTIONS", "must be a positive integer or None (no cap).")
         return value
+
+    @cached_property
+    def IDLE_CONNECTION_TIMEOUT(self) -> float | None:
+        value = self._raw["IDLE_CONNECTION_TIMEOUT"]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            raise _error(
+                "IDLE_CONNECTION_TIMEOUT", "must be a positive number of seconds or None."
+            )
+        return cast(float | None, value)
 
     @cached_property
     def USE_TEMPLATE_DATABASES(self) -> bool:

@@ -88,6 +88,8 @@ def test_missing_router_is_an_error(settings):
         ({"DATABASE_NAME": "tenant"}, "must be a string containing '{slug}'"),
         ({"DATABASE_NAME": "Tenant-{slug}"}, "must give a valid database name"),
         ({"MAX_OPEN_CONNECTIONS": 0}, "MAX_OPEN_CONNECTIONS'] must be a positive integer"),
+        ({"MAX_OPEN_CONNECTIONS": "10"}, "MAX_OPEN_CONNECTIONS'] must be a positive integer"),
+        ({"IDLE_CONNECTION_TIMEOUT": 0}, "IDLE_CONNECTION_TIMEOUT'] must be a positive number"),
         ({"PUBLIC_HOSTS": "www.example.test"}, "PUBLIC_HOSTS'] must be a list"),
         ({"PUBLIC_HOSTS": ["bad host"]}, "PUBLIC_HOSTS'] contains an invalid hostname"),
         ({"PATH_PREFIX": "t"}, "PATH_PREFIX'] must start and end with '/'"),

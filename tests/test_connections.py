@@ -11,10 +11,15 @@ from tenancy import TenancyError, TenantServerError, tenant_context
 from tenancy.backends import get_server
 from tenancy.connections import (
     alias_for,
+    attached_aliases,
+    close_all,
     connection_for,
     register,
     registered_aliases,
     unregister,
+)
+from tenancy.connections import (
+    close_old_connections as tenancy_close_old_connections,
 )
 from tests.conftest import create_tenant_database, drop_tenant_database, make_tenant
 from tests.settings import BACKEND, SERVER_2
@@ -22,7 +27,11 @@ from tests.tenantapp.models import Note
 
 
 def tenant_aliases():
-    return sorted(alias for alias in connections.settings if alias.startswith("tenant:"))
+    return sorted(registered_aliases().values())
+
+
+def configured_tenant_aliases():
+    return [alias for alias in connections.settings if alias.startswith("tenant:")]
 
 
 @contextmanager
@@ -51,15 +60,31 @@ def test_alias_is_registered_on_first_use_with_djangos_defaults(alpha):
         Note.objects.count()
     alias = alias_for(alpha)
     assert registered_aliases() == {"alpha": alias}
-    assert tenant_aliases() == [alias]
-    database = connections.settings[alias]
+    assert attached_aliases() == [alias]
+    database = connections[alias].settings_dict
     for key in ("AUTOCOMMIT", "CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "OPTIONS", "TIME_ZONE"):
         assert key in database
     assert database["ATOMIC_REQUESTS"] is False
     assert set(database["TEST"]) >= {"CHARSET", "COLLATION", "MIGRATE", "MIRROR", "NAME"}
     assert "DIRECTORY" not in database
-    # Django's settings and the connection handler keep seeing one and the same dict.
+    # Django's per-request walks over DATABASES never see tenant aliases.
+    assert configured_tenant_aliases() == []
     assert django_settings.DATABASES is connections.settings
+
+
+def test_alias_is_unknown_in_a_thread_that_did_not_reach_the_tenant(alpha):
+    alias = alias_for(alpha)
+    errors = []
+
+    def work():
+        try:
+            connections[alias]
+        except Exception as exc:
+            errors.append(exc)
+
+    with joined([threading.Thread(target=work)]):
+        pass
+    assert [type(error).__name__ for error in errors] == ["ConnectionDoesNotExist"]
 
 
 def test_concurrent_first_use_registers_one_alias(alpha):
@@ -76,7 +101,7 @@ def test_concurrent_first_use_registers_one_alias(alpha):
         except Exception as exc:
             errors.append(exc)
         finally:
-            connections.close_all()
+            close_all()
 
     with joined([threading.Thread(target=work) for _ in range(count)]):
         pass
@@ -91,10 +116,11 @@ def test_registering_while_another_thread_walks_connections_is_safe(db_access):
     stop, errors = threading.Event(), []
 
     def walk():
-        # What Django does at the start and end of every request.
+        # What Django and tenancy do at the start and end of every request.
         while not stop.is_set():
             try:
                 close_old_connections()
+                tenancy_close_old_connections()
             except Exception as exc:
                 errors.append(exc)
                 return
@@ -107,6 +133,7 @@ def test_registering_while_another_thread_walks_connections_is_safe(db_access):
             stop.set()
     assert errors == []
     assert len(tenant_aliases()) == 300
+    assert configured_tenant_aliases() == []
 
 
 def test_unregister_closes_connections_in_every_thread(alpha):
@@ -129,14 +156,13 @@ def test_unregister_closes_connections_in_every_thread(alpha):
                 stale_errors.append(exc)
             # ...while the tenant itself keeps working under a new alias.
             fresh.append((alias_for(alpha), Note.objects.count()))
-            connections.close_all()
+            close_all()
 
     with joined([threading.Thread(target=work) for _ in range(count)]):
         opened.wait()
         if BACKEND == "postgresql":
             assert open_sessions(alpha) == count
         assert unregister(alpha) is True
-        assert old_alias not in connections.settings
         assert registered_aliases() == {}
         try:
             for driver in drivers:

@@ -171,7 +171,7 @@ def test_deprovision_with_sessions_open(db_access):
     try:
         assert opened.wait(timeout=60)
         if BACKEND == "postgresql":
-            settings = connections.settings[alias]
+            settings = connections[alias].settings_dict
             outside = psycopg.connect(
                 host=settings["HOST"],
                 port=settings["PORT"],
