@@ -12,6 +12,7 @@ test:
 bench:
 	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/migrations.py
+	.venv/bin/python benchmarks/request_cost.py
 
 lint:
 	.venv/bin/ruff check .

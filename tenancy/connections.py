@@ -119,6 +119,7 @@ def alias_for(tenant: AbstractTenant) -> str:
     if use is None:
         use = _attach(registration)
     use.last_used = time.monotonic()
+    use.close_requested = False  # no longer the least recently used
     return registration.alias
 
 

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Cost of a request after a process has served 1, 1,000 and 10,000 distinct tenants.
+
+    .venv/bin/python benchmarks/request_cost.py [--tenants 10000] [--requests 2000]
+
+Drives the example project (SQLite, one file per tenant) through Django's WSGI handler in
+this process, as a WSGI server would: request_started, the middleware, the view, the
+response, request_finished. Each tenant is one request to /api/tasks/ on its own host.
+Also prints the memory a tenant's registration costs (tracemalloc, 10,000 tenants).
+The same tenant's request is timed after 1, 1,000 and 10,000 distinct tenants have been
+served. For comparison, the last row times it again with the 10,000 tenants' aliases
+added to DATABASES, which is where a library that registers every tenant it serves as a
+Django database ends up (Django walks DATABASES on every request); that row times a tenth
+of the requests, as each is slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup(data: Path) -> None:
+    os.environ["TENANCY_EXAMPLE_DATA"] = str(data)
+    os.environ["DJANGO_DEBUG"] = "0"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "example_project.settings"
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def create_fleet(count: int) -> list[str]:
+    """``count`` active tenants with a host each; databases copied from the first one."""
+    from django.core.management import call_command
+
+    from example_project.projects.models import Project, Task
+    from tenancy import tenant_context
+    from tenancy.conf import tenancy_settings
+    from tenancy.connections import connection_for, unregister_all
+    from tenancy.models import Domain, Tenant, TenantStatus
+    from tenancy.provisioning import create_tenant
+
+    call_command("migrate", verbosity=0)
+    first = create_tenant("t00000", domains=["t00000.localhost"])
+    with tenant_context(first):
+        project = Project.objects.create(name="Launch")
+        Task.objects.create(project=project, title="Write the docs")
+    source = Path(connection_for(first).settings_dict["NAME"])
+    unregister_all()
+    slugs = [f"t{i:05d}" for i in range(count)]
+    tenants = Tenant.objects.bulk_create(
+        Tenant(
+            slug=slug,
+            name=slug,
+            server="local",
+            database_name=tenancy_settings.database_name_for(slug),
+            status=TenantStatus.ACTIVE,
+        )
+        for slug in slugs[1:]
+    )
+    Domain.objects.bulk_create(
+        Domain(domain=f"{tenant.slug}.localhost", tenant=tenant, is_primary=True)
+        for tenant in tenants
+    )
+    for tenant in tenants:
+        shutil.copyfile(source, source.with_name(f"{tenant.database_name}.sqlite3"))
+    return slugs
+
+
+class Server:
+    """Calls Django's WSGI handler the way a WSGI server does."""
+
+    def __init__(self) -> None:
+        from django.core.handlers.wsgi import WSGIHandler
+
+        self.handler = WSGIHandler()
+
+    def get(self, host: str, path: str = "/api/tasks/") -> bytes:
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": host,
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "HTTP_HOST": host,
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+        }
+        status: list[str] = []
+        response = self.handler(environ, lambda s, headers, exc_info=None: status.append(s))
+        try:
+            body = b"".join(response)
+        finally:
+            response.close()  # sends request_finished
+        if not status[0].startswith("200"):
+            raise SystemExit(f"{host}{path}: {status[0]}")
+        return body
+
+
+def per_request_ms(server: Server, slug: str, requests: int) -> float:
+    """Median over batches of the time per request for ``slug``."""
+    expected = f'"tenant": "{slug}"'.encode()
+    batches = []
+    for _ in range(10):
+        started = time.perf_counter()
+        for _ in range(requests // 10):
+            body = server.get(f"{slug}.localhost")
+        batches.append((time.perf_counter() - started) / (requests // 10))
+        if expected not in body:
+            raise SystemExit(f"{slug}: wrong tenant in {body[:200]!r}")
+    return statistics.median(batches) * 1000
+
+
+def registration_bytes(count: int) -> float:
+    """Memory per tenant of registering ``count`` tenants in this process."""
+    import gc
+    import tracemalloc
+
+    from tenancy.connections import register
+    from tenancy.models import Tenant
+
+    tenants = [Tenant(slug=f"m{i:05d}", server="local") for i in range(count)]
+    for tenant in tenants:
+        tenant.database_name = f"tenant_{tenant.slug}"
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for tenant in tenants:
+        register(tenant)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=2_000)
+    args = parser.parse_args()
+    checkpoints = sorted({1, min(1_000, args.tenants), args.tenants})
+    with tempfile.TemporaryDirectory(prefix="tenancy-bench-") as data:
+        setup(Path(data))
+        import django
+        from django.db import connections
+
+        from tenancy.connections import attached_aliases, connection_settings, registered_aliases
+        from tenancy.models import Tenant
+
+        started = time.perf_counter()
+        slugs = create_fleet(args.tenants)
+        print(
+            f"Django {django.get_version()}, Python {sys.version.split()[0]}, SQLite; "
+            f"{args.tenants} tenants set up in {time.perf_counter() - started:.1f} s; "
+            f"{args.requests} timed requests per row."
+        )
+        server = Server()
+        timed = slugs[0]
+        rows = []
+        served = 0
+        for checkpoint in checkpoints:
+            while served < checkpoint:
+                server.get(f"{slugs[served]}.localhost")
+                served += 1
+            rows.append(
+                (
+                    f"after {served:,} tenant{'s' if served > 1 else ''} served",
+                    per_request_ms(server, timed, args.requests),
+                    len(registered_aliases()),
+                    len(connections.settings),
+                )
+            )
+            assert attached_aliases() == [], "a tenant connection outlived its request"
+        # The alternative: every tenant served registered in DATABASES.
+        databases = dict(connections.settings)
+        for tenant in Tenant.objects.exclude(slug=timed).iterator():
+            databases[f"tenant:{tenant.slug}"] = connection_settings(tenant)
+        connections.settings.update(databases)
+        rows.append(
+            (
+                f"same, {args.tenants:,} aliases in DATABASES",
+                per_request_ms(server, timed, max(100, args.requests // 10)),
+                len(registered_aliases()),
+                len(connections.settings),
+            )
+        )
+        memory = registration_bytes(args.tenants)
+    print(f"{'':38} {'ms/request':>10} {'registered':>10} {'DATABASES':>10}")
+    for label, ms, registered, configured in rows:
+        print(f"{label:38} {ms:10.3f} {registered:10,} {configured:10,}")
+    base = rows[0][1]
+    print(
+        f"ratio {rows[-2][0].removeprefix('after ')} / 1 tenant served: "
+        f"{rows[-2][1] / base:.2f} (target <= 1.1); "
+        f"aliases in DATABASES / 1 tenant served: {rows[-1][1] / base:.1f}"
+    )
+    print(f"memory per registered tenant: {memory / 1024:.1f} KB (target < 10 KB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""How many tenant connections a process holds, and when they are closed."""
+
+import threading
+import time
+
+import pytest
+from django.core.signals import request_started
+from django.db import connections
+
+from tenancy import atomic, tenant_context
+from tenancy.connections import (
+    alias_for,
+    attached_aliases,
+    close_old_connections,
+    open_connection_count,
+    register,
+    registered_aliases,
+)
+from tenancy.provisioning import create_tenant
+from tests.conftest import make_tenant
+from tests.settings import BACKEND
+from tests.tenantapp.models import Note
+
+FLEET_SIZE = 4
+
+
+@pytest.fixture
+def fleet(db_access):
+    """Four provisioned tenants on server "one", each with one note naming it."""
+    tenants = []
+    for i in range(FLEET_SIZE):
+        tenant = create_tenant(f"fleet-{i}", domains=[f"fleet-{i}.example.test"])
+        with tenant_context(tenant):
+            Note.objects.create(text=tenant.slug)
+        tenants.append(tenant)
+    return tenants
+
+
+def limits(settings, *, conn_max_age=0, **values):
+    servers = {
+        name: {**server, "CONN_MAX_AGE": conn_max_age}
+        for name, server in settings.TENANCY["SERVERS"].items()
+    }
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": servers, **values}
+
+
+def serve(client, tenant):
+    response = client.get("/notes/", HTTP_HOST=f"{tenant.slug}.example.test")
+    assert response.status_code == 200
+    assert response.json() == {"notes": [tenant.slug]}
+
+
+def configured_tenant_aliases():
+    return [alias for alias in connections.settings if alias.startswith("tenant:")]
+
+
+def server_sessions(tenants):
+    """Sessions the PostgreSQL server has open to these tenants' databases."""
+    names = [tenant.database_name for tenant in tenants]
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [names])
+        return cursor.fetchone()[0]
+
+
+def test_requests_leave_nothing_behind_with_djangos_default_conn_max_age(client, fleet):
+    for _ in range(2):
+        for tenant in fleet:
+            serve(client, tenant)
+            assert attached_aliases() == []
+            assert open_connection_count() == 0
+    assert len(registered_aliases()) == FLEET_SIZE
+    assert configured_tenant_aliases() == []
+
+
+def test_persistent_connections_stay_under_the_cap(client, fleet, settings):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=2)
+    for served, tenant in enumerate(fleet, start=1):
+        serve(client, tenant)
+        recent = fleet[max(0, served - 2) : served]
+        assert sorted(attached_aliases()) == sorted(alias_for(t) for t in recent)
+        assert open_connection_count() == len(recent)
+        if BACKEND == "postgresql":
+            assert server_sessions(fleet) == len(recent)
+    # A connection kept open is reused by the next request for its tenant...
+    kept = connections[alias_for(fleet[-1])].connection
+    serve(client, fleet[-1])
+    assert connections[alias_for(fleet[-1])].connection is kept
+    # ...and every tenant still works when it comes back.
+    for tenant in fleet:
+        serve(client, tenant)
+        assert open_connection_count() <= 2
+    assert configured_tenant_aliases() == []
+
+
+def test_a_loop_over_tenants_outside_requests_stays_under_the_cap(fleet, settings):
+    limits(settings, MAX_OPEN_CONNECTIONS=2)
+    for tenant in fleet * 2:
+        with tenant_context(tenant):
+            assert list(Note.objects.values_list("text", flat=True)) == [tenant.slug]
+        assert open_connection_count() <= 2
+        if BACKEND == "postgresql":
+            assert server_sessions(fleet) <= 2
+
+
+def test_a_connection_inside_a_transaction_is_never_closed_for_the_cap(alpha, beta, settings):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    first, second = alpha, beta
+    with tenant_context(first), atomic():
+        Note.objects.create(text="before")
+        with tenant_context(second):
+            assert Note.objects.count() == 0
+        assert open_connection_count() == 2
+        Note.objects.create(text="after")
+    close_old_connections()
+    assert attached_aliases() == [alias_for(first)]
+    assert open_connection_count() == 1
+    with tenant_context(first):
+        assert Note.objects.filter(text__in=["before", "after"]).count() == 2
+
+
+def test_other_threads_close_their_connections_themselves(alpha, beta, settings):
+    fleet = [alpha, beta]
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    opened, go = threading.Event(), threading.Event()
+    seen = {}
+
+    def hold():
+        with tenant_context(fleet[0]):
+            Note.objects.count()
+        wrapper = connections[alias_for(fleet[0])]
+        opened.set()
+        go.wait(timeout=60)
+        seen["open before its safe point"] = wrapper.connection is not None
+        with wrapper.cursor() as cursor:  # still usable: nobody closed it underneath
+            cursor.execute("SELECT 1")
+        close_old_connections()
+        seen["open after its safe point"] = wrapper.connection is not None
+        seen["attached after"] = attached_aliases()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert opened.wait(timeout=60)
+        with tenant_context(fleet[1]):
+            Note.objects.count()
+    finally:
+        go.set()
+        thread.join(timeout=60)
+    assert seen == {
+        "open before its safe point": True,
+        "open after its safe point": False,
+        "attached after": [],
+    }
+    assert attached_aliases() == [alias_for(fleet[1])]
+    assert open_connection_count() == 1
+
+
+def test_idle_connections_are_closed_after_the_timeout(alpha, beta, settings):
+    limits(settings, conn_max_age=None, IDLE_CONNECTION_TIMEOUT=0.2)
+    idle, busy = alpha, beta
+    with tenant_context(idle):
+        Note.objects.count()
+    time.sleep(0.3)
+    with tenant_context(busy):
+        Note.objects.count()
+    close_old_connections()
+    assert attached_aliases() == [alias_for(busy)]
+
+
+def test_djangos_conn_max_age_applies_to_tenant_connections(alpha, settings):
+    limits(settings, conn_max_age=60)
+    with tenant_context(alpha):
+        Note.objects.count()
+    wrapper = connections[alias_for(alpha)]
+    close_old_connections()
+    assert wrapper.connection is not None
+    wrapper.close_at = time.monotonic() - 1  # as if it had been open for a minute
+    close_old_connections()
+    assert wrapper.connection is None
+    assert attached_aliases() == []
+
+
+def test_query_log_is_reset_at_the_start_of_each_request(alpha, settings):
+    limits(settings, conn_max_age=None)
+    with tenant_context(alpha):
+        wrapper = connections[alias_for(alpha)]
+        wrapper.force_debug_cursor = True
+        Note.objects.count()
+    assert len(wrapper.queries_log) == 1
+    request_started.send(sender=None)
+    assert len(wrapper.queries_log) == 0
+
+
+def test_registering_thousands_of_tenants_adds_nothing_to_djangos_databases(db_access):
+    configured = dict(connections.settings)
+    for i in range(2000):
+        register(make_tenant(f"many-{i}", "one"))
+    assert len(registered_aliases()) == 2000
+    assert dict(connections.settings) == configured
+    assert [c.alias for c in connections.all(initialized_only=True)] == ["default"]
