@@ -1,9 +1,12 @@
 """How many tenant connections a process holds, and when they are closed."""
 
+import io
+import json
 import threading
 import time
 
 import pytest
+from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
 from django.db import connections
 
@@ -189,6 +192,45 @@ def test_query_log_is_reset_at_the_start_of_each_request(alpha, settings):
     assert len(wrapper.queries_log) == 1
     request_started.send(sender=None)
     assert len(wrapper.queries_log) == 0
+
+
+def wsgi_get(host, path="/notes/"):
+    """One request through Django's WSGI handler, as a WSGI server sends it."""
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": host,
+        "SERVER_PORT": "80",
+        "HTTP_HOST": host,
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+    }
+    statuses = []
+    response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
+    try:
+        return statuses[0], b"".join(response)
+    finally:
+        response.close()
+
+
+def test_djangos_request_work_on_its_own_databases_is_unchanged(fleet, monkeypatch):
+    default = connections["default"]
+    closed = []
+    close = default.close
+
+    def counting_close():
+        closed.append(default.alias)
+        close()
+
+    # The SQLite test database lives in memory, where Django ignores close(): count calls.
+    monkeypatch.setattr(default, "close", counting_close)
+    status, body = wsgi_get("fleet-0.example.test")
+    assert status == "200 OK"
+    assert json.loads(body) == {"notes": ["fleet-0"]}
+    # Django closed its own connection at the start and the end of the request
+    # (CONN_MAX_AGE = 0), tenancy the tenant's.
+    assert closed == ["default", "default"]
+    assert attached_aliases() == []
 
 
 def test_registering_thousands_of_tenants_adds_nothing_to_djangos_databases(db_access):
