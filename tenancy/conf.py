@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     # Warn (DefaultTransactionWarning) when a tenant model is written while only the main
     # database has a transaction open. None: when settings.DEBUG is on.
     "CHECK_TRANSACTIONS": None,
+    # Start every query on a tenant database with /* tenant=<slug> */.
+    "SQL_COMMENT": False,
 }
 
 
@@ -209,6 +211,10 @@ class TenancySettings:
     @cached_property
     def ATOMIC_REQUESTS(self) -> bool:
         return self._boolean("ATOMIC_REQUESTS")
+
+    @cached_property
+    def SQL_COMMENT(self) -> bool:
+        return self._boolean("SQL_COMMENT")
 
     def _boolean(self, key: str) -> bool:
         value = self._raw[key]

@@ -47,6 +47,7 @@ from django.db.utils import load_backend
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor, tenancy_settings
 from tenancy.context import require_tenant
 from tenancy.exceptions import TenancyError, TenantServerError
+from tenancy.log import SqlComment
 from tenancy.validators import validate_database_name, validate_slug
 
 if TYPE_CHECKING:
@@ -280,6 +281,8 @@ def _slug_of(alias: str) -> str:
 def _attach(registration: _Registration) -> _Use:
     settings = registration.settings
     wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
+    if tenancy_settings.SQL_COMMENT:
+        wrapper.execute_wrappers.append(SqlComment(_slug_of(registration.alias)))
     connections[registration.alias] = wrapper
     use = _thread.uses[registration.alias] = _Use(registration.alias, wrapper)
     with _lock:
