@@ -2,7 +2,8 @@
 
 asgiref's ``sync_to_async``/``async_to_sync``, ``asyncio`` tasks and ``asyncio.to_thread``
 carry the value; plain ``threading.Thread`` and ``ThreadPoolExecutor.submit`` start with
-no tenant, so tenant queries there fail closed with ``NoTenantError``.
+no tenant, so tenant queries there fail closed with ``NoTenantError`` (``tenancy.threads``
+has a thread and a pool that carry it).
 """
 
 from __future__ import annotations
