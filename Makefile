@@ -13,6 +13,7 @@ bench:
 	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/migrations.py
 	.venv/bin/python benchmarks/request_cost.py
+	scripts/with-postgres -n 1 .venv/bin/python benchmarks/routing.py
 
 lint:
 	.venv/bin/ruff check .
