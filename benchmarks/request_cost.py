@@ -87,6 +87,12 @@ class Server:
         self.handler = WSGIHandler()
 
     def get(self, host: str, path: str = "/api/tasks/") -> bytes:
+        status, body = self.request(host, path)
+        if not status.startswith("200"):
+            raise SystemExit(f"{host}{path}: {status}")
+        return body
+
+    def request(self, host: str, path: str = "/api/tasks/") -> tuple[str, bytes]:
         environ: dict[str, Any] = {
             "REQUEST_METHOD": "GET",
             "PATH_INFO": path,
@@ -105,9 +111,7 @@ class Server:
             body = b"".join(response)
         finally:
             response.close()  # sends request_finished
-        if not status[0].startswith("200"):
-            raise SystemExit(f"{host}{path}: {status[0]}")
-        return body
+        return status[0], body
 
 
 def per_request_ms(server: Server, slug: str, requests: int) -> float:

@@ -1,0 +1,215 @@
+#!/usr/bin/env python
+"""Open PostgreSQL connections of one process serving many tenants at random.
+
+    scripts/with-postgres -n 1 .venv/bin/python benchmarks/connections.py [--tenants 1000]
+
+The example project's /api/tasks/ served through Django's WSGI handler by 8 threads of one
+process (as a threaded WSGI server runs it), each request for a tenant picked at random,
+with persistent connections (CONN_MAX_AGE = None, what users set to save the connection
+set-up). Run twice in fresh processes, with MAX_OPEN_CONNECTIONS = None (no cap) and with a
+cap; a monitor samples pg_stat_activity every 10 ms and prints the peak of sessions on the
+tenants' databases, next to the requests that failed (the server refusing connections
+beyond its max_connections) and the requests served per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 8
+
+
+def server() -> dict[str, Any]:
+    host, _, port = os.environ["TENANCY_TEST_PG_1"].rpartition(":")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": host,
+        "PORT": port,
+        "USER": "postgres",
+        "CONN_MAX_AGE": None,
+    }
+
+
+def configure(cap: int | None) -> None:
+    import django
+    from django.conf import settings
+
+    sys.path.insert(0, str(ROOT))
+    settings.configure(
+        SECRET_KEY="benchmarks-only",
+        USE_TZ=True,
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        ALLOWED_HOSTS=[".localhost"],
+        INSTALLED_APPS=[
+            "django.contrib.admin",
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+            "django.contrib.messages",
+            "tenancy",
+            "example_project.projects",
+        ],
+        MIDDLEWARE=["tenancy.middleware.TenantMiddleware"],
+        ROOT_URLCONF="example_project.urls",
+        DATABASES={"default": {**server(), "NAME": "bench_conn_main", "CONN_MAX_AGE": 0}},
+        DATABASE_ROUTERS=["tenancy.routers.TenantRouter"],
+        TENANCY={
+            "TENANT_APPS": ["example_project.projects"],
+            "SERVERS": {"pg": server()},
+            "DEFAULT_SERVER": "pg",
+            "DATABASE_NAME": "bench_conn_{slug}",
+            "MAX_OPEN_CONNECTIONS": cap,
+        },
+    )
+    django.setup()
+
+
+def prepare(tenants: int) -> None:
+    import psycopg
+    from psycopg import sql
+
+    address = server()
+    with psycopg.connect(
+        host=address["HOST"], port=address["PORT"], user="postgres", autocommit=True
+    ) as connection:
+        names = connection.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'bench_conn_%'"
+        ).fetchall()
+        for (name,) in names:
+            connection.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+        connection.execute("CREATE DATABASE bench_conn_main")
+    configure(None)
+    from django.core.management import call_command
+
+    from tenancy.provisioning import create_tenant
+
+    call_command("migrate", verbosity=0)
+    for i in range(tenants):
+        create_tenant(f"t{i:04d}", domains=[f"t{i:04d}.localhost"])
+
+
+def sessions() -> int:
+    import psycopg
+
+    address = server()
+    with psycopg.connect(
+        host=address["HOST"], port=address["PORT"], user="postgres", dbname="postgres"
+    ) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'bench_conn_t%'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def max_connections() -> int:
+    import psycopg
+
+    address = server()
+    with psycopg.connect(
+        host=address["HOST"], port=address["PORT"], user="postgres", dbname="postgres"
+    ) as connection:
+        row = connection.execute("SHOW max_connections").fetchone()
+        return int(row[0]) if row else 0
+
+
+def serve(cap: int | None, tenants: int, requests: int) -> None:
+    """Prints the peak of tenant sessions and the requests per second."""
+    configure(cap)
+    from benchmarks.request_cost import Server
+
+    app = Server()
+    slugs = [f"t{i:04d}" for i in range(tenants)]
+    peak, failed, done = 0, 0, threading.Event()
+
+    def monitor() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sessions())
+            time.sleep(0.01)
+
+    def work(seed: int) -> None:
+        nonlocal failed
+        pick = random.Random(seed).choice
+        for _ in range(requests // THREADS):
+            slug = pick(slugs)
+            status, body = app.request(f"{slug}.localhost")
+            if not status.startswith("200"):
+                failed += 1  # e.g. the server refusing more connections
+            elif f'"tenant": "{slug}"'.encode() not in body:
+                raise SystemExit(f"{slug}: wrong tenant")
+
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(THREADS)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    print(peak, failed, requests / elapsed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=1_000)
+    parser.add_argument("--requests", type=int, default=8_000)
+    parser.add_argument("--cap", type=int, default=50)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(int(args.serve) or None, args.tenants, args.requests)
+        return
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", f"import benchmarks.connections as c; c.prepare({args.tenants})"],
+        cwd=ROOT,
+        check=True,
+    )
+    print(f"{args.tenants} tenants provisioned in {time.perf_counter() - started:.0f} s")
+    rows = []
+    for cap in (0, args.cap):
+        output = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(cap),
+                "--tenants",
+                str(args.tenants),
+                "--requests",
+                str(args.requests),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        rows.append((cap, int(output[0]), int(output[1]), float(output[2])))
+    import django
+
+    print(
+        f"Django {django.get_version()}, Python {sys.version.split()[0]}; {args.requests} "
+        f"requests from {THREADS} threads over {args.tenants} tenants at random, "
+        "CONN_MAX_AGE = None."
+    )
+    print(
+        f"{'MAX_OPEN_CONNECTIONS':22} {'peak sessions':>14} {'failed requests':>16} "
+        f"{'requests/s':>11}  (server max_connections: {max_connections()})"
+    )
+    for cap, peak, failed, rate in rows:
+        print(f"{cap or 'None (no cap)':22} {peak:14} {failed:16} {rate:11.0f}")
+
+
+if __name__ == "__main__":
+    main()
