@@ -15,35 +15,25 @@ beyond its max_connections) and the requests served per second.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.postgres import maintenance_connection, server  # noqa: E402
+
 THREADS = 8
-
-
-def server() -> dict[str, Any]:
-    host, _, port = os.environ["TENANCY_TEST_PG_1"].rpartition(":")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": host,
-        "PORT": port,
-        "USER": "postgres",
-        "CONN_MAX_AGE": None,
-    }
 
 
 def configure(cap: int | None) -> None:
     import django
     from django.conf import settings
 
-    sys.path.insert(0, str(ROOT))
     settings.configure(
         SECRET_KEY="benchmarks-only",
         USE_TZ=True,
@@ -60,11 +50,11 @@ def configure(cap: int | None) -> None:
         ],
         MIDDLEWARE=["tenancy.middleware.TenantMiddleware"],
         ROOT_URLCONF="example_project.urls",
-        DATABASES={"default": {**server(), "NAME": "bench_conn_main", "CONN_MAX_AGE": 0}},
+        DATABASES={"default": {**server(), "NAME": "bench_conn_main"}},
         DATABASE_ROUTERS=["tenancy.routers.TenantRouter"],
         TENANCY={
             "TENANT_APPS": ["example_project.projects"],
-            "SERVERS": {"pg": server()},
+            "SERVERS": {"pg": server(CONN_MAX_AGE=None)},
             "DEFAULT_SERVER": "pg",
             "DATABASE_NAME": "bench_conn_{slug}",
             "MAX_OPEN_CONNECTIONS": cap,
@@ -74,13 +64,9 @@ def configure(cap: int | None) -> None:
 
 
 def prepare(tenants: int) -> None:
-    import psycopg
     from psycopg import sql
 
-    address = server()
-    with psycopg.connect(
-        host=address["HOST"], port=address["PORT"], user="postgres", autocommit=True
-    ) as connection:
+    with maintenance_connection() as connection:
         names = connection.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE 'bench_conn_%'"
         ).fetchall()
@@ -98,12 +84,7 @@ def prepare(tenants: int) -> None:
 
 
 def sessions() -> int:
-    import psycopg
-
-    address = server()
-    with psycopg.connect(
-        host=address["HOST"], port=address["PORT"], user="postgres", dbname="postgres"
-    ) as connection:
+    with maintenance_connection() as connection:
         row = connection.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'bench_conn_t%'"
         ).fetchone()
@@ -111,12 +92,7 @@ def sessions() -> int:
 
 
 def max_connections() -> int:
-    import psycopg
-
-    address = server()
-    with psycopg.connect(
-        host=address["HOST"], port=address["PORT"], user="postgres", dbname="postgres"
-    ) as connection:
+    with maintenance_connection() as connection:
         row = connection.execute("SHOW max_connections").fetchone()
         return int(row[0]) if row else 0
 

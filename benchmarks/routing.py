@@ -25,24 +25,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.postgres import maintenance_connection, server  # noqa: E402
+
 DATABASES = ("bench_routing_a", "bench_routing_b")
-
-
-def server() -> dict[str, Any]:
-    host, _, port = os.environ["TENANCY_TEST_PG_1"].rpartition(":")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": host,
-        "PORT": port,
-        "USER": "postgres",
-    }
 
 
 def configure(mode: str) -> None:
     import django
     from django.conf import settings
 
-    sys.path.insert(0, str(ROOT))
     common: dict[str, Any] = {
         "SECRET_KEY": "benchmarks-only",
         "USE_TZ": True,
@@ -72,17 +65,9 @@ def configure(mode: str) -> None:
 
 def prepare() -> None:
     """The main database, and two tenant databases with one task each."""
-    import psycopg
     from psycopg import sql
 
-    address = server()
-    with psycopg.connect(
-        host=address["HOST"],
-        port=address["PORT"],
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    ) as connection:
+    with maintenance_connection() as connection:
         for name in ("bench_routing_main", *DATABASES):
             connection.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
             connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

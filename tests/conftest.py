@@ -137,6 +137,15 @@ def beta(db_access: None) -> Tenant:
     return _saved_tenant("beta")
 
 
+@pytest.fixture
+def notes(alpha: Tenant, beta: Tenant) -> tuple[Tenant, Tenant]:
+    """alpha and beta, each with one note: "alpha note", "beta note"."""
+    for tenant in (alpha, beta):
+        with tenant_context(tenant):
+            Note.objects.create(text=f"{tenant.slug} note")
+    return alpha, beta
+
+
 def drop_template_databases() -> None:
     for name in ("one", "two"):
         get_server(name).drop_database(tenancy_settings.template_database_name())

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from tenancy import current_tenant, tenant_context
+from tenancy import current_tenant
 from tenancy.asgi import TenantScopeMiddleware
 from tenancy.models import TenantStatus
 from tests.tenantapp.models import Note
@@ -46,14 +46,6 @@ def connect(host, path="/ws/", scope_type="websocket", app=report):
 
     asyncio.run(TenantScopeMiddleware(app)(scope, receive, send))
     return sent
-
-
-@pytest.fixture
-def notes(alpha, beta):
-    for tenant in (alpha, beta):
-        with tenant_context(tenant):
-            Note.objects.create(text=f"{tenant.slug} note")
-    return alpha, beta
 
 
 def test_websocket_app_runs_in_the_tenant_of_its_host(notes):

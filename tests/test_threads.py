@@ -11,14 +11,6 @@ from tenancy.threads import TenantThread, TenantThreadPoolExecutor
 from tests.tenantapp.models import Note
 
 
-@pytest.fixture
-def notes(alpha, beta):
-    for tenant in (alpha, beta):
-        with tenant_context(tenant):
-            Note.objects.create(text=f"{tenant.slug} note")
-    return alpha, beta
-
-
 def texts():
     return list(Note.objects.values_list("text", flat=True))
 
