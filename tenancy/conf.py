@@ -234,7 +234,7 @@ class TenancySettings:
     def template_database_name(self) -> str:
         """Name of each server's template database. Slugs never start with "-", so no
         tenant's database can have this name."""
-        return self.DATABASE_NAME.format(slug="_template")
+        return as_test_database_name(self.DATABASE_NAME.format(slug="_template"))
 
     def validate(self) -> None:
         """Read every value, so that any error is raised now (used by the system check)."""
@@ -247,7 +247,32 @@ class TenancySettings:
         return self.SERVERS[name]
 
     def database_name_for(self, slug: str) -> str:
-        return self.DATABASE_NAME.format(slug=slug.replace("-", "_"))
+        return as_test_database_name(self.DATABASE_NAME.format(slug=slug.replace("-", "_")))
+
+
+# Test runs name tenant databases as Django names test databases: "test_" + the name, plus
+# the test worker's suffix. None: not a test run.
+TEST_DATABASE_PREFIX = "test_"
+_test_database_suffix: str | None = None
+
+
+def use_test_database_names(suffix: str = "") -> None:
+    """From now on, name tenant and template databases as test databases, and refuse
+    connections to any other tenant database (see ``tenancy.testing``)."""
+    global _test_database_suffix
+    _test_database_suffix = suffix
+
+
+def is_test_run() -> bool:
+    return _test_database_suffix is not None
+
+
+def as_test_database_name(name: str) -> str:
+    """``name`` during a test run: ``test_<name>[_<worker>]``; otherwise ``name``."""
+    if _test_database_suffix is None:
+        return name
+    suffix = f"_{_test_database_suffix}" if _test_database_suffix else ""
+    return f"{TEST_DATABASE_PREFIX}{name}{suffix}"
 
 
 def server_vendor(template: Mapping[str, Any]) -> str:

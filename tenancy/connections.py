@@ -38,13 +38,20 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.signals import request_finished, request_started
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from tenancy.conf import SERVER_ONLY_KEYS, server_vendor, tenancy_settings
+from tenancy.conf import (
+    SERVER_ONLY_KEYS,
+    TEST_DATABASE_PREFIX,
+    is_test_run,
+    server_vendor,
+    tenancy_settings,
+)
 from tenancy.context import require_tenant
 from tenancy.exceptions import TenancyError, TenantServerError
 from tenancy.log import SqlComment
@@ -70,6 +77,9 @@ class _Registration:
     server: str
     database_name: str
     settings: dict[str, Any]  # the complete DATABASES entry, shared by every thread
+    # In settings.DATABASES, so that Django's test machinery creates and guards it; Django
+    # owns its connections. Only the test tenant is published (``tenancy.testing``).
+    published: bool = False
 
 
 class _Use:
@@ -110,6 +120,8 @@ def alias_for(tenant: AbstractTenant) -> str:
     is opened until a query needs one).
     """
     registration = _registrations.get(tenant.slug)
+    if registration is not None and registration.published:
+        return registration.alias
     if (
         registration is None
         or registration.server != tenant.server
@@ -146,6 +158,9 @@ def unregister(tenant: AbstractTenant | str) -> bool:
     """
     slug = tenant if isinstance(tenant, str) else tenant.slug
     with _lock:
+        registration = _registrations.get(slug)
+        if registration is not None and registration.published:
+            return False
         retired = _retire(slug)
     if retired is None:
         return False
@@ -154,8 +169,33 @@ def unregister(tenant: AbstractTenant | str) -> bool:
 
 
 def unregister_all() -> None:
+    """Unregister every tenant but a published one."""
     for slug in list(_registrations):
         unregister(slug)
+
+
+def publish(tenant: AbstractTenant, test_settings: dict[str, Any]) -> str:
+    """Register ``tenant`` with its alias in ``settings.DATABASES``, like a configured
+    database, for Django's test machinery; it stays for the life of the process.
+
+    Call it before any other thread runs: Django reads ``DATABASES`` without a lock.
+    """
+    alias = f"{ALIAS_PREFIX}{tenant.slug}"
+    with _lock:
+        registration = _registrations.get(tenant.slug)
+        if registration is not None and registration.published:
+            return registration.alias
+        if registration is not None or _retirements.get(tenant.slug):
+            raise TenancyError(f"Tenant {tenant.slug!r} was registered before being published.")
+        database = {**connection_settings(tenant), "TEST": test_settings}
+        database = connections.configure_settings({DEFAULT_DB_ALIAS: {}, alias: database})[alias]
+        _registrations[tenant.slug] = _Registration(
+            alias, tenant.server, tenant.database_name, database, published=True
+        )
+    connections.settings[alias] = database
+    if settings.DATABASES is not connections.settings:
+        settings.DATABASES[alias] = database
+    return alias
 
 
 def registered_aliases() -> dict[str, str]:
@@ -226,6 +266,14 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
         raise TenancyError(
             f"Cannot connect to tenant {str(tenant.slug)[:80]!r}: {exc.messages[0]}"
         ) from None
+    if is_test_run() and not tenant.database_name.startswith(TEST_DATABASE_PREFIX):
+        raise TenancyError(
+            f"Tenant {tenant.slug!r} has the database {tenant.database_name!r}, which is not a "
+            f"test database; tests connect only to tenant databases named "
+            f"{TEST_DATABASE_PREFIX}..., as Django's test databases are. Create test tenants "
+            "with the tenant_factory fixture or tenancy.provisioning.create_tenant(), which "
+            "name them so."
+        )
     try:
         template = tenancy_settings.server(tenant.server)
     except KeyError:
@@ -252,6 +300,10 @@ def _register(tenant: AbstractTenant) -> _Registration:
     with _lock:
         registration = _registrations.get(tenant.slug)
         if registration is not None:
+            if registration.published:
+                raise TenancyError(
+                    f"Tenant {tenant.slug!r} is the test tenant; give other tenants another slug."
+                )
             if (registration.server, registration.database_name) == (
                 tenant.server,
                 tenant.database_name,

@@ -10,8 +10,9 @@ tenant's connections, drops (or keeps) its database and deletes the row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import transaction
 
@@ -59,11 +60,13 @@ def create_tenant(
     name: str = "",
     domains: Iterable[str] = (),
     server: str | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> AbstractTenant:
     """Record the tenant ``slug`` with its domains and provision it. Running it again for
-    the same slug finishes an interrupted provisioning instead of failing."""
+    the same slug finishes an interrupted provisioning instead of failing. ``fields``:
+    values for more fields of a custom tenant model."""
     model = get_tenant_model()
-    defaults: dict[str, object] = {"name": name or slug}
+    defaults: dict[str, object] = {**(fields or {}), "name": name or slug}
     if server is not None:
         defaults["server"] = server
     tenant, created = model._default_manager.get_or_create(slug=slug, defaults=defaults)

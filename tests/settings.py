@@ -64,6 +64,7 @@ TENANCY = {
     "TENANT_APPS": ["tests.tenantapp"],
     "SERVERS": {"one": SERVER_1, "two": SERVER_2},
     "DEFAULT_SERVER": "one",
-    # Test databases are named like Django's own, so tests never touch a real tenant.
-    "DATABASE_NAME": "test_tenancy_{slug}",
+    # Under pytest, tenancy's plugin names them test_tenancy_<slug>, as Django names
+    # test databases, so tests never touch a real tenant.
+    "DATABASE_NAME": "tenancy_{slug}",
 }

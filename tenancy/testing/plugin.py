@@ -1,0 +1,197 @@
+"""pytest plugin (entry point ``tenancy``): fixtures for tenant tests.
+
+- ``tenant``: the test tenant, active for the test; its database is created once per run
+  (kept with ``--reuse-db``) and each test's writes to it are rolled back, as on
+  ``default``. Works with the ``django_db`` marker's options and ``transactional_db``.
+- ``tenant_client`` / ``tenant_async_client``: Django test clients that reach the tenant.
+- ``tenant_factory``: make more tenants in a test, copied from the template database;
+  they are removed after the test.
+- ``tenant_fields``: override it to give the test tenant more field values.
+
+Disable the plugin with ``-p no:tenancy``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from django.test import AsyncClient, Client
+
+    from tenancy.models import AbstractTenant
+
+# The positional order of pytest-django's django_db marker arguments.
+_DJANGO_DB_ARGS = ("transaction", "reset_sequences", "databases", "serialized_rollback")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tenancy.testing.tenant import start_test_run
+
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    # The suffixes pytest-django gives test databases, in its order.
+    start_test_run("_".join(part for part in (os.getenv("TOX_PARALLEL_ENV"), worker) if part))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Set up the test tenant's database for the tests that use it, and include it in
+    their ``django_db`` databases (before pytest-django decides which to create)."""
+    from django.conf import settings
+
+    if not settings.configured:
+        return
+    users = [item for item in items if _uses_test_tenant(item)]
+    if not users:
+        return
+    from tenancy.testing.tenant import publish_test_tenant
+
+    alias = publish_test_tenant()
+    for item in users:
+        if not _is_unittest(item):  # a TenantTestCase lists it in its databases
+            _add_database(item, alias)
+
+
+def _uses_test_tenant(item: pytest.Item) -> bool:
+    if "tenant" in getattr(item, "fixturenames", ()):
+        return True
+    if _is_unittest(item):
+        from tenancy.testing.cases import _TenantTest
+
+        return issubclass(item.cls, _TenantTest)  # type: ignore[attr-defined]
+    return False
+
+
+def _is_unittest(item: pytest.Item) -> bool:
+    import unittest
+
+    cls = getattr(item, "cls", None)
+    return cls is not None and issubclass(cls, unittest.TestCase)
+
+
+def _add_database(item: pytest.Item, alias: str) -> None:
+    marker = item.get_closest_marker("django_db")
+    options: dict[str, Any] = {}
+    if marker is not None:
+        options = dict(zip(_DJANGO_DB_ARGS, marker.args, strict=False)) | dict(marker.kwargs)
+    databases = options.get("databases")
+    if databases == "__all__":
+        return
+    options["databases"] = sorted({"default", *(databases or ()), alias})
+    item.add_marker(pytest.mark.django_db(**options), append=False)
+
+
+@pytest.fixture
+def tenant_fields() -> dict[str, Any]:
+    """Extra field values for the test tenant; override it for a custom tenant model."""
+    return {}
+
+
+@pytest.fixture
+def tenant(db: None, tenant_fields: dict[str, Any]) -> Iterator[AbstractTenant]:
+    """The test tenant, active for the test; its writes are rolled back afterwards."""
+    from tenancy.context import tenant_context
+    from tenancy.testing.tenant import ensure_test_tenant
+
+    test_tenant = ensure_test_tenant(tenant_fields)
+    with tenant_context(test_tenant):
+        yield test_tenant
+
+
+@pytest.fixture
+def tenant_client(tenant: AbstractTenant) -> Client:
+    """A Django test client whose requests reach the test tenant."""
+    from tenancy.testing.client import TenantClient
+
+    return TenantClient(tenant)
+
+
+@pytest.fixture
+def tenant_async_client(tenant: AbstractTenant) -> AsyncClient:
+    """A Django async test client whose requests reach the test tenant."""
+    from tenancy.testing.client import TenantAsyncClient
+
+    return TenantAsyncClient(tenant)
+
+
+@pytest.fixture(scope="session")
+def _tenancy_templates(
+    request: pytest.FixtureRequest, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[None]:
+    """Template databases of this test run: rebuilt with ``--create-db``, kept with
+    ``--reuse-db``, dropped at the end otherwise."""
+    from tenancy.backends import get_server
+    from tenancy.conf import tenancy_settings
+
+    reuse = request.config.getvalue("reuse_db") and not request.config.getvalue("create_db")
+
+    def drop() -> None:
+        with django_db_blocker.unblock():
+            for server in tenancy_settings.SERVERS:
+                get_server(server).drop_database(tenancy_settings.template_database_name())
+
+    if not reuse:
+        drop()
+    yield
+    if not reuse:
+        drop()
+
+
+@pytest.fixture
+def tenant_factory(
+    db: None, _tenancy_templates: None, tenant_fields: dict[str, Any]
+) -> Iterator[Callable[..., AbstractTenant]]:
+    """Make tenants in a test: ``tenant_factory("acme", domains=[...], server=...)``.
+
+    Each is provisioned as in production (copied from its server's template database),
+    active, reached at ``<slug>.tenants.test`` (or under ``BASE_DOMAIN``) unless
+    ``domains`` says otherwise, and removed with its database after the test. Its writes
+    are not rolled back: the database is dropped instead.
+    """
+    from tenancy.backends import get_server
+    from tenancy.conf import tenancy_settings
+    from tenancy.connections import unregister
+    from tenancy.models import get_tenant_model
+    from tenancy.provisioning import create_tenant, deprovision_tenant
+    from tenancy.testing.tenant import TEST_TENANT_SLUG, tenant_host
+
+    made: list[AbstractTenant] = []
+    numbers = itertools.count(1)
+
+    def make(
+        slug: str | None = None,
+        *,
+        name: str = "",
+        domains: list[str] | None = None,
+        server: str | None = None,
+        **fields: Any,
+    ) -> AbstractTenant:
+        slug = slug or f"tenant-{next(numbers)}"
+        if slug == TEST_TENANT_SLUG:
+            raise ValueError(f"{slug!r} is the test tenant's slug; give tenant_factory another.")
+        # A database left by an interrupted run must not be reused with its old data.
+        server_name = server or tenancy_settings.DEFAULT_SERVER
+        get_server(server_name).drop_database(tenancy_settings.database_name_for(slug))
+        tenant = create_tenant(
+            slug,
+            name=name,
+            domains=[tenant_host(slug)] if domains is None else domains,
+            server=server,
+            fields={**tenant_fields, **fields},
+        )
+        made.append(tenant)
+        return tenant
+
+    yield make
+    model = get_tenant_model()
+    for tenant in reversed(made):
+        stored = model._default_manager.filter(pk=tenant.pk).first()
+        if stored is not None:
+            deprovision_tenant(stored)
+        else:
+            unregister(tenant)
+            get_server(tenant.server).drop_database(tenant.database_name)
