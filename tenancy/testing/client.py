@@ -76,18 +76,26 @@ class TenantAsyncClient(_TenantRequests, AsyncClient):
 
     def __init__(self, tenant: AbstractTenant | None = None, **kwargs: Any) -> None:
         self.tenant_slug = TEST_TENANT_SLUG if tenant is None else tenant.slug
-        kwargs["headers"] = {**tenant_headers(tenant), **(kwargs.get("headers") or {})}
+        # Added to each request's ASGI headers: Django's async factory would turn a
+        # default "host" header into "http-host".
+        self._tenant_headers = [
+            (name.lower().encode("ascii"), value.encode("latin1"))
+            for name, value in tenant_headers(tenant).items()
+        ]
         super().__init__(**kwargs)
 
     def request(self, **request: Any) -> Any:
-        # Django's async request factory always sends "host: testserver" and appends
-        # another host header after it, which joins the two; keep only the last one.
-        headers = request.get("headers", [])
-        hosts = [index for index, (name, _) in enumerate(headers) if name == b"host"]
-        if len(hosts) > 1:
-            request["headers"] = [
-                header for index, header in enumerate(headers) if index not in hosts[:-1]
-            ]
+        # The factory starts every request with "host: testserver"; the tenant's headers
+        # replace it, and headers given for this request win over the tenant's.
+        given = [header for header in request.get("headers", []) if header != _DEFAULT_HOST]
+        names = {name for name, _ in given}
+        headers = given + [header for header in self._tenant_headers if header[0] not in names]
+        if not any(name == b"host" for name, _ in headers):
+            headers.insert(0, _DEFAULT_HOST)
+        request["headers"] = headers
         if tenancy_settings.RESOLVER == "path":
             request["path"] = self._tenant_path(request["path"])
         return super().request(**request)
+
+
+_DEFAULT_HOST = (b"host", b"testserver")

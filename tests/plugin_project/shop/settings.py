@@ -1,0 +1,51 @@
+"""A small project using tenancy, for the tests of tenancy's test support.
+
+It runs on the backend the suite runs on (TENANCY_TEST_BACKEND): two PostgreSQL servers
+from TENANCY_TEST_PG_1/2, or two SQLite directories beside this file.
+"""
+
+import os
+from pathlib import Path
+
+BASE = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = "tests-only-not-secret"
+USE_TZ = True
+ROOT_URLCONF = "shop.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "tenancy",
+    "notes",
+]
+MIDDLEWARE = ["tenancy.middleware.TenantMiddleware"]
+DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
+
+
+def _postgres(variable):
+    host, _, port = os.environ[variable].rpartition(":")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": host,
+        "PORT": port,
+        "USER": "postgres",
+    }
+
+
+if os.environ.get("TENANCY_TEST_BACKEND") == "postgresql":
+    SERVERS = {"main": _postgres("TENANCY_TEST_PG_1"), "second": _postgres("TENANCY_TEST_PG_2")}
+    DATABASES = {"default": {**SERVERS["main"], "NAME": "shop"}}
+else:
+    SERVERS = {
+        "main": {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": BASE / "tenants"},
+        "second": {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": BASE / "tenants2"},
+    }
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE / "main.db"}}
+
+TENANCY = {
+    "TENANT_APPS": ["notes"],
+    "SERVERS": SERVERS,
+    "DEFAULT_SERVER": "main",
+    "DATABASE_NAME": "shop_{slug}",
+}

@@ -1,0 +1,253 @@
+"""tenancy's test support, run by pytest (and Django's test runner) in a small project.
+
+Each test copies tests/plugin_project into a temporary directory and runs its own pytest
+there in a subprocess, on the backend this suite runs on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tenancy.backends import get_server
+
+pytest_plugins = ["pytester"]
+
+PROJECT = Path(__file__).parent / "plugin_project"
+
+ISOLATION = """
+import pytest
+from django.db import connections
+
+from notes.models import Note
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+def test_writes_go_to_the_test_tenant(tenant):
+    Note.objects.create(text="first")
+    assert Note.objects.count() == 1
+    assert tenant.slug == "test" and tenant.is_active
+    name = str(connections[TEST_TENANT_ALIAS].settings_dict["NAME"])
+    assert "test_shop_test" in name
+    assert "notes_note" in connections[TEST_TENANT_ALIAS].introspection.table_names()
+    assert "notes_note" not in connections["default"].introspection.table_names()
+
+
+def test_writes_of_other_tests_are_rolled_back(tenant):
+    assert Note.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transactional_write(tenant):
+    Note.objects.create(text="committed")
+    assert Note.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transactional_writes_are_emptied(tenant):
+    assert Note.objects.count() == 0
+"""
+
+CLIENTS = """
+from asgiref.sync import async_to_sync
+
+from notes.models import Note
+
+
+def test_client_reaches_the_tenant(tenant_client):
+    Note.objects.create(text="hello")
+    response = tenant_client.get("/notes/")
+    assert response.json() == {"tenant": "test", "notes": ["hello"]}
+
+
+def test_async_client_reaches_the_tenant(tenant_async_client):
+    Note.objects.create(text="async hello")
+    response = async_to_sync(tenant_async_client.get)("/notes/")
+    assert response.json() == {"tenant": "test", "notes": ["async hello"]}
+"""
+
+GUARDS = """
+import pytest
+from django.db import connections
+from django.test.testcases import DatabaseOperationForbidden
+
+from notes.models import Note
+from tenancy import TenancyError, tenant_context
+from tenancy.models import Tenant
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+@pytest.mark.django_db
+def test_a_test_without_the_tenant_cannot_query_its_database():
+    with pytest.raises(DatabaseOperationForbidden, match="tenant:test"):
+        connections[TEST_TENANT_ALIAS].cursor()
+
+
+@pytest.mark.django_db
+def test_a_real_tenant_database_is_refused():
+    real = Tenant(slug="acme", server="main", database_name="shop_acme")
+    with tenant_context(real), pytest.raises(TenancyError, match="not a test database"):
+        Note.objects.count()
+"""
+
+FACTORY = """
+from notes.models import Note
+from tenancy import tenant_context
+from tenancy.backends import get_server
+from tenancy.testing import TenantClient
+
+
+def test_factory_tenants_are_separate(tenant, tenant_factory):
+    acme = tenant_factory("acme")
+    other = tenant_factory(server="second")
+    assert (acme.database_name, acme.status) == ("test_shop_acme", "active")
+    assert (other.slug, other.server) == ("tenant-1", "second")
+    with tenant_context(acme):
+        Note.objects.create(text="acme note")
+    with tenant_context(other):
+        assert Note.objects.count() == 0
+    assert Note.objects.count() == 0  # the test tenant is still the active one
+    response = TenantClient(acme).get("/notes/")
+    assert response.json() == {"tenant": "acme", "notes": ["acme note"]}
+
+
+def test_factory_tenants_are_removed_after_the_test(db):
+    assert not get_server("main").database_exists("test_shop_acme")
+    assert not get_server("second").database_exists("test_shop_tenant_1")
+"""
+
+CASES = """
+from django.db import connections
+from django.test import TestCase
+from django.test.testcases import DatabaseOperationForbidden
+
+from notes.models import Note
+from tenancy.testing import TEST_TENANT_ALIAS, TenantTestCase, TenantTransactionTestCase
+
+
+class NotesTests(TenantTestCase):
+    @classmethod
+    def setUpTestData(cls):
+        Note.objects.create(text="from setUpTestData")
+
+    def test_write(self):
+        Note.objects.create(text="one")
+        self.assertEqual(Note.objects.count(), 2)
+
+    def test_writes_of_other_tests_are_rolled_back(self):
+        self.assertEqual(list(Note.objects.values_list("text", flat=True)), ["from setUpTestData"])
+
+    def test_client(self):
+        response = self.client.get("/notes/")
+        self.assertEqual(response.json(), {"tenant": "test", "notes": ["from setUpTestData"]})
+
+
+class NotesTransactionTests(TenantTransactionTestCase):
+    def test_a_write(self):
+        Note.objects.create(text="committed")
+        self.assertEqual(Note.objects.count(), 1)
+
+    def test_b_emptied(self):
+        self.assertEqual(Note.objects.count(), 0)
+        self.assertEqual(self.client.get("/notes/").json()["tenant"], "test")
+
+
+class PlainTests(TestCase):
+    def test_tenant_database_not_allowed(self):
+        with self.assertRaisesRegex(DatabaseOperationForbidden, "tenant:test"):
+            connections[TEST_TENANT_ALIAS].cursor()
+"""
+
+IDENTITY = """
+import os
+from pathlib import Path
+
+from django.db import connections
+
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+def test_record_identity(tenant, tenant_factory):
+    tenant_factory("acme")
+    with connections[TEST_TENANT_ALIAS].cursor() as cursor:
+        # When the database was made: its first migration's timestamp.
+        cursor.execute("SELECT min(applied) FROM django_migrations")
+        made = cursor.fetchone()[0]
+    Path(os.environ["IDENTITY_FILE"]).write_text(str(made))
+"""
+
+WORKERS = """
+import os
+
+import pytest
+from django.db import connections
+
+from notes.models import Note
+from tenancy import tenant_context
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+@pytest.mark.parametrize("number", range(4))
+def test_each_worker_has_its_own_databases(tenant, tenant_factory, number):
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    assert str(connections[TEST_TENANT_ALIAS].settings_dict["NAME"]).endswith(worker)
+    other = tenant_factory("acme")
+    assert other.database_name == f"test_shop_acme_{worker}"
+    with tenant_context(other):
+        Note.objects.create(text=str(number))
+        assert Note.objects.count() == 1
+"""
+
+
+@pytest.fixture
+def project(
+    pytester: pytest.Pytester, db_access: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.Pytester]:
+    shutil.copytree(PROJECT, pytester.path, dirs_exist_ok=True)
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE")  # this suite's; the project's is in pytest.ini
+    yield pytester
+    for name in ("one", "two"):
+        server = get_server(name)
+        for database in server.list_databases():
+            if database.startswith("test_shop"):
+                server.drop_database(database)
+
+
+def test_tenant_fixture_isolates_tests(project: pytest.Pytester) -> None:
+    project.makepyfile(check_isolation=ISOLATION, check_clients=CLIENTS, check_guards=GUARDS)
+    project.makepyfile(check_factory=FACTORY)
+    result = project.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=10)
+
+
+def test_case_classes_under_pytest_and_django(project: pytest.Pytester) -> None:
+    project.makepyfile(check_cases=CASES)
+    project.runpytest_subprocess().assert_outcomes(passed=6)
+    result = project.run(
+        sys.executable, "-m", "django", "test", "-p", "check_*.py", "--settings=shop.settings"
+    )
+    assert result.ret == 0, result.stderr.str()
+    result.stderr.fnmatch_lines(["Ran 6 tests in *", "OK"])
+
+
+def test_reuse_db_keeps_the_tenant_database_between_runs(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makepyfile(check_identity=IDENTITY)
+    identity = project.path / "identity.txt"
+    monkeypatch.setenv("IDENTITY_FILE", str(identity))
+    made = []
+    for option in ("--reuse-db", "--reuse-db", "--create-db"):
+        project.runpytest_subprocess(option).assert_outcomes(passed=1)
+        made.append(identity.read_text())
+    assert made[0] == made[1] != made[2]
+
+
+def test_xdist_workers_get_their_own_databases(project: pytest.Pytester) -> None:
+    project.makepyfile(check_workers=WORKERS)
+    result = project.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=4)
