@@ -168,16 +168,38 @@ from pathlib import Path
 
 from django.db import connections
 
+from notes.models import Note
+from tenancy.connections import alias_for
 from tenancy.testing import TEST_TENANT_ALIAS
 
 
+def columns(alias):
+    with connections[alias].cursor() as cursor:
+        description = connections[alias].introspection.get_table_description(cursor, "notes_note")
+    return sorted(column.name for column in description)
+
+
 def test_record_identity(tenant, tenant_factory):
-    tenant_factory("acme")
+    acme = tenant_factory("acme")
     with connections[TEST_TENANT_ALIAS].cursor() as cursor:
         # When the database was made: its first migration's timestamp.
         cursor.execute("SELECT min(applied) FROM django_migrations")
         made = cursor.fetchone()[0]
     Path(os.environ["IDENTITY_FILE"]).write_text(str(made))
+    fields = sorted(field.column for field in Note._meta.fields)
+    assert columns(TEST_TENANT_ALIAS) == fields
+    assert columns(alias_for(acme)) == fields
+"""
+
+NEW_MIGRATION = """
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("notes", "0001_initial")]
+    operations = [
+        migrations.AddField("note", "done", models.BooleanField(default=False)),
+    ]
 """
 
 WORKERS = """
@@ -241,10 +263,16 @@ def test_reuse_db_keeps_the_tenant_database_between_runs(
     identity = project.path / "identity.txt"
     monkeypatch.setenv("IDENTITY_FILE", str(identity))
     made = []
-    for option in ("--reuse-db", "--reuse-db", "--create-db"):
+    for run, option in enumerate(("--reuse-db", "--reuse-db", "--reuse-db", "--create-db")):
+        if run == 2:  # a new migration: the kept databases follow it
+            models = project.path / "notes" / "models.py"
+            models.write_text(
+                models.read_text() + "    done = models.BooleanField(default=False)\n"
+            )
+            (project.path / "notes" / "migrations" / "0002_note_done.py").write_text(NEW_MIGRATION)
         project.runpytest_subprocess(option).assert_outcomes(passed=1)
         made.append(identity.read_text())
-    assert made[0] == made[1] != made[2]
+    assert made[0] == made[1] == made[2] != made[3]
 
 
 def test_xdist_workers_get_their_own_databases(project: pytest.Pytester) -> None:

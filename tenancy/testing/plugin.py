@@ -13,6 +13,7 @@ Disable the plugin with ``-p no:tenancy``.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -73,11 +74,15 @@ def _is_unittest(item: pytest.Item) -> bool:
     return cls is not None and issubclass(cls, unittest.TestCase)
 
 
-def _add_database(item: pytest.Item, alias: str) -> None:
+def _django_db_options(item: pytest.Item) -> dict[str, Any]:
     marker = item.get_closest_marker("django_db")
-    options: dict[str, Any] = {}
-    if marker is not None:
-        options = dict(zip(_DJANGO_DB_ARGS, marker.args, strict=False)) | dict(marker.kwargs)
+    if marker is None:
+        return {}
+    return dict(zip(_DJANGO_DB_ARGS, marker.args, strict=False)) | dict(marker.kwargs)
+
+
+def _add_database(item: pytest.Item, alias: str) -> None:
+    options = _django_db_options(item)
     databases = options.get("databases")
     if databases == "__all__":
         return
@@ -85,21 +90,72 @@ def _add_database(item: pytest.Item, alias: str) -> None:
     item.add_marker(pytest.mark.django_db(**options), append=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tenant_fields() -> dict[str, Any]:
-    """Extra field values for the test tenant; override it for a custom tenant model."""
+    """Extra field values for the test tenant and the factory's tenants; override it
+    (session-scoped) for a custom tenant model."""
     return {}
 
 
+# The test tenant's row as committed in the main database; dropped after every test that
+# may have emptied that database (a transactional one).
+_committed_tenant = pytest.StashKey["AbstractTenant | None"]()
+
+
+@pytest.fixture(scope="session")
+def _tenancy_test_tenant(
+    request: pytest.FixtureRequest,
+    django_db_setup: None,
+    django_db_blocker: Any,
+    tenant_fields: dict[str, Any],
+) -> None:
+    """The test tenant's row, committed once, so that tests need not insert it each time."""
+    from tenancy.testing.tenant import ensure_test_tenant
+
+    with django_db_blocker.unblock():
+        request.config.stash[_committed_tenant] = ensure_test_tenant(tenant_fields)
+
+
 @pytest.fixture
-def tenant(db: None, tenant_fields: dict[str, Any]) -> Iterator[AbstractTenant]:
+def tenant(
+    request: pytest.FixtureRequest,
+    _tenancy_test_tenant: None,
+    db: None,
+    tenant_fields: dict[str, Any],
+) -> Iterator[AbstractTenant]:
     """The test tenant, active for the test; its writes are rolled back afterwards."""
     from tenancy.context import tenant_context
     from tenancy.testing.tenant import ensure_test_tenant
 
-    test_tenant = ensure_test_tenant(tenant_fields)
+    committed = request.config.stash.get(_committed_tenant, None)
+    if committed is None or _is_transactional(request.node):
+        committed = ensure_test_tenant(tenant_fields)
+        if not _is_transactional(request.node):
+            request.config.stash[_committed_tenant] = committed
+    # A copy, so that changes a test makes to it end with the test, as its rows do.
+    test_tenant = copy.copy(committed)
     with tenant_context(test_tenant):
         yield test_tenant
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if _is_transactional(item):
+        item.config.stash[_committed_tenant] = None
+
+
+def _is_transactional(item: pytest.Item) -> bool:
+    """Whether Django empties the test databases after ``item`` (as pytest-django decides)."""
+    if _is_unittest(item):
+        from django.test import TestCase, TransactionTestCase
+
+        cls: type = item.cls  # type: ignore[attr-defined]
+        return issubclass(cls, TransactionTestCase) and not issubclass(cls, TestCase)
+    fixtures = getattr(item, "fixturenames", ())
+    if {"transactional_db", "live_server", "django_db_reset_sequences"} & set(fixtures):
+        return True
+    options = _django_db_options(item)
+    return bool(options.get("transaction") or options.get("reset_sequences"))
 
 
 @pytest.fixture

@@ -84,8 +84,15 @@ def ensure_test_tenant(fields: dict[str, Any] | None = None) -> AbstractTenant:
         )
     model = get_tenant_model()
     tenant = model._default_manager.filter(slug=TEST_TENANT_SLUG).first()
+    expected = _unsaved_test_tenant(**(fields or {}))
+    if tenant is not None and (tenant.server, tenant.database_name) != (
+        expected.server,
+        expected.database_name,
+    ):
+        tenant.delete()  # kept by --reuse-db from a run with other settings
+        tenant = None
     if tenant is None:
-        tenant = _unsaved_test_tenant(**(fields or {}))
+        tenant = expected
         tenant.save()
         Domain.objects.create(
             domain=tenant_host(TEST_TENANT_SLUG), tenant_id=tenant.pk, is_primary=True
