@@ -14,6 +14,7 @@ bench:
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/migrations.py
 	.venv/bin/python benchmarks/request_cost.py
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/routing.py
+	scripts/with-postgres -n 1 .venv/bin/python benchmarks/tenant_tests.py
 
 lint:
 	.venv/bin/ruff check .

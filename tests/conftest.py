@@ -17,7 +17,7 @@ from django.db import connections
 from django.test.utils import setup_databases, teardown_databases
 
 from tenancy.backends import get_server
-from tenancy.conf import tenancy_settings
+from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import alias_for, unregister_all
 from tenancy.context import tenant_context
 from tenancy.models import Domain, Tenant, TenantStatus
@@ -26,6 +26,14 @@ from tests.tenantapp.models import Note, Tag
 
 # slug -> server; alpha and beta live on different servers.
 TEST_TENANTS = {"alpha": "one", "beta": "two"}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not is_test_run():
+        raise pytest.UsageError(
+            "tenancy's pytest plugin is not active (is the package installed?); without it "
+            "tenant databases would not get test names."
+        )
 
 
 def make_tenant(slug: str, server: str, **fields: object) -> Tenant:
