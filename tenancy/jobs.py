@@ -1,0 +1,42 @@
+"""What the background-job integrations share (``tenancy.celery``, ``tenancy.tasks``).
+
+A job carries its tenant as the slug, taken when the job is sent; the worker looks the
+tenant up again when the job runs, so a job never works on a tenant that was removed or
+suspended in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from tenancy.context import _get_by_slug, current_tenant
+from tenancy.exceptions import TenantUnavailable
+
+if TYPE_CHECKING:
+    from tenancy.models import AbstractTenant
+
+
+def current_slug() -> str | None:
+    """The slug to send with a job: the current tenant's, or ``None`` without one."""
+    tenant = current_tenant()
+    return None if tenant is None else tenant.slug
+
+
+def job_tenant(slug: str | None) -> AbstractTenant | None:
+    """The tenant a job sent with ``slug`` runs in: ``None`` for none;
+    ``TenantNotFound`` when it no longer exists, ``TenantUnavailable`` when not active."""
+    if slug is None:
+        return None
+    tenant = _get_by_slug(slug)
+    if not tenant.is_active:
+        raise TenantUnavailable(tenant)
+    return tenant
+
+
+def active_tenants() -> Iterator[AbstractTenant]:
+    """Every active tenant, by slug, read in chunks (for thousands of tenants)."""
+    from tenancy.models import TenantStatus, get_tenant_model
+
+    manager = get_tenant_model()._default_manager
+    return manager.filter(status=TenantStatus.ACTIVE).order_by("slug").iterator()
