@@ -151,16 +151,10 @@ def migration_lock(connection: BaseDatabaseWrapper, *, wait: bool = True) -> Ite
     """Hold the migration lock of ``connection``'s database; yields whether it was taken
     (always True when ``wait``)."""
     if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-            cursor.execute(f"SELECT {function}(%s)", [LOCK_KEY])
-            acquired = wait or bool(cursor.fetchone()[0])
-        try:
+        from tenancy.backends.postgresql import advisory_lock
+
+        with advisory_lock(connection.settings_dict, LOCK_KEY, wait=wait) as acquired:
             yield acquired
-        finally:
-            if acquired and connection.is_usable():
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
         return
     # SQLite: an exclusive lock on a file beside the database.
     path = Path(f"{connection.settings_dict['NAME']}.migrate-lock")

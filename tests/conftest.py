@@ -8,19 +8,23 @@ unblock database access themselves (``db_access``) and clean up after each test.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.db import connections
 from django.test.utils import setup_databases, teardown_databases
+from psycopg import sql
 
 from tenancy.backends import get_server
 from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import alias_for, unregister_all
 from tenancy.context import tenant_context
 from tenancy.models import Domain, Tenant, TenantStatus
+from tests.settings import PGBOUNCER
 from tests.sharedapp.models import Plan
 from tests.tenantapp.models import Note, Tag
 
@@ -85,6 +89,10 @@ def django_db_setup(
         )
     yield
     if not keepdb:
+        if PGBOUNCER:  # PgBouncer keeps server connections that would block the DROP
+            with pgbouncer_console("one") as console:
+                name = connections["default"].settings_dict["NAME"]
+                console.execute(sql.SQL("KILL {}").format(sql.Identifier(name)))
         with django_db_blocker.unblock():  # type: ignore[attr-defined]
             teardown_databases(config, verbosity=verbosity)
 
@@ -152,6 +160,43 @@ def notes(alpha: Tenant, beta: Tenant) -> tuple[Tenant, Tenant]:
         with tenant_context(tenant):
             Note.objects.create(text=f"{tenant.slug} note")
     return alpha, beta
+
+
+def client_sessions(server: str, database_names: list[str]) -> int:
+    """Connections clients hold to these databases on a test server (PostgreSQL): the
+    server's sessions, or PgBouncer's clients when the suite runs behind PgBouncer."""
+    if not PGBOUNCER:
+        with get_server(server)._cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [database_names]
+            )
+            return int(cursor.fetchone()[0])
+    with pgbouncer_console(server) as console:
+        cursor = console.execute("SHOW CLIENTS")
+        database = [column.name for column in cursor.description or ()].index("database")
+        return sum(1 for row in cursor.fetchall() if row[database] in database_names)
+
+
+def pgbouncer_console(server: str) -> Any:
+    """A connection to the admin console of the PgBouncer in front of test server ``server``."""
+    import psycopg
+
+    template = tenancy_settings.server(server)
+    return psycopg.connect(
+        host=template["HOST"],
+        port=template["PORT"],
+        user="postgres",
+        dbname="pgbouncer",
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,
+    )
+
+
+def server_port(server: str) -> str:
+    """The port of the PostgreSQL server behind test server ``server`` (not PgBouncer's)."""
+    number = {"one": 1, "two": 2}[server]
+    direct = os.environ.get(f"TENANCY_TEST_PG_DIRECT_{number}")
+    return direct.rpartition(":")[2] if direct else str(tenancy_settings.server(server)["PORT"])
 
 
 def drop_template_databases() -> None:

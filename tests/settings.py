@@ -13,6 +13,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 BACKEND = os.environ.get("TENANCY_TEST_BACKEND", "sqlite")
+PGBOUNCER = bool(os.environ.get("TENANCY_TEST_PGBOUNCER"))
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -46,6 +47,9 @@ def _postgres(variable: str) -> dict[str, Any]:
         "HOST": host,
         "PORT": port,
         "USER": "postgres",
+        # Behind PgBouncer in transaction pooling (scripts/with-postgres --pgbouncer), a
+        # server-side cursor would outlive its transaction's server connection.
+        "DISABLE_SERVER_SIDE_CURSORS": PGBOUNCER,
     }
 
 

@@ -20,7 +20,7 @@ from tenancy.connections import (
     registered_aliases,
 )
 from tenancy.provisioning import create_tenant
-from tests.conftest import make_tenant
+from tests.conftest import client_sessions, make_tenant
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note
 
@@ -58,11 +58,10 @@ def configured_tenant_aliases():
 
 
 def server_sessions(tenants):
-    """Sessions the PostgreSQL server has open to these tenants' databases."""
+    """Connections clients hold to these tenants' databases (PostgreSQL)."""
+    servers = {tenant.server for tenant in tenants}
     names = [tenant.database_name for tenant in tenants]
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [names])
-        return cursor.fetchone()[0]
+    return sum(client_sessions(server, names) for server in servers)
 
 
 def test_requests_leave_nothing_behind_with_djangos_default_conn_max_age(client, fleet):

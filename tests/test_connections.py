@@ -8,7 +8,6 @@ from django.conf import settings as django_settings
 from django.db import DatabaseError, close_old_connections, connections
 
 from tenancy import TenancyError, TenantServerError, tenant_context
-from tenancy.backends import get_server
 from tenancy.connections import (
     alias_for,
     attached_aliases,
@@ -21,7 +20,12 @@ from tenancy.connections import (
 from tenancy.connections import (
     close_old_connections as tenancy_close_old_connections,
 )
-from tests.conftest import create_tenant_database, drop_tenant_database, make_tenant
+from tests.conftest import (
+    client_sessions,
+    create_tenant_database,
+    drop_tenant_database,
+    make_tenant,
+)
 from tests.settings import BACKEND, SERVER_2
 from tests.tenantapp.models import Note
 
@@ -46,12 +50,8 @@ def joined(threads):
 
 
 def open_sessions(tenant):
-    """Server-side sessions on the tenant's database (PostgreSQL only)."""
-    with get_server(tenant.server)._cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [tenant.database_name]
-        )
-        return cursor.fetchone()[0]
+    """Connections clients hold to the tenant's database (PostgreSQL only)."""
+    return client_sessions(tenant.server, [tenant.database_name])
 
 
 def test_alias_is_registered_on_first_use_with_djangos_defaults(alpha):

@@ -16,19 +16,21 @@ from tenancy.conf import SERVER_ONLY_KEYS
 from tenancy.validators import validate_database_name
 
 MAINTENANCE_ALIAS = "tenancy:maintenance"
+LOCK_ALIAS = "tenancy:lock"
 
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
 
 
 class PostgreSQLServer(DatabaseServer):
-    @contextmanager
-    def _cursor(self) -> Iterator[Any]:
+    def _maintenance_settings(self) -> dict[str, Any]:
         database = {k: v for k, v in self.template.items() if k not in SERVER_ONLY_KEYS}
         database["NAME"] = self.template.get("MAINTENANCE_DB", "postgres")
-        database["OPTIONS"] = {k: v for k, v in database.get("OPTIONS", {}).items() if k != "pool"}
-        database = connections.configure_settings({DEFAULT_DB_ALIAS: {}, "x": database})["x"]
-        wrapper = load_backend(database["ENGINE"]).DatabaseWrapper(database, MAINTENANCE_ALIAS)
+        return database
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        wrapper = _unpooled_wrapper(self._maintenance_settings(), MAINTENANCE_ALIAS)
         try:
             with wrapper.cursor() as cursor:
                 yield cursor
@@ -71,7 +73,7 @@ class PostgreSQLServer(DatabaseServer):
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
             if cursor.fetchone() is not None:
                 return False
-            _wait_until_unused(cursor, template)
+            _end_sessions(cursor, template)
             # PostgreSQL's default strategy, WAL_LOG. FILE_COPY forces a checkpoint for
             # every copy: a server-wide burst of writes that every other tenant on the
             # server would feel (measured: 0.35 s per copy with work in progress).
@@ -92,12 +94,8 @@ class PostgreSQLServer(DatabaseServer):
 
     @contextmanager
     def template_lock(self) -> Iterator[None]:
-        with self._cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [TEMPLATE_LOCK_KEY])
-            try:
-                yield
-            finally:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
+        with advisory_lock(self._maintenance_settings(), TEMPLATE_LOCK_KEY):
+            yield
 
     def list_databases(self) -> list[str]:
         with self._cursor() as cursor:
@@ -107,14 +105,57 @@ class PostgreSQLServer(DatabaseServer):
             return [row[0] for row in cursor.fetchall()]
 
 
+@contextmanager
+def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True) -> Iterator[bool]:
+    """Hold advisory lock ``key`` in the database of ``settings_dict`` for the block;
+    yields whether it was taken (always True when ``wait``).
+
+    The lock is transaction-level, taken on a connection of its own whose transaction
+    stays open for the whole block. That keeps it on one server connection behind PgBouncer
+    in transaction pooling too, where a session-level lock would be taken on one server
+    connection and released on another, or never. A process that dies drops its
+    connection, and with it the lock.
+    """
+    wrapper = _unpooled_wrapper(settings_dict, LOCK_ALIAS)
+    try:
+        wrapper.ensure_connection()
+        raw = wrapper.connection
+        raw.autocommit = False
+        function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+        row = raw.execute(f"SELECT {function}(%s)", [key]).fetchone()
+        yield wait or bool(row[0])
+    finally:
+        wrapper.close()  # ends the transaction, and the lock with it
+
+
+def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
+    """A connection of tenancy's own to the database of ``settings_dict``."""
+    database = dict(settings_dict)
+    options = database.get("OPTIONS") or {}
+    database["OPTIONS"] = {k: v for k, v in options.items() if k != "pool"}
+    database = connections.configure_settings({DEFAULT_DB_ALIAS: {}, "x": database})["x"]
+    return load_backend(database["ENGINE"]).DatabaseWrapper(database, alias)
+
+
 def _compose(cursor: Any, template: str, name: str) -> str:
     query = sql.SQL(template).format(sql.Identifier(name))
     return query.as_string(cursor.connection)
 
 
-def _wait_until_unused(cursor: Any, database: str, timeout: float = 1.0) -> None:
-    """Wait briefly for sessions on ``database`` to end (ours exit just after closing):
-    CREATE DATABASE ... TEMPLATE would otherwise sleep in steps of 100 ms."""
+def _end_sessions(cursor: Any, database: str, timeout: float = 1.0) -> None:
+    """End the sessions on the template ``database`` (ours, just closed; a connection pool's
+    such as PgBouncer's, which keeps server connections open), and wait briefly for them to
+    exit: CREATE DATABASE ... TEMPLATE refuses a template in use. Sessions that cannot be
+    ended (another role's, without the privilege) make the copy fall back to migrating."""
+    try:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        )
+    except Exception as exc:
+        if not isinstance(exc.__cause__, errors.InsufficientPrivilege):
+            raise
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database])
