@@ -28,9 +28,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.postgres import maintenance_connection, server  # noqa: E402
 
 THREADS = 8
+# Django's psycopg pool option (Django 5.1+) in the third run: one pool per tenant alias.
+POOL = {"min_size": 1, "max_size": 2}
 
 
-def configure(cap: int | None) -> None:
+def configure(cap: int | None, pool: bool = False) -> None:
     import django
     from django.conf import settings
 
@@ -54,7 +56,9 @@ def configure(cap: int | None) -> None:
         DATABASE_ROUTERS=["tenancy.routers.TenantRouter"],
         TENANCY={
             "TENANT_APPS": ["example_project.projects"],
-            "SERVERS": {"pg": server(CONN_MAX_AGE=None)},
+            "SERVERS": {
+                "pg": server(OPTIONS={"pool": POOL}) if pool else server(CONN_MAX_AGE=None)
+            },
             "DEFAULT_SERVER": "pg",
             "DATABASE_NAME": "bench_conn_{slug}",
             "MAX_OPEN_CONNECTIONS": cap,
@@ -97,9 +101,9 @@ def max_connections() -> int:
         return int(row[0]) if row else 0
 
 
-def serve(cap: int | None, tenants: int, requests: int) -> None:
+def serve(cap: int | None, tenants: int, requests: int, pool: bool = False) -> None:
     """Prints the peak of tenant sessions and the requests per second."""
-    configure(cap)
+    configure(cap, pool)
     from benchmarks.request_cost import Server
 
     app = Server()
@@ -145,7 +149,8 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(int(args.serve) or None, args.tenants, args.requests)
+        mode, _, cap = args.serve.rpartition(":")
+        serve(int(cap) or None, args.tenants, args.requests, pool=mode == "pool")
         return
     started = time.perf_counter()
     subprocess.run(
@@ -155,13 +160,13 @@ def main() -> None:
     )
     print(f"{args.tenants} tenants provisioned in {time.perf_counter() - started:.0f} s")
     rows = []
-    for cap in (0, args.cap):
+    for mode in ("0", str(args.cap), f"pool:{args.cap}"):
         output = subprocess.run(
             [
                 sys.executable,
                 __file__,
                 "--serve",
-                str(cap),
+                mode,
                 "--tenants",
                 str(args.tenants),
                 "--requests",
@@ -171,20 +176,21 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout.split()
-        rows.append((cap, int(output[0]), int(output[1]), float(output[2])))
+        rows.append((mode, int(output[0]), int(output[1]), float(output[2])))
     import django
 
     print(
         f"Django {django.get_version()}, Python {sys.version.split()[0]}; {args.requests} "
         f"requests from {THREADS} threads over {args.tenants} tenants at random, "
-        "CONN_MAX_AGE = None."
+        f"CONN_MAX_AGE = None; the pool run: OPTIONS['pool'] = {POOL}, CONN_MAX_AGE = 0."
     )
     print(
         f"{'MAX_OPEN_CONNECTIONS':22} {'peak sessions':>14} {'failed requests':>16} "
         f"{'requests/s':>11}  (server max_connections: {max_connections()})"
     )
-    for cap, peak, failed, rate in rows:
-        print(f"{cap or 'None (no cap)':22} {peak:14} {failed:16} {rate:11.0f}")
+    names = {"0": "None (no cap)", f"pool:{args.cap}": f"{args.cap}, psycopg pool"}
+    for mode, peak, failed, rate in rows:
+        print(f"{names.get(mode, mode):22} {peak:14} {failed:16} {rate:11.0f}")
 
 
 if __name__ == "__main__":
