@@ -83,6 +83,9 @@ class AbstractTenant(models.Model):
         ordering = ["slug"]
         verbose_name = _("tenant")
         verbose_name_plural = _("tenants")
+        permissions = [
+            ("provision_tenant", _("Can create, migrate and remove tenant databases")),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["server", "database_name"],

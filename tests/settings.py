@@ -23,6 +23,8 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.messages",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -30,7 +32,25 @@ INSTALLED_APPS = [
     "tests.sharedapp",
     "tests.tenantapp",
 ]
-MIDDLEWARE = ["tenancy.middleware.TenantMiddleware"]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "tenancy.middleware.TenantMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
 DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
 
 
@@ -66,6 +86,8 @@ else:
 
 TENANCY = {
     "TENANT_APPS": ["tests.tenantapp"],
+    # The main site (and the admin) in the tests.
+    "PUBLIC_HOSTS": ["admin.example.test"],
     "SERVERS": {"one": SERVER_1, "two": SERVER_2},
     "DEFAULT_SERVER": "one",
     # Under pytest, tenancy's plugin names them test_tenancy_<slug>, as Django names

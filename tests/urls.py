@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.urls import path
 
 from tests import views
@@ -13,4 +14,5 @@ urlpatterns = [
     path("write-ok/", views.write_ok),
     path("write-fail-exempt/", views.write_then_fail_exempt),
     path("async-write/", views.async_write),
+    path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,299 @@
+"""The admin for tenants: provisioning from the add form, and actions that never leave a
+tenant half-done.
+
+``tenancy.Tenant`` is registered here; a project with its own tenant model
+(``TENANCY_TENANT_MODEL``) registers it with ``TenantAdmin`` (or a subclass)::
+
+    admin.site.register(Organisation, TenantAdmin)
+
+Every change that touches a tenant's database (provisioning, migrating, deleting) needs the
+``provision_tenant`` permission besides Django's add/change/delete permission.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
+from tenancy.exceptions import TenancyError
+from tenancy.migration import FAILED, MIGRATED, migrate_tenant
+from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
+from tenancy.provisioning import deprovision_tenant, provision_tenant
+
+PROVISION_PERMISSION = "provision_tenant"
+
+STATUS_COLOURS = {
+    TenantStatus.ACTIVE: "#2e7d32",
+    TenantStatus.PROVISIONING: "#1565c0",
+    TenantStatus.SUSPENDED: "#8d6e00",
+    TenantStatus.FAILED: "#c62828",
+    TenantStatus.DELETING: "#6a1b9a",
+}
+
+
+class DomainInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = Domain
+    extra = 1
+
+
+class TenantAdminForm(forms.ModelForm):  # type: ignore[type-arg]
+    server = forms.ChoiceField(choices=())
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        server = cast(forms.ChoiceField, self.fields["server"])
+        server.choices = [(name, name) for name in tenancy_settings.SERVERS]
+        server.initial = tenancy_settings.DEFAULT_SERVER
+
+
+class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = TenantAdminForm
+    inlines = [DomainInline]
+    list_display = [
+        "slug",
+        "name",
+        "coloured_status",
+        "server",
+        "database_name",
+        "primary_domain",
+        "migrations",
+        "created_at",
+    ]
+    list_filter = ["status", "server"]
+    search_fields = ["slug", "name", "database_name", "domains__domain"]
+    list_per_page = 50
+    actions = [
+        "migrate_selected",
+        "suspend_selected",
+        "activate_selected",
+        "retry_provisioning",
+        "delete_selected_tenants",
+    ]
+
+    # -- the list ---------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).prefetch_related("domains")
+
+    @admin.display(description=_("status"), ordering="status")
+    def coloured_status(self, tenant: AbstractTenant) -> str:
+        colour = STATUS_COLOURS.get(TenantStatus(tenant.status), "inherit")
+        return format_html(
+            '<strong style="color: {}" title="{}">{}</strong>',
+            colour,
+            tenant.status_detail,
+            tenant.get_status_display(),
+        )
+
+    @admin.display(description=_("primary domain"))
+    def primary_domain(self, tenant: AbstractTenant) -> str:
+        domains = list(tenant.domains.all())  # type: ignore[attr-defined]
+        primary = next((d for d in domains if d.is_primary), domains[0] if domains else None)
+        return primary.domain if primary is not None else "-"
+
+    @admin.display(description=_("migrations"))
+    def migrations(self, tenant: AbstractTenant) -> str:
+        """One query in the tenant's database, for the tenants on the page."""
+        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+            return "-"
+        result = migrate_tenant(tenant, check_only=True)
+        if result.status == FAILED:
+            return format_html('<span title="{}">{}</span>', result.error, _("unreachable"))
+        if result.pending:
+            return _("%(count)d pending") % {"count": len(result.pending)}
+        return str(_("up to date"))
+
+    # -- permissions -------------------------------------------------------------------
+
+    def _may_provision(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{PROVISION_PERMISSION}")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and self._may_provision(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and self._may_provision(request)
+
+    def has_provision_permission(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request) and self._may_provision(request)
+
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        if action_location is None:  # Django < 6.1
+            actions = super().get_actions(request)
+        else:
+            actions = super().get_actions(request, action_location=action_location)  # type: ignore[call-arg]
+        # Django's bulk delete would delete rows and leave their databases behind.
+        actions.pop("delete_selected", None)
+        return actions
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return ["status", "status_detail"]
+        return ["slug", "server", "database_name", "status", "status_detail"]
+
+    # -- adding provisions -------------------------------------------------------------
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if not change:
+            self._provision(request, form.instance)
+
+    def _provision(self, request: HttpRequest, tenant: AbstractTenant) -> bool:
+        try:
+            provision_tenant(tenant)
+        except TenancyError as exc:
+            messages.error(request, str(exc))
+            request._tenancy_not_provisioned = True  # type: ignore[attr-defined]
+            return False
+        messages.success(request, _("Tenant %(slug)s is active.") % {"slug": tenant.slug})
+        return True
+
+    def message_user(
+        self,
+        request: HttpRequest,
+        message: Any,
+        level: int | str = messages.INFO,
+        extra_tags: str = "",
+        fail_silently: bool = False,
+    ) -> None:
+        # Not "added successfully" for a tenant whose provisioning failed.
+        if level == messages.SUCCESS and getattr(request, "_tenancy_not_provisioned", False):
+            return
+        super().message_user(request, message, level, extra_tags, fail_silently)
+
+    # -- actions -----------------------------------------------------------------------
+
+    @admin.action(description=_("Migrate selected tenants"), permissions=["provision"])
+    def migrate_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for tenant in queryset.order_by("slug"):
+            if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+                messages.warning(request, f"{tenant.slug}: skipped, it is {tenant.status}.")
+                continue
+            result = migrate_tenant(tenant)
+            if result.failed:
+                messages.error(request, f"{tenant.slug}: failed: {result.error}")
+            elif result.status == MIGRATED:
+                messages.success(request, f"{tenant.slug}: {result.applied} migration(s) applied.")
+            else:
+                messages.info(request, f"{tenant.slug}: {result.status}.")
+
+    @admin.action(description=_("Suspend selected tenants"), permissions=["change"])
+    def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._move(request, queryset, TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
+
+    @admin.action(description=_("Activate selected tenants"), permissions=["change"])
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._move(request, queryset, TenantStatus.SUSPENDED, TenantStatus.ACTIVE)
+
+    def _move(
+        self, request: HttpRequest, queryset: QuerySet[Any], source: str, target: str
+    ) -> None:
+        for tenant in queryset.order_by("slug"):
+            # Only from the expected state, in one statement: a tenant being provisioned
+            # or deleted meanwhile is left alone.
+            moved = (
+                type(tenant)
+                ._default_manager.filter(pk=tenant.pk, status=source)
+                .update(status=target, status_detail="")
+            )
+            if moved:
+                messages.success(request, f"{tenant.slug}: {target}.")
+            else:
+                messages.warning(
+                    request, f"{tenant.slug}: left {tenant.status}; only {source} tenants move."
+                )
+
+    @admin.action(description=_("Retry provisioning"), permissions=["provision"])
+    def retry_provisioning(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for tenant in queryset.order_by("slug"):
+            if tenant.status != TenantStatus.FAILED:
+                messages.warning(request, f"{tenant.slug}: skipped, it is {tenant.status}.")
+                continue
+            self._provision(request, tenant)
+
+    @admin.action(
+        description=_("Delete selected tenants and their databases"), permissions=["delete"]
+    )
+    def delete_selected_tenants(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
+        return self._delete_confirmation(request, list(queryset.order_by("slug")))
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        changelist = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+        tenant = self.get_object(request, object_id)
+        if tenant is None:
+            messages.warning(request, _("That tenant does not exist (any more)."))
+            return HttpResponseRedirect(changelist)
+        if not self.has_delete_permission(request, tenant):
+            raise PermissionDenied
+        return self._delete_confirmation(request, [tenant]) or HttpResponseRedirect(changelist)
+
+    def _delete_confirmation(
+        self, request: HttpRequest, tenants: list[AbstractTenant]
+    ) -> HttpResponse | None:
+        """A page where the user types each tenant's slug; deletes on a matching POST."""
+        form = DeleteTenantsForm(tenants, request.POST if "confirm" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            keep = form.cleaned_data["keep_database"]
+            for tenant in tenants:
+                try:
+                    deprovision_tenant(tenant, keep_database=keep)
+                except TenancyError as exc:
+                    messages.error(request, str(exc))
+                else:
+                    kept = _(" (database kept)") if keep else ""
+                    messages.success(request, f"{tenant.slug}: deleted{kept}.")
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Delete tenants"),
+            "opts": self.opts,
+            "tenants": tenants,
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "action": request.POST.get("action", ""),
+        }
+        return TemplateResponse(request, "admin/tenancy/delete_tenants.html", context)
+
+
+class DeleteTenantsForm(forms.Form):
+    keep_database = forms.BooleanField(
+        required=False,
+        label=_("Keep the databases"),
+        help_text=_("Only remove the tenants from the registry; their data stays on the server."),
+    )
+
+    def __init__(self, tenants: list[AbstractTenant], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tenants = tenants
+        for tenant in tenants:
+            self.fields[f"slug_{tenant.pk}"] = forms.CharField(
+                label=_("Type %(slug)s to confirm") % {"slug": tenant.slug}
+            )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for tenant in self.tenants:
+            if cleaned.get(f"slug_{tenant.pk}") != tenant.slug:
+                self.add_error(f"slug_{tenant.pk}", _("This is not the tenant's slug."))
+        return cleaned
+
+
+if getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL) == DEFAULT_TENANT_MODEL:
+    admin.site.register(get_tenant_model(), TenantAdmin)

@@ -1,0 +1,166 @@
+"""The tenant admin: provisioning from the add form, actions, the typed-slug deletion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+
+from tenancy.backends import get_server
+from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.signals import tenant_provisioned
+
+ADMIN = "admin.example.test"
+CHANGELIST = "/admin/tenancy/tenant/"
+
+
+@pytest.fixture
+def users(db_access: None) -> Iterator[None]:
+    yield
+    User.objects.all().delete()
+
+
+def client_for(*permissions: str, superuser: bool = False) -> Client:
+    user = User.objects.create_user(
+        f"user{User.objects.count()}", is_staff=True, is_superuser=superuser
+    )
+    user.user_permissions.set(Permission.objects.filter(codename__in=permissions))
+    client = Client(HTTP_HOST=ADMIN)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def superuser(users: None) -> Client:
+    return client_for(superuser=True)
+
+
+def texts(response) -> list[str]:
+    return [str(message) for message in response.context["messages"]]
+
+
+def add_form(slug: str, **fields: str) -> dict[str, str]:
+    return {
+        "slug": slug,
+        "name": slug.title(),
+        "server": "one",
+        "database_name": "",
+        "domains-TOTAL_FORMS": "1",
+        "domains-INITIAL_FORMS": "0",
+        "domains-0-domain": f"{slug}.example.test",
+        "domains-0-is_primary": "on",
+        **fields,
+    }
+
+
+def act(client: Client, action: str, *tenants: Tenant, **extra: str):
+    data = {"action": action, "_selected_action": [str(t.pk) for t in tenants], **extra}
+    return client.post(CHANGELIST, data, follow=True)
+
+
+def test_list_shows_status_domain_and_migrations(superuser, alpha, beta):
+    response = superuser.get(CHANGELIST)
+    assert response.status_code == 200
+    body = response.content.decode()
+    for tenant in (alpha, beta):
+        assert f"{tenant.slug}.example.test" in body
+        assert tenant.database_name in body
+    assert body.count("up to date") == 2
+    assert "Active" in body or "active" in body
+    assert "delete_selected_tenants" in body
+    assert '"delete_selected"' not in body  # Django's, which would leave the databases
+
+
+def test_adding_a_tenant_provisions_it(superuser):
+    response = superuser.post(f"{CHANGELIST}add/", add_form("gamma"), follow=True)
+    assert "Tenant gamma is active." in texts(response)
+    gamma = Tenant.objects.get(slug="gamma")
+    assert gamma.status == TenantStatus.ACTIVE
+    assert get_server("one").database_exists(gamma.database_name)
+    assert Domain.objects.get(tenant=gamma).domain == "gamma.example.test"
+    page = superuser.get(CHANGELIST).content.decode()
+    assert page.count("up to date") == 1
+
+
+def test_failed_provisioning_is_shown_and_can_be_retried(superuser):
+    def broken_seed(sender, tenant, **kwargs):
+        raise RuntimeError("seed data unavailable")
+
+    tenant_provisioned.connect(broken_seed)
+    try:
+        response = superuser.post(f"{CHANGELIST}add/", add_form("gamma"), follow=True)
+    finally:
+        tenant_provisioned.disconnect(broken_seed)
+    [message] = texts(response)  # not Django's "added successfully"
+    assert "Provisioning tenant 'gamma' failed (RuntimeError: seed data unavailable)" in message
+    gamma = Tenant.objects.get(slug="gamma")
+    assert gamma.status == TenantStatus.FAILED
+    assert "seed data unavailable" in superuser.get(CHANGELIST).content.decode()
+    response = act(superuser, "retry_provisioning", gamma)
+    assert texts(response) == ["Tenant gamma is active."]
+    gamma.refresh_from_db()
+    assert gamma.status == TenantStatus.ACTIVE
+
+
+def test_suspend_activate_and_migrate(superuser, alpha, beta):
+    response = act(superuser, "suspend_selected", alpha)
+    assert texts(response) == ["alpha: suspended."]
+    assert Tenant.objects.get(pk=alpha.pk).status == TenantStatus.SUSPENDED
+    response = act(superuser, "activate_selected", alpha, beta)
+    assert texts(response) == ["alpha: active.", "beta: left active; only suspended tenants move."]
+    response = act(superuser, "migrate_selected", alpha, beta)
+    assert texts(response) == ["alpha: up-to-date.", "beta: up-to-date."]
+
+
+def test_deleting_needs_each_slug_typed(superuser, alpha, beta):
+    page = act(superuser, "delete_selected_tenants", alpha, beta)
+    assert page.status_code == 200
+    assert "Type alpha to confirm" in page.content.decode()
+    wrong = act(
+        superuser,
+        "delete_selected_tenants",
+        alpha,
+        beta,
+        confirm="yes",
+        **{f"slug_{alpha.pk}": "alpha", f"slug_{beta.pk}": "alhpa"},
+    )
+    assert "This is not the tenant&#x27;s slug." in wrong.content.decode()
+    assert Tenant.objects.count() == 2
+    done = act(
+        superuser,
+        "delete_selected_tenants",
+        alpha,
+        beta,
+        confirm="yes",
+        keep_database="on",
+        **{f"slug_{alpha.pk}": "alpha", f"slug_{beta.pk}": "beta"},
+    )
+    assert texts(done) == ["alpha: deleted (database kept).", "beta: deleted (database kept)."]
+    assert not Tenant.objects.exists()
+    assert get_server("one").database_exists(alpha.database_name)
+
+
+def test_delete_button_of_one_tenant_drops_its_database(superuser, users):
+    superuser.post(f"{CHANGELIST}add/", add_form("gamma"))
+    gamma = Tenant.objects.get(slug="gamma")
+    url = f"{CHANGELIST}{gamma.pk}/delete/"
+    assert "Type gamma to confirm" in superuser.get(url).content.decode()
+    response = superuser.post(url, {"confirm": "yes", f"slug_{gamma.pk}": "gamma"}, follow=True)
+    assert texts(response) == ["gamma: deleted."]
+    assert not get_server("one").database_exists(gamma.database_name)
+
+
+def test_database_changes_need_the_provision_permission(users, alpha):
+    viewer = client_for("view_tenant", "change_tenant", "add_tenant", "delete_tenant")
+    page = viewer.get(CHANGELIST).content.decode()
+    assert "suspend_selected" in page
+    for action in ("migrate_selected", "retry_provisioning", "delete_selected_tenants"):
+        assert action not in page
+    assert viewer.get(f"{CHANGELIST}add/").status_code == 403
+    assert viewer.get(f"{CHANGELIST}{alpha.pk}/delete/").status_code == 403
+    operator = client_for("view_tenant", "change_tenant", "provision_tenant")
+    page = operator.get(CHANGELIST).content.decode()
+    assert "migrate_selected" in page
+    assert "delete_selected_tenants" not in page
