@@ -12,6 +12,7 @@ Every change that touches a tenant's database (provisioning, migrating, deleting
 
 from __future__ import annotations
 
+from functools import update_wrapper
 from typing import Any, cast
 
 from django import forms
@@ -20,7 +21,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -29,7 +30,7 @@ from django.utils.translation import gettext_lazy as _
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
 from tenancy.exceptions import TenancyError
 from tenancy.migration import FAILED, MIGRATED, migrate_tenant
-from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
+from tenancy.models import AbstractTenant, Domain, Membership, TenantStatus, get_tenant_model
 from tenancy.provisioning import deprovision_tenant, provision_tenant
 
 PROVISION_PERMISSION = "provision_tenant"
@@ -293,6 +294,85 @@ class DeleteTenantsForm(forms.Form):
             if cleaned.get(f"slug_{tenant.pk}") != tenant.slug:
                 self.add_error(f"slug_{tenant.pk}", _("This is not the tenant's slug."))
         return cleaned
+
+
+class TenantAdminSite(admin.AdminSite):
+    """An admin site for tenant data, reached on a tenant's own domain and only by its
+    admins (``Membership.is_admin``); on the main site it does not exist (404)::
+
+        tenant_admin = TenantAdminSite(name="tenant_admin")
+        tenant_admin.register(Project, TenantModelAdmin)
+        urlpatterns = [path("manage/", tenant_admin.urls), ...]
+
+    Models of tenant apps belong only on such a site: ``manage.py check`` reports one
+    registered on another admin site (``tenancy.E007``).
+    """
+
+    site_header = _("Tenant administration")
+
+    def admin_view(self, view: Any, cacheable: bool = False) -> Any:
+        checked = super().admin_view(view, cacheable)
+
+        def tenant_only(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if getattr(request, "tenant", None) is None:
+                raise Http404("The tenant admin is reached on a tenant's own domain.")
+            response: HttpResponse = checked(request, *args, **kwargs)
+            return response
+
+        return update_wrapper(tenant_only, checked)
+
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        if getattr(request, "tenant", None) is None:
+            raise Http404("The tenant admin is reached on a tenant's own domain.")
+        return super().login(request, extra_context)
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        """An active user who is an admin member of the request's tenant."""
+        tenant, user = getattr(request, "tenant", None), request.user
+        if tenant is None or not user.is_active or not user.is_authenticated:
+            return False
+        cached = getattr(request, "_tenancy_tenant_admin", None)
+        if cached is None or cached[0] != tenant.pk:
+            allowed = Membership.objects.filter(
+                user_id=user.pk, tenant_id=tenant.pk, is_admin=True
+            ).exists()
+            cached = request._tenancy_tenant_admin = (tenant.pk, allowed)  # type: ignore[attr-defined]
+        return bool(cached[1])
+
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        context = super().each_context(request)
+        tenant = getattr(request, "tenant", None)
+        if tenant is not None:
+            context["site_header"] = f"{self.site_header}: {tenant.name}"
+        return context
+
+
+class TenantModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A ``ModelAdmin`` for a tenant model on a ``TenantAdminSite``: the tenant's admins
+    may view, add, change and delete its rows."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.admin_site.has_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.admin_site.has_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.admin_site.has_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.admin_site.has_permission(request)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.admin_site.has_permission(request)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["user", "tenant", "is_admin", "created_at"]
+    list_filter = ["is_admin"]
+    search_fields = ["user__username", "tenant__slug"]
+    raw_id_fields = ["user", "tenant"]
 
 
 if getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL) == DEFAULT_TENANT_MODEL:

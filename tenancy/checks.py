@@ -48,6 +48,39 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return errors
 
 
+@checks.register(checks.Tags.admin)
+def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Tenant models belong on a TenantAdminSite: anywhere else no tenant is active."""
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    try:
+        labels = tenancy_settings.tenant_app_labels
+    except ImproperlyConfigured:
+        return []  # reported by check_settings
+    from django.contrib.admin.sites import all_sites
+
+    from tenancy.admin import TenantAdminSite
+
+    errors: list[checks.CheckMessage] = []
+    tenant_models = [model for model in apps.get_models() if model._meta.app_label in labels]
+    for site in list(all_sites):
+        if isinstance(site, TenantAdminSite):
+            continue
+        for model in tenant_models:
+            if site.is_registered(model):
+                errors.append(
+                    checks.Error(
+                        f"{model._meta.label} is stored in tenant databases but registered "
+                        f"on the admin site {site.name!r}, which has no tenant.",
+                        hint="Register it on a tenancy.admin.TenantAdminSite, which is "
+                        "reached on the tenant's own domain by the tenant's admins.",
+                        obj=site,
+                        id="tenancy.E007",
+                    )
+                )
+    return errors
+
+
 @checks.register(checks.Tags.models)
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:

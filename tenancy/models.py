@@ -209,6 +209,41 @@ class Domain(models.Model):
         super().save(*args, **kwargs)
 
 
+class Membership(models.Model):
+    """A user of the main database who belongs to a tenant. ``is_admin`` members may use
+    the tenant's admin site (``tenancy.admin.TenantAdminSite``) on the tenant's domain."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="tenant_memberships",
+        verbose_name=_("user"),
+    )
+    tenant = models.ForeignKey(
+        getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL),
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        verbose_name=_("tenant"),
+    )
+    is_admin = models.BooleanField(
+        _("tenant admin"),
+        default=False,
+        help_text=_("May manage the tenant's data in its admin site."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant", "user"]
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="tenancy_membership_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant}"
+
+
 def get_tenant_model() -> type[AbstractTenant]:
     """The tenant model in use: ``settings.TENANCY_TENANT_MODEL`` or ``tenancy.Tenant``."""
     label = getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL)

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from tenancy.backends import get_server
-from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.models import Domain, Membership, Tenant, TenantStatus
 from tenancy.signals import tenant_provisioned
 
 ADMIN = "admin.example.test"
@@ -164,3 +164,52 @@ def test_database_changes_need_the_provision_permission(users, alpha):
     page = operator.get(CHANGELIST).content.decode()
     assert "migrate_selected" in page
     assert "delete_selected_tenants" not in page
+
+
+NOTES = "/manage/tenantapp/note/"
+
+
+def member(tenant: Tenant, *, is_admin: bool) -> Client:
+    client = client_for(superuser=True)  # platform permissions do not count here
+    user = User.objects.order_by("-pk").first()
+    Membership.objects.create(user=user, tenant=tenant, is_admin=is_admin)
+    return client
+
+
+def test_tenant_admin_shows_only_its_tenants_data_to_its_admins(users, notes):
+    alpha, _ = notes
+    client = member(alpha, is_admin=True)
+    response = client.get(NOTES, HTTP_HOST="alpha.example.test")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "alpha note" in body
+    assert "beta note" not in body
+    assert "Tenant administration: Alpha" in body
+    # The same user on another tenant's domain is sent to log in there.
+    assert client.get(NOTES, HTTP_HOST="beta.example.test").status_code == 302
+
+
+def test_tenant_admin_refuses_non_admins_and_the_main_site(users, notes):
+    alpha, _ = notes
+    plain_member = member(alpha, is_admin=False)
+    assert plain_member.get(NOTES, HTTP_HOST="alpha.example.test").status_code == 302
+    outsider = client_for(superuser=True)
+    assert outsider.get(NOTES, HTTP_HOST="alpha.example.test").status_code == 302
+    admin = member(alpha, is_admin=True)
+    assert admin.get(NOTES, HTTP_HOST=ADMIN).status_code == 404
+    assert admin.get("/manage/login/", HTTP_HOST=ADMIN).status_code == 404
+
+
+def test_tenant_models_belong_on_a_tenant_admin_site(db_access):
+    from django.contrib.admin import AdminSite
+
+    import tests.urls  # noqa: F401  (the sites the URLs use)
+    from tenancy.checks import check_admin_sites
+    from tests.tenantapp.models import Note
+
+    assert check_admin_sites() == []
+    wrong = AdminSite(name="wrong")
+    wrong.register(Note)
+    errors = check_admin_sites()
+    assert [(error.id, error.obj) for error in errors] == [("tenancy.E007", wrong)]
+    assert "tenantapp.Note is stored in tenant databases" in errors[0].msg

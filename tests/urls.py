@@ -1,7 +1,13 @@
 from django.contrib import admin
 from django.urls import path
 
+from tenancy.admin import TenantAdminSite, TenantModelAdmin
 from tests import views
+from tests.tenantapp.models import Note
+
+# The tenant's own admin, for its admins, on its domain.
+tenant_admin = TenantAdminSite(name="tenant_admin")
+tenant_admin.register(Note, TenantModelAdmin)
 
 urlpatterns = [
     path("notes/", views.notes),
@@ -15,4 +21,5 @@ urlpatterns = [
     path("write-fail-exempt/", views.write_then_fail_exempt),
     path("async-write/", views.async_write),
     path("admin/", admin.site.urls),
+    path("manage/", tenant_admin.urls),
 ]
