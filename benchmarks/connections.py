@@ -51,7 +51,11 @@ def configure(cap: int | None, pool: bool = False) -> None:
             "tenancy",
             "example_project.projects",
         ],
-        MIDDLEWARE=["tenancy.middleware.TenantMiddleware"],
+        MIDDLEWARE=[
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "tenancy.middleware.TenantMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        ],
         ROOT_URLCONF="example_project.urls",
         DATABASES={"default": {**server(), "NAME": "bench_conn_main"}},
         DATABASE_ROUTERS=["tenancy.routers.TenantRouter"],
@@ -84,8 +88,10 @@ def prepare(tenants: int) -> None:
     from tenancy.provisioning import create_tenant
 
     call_command("migrate", verbosity=0)
-    for i in range(tenants):
-        create_tenant(f"t{i:04d}", domains=[f"t{i:04d}.localhost"])
+    made = [create_tenant(f"t{i:04d}", domains=[f"t{i:04d}.localhost"]) for i in range(tenants)]
+    from benchmarks.request_cost import add_member
+
+    add_member(made)
 
 
 def sessions() -> int:

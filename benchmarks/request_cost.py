@@ -63,7 +63,7 @@ def create_fleet(count: int) -> list[str]:
         Tenant(
             slug=slug,
             name=slug,
-            server="local",
+            server="main",
             database_name=tenancy_settings.database_name_for(slug),
             status=TenantStatus.ACTIVE,
         )
@@ -75,16 +75,44 @@ def create_fleet(count: int) -> list[str]:
     )
     for tenant in tenants:
         shutil.copyfile(source, source.with_name(f"{tenant.database_name}.sqlite3"))
+    add_member([first, *tenants])
     return slugs
+
+
+MEMBER = "bench"
+
+
+def add_member(tenants: list[Any]) -> None:
+    """The user the benchmark's requests are signed in as, a member of every tenant: the
+    example project serves tenant pages to members only."""
+    from django.contrib.auth.models import User
+
+    from tenancy.models import Membership
+
+    user, _ = User.objects.get_or_create(username=MEMBER)
+    Membership.objects.bulk_create(
+        [Membership(user=user, tenant=tenant) for tenant in tenants], ignore_conflicts=True
+    )
 
 
 class Server:
     """Calls Django's WSGI handler the way a WSGI server does."""
 
     def __init__(self) -> None:
+        from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+        from django.contrib.auth.models import User
+        from django.contrib.sessions.backends.db import SessionStore
         from django.core.handlers.wsgi import WSGIHandler
 
         self.handler = WSGIHandler()
+        # Signed in as the member, as a browser would be.
+        user = User.objects.get(username=MEMBER)
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        self.cookie = f"sessionid={session.session_key}"
 
     def get(self, host: str, path: str = "/api/tasks/") -> bytes:
         status, body = self.request(host, path)
@@ -101,6 +129,7 @@ class Server:
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "HTTP_HOST": host,
+            "HTTP_COOKIE": self.cookie,
             "wsgi.url_scheme": "http",
             "wsgi.input": io.BytesIO(),
             "wsgi.errors": sys.stderr,

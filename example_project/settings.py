@@ -52,21 +52,48 @@ TEMPLATES = [
     },
 ]
 
-# The main database: tenant registry, users, sessions, admin.
-DATABASES = {
-    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "main.sqlite3"},
-}
+
+# The main database: tenant registry, users, sessions, admin. SQLite files under DATA_DIR by
+# default; PostgreSQL with TENANCY_EXAMPLE_POSTGRES=host:port (user "postgres", or
+# TENANCY_EXAMPLE_PGUSER/PGPASSWORD), and a second server for some tenants with
+# TENANCY_EXAMPLE_POSTGRES_2=host:port.
+def _postgres(address: str) -> dict[str, object]:
+    host, _, port = address.rpartition(":")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": host,
+        "PORT": port,
+        "USER": os.environ.get("TENANCY_EXAMPLE_PGUSER", "postgres"),
+        "PASSWORD": os.environ.get("TENANCY_EXAMPLE_PGPASSWORD", ""),
+    }
+
+
+if os.environ.get("TENANCY_EXAMPLE_POSTGRES"):
+    SERVERS = {"main": _postgres(os.environ["TENANCY_EXAMPLE_POSTGRES"])}
+    if os.environ.get("TENANCY_EXAMPLE_POSTGRES_2"):
+        SERVERS["second"] = _postgres(os.environ["TENANCY_EXAMPLE_POSTGRES_2"])
+    DATABASES = {"default": {**SERVERS["main"], "NAME": "tenancy_example"}}
+else:
+    SERVERS = {
+        "main": {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": DATA_DIR / "tenants"},
+    }
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "main.sqlite3"},
+    }
 DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
 
 TENANCY = {
     "TENANT_APPS": ["example_project.projects"],
-    "SERVERS": {
-        "local": {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": DATA_DIR / "tenants"},
-    },
-    "DEFAULT_SERVER": "local",
+    "SERVERS": SERVERS,
+    "DEFAULT_SERVER": "main",
     "RESOLVER": "host",
     "PUBLIC_HOSTS": ["localhost", "127.0.0.1"],
+    "DATABASE_NAME": "example_tenant_{slug}",
 }
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
 
 USE_TZ = True
 STATIC_URL = "static/"
