@@ -165,7 +165,7 @@ def registration_bytes(count: int) -> float:
     from tenancy.connections import register
     from tenancy.models import Tenant
 
-    tenants = [Tenant(slug=f"m{i:05d}", server="local") for i in range(count)]
+    tenants = [Tenant(slug=f"m{i:05d}", server="main") for i in range(count)]
     for tenant in tenants:
         tenant.database_name = f"tenant_{tenant.slug}"
     gc.collect()
