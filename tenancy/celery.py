@@ -24,9 +24,7 @@ from typing import Any
 from celery import Task, signals
 from celery.result import AsyncResult
 
-from tenancy.connections import close_old_connections
-from tenancy.context import tenant_context
-from tenancy.jobs import active_tenants, current_slug, job_tenant
+from tenancy.jobs import current_slug, running_in, send_for_each_tenant
 
 # The message header that carries the tenant's slug.
 HEADER = "tenancy_tenant"
@@ -48,17 +46,10 @@ class TenantTask(Task):  # type: ignore[misc]
         if request.is_eager:  # apply() and task_always_eager run in the caller's context
             return super().__call__(*args, **kwargs)
         slug = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)
-        try:
-            with tenant_context(job_tenant(slug)):
-                return super().__call__(*args, **kwargs)
-        finally:
-            close_old_connections()
+        with running_in(slug):
+            return super().__call__(*args, **kwargs)
 
 
 def delay_for_each_tenant(task: Task, *args: Any, **kwargs: Any) -> list[AsyncResult]:
     """Send ``task`` once for every active tenant, each message carrying its tenant."""
-    results = []
-    for tenant in active_tenants():
-        with tenant_context(tenant):
-            results.append(task.delay(*args, **kwargs))
-    return results
+    return send_for_each_tenant(lambda: task.delay(*args, **kwargs))

@@ -7,14 +7,18 @@ suspended in between.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
 
-from tenancy.context import _get_by_slug, current_tenant
+from tenancy.connections import close_old_connections
+from tenancy.context import _get_by_slug, current_tenant, tenant_context
 from tenancy.exceptions import TenantUnavailable
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
+
+T = TypeVar("T")
 
 
 def current_slug() -> str | None:
@@ -40,3 +44,24 @@ def active_tenants() -> Iterator[AbstractTenant]:
 
     manager = get_tenant_model()._default_manager
     return manager.filter(status=TenantStatus.ACTIVE).order_by("slug").iterator()
+
+
+@contextmanager
+def running_in(slug: str | None) -> Iterator[AbstractTenant | None]:
+    """The worker's side of a job sent with ``slug``: inside its tenant (see
+    ``job_tenant``); afterwards the thread's tenant connections are closed as Django
+    would close them (``CONN_MAX_AGE``, ``MAX_OPEN_CONNECTIONS``)."""
+    try:
+        with tenant_context(job_tenant(slug)) as tenant:
+            yield tenant
+    finally:
+        close_old_connections()
+
+
+def send_for_each_tenant(send: Callable[[], T]) -> list[T]:
+    """Call ``send`` once inside every active tenant; its results, in slug order."""
+    results = []
+    for tenant in active_tenants():
+        with tenant_context(tenant):
+            results.append(send())
+    return results

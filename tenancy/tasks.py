@@ -28,9 +28,8 @@ try:
 except ImportError as exc:  # Django < 6.0
     raise ImportError("tenancy.tasks needs Django 6.0 or later (django.tasks).") from exc
 
-from tenancy.connections import close_old_connections
 from tenancy.context import tenant_context
-from tenancy.jobs import active_tenants, current_slug, job_tenant
+from tenancy.jobs import current_slug, job_tenant, running_in, send_for_each_tenant
 
 TENANT_KWARG = "_tenant"
 
@@ -50,12 +49,8 @@ class TenantTask(_Task):
         return await super().aenqueue(*args, **{TENANT_KWARG: current_slug(), **kwargs})
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
-        tenant = job_tenant(kwargs.pop(TENANT_KWARG, None))
-        try:
-            with tenant_context(tenant):
-                return super().call(*args, **kwargs)
-        finally:
-            close_old_connections()
+        with running_in(kwargs.pop(TENANT_KWARG, None)):
+            return super().call(*args, **kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         tenant = await sync_to_async(job_tenant)(kwargs.pop(TENANT_KWARG, None))
@@ -77,8 +72,4 @@ def enqueue_for_each_tenant(
     task: Task[..., Any], *args: Any, **kwargs: Any
 ) -> list[TaskResult[..., Any]]:
     """Enqueue a ``tenant_task`` once for every active tenant."""
-    results = []
-    for tenant in active_tenants():
-        with tenant_context(tenant):
-            results.append(task.enqueue(*args, **kwargs))
-    return results
+    return send_for_each_tenant(lambda: task.enqueue(*args, **kwargs))

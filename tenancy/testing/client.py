@@ -46,6 +46,11 @@ class _TenantRequests:
 
     tenant_slug: str
 
+    def _set_tenant(self, tenant: AbstractTenant | None) -> dict[str, str]:
+        """Remember the tenant's slug; returns its headers."""
+        self.tenant_slug = TEST_TENANT_SLUG if tenant is None else tenant.slug
+        return tenant_headers(tenant)
+
     def _tenant_path(self, path: str) -> str:
         prefix = f"{tenancy_settings.PATH_PREFIX}{self.tenant_slug}"
         if path == prefix or path.startswith(f"{prefix}/"):
@@ -61,8 +66,7 @@ class TenantClient(_TenantRequests, Client):
     """
 
     def __init__(self, tenant: AbstractTenant | None = None, **kwargs: Any) -> None:
-        self.tenant_slug = TEST_TENANT_SLUG if tenant is None else tenant.slug
-        kwargs["headers"] = {**tenant_headers(tenant), **(kwargs.get("headers") or {})}
+        kwargs["headers"] = {**self._set_tenant(tenant), **(kwargs.get("headers") or {})}
         super().__init__(**kwargs)
 
     def request(self, **request: Any) -> Any:
@@ -75,12 +79,11 @@ class TenantAsyncClient(_TenantRequests, AsyncClient):
     """Django's async test client for one tenant; see ``TenantClient``."""
 
     def __init__(self, tenant: AbstractTenant | None = None, **kwargs: Any) -> None:
-        self.tenant_slug = TEST_TENANT_SLUG if tenant is None else tenant.slug
         # Added to each request's ASGI headers: Django's async factory would turn a
         # default "host" header into "http-host".
         self._tenant_headers = [
             (name.lower().encode("ascii"), value.encode("latin1"))
-            for name, value in tenant_headers(tenant).items()
+            for name, value in self._set_tenant(tenant).items()
         ]
         super().__init__(**kwargs)
 

@@ -128,9 +128,10 @@ def tenant(
     from tenancy.testing.tenant import ensure_test_tenant
 
     committed = request.config.stash.get(_committed_tenant, None)
-    if committed is None or _is_transactional(request.node):
+    transactional = _is_transactional(request.node)
+    if committed is None or transactional:
         committed = ensure_test_tenant(tenant_fields)
-        if not _is_transactional(request.node):
+        if not transactional:
             request.config.stash[_committed_tenant] = committed
     # A copy, so that changes a test makes to it end with the test, as its rows do.
     test_tenant = copy.copy(committed)
