@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -162,9 +163,22 @@ def notes(alpha: Tenant, beta: Tenant) -> tuple[Tenant, Tenant]:
     return alpha, beta
 
 
-def client_sessions(server: str, database_names: list[str]) -> int:
+def client_sessions(server: str, database_names: list[str], settle_to: int | None = None) -> int:
     """Connections clients hold to these databases on a test server (PostgreSQL): the
-    server's sessions, or PgBouncer's clients when the suite runs behind PgBouncer."""
+    server's sessions, or PgBouncer's clients when the suite runs behind PgBouncer.
+
+    A server session ends a moment after its client closes it: with ``settle_to``, count
+    again for up to 5 s until the count is that, and return the last count either way.
+    """
+    deadline = time.monotonic() + 5
+    count = _client_sessions(server, database_names)
+    while settle_to is not None and count != settle_to and time.monotonic() < deadline:
+        time.sleep(0.01)
+        count = _client_sessions(server, database_names)
+    return count
+
+
+def _client_sessions(server: str, database_names: list[str]) -> int:
     if not PGBOUNCER:
         with get_server(server)._cursor() as cursor:
             cursor.execute(
