@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import update_wrapper
 from typing import Any, cast
 
+import django
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -49,6 +50,14 @@ class DomainInline(admin.TabularInline):  # type: ignore[type-arg]
     extra = 1
 
 
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The tenant's first members can be added with the tenant itself."""
+
+    model = Membership
+    extra = 1
+    raw_id_fields = ["user"]
+
+
 class TenantAdminForm(forms.ModelForm):  # type: ignore[type-arg]
     server = forms.ChoiceField(choices=())
 
@@ -61,7 +70,7 @@ class TenantAdminForm(forms.ModelForm):  # type: ignore[type-arg]
 
 class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     form = TenantAdminForm
-    inlines = [DomainInline]
+    inlines = [DomainInline, MembershipInline]
     list_display = [
         "slug",
         "name",
@@ -269,6 +278,8 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "form": form,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "action": request.POST.get("action", ""),
+            # Django 6 marks breadcrumbs up as a list, and styles only that.
+            "breadcrumbs_as_list": django.VERSION >= (6,),
         }
         return TemplateResponse(request, "admin/tenancy/delete_tenants.html", context)
 

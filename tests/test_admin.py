@@ -51,6 +51,8 @@ def add_form(slug: str, **fields: str) -> dict[str, str]:
         "domains-INITIAL_FORMS": "0",
         "domains-0-domain": f"{slug}.example.test",
         "domains-0-is_primary": "on",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
         **fields,
     }
 

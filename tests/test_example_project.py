@@ -1,17 +1,12 @@
 """The example project that `make demo` serves: set up from scratch, twice, and queried."""
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tenancy.backends import get_server
+from tests.example import ExampleProject, example_project
 from tests.settings import BACKEND
-
-ROOT = Path(__file__).resolve().parent.parent
 
 REQUESTS = """
 from django.test import Client
@@ -30,23 +25,9 @@ print(client.get("/", HTTP_HOST="gamma.localhost").status_code)
 """
 
 
-# What scripts/demo runs first on PostgreSQL: Django's migrate does not create databases.
-CREATE_MAIN_DATABASE = (
-    "from tenancy.backends import get_server\n"
-    "get_server('main').create_database('tenancy_example')"
-)
-
-
-def manage(data_dir, *args, **env):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={"TENANCY_EXAMPLE_DATA": str(data_dir), "PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+def manage(data_dir, *args):
+    """The example on SQLite files in DATA_DIR, whatever the suite's backend."""
+    return ExampleProject(data_dir, postgres=False).manage(*args)
 
 
 def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
@@ -86,25 +67,14 @@ def test_shell_code_without_tenant_fails_closed(tmp_path):
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="the PostgreSQL set-up of the example")
-def test_demo_on_two_postgresql_servers(tmp_path, db_access):
-    servers = {
-        "TENANCY_EXAMPLE_POSTGRES": os.environ["TENANCY_TEST_PG_1"],
-        "TENANCY_EXAMPLE_POSTGRES_2": os.environ["TENANCY_TEST_PG_2"],
-    }
-    try:
-        manage(tmp_path, "shell", "-c", CREATE_MAIN_DATABASE, **servers)
-        manage(tmp_path, "migrate", "--verbosity", "0", **servers)
-        manage(tmp_path, "seed_demo", **servers)
-        lines = manage(tmp_path, "shell", "--verbosity", "0", "-c", REQUESTS, **servers)
+def test_demo_on_two_postgresql_servers(tmp_path):
+    with example_project(tmp_path, postgres=True) as example:
+        example.set_up()
+        lines = example.manage("shell", "--verbosity", "0", "-c", REQUESTS)
         _, alpha, _, _, _, beta, _, _ = lines.splitlines()
         assert [t["title"] for t in json.loads(beta)["tasks"]] == ["Fix the roof"]
         assert json.loads(alpha)["tenant"] == "alpha"
-        assert "example_tenant_alpha" in get_server("one").list_databases()
-        assert "example_tenant_beta" in get_server("two").list_databases()
-        assert "example_tenant_beta" not in get_server("one").list_databases()
-    finally:
-        for name in ("one", "two"):
-            server = get_server(name)
-            for database in server.list_databases():
-                if database.startswith("example_tenant_") or database == "tenancy_example":
-                    server.drop_database(database)
+        assert example.tenant_databases() == {
+            "main": {"example_tenant__template", "example_tenant_alpha"},
+            "second": {"example_tenant__template", "example_tenant_beta"},
+        }

@@ -1,0 +1,126 @@
+"""The example project run as its users run it: `manage.py` in a subprocess, on SQLite files
+in a temporary directory or, on the PostgreSQL backend, on the two test clusters."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.settings import BACKEND
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_DATABASE = "tenancy_example"
+
+# Run by the example's own `manage.py shell`, so that the test process needs no database.
+SERVER = "from django.conf import settings\nfrom tenancy.backends import get_server"
+LIST_TENANT_DATABASES = """
+for name in settings.TENANCY["SERVERS"]:
+    databases = get_server(name).list_databases()
+    print(name, *[d for d in databases if d.startswith("example_tenant_")])
+"""
+DROP_DATABASES = f"""
+for name in settings.TENANCY["SERVERS"]:
+    for database in get_server(name).list_databases():
+        if database.startswith("example_tenant_") or database == {MAIN_DATABASE!r}:
+            get_server(name).drop_database(database)
+"""
+
+
+class ExampleProject:
+    """One set-up of the example project. On PostgreSQL its main database and the tenants'
+    databases live on the test clusters (beta and later tenants can go to the second)."""
+
+    def __init__(self, data_dir: Path, postgres: bool) -> None:
+        self.data_dir = data_dir
+        self.postgres = postgres
+        self.env = {"TENANCY_EXAMPLE_DATA": str(data_dir), "PATH": "/usr/bin:/bin"}
+        if postgres:
+            self.env["TENANCY_EXAMPLE_POSTGRES"] = os.environ["TENANCY_TEST_PG_1"]
+            self.env["TENANCY_EXAMPLE_POSTGRES_2"] = os.environ["TENANCY_TEST_PG_2"]
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+
+    def shell(self, code: str) -> str:
+        return self.manage("shell", "--verbosity", "0", "-c", code)
+
+    def set_up(self) -> None:
+        """What `make demo` does before it serves."""
+        if self.postgres:  # Django's migrate does not create databases
+            self.shell(f"{SERVER}\nget_server('main').create_database({MAIN_DATABASE!r})")
+        self.manage("migrate", "--verbosity", "0")
+        self.manage("seed_demo")
+
+    def tenant_databases(self) -> dict[str, set[str]]:
+        """The tenant databases that exist, by the example's server names ("main",
+        "second"), as the example project itself sees them."""
+        lines = self.shell(f"{SERVER}\n{LIST_TENANT_DATABASES}").splitlines()
+        return {server: set(databases) for server, *databases in map(str.split, lines)}
+
+    def tear_down(self) -> None:
+        if self.postgres:
+            self.shell(f"{SERVER}\n{DROP_DATABASES}")
+
+    @contextmanager
+    def serve(self) -> Iterator[int]:
+        """`manage.py runserver` on a free port of 127.0.0.1 until the block ends."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = (self.data_dir / "runserver.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_serving(port, server)
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            log.close()
+
+
+def _wait_until_serving(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"runserver exited with status {server.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+            return
+        except urllib.error.HTTPError:  # any answer means it serves
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"runserver did not answer on port {port} within 60 s")
+
+
+@contextmanager
+def example_project(
+    data_dir: Path, postgres: bool = BACKEND == "postgresql"
+) -> Iterator[ExampleProject]:
+    project = ExampleProject(data_dir, postgres)
+    try:
+        yield project
+    finally:
+        project.tear_down()
