@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
@@ -242,7 +242,7 @@ def migrate_tenant(
         result.pending = [f"{app}.{name}" for app, name in pending]
     except Exception as exc:
         result.status = FAILED
-        result.error = f"{type(exc).__name__}: {exc}".strip()
+        result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     finally:
         if connection is not None:
             # One connection per tenant at a time: close it before the next tenant.
@@ -272,15 +272,45 @@ def _run_migrate(
             raise CommandError(f"Conflicting migrations; run makemigrations --merge: {conflicts}")
         connection.prepare_database()
         plan.loader.check_consistent_history(connection)
-        quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
-        emit_pre_migrate_signal(0, False, connection.alias, **quiet)
-        executor = _SharedPlanExecutor(connection, plan.loader)
-        post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
-        if plan.post_apps is None:
-            post_state.clear_delayed_apps_cache()
-            plan.post_apps = post_state.apps
-        quiet["apps"] = plan.post_apps
-        emit_post_migrate_signal(0, False, connection.alias, **quiet)
+        with _all_or_nothing(connection, plan):
+            quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
+            emit_pre_migrate_signal(0, False, connection.alias, **quiet)
+            executor = _SharedPlanExecutor(connection, plan.loader)
+            post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
+            if plan.post_apps is None:
+                post_state.clear_delayed_apps_cache()
+                plan.post_apps = post_state.apps
+            quiet["apps"] = plan.post_apps
+            emit_post_migrate_signal(0, False, connection.alias, **quiet)
+
+
+@contextmanager
+def _all_or_nothing(connection: BaseDatabaseWrapper, plan: _Plan) -> Iterator[None]:
+    """One transaction for a tenant's whole plan and its post_migrate handlers, where the
+    database can roll DDL back and every migration of the plan is atomic.
+
+    Django alone commits each migration before it records it when the migration has
+    deferred SQL (indexes, foreign keys): a process killed in between leaves a migration
+    applied but unrecorded, and every later run fails on "table already exists". In one
+    transaction a killed migrator leaves the tenant exactly as it was before the run.
+    A plan with a non-atomic migration (``atomic = False``, e.g. for
+    ``CREATE INDEX CONCURRENTLY``) runs as Django runs it.
+    """
+    if not connection.features.can_rollback_ddl or not all(
+        migration.atomic for migration, _ in plan.plan
+    ):
+        yield
+        return
+    # SQLite cannot switch foreign key checks inside a transaction, and its schema
+    # editor refuses to start with them on: switch them off around the transaction (each
+    # schema change still checks the constraints before it ends).
+    checks_disabled = connection.vendor == "sqlite" and connection.disable_constraint_checking()
+    try:
+        with transaction.atomic(using=connection.alias):
+            yield
+    finally:
+        if checks_disabled:
+            connection.enable_constraint_checking()
 
 
 class _SharedPlanExecutor(MigrationExecutor):

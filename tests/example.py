@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from tests.settings import BACKEND
@@ -34,6 +35,11 @@ for name in settings.TENANCY["SERVERS"]:
 """
 
 
+class FailedCommand(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
+
+
 class ExampleProject:
     """One set-up of the example project. On PostgreSQL its main database and the tenants'
     databases live on the test clusters (beta and later tenants can go to the second)."""
@@ -47,15 +53,48 @@ class ExampleProject:
             self.env["TENANCY_EXAMPLE_POSTGRES_2"] = os.environ["TENANCY_TEST_PG_2"]
 
     def manage(self, *args: str) -> str:
-        return subprocess.run(
+        """The output of `manage.py ARGS`; CalledProcessError (with the output in its
+        message) when it fails."""
+        done = subprocess.run(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
             text=True,
-            check=True,
             timeout=120,
-        ).stdout
+        )
+        if done.returncode:
+            raise FailedCommand(done.returncode, done.args, done.stdout, done.stderr)
+        return done.stdout
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """`manage.py ARGS` started, not waited for; its output is discarded."""
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def registry(self) -> dict[str, tuple[str, str, str]]:
+        """Each registered tenant's status, server and database name, read straight from
+        the main database (cheap enough to poll while a command runs)."""
+        query = "SELECT slug, status, server, database_name FROM tenancy_tenant"
+        if self.postgres:
+            import psycopg
+
+            host, _, port = self.env["TENANCY_EXAMPLE_POSTGRES"].rpartition(":")
+            connection = psycopg.connect(
+                host=host, port=port, user="postgres", dbname=MAIN_DATABASE, autocommit=True
+            )
+            with connection:
+                rows = connection.execute(query).fetchall()
+        else:
+            with closing(sqlite3.connect(self.data_dir / "main.sqlite3", timeout=30)) as db:
+                rows = db.execute(query).fetchall()
+        return {slug: (status, server, database) for slug, status, server, database in rows}
 
     def shell(self, code: str) -> str:
         return self.manage("shell", "--verbosity", "0", "-c", code)
