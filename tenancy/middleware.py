@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.db import InterfaceError, OperationalError, connections
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.html import escape
 
 from tenancy.conf import tenancy_settings
+from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.models import AbstractTenant
 from tenancy.resolvers import Resolution, get_resolver
 from tenancy.transactions import atomic
+
+logger = logging.getLogger("tenancy.middleware")
 
 _PAGE = (
     '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title></head>'
@@ -82,6 +87,20 @@ class TenantMiddleware:
             async with tenant_context(tenant):
                 response = await get_response(request)
         return _keep_tenant_while_streaming(response, tenant)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A tenant whose database cannot be reached (its server is down, say) is answered
+        with 503 rather than 500; the other tenants are not affected. Only errors of the
+        tenant's own connection count: Django marks a connection on which an error
+        other than a data or integrity error occurred."""
+        tenant = getattr(request, "tenant", None)
+        if tenant is None or not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        if not getattr(connections[alias_for(tenant)], "errors_occurred", False):
+            return None
+        # The message names host and database, never credentials (psycopg leaves them out).
+        logger.error("Tenant %s: its database is unreachable: %s", tenant.slug, exception)
+        return tenant_unavailable(request, tenant)
 
     @staticmethod
     def _refuse(request: HttpRequest, resolution: Resolution) -> HttpResponse | None:

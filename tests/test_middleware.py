@@ -5,12 +5,13 @@ import json
 
 import pytest
 from django.core.handlers.asgi import ASGIHandler
-from django.db import connections
+from django.db import OperationalError, connections
 from django.test.utils import CaptureQueriesContext
 
 from tenancy import NoTenantError, current_tenant, tenant_context
 from tenancy.connections import alias_for, registered_aliases
-from tenancy.models import TenantStatus
+from tenancy.models import Domain, Tenant, TenantStatus
+from tests.settings import BACKEND, SERVER_1
 from tests.tenantapp.models import Note
 
 
@@ -246,3 +247,45 @@ def test_async_callable_resolver(two_tenants, settings):
     tenancy_settings(settings, RESOLVER="tests.test_middleware.aresolve_by_query_parameter")
     assert asgi_json("/anotes/", query="tenant=beta") == {"notes": ["b1"]}
     assert asgi_json("/whoami/")["tenant"] is None
+
+
+# A tenant whose server is down.
+
+SECRET = "pw-that-must-not-leak"
+
+
+@pytest.fixture
+def lost(alpha, settings):
+    """Tenant "lost", active, on a server that cannot be reached (with a password)."""
+    if BACKEND == "postgresql":
+        down = {**SERVER_1, "PORT": "1", "PASSWORD": SECRET}  # nothing listens there
+    else:
+        down = {**SERVER_1, "DIRECTORY": "/dev/null/nowhere", "PASSWORD": SECRET}
+    tenancy_settings(settings, SERVERS={**settings.TENANCY["SERVERS"], "down": down})
+    tenant = Tenant.objects.create(
+        slug="lost", name="Lost", server="down", status=TenantStatus.ACTIVE
+    )
+    Domain.objects.create(tenant=tenant, domain="lost.example.test", is_primary=True)
+    return tenant
+
+
+def test_tenant_on_an_unreachable_server_is_503_and_others_are_served(client, lost, caplog):
+    add_notes(Tenant.objects.get(slug="alpha"), "a1")
+    response = client.get("/notes/", HTTP_HOST="lost.example.test")
+    assert response.status_code == 503
+    assert b"lost is not available" in response.content
+    assert client.get("/notes/", HTTP_HOST="alpha.example.test").json()["notes"] == ["a1"]
+    assert "Tenant lost: its database is unreachable" in caplog.text
+    assert SECRET not in caplog.text
+    assert SECRET.encode() not in response.content
+
+
+def test_async_tenant_on_an_unreachable_server_is_503(lost):
+    status, body = asyncio.run(asgi_get("/anotes/", "lost.example.test"))
+    assert status == 503
+    assert b"lost is not available" in body
+
+
+def test_operational_error_not_raised_by_the_tenants_database_stays_an_error(client, alpha):
+    with pytest.raises(OperationalError, match="not from a database"):
+        client.get("/fail-outside/", HTTP_HOST="alpha.example.test")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("stream/", views.stream_notes),
     path("astream/", views.async_stream_notes),
     path("whoami/", views.whoami),
+    path("fail-outside/", views.fail_outside_the_database),
     path("link/", views.link),
     path("write-fail/", views.write_then_fail),
     path("write-ok/", views.write_ok),

@@ -69,3 +69,10 @@ def write_then_fail_exempt(request):
 async def async_write(request):
     await Note.objects.acreate(text="async")
     return HttpResponse("ok")
+
+
+def fail_outside_the_database(request):
+    """An OperationalError that no database connection raised."""
+    from django.db import OperationalError
+
+    raise OperationalError("not from a database")
