@@ -1,4 +1,4 @@
-.PHONY: demo test lint format clean bench
+.PHONY: demo test soak lint format clean bench
 
 # Set up the example project on SQLite, create two demo tenants and serve it.
 demo:
@@ -7,6 +7,13 @@ demo:
 # Every check and test: ruff, mypy, pytest on PostgreSQL and SQLite, Django 5.2 and 6.
 test:
 	scripts/test
+
+# The reliability suite at a larger size (20,000 requests, 25 kills per command), on
+# PostgreSQL; prints its figures.
+soak:
+	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
+	TENANCY_TEST_BACKEND=postgresql TENANCY_LOAD_REQUESTS=20000 TENANCY_CRASH_KILLS=25 \
+		scripts/with-postgres -n 2 .venv/bin/python -m pytest -s -m reliability tests/reliability
 
 # Benchmarks against the alternatives, printed side by side (see benchmarks/README.md).
 bench:

@@ -44,13 +44,15 @@ class ExampleProject:
     """One set-up of the example project. On PostgreSQL its main database and the tenants'
     databases live on the test clusters (beta and later tenants can go to the second)."""
 
-    def __init__(self, data_dir: Path, postgres: bool) -> None:
+    def __init__(self, data_dir: Path, postgres: bool, second_server: str = "") -> None:
         self.data_dir = data_dir
         self.postgres = postgres
         self.env = {"TENANCY_EXAMPLE_DATA": str(data_dir), "PATH": "/usr/bin:/bin"}
         if postgres:
             self.env["TENANCY_EXAMPLE_POSTGRES"] = os.environ["TENANCY_TEST_PG_1"]
-            self.env["TENANCY_EXAMPLE_POSTGRES_2"] = os.environ["TENANCY_TEST_PG_2"]
+            self.env["TENANCY_EXAMPLE_POSTGRES_2"] = (
+                second_server or os.environ["TENANCY_TEST_PG_2"]
+            )
 
     def manage(self, *args: str) -> str:
         """The output of `manage.py ARGS`; CalledProcessError (with the output in its
@@ -117,25 +119,38 @@ class ExampleProject:
             self.shell(f"{SERVER}\n{DROP_DATABASES}")
 
     @contextmanager
-    def serve(self) -> Iterator[int]:
-        """`manage.py runserver` on a free port of 127.0.0.1 until the block ends."""
+    def serve(self, server: str = "runserver") -> Iterator[int]:
+        """The example served on a free port of 127.0.0.1 until the block ends, by
+        `manage.py runserver`, gunicorn (WSGI, threads) or uvicorn (ASGI)."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        log = (self.data_dir / "runserver.log").open("w")
-        server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        address = f"127.0.0.1:{port}"
+        command = {
+            "runserver": ["manage.py", "runserver", address, "--noreload"],
+            "gunicorn": [
+                *("-m", "gunicorn", "example_project.wsgi:application", "--bind", address),
+                *("--workers", "2", "--threads", "8", "--worker-class", "gthread"),
+            ],
+            "uvicorn": [
+                *("-m", "uvicorn", "example_project.asgi:application", "--host", "127.0.0.1"),
+                *("--port", str(port), "--no-access-log"),
+            ],
+        }[server]
+        log = (self.data_dir / f"{server}.log").open("w")
+        process = subprocess.Popen(
+            [sys.executable, *command],
             cwd=ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            _wait_until_serving(port, server)
+            _wait_until_serving(port, process)
             yield port
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            process.terminate()
+            process.wait(timeout=30)
             log.close()
 
 
@@ -143,7 +158,7 @@ def _wait_until_serving(port: int, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"runserver exited with status {server.returncode}")
+            raise RuntimeError(f"the server exited with status {server.returncode}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
             return
@@ -151,14 +166,16 @@ def _wait_until_serving(port: int, server: subprocess.Popen[bytes]) -> None:
             return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"runserver did not answer on port {port} within 60 s")
+    raise RuntimeError(f"the server did not answer on port {port} within 60 s")
 
 
 @contextmanager
 def example_project(
-    data_dir: Path, postgres: bool = BACKEND == "postgresql"
+    data_dir: Path, postgres: bool = BACKEND == "postgresql", second_server: str = ""
 ) -> Iterator[ExampleProject]:
-    project = ExampleProject(data_dir, postgres)
+    """The example set up in DATA_DIR, its databases dropped afterwards; on PostgreSQL
+    its second server can be another than the suite's second cluster."""
+    project = ExampleProject(data_dir, postgres, second_server)
     try:
         yield project
     finally:

@@ -4,6 +4,7 @@ servers hold exactly the databases the registry names (no orphans)."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -15,10 +16,12 @@ import pytest
 
 from tests.example import ExampleProject, example_project
 
+pytestmark = pytest.mark.reliability
+
 SEED = 20261123
-KILLS = 6
+KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "6"))  # `make soak` asks for more
 FLEET = 8  # tenants that migrate_tenants has work for
-MIGRATE_KILLS = 4
+MIGRATE_KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "4"))
 
 
 @pytest.fixture(scope="module")
