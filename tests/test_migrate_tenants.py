@@ -131,10 +131,11 @@ def test_fail_fast_stops_at_the_first_failure(fleet, migrations):
 
 
 def test_unreachable_server_fails_its_tenants_only(fleet, migrations, settings):
+    secret = "pw-that-must-not-leak"
     if BACKEND == "postgresql":
-        down = {**SERVER_1, "PORT": "1"}  # nothing listens there
+        down = {**SERVER_1, "PORT": "1", "PASSWORD": secret}  # nothing listens there
     else:
-        down = {**SERVER_1, "DIRECTORY": "/dev/null/nowhere"}
+        down = {**SERVER_1, "DIRECTORY": "/dev/null/nowhere", "PASSWORD": secret}
     settings.TENANCY = {
         **settings.TENANCY,
         "SERVERS": {**settings.TENANCY["SERVERS"], "down": down},
@@ -145,6 +146,7 @@ def test_unreachable_server_fails_its_tenants_only(fleet, migrations, settings):
     statuses = {line.split()[1]: line.split()[2] for line in tenant_lines(lines)}
     assert statuses == {"beta-two": "1", "gamma": "1", "lost": "FAILED:", "omega": "1"}
     assert "1 tenant(s) failed: lost" in str(error)
+    assert secret not in "\n".join(lines) + str(error)
 
 
 def test_main_database_failure_migrates_no_tenant(fleet, migrations):
