@@ -1,6 +1,8 @@
 """New tenants copied from a template database: same schema, faster, self-updating."""
 
 import logging
+import os
+import subprocess
 
 import psycopg
 import pytest
@@ -133,3 +135,22 @@ def test_missing_sqlite_template_is_not_created_empty(db_access, tmp_path, setti
         server.clone_database("absent", "copy")
     assert not server.database_exists("absent")
     assert not server.database_exists("copy")
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="SQLite copies through a private file")
+def test_private_files_of_killed_copies_are_removed_by_the_next_copy(db_access):
+    create_tenant("gamma")  # the template exists from here on
+    server = get_server("one")
+    target = server.path(tenancy_settings.database_name_for("delta"))
+    dead = subprocess.Popen(["true"])  # once ended, no process has its pid
+    dead.wait()
+    left_by_dead = target.with_name(f".{target.name}.{dead.pid}.1")
+    left_by_dead_journal = target.with_name(f".{target.name}.{dead.pid}.1-journal")
+    in_progress = target.with_name(f".{target.name}.{os.getpid()}.1")  # a live copy's
+    for path in (left_by_dead, left_by_dead_journal, in_progress):
+        path.write_bytes(b"partial")
+    create_tenant("delta")
+    assert not left_by_dead.exists()
+    assert not left_by_dead_journal.exists()
+    assert in_progress.exists()
+    in_progress.unlink()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import sqlite3
 import threading
@@ -53,7 +54,9 @@ class SQLiteServer(DatabaseServer):
         if target.exists():
             return False
         # Copy through SQLite's backup API into a private file, then link it into place:
-        # a crash never leaves a half-copied database under the tenant's name.
+        # a crash never leaves a half-copied database under the tenant's name. What a
+        # killed process left of its private file is removed first.
+        _remove_partial_copies_of_dead_processes(target)
         partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             try:
@@ -89,3 +92,22 @@ class SQLiteServer(DatabaseServer):
         if not self.directory.is_dir():
             return []
         return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+
+def _remove_partial_copies_of_dead_processes(target: Path) -> None:
+    prefix = f".{target.name}."
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name.removeprefix(prefix).split(".", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
