@@ -8,11 +8,11 @@ demo:
 test:
 	scripts/test
 
-# The reliability suite at a larger size (20,000 requests, 25 kills per command), on
-# PostgreSQL; prints its figures.
+# The reliability suite at a larger size (10,000 requests per web server, 25 kills per
+# command), on PostgreSQL; prints its figures.
 soak:
 	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
-	TENANCY_TEST_BACKEND=postgresql TENANCY_LOAD_REQUESTS=20000 TENANCY_CRASH_KILLS=25 \
+	TENANCY_TEST_BACKEND=postgresql TENANCY_LOAD_REQUESTS=10000 TENANCY_CRASH_KILLS=25 \
 		scripts/with-postgres -n 2 .venv/bin/python -m pytest -s -m reliability tests/reliability
 
 # Benchmarks against the alternatives, printed side by side (see benchmarks/README.md).

@@ -71,9 +71,11 @@ def test_celery_task_sent_without_a_tenant_runs_with_none(worker: Any, alpha: Te
 
 
 def test_celery_task_of_a_suspended_tenant_fails(worker: Any, alpha: Tenant) -> None:
+    # Suspended before the task is sent (sent first, the worker could run it before the
+    # update): the worker looks the tenant up when the task starts, not the sender.
+    Tenant.objects.filter(pk=alpha.pk).update(status=TenantStatus.SUSPENDED)
     with tenant_context(alpha):
         result = tenant_slug.delay()
-        Tenant.objects.filter(pk=alpha.pk).update(status=TenantStatus.SUSPENDED)
     with pytest.raises(Exception, match="'alpha' is suspended"):
         result.get(timeout=20)
 

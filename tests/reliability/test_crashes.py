@@ -19,9 +19,9 @@ from tests.example import ExampleProject, example_project
 pytestmark = pytest.mark.reliability
 
 SEED = 20261123
-KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "6"))  # `make soak` asks for more
+KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "5"))  # `make soak` asks for more
 FLEET = 8  # tenants that migrate_tenants has work for
-MIGRATE_KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "4"))
+MIGRATE_KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "3"))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 TENANTS = 10  # even ones on the server that stays up ("main"), odd ones on "second"
-PHASE = 3.0  # seconds of load before, during and after the outage
+PHASE = 2.0  # seconds of load before, during and after the outage
 
 
 @pytest.fixture(scope="module")
