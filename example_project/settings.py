@@ -74,11 +74,23 @@ if os.environ.get("TENANCY_EXAMPLE_POSTGRES"):
         SERVERS["second"] = _postgres(os.environ["TENANCY_EXAMPLE_POSTGRES_2"])
     DATABASES = {"default": {**SERVERS["main"], "NAME": "tenancy_example"}}
 else:
+    # Writers from several threads or processes (a threaded server, commands): take the
+    # write lock when a transaction starts and wait for it, instead of failing with
+    # "database is locked" when a reading transaction wants to write.
+    SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20}
     SERVERS = {
-        "main": {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": DATA_DIR / "tenants"},
+        "main": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "DIRECTORY": DATA_DIR / "tenants",
+            "OPTIONS": SQLITE_OPTIONS,
+        },
     }
     DATABASES = {
-        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "main.sqlite3"},
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "main.sqlite3",
+            "OPTIONS": SQLITE_OPTIONS,
+        },
     }
 DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
 

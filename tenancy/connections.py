@@ -36,6 +36,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
@@ -45,6 +46,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
+from tenancy.backends.sqlite import sqlite_uri
 from tenancy.conf import (
     SERVER_ONLY_KEYS,
     TEST_DATABASE_PREFIX,
@@ -286,7 +288,10 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
         key: copy.deepcopy(value) for key, value in template.items() if key not in SERVER_ONLY_KEYS
     }
     if server_vendor(template) == "sqlite":
-        database["NAME"] = str(template["DIRECTORY"] / f"{tenant.database_name}.sqlite3")
+        # Opened read-write, never created: a request still in flight for a tenant being
+        # deleted must not bring back an empty database file.
+        path = Path(template["DIRECTORY"]) / f"{tenant.database_name}.sqlite3"
+        database["NAME"] = sqlite_uri(path)
     else:
         database["NAME"] = tenant.database_name
     # Let Django fill its defaults exactly as for configured databases.

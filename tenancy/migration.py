@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.management import call_command
@@ -30,6 +29,7 @@ from django.db.migrations.migration import Migration
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
+from tenancy.backends.sqlite import sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
@@ -160,7 +160,8 @@ def migration_lock(connection: BaseDatabaseWrapper, *, wait: bool = True) -> Ite
         yield True  # no other process can reach it
         return
     # SQLite: an exclusive lock on a file beside the database.
-    path = Path(f"{connection.settings_dict['NAME']}.migrate-lock")
+    database = sqlite_path(str(connection.settings_dict["NAME"]))
+    path = database.with_name(f"{database.name}.migrate-lock")
     with path.open("a") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

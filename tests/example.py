@@ -69,14 +69,16 @@ class ExampleProject:
             raise FailedCommand(done.returncode, done.args, done.stdout, done.stderr)
         return done.stdout
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        """`manage.py ARGS` started, not waited for; its output is discarded."""
+    def popen(self, *args: str, capture: bool = False) -> subprocess.Popen[str]:
+        """`manage.py ARGS` started, not waited for; its output is discarded unless
+        CAPTURE (then read it with ``communicate()``)."""
+        output = subprocess.PIPE if capture else subprocess.DEVNULL
         return subprocess.Popen(
             [sys.executable, "manage.py", *args],
             cwd=ROOT,
             env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
             text=True,
         )
 

@@ -7,7 +7,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from tenancy import current_tenant, tenant_context
 from tenancy.backends import get_server
@@ -312,3 +312,13 @@ def test_adopt_missing_database(db_access):
     ):
         call_command("create_tenant", "gamma", "--adopt-database", "test_tenancy_nowhere")
     assert not Tenant.objects.exists()
+
+
+def test_a_late_query_for_a_deleted_tenant_does_not_bring_its_database_back(db_access):
+    """A request still in flight when its tenant is deleted fails; on SQLite, opening the
+    file must not create an empty one again."""
+    gamma = create_tenant("gamma")
+    deprovision_tenant(gamma)
+    with tenant_context(gamma), pytest.raises(DatabaseError):
+        Note.objects.count()
+    assert gamma.database_name not in get_server("one").list_databases()

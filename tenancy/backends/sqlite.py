@@ -10,12 +10,26 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from tenancy.backends.base import DatabaseServer, TemplateMissing
 from tenancy.validators import validate_database_name
 
 SUFFIX = ".sqlite3"
 _COMPANIONS = ("-wal", "-shm", "-journal", ".migrate-lock")
+
+
+def sqlite_uri(path: Path) -> str:
+    """The URI that opens the database at PATH only if it exists (``mode=rw``); Django
+    opens SQLite databases with ``uri=True``."""
+    return f"{path.absolute().as_uri()}?mode=rw"
+
+
+def sqlite_path(name: str) -> Path:
+    """The file of a database ``NAME``: a path, or a ``file:`` URI."""
+    if name.startswith("file:"):
+        return Path(unquote(urlsplit(name).path))
+    return Path(name)
 
 
 class SQLiteServer(DatabaseServer):
