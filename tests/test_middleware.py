@@ -289,3 +289,20 @@ def test_async_tenant_on_an_unreachable_server_is_503(lost):
 def test_operational_error_not_raised_by_the_tenants_database_stays_an_error(client, alpha):
     with pytest.raises(OperationalError, match="not from a database"):
         client.get("/fail-outside/", HTTP_HOST="alpha.example.test")
+
+
+def test_debug_error_page_hides_tenant_server_credentials(lost, rf, settings):
+    """Django's debug page lists the settings; TENANCY's server passwords are masked."""
+    import sys
+
+    from django.views.debug import technical_500_response
+
+    settings.DEBUG = True
+    request = rf.get("/notes/", HTTP_HOST="lost.example.test")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        page = technical_500_response(request, *sys.exc_info()).content.decode()
+    assert "TENANCY" in page
+    assert "&#x27;down&#x27;" in page  # the server is listed ...
+    assert SECRET not in page  # ... without its password
