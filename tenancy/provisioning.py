@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
@@ -139,15 +139,22 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
         hostname = hostname.lower()
         with transaction.atomic(using="default"):
             domain = Domain.objects.select_for_update().filter(domain=hostname).first()
-            if domain is not None and domain.tenant_id != tenant.pk:
+            if domain is None:
+                has_primary = Domain.objects.filter(tenant_id=tenant.pk, is_primary=True).exists()
+                try:
+                    with transaction.atomic(using="default"):
+                        Domain.objects.create(
+                            domain=hostname, tenant_id=tenant.pk, is_primary=not has_primary
+                        )
+                    continue
+                except IntegrityError:
+                    # Added meanwhile by another process (the same tenant created twice
+                    # at once, say): fine if it is this tenant's.
+                    domain = Domain.objects.get(domain=hostname)
+            if domain.tenant_id != tenant.pk:
                 raise ProvisioningError(
                     f"Domain {hostname!r} already belongs to tenant {domain.tenant}; "
                     f"remove it there before giving it to {tenant.slug!r}."
-                )
-            if domain is None:
-                has_primary = Domain.objects.filter(tenant_id=tenant.pk, is_primary=True).exists()
-                Domain.objects.create(
-                    domain=hostname, tenant_id=tenant.pk, is_primary=not has_primary
                 )
 
 
