@@ -25,7 +25,7 @@ from tenancy.migration import applied_migrations, migrate_tenant, migration_stat
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
 from tenancy.template_databases import TemplateInUse, create_database_from_template
-from tenancy.validators import validate_database_name
+from tenancy.validators import validate_database_name, validate_slug
 
 logger = logging.getLogger("tenancy.provisioning")
 
@@ -65,6 +65,7 @@ def create_tenant(
     """Record the tenant ``slug`` with its domains and provision it. Running it again for
     the same slug finishes an interrupted provisioning instead of failing. ``fields``:
     values for more fields of a custom tenant model."""
+    validate_slug(slug)  # before any query: some strings cannot even be looked up
     model = get_tenant_model()
     defaults: dict[str, object] = {**(fields or {}), "name": name or slug}
     if server is not None:
@@ -93,6 +94,7 @@ def adopt_database(
     the project's; otherwise it is marked failed with the differences (running
     ``create_tenant SLUG`` afterwards applies missing migrations)."""
     server = server or tenancy_settings.DEFAULT_SERVER
+    validate_slug(slug)
     validate_database_name(database_name)
     if not get_server(server).database_exists(database_name):
         raise ProvisioningError(

@@ -116,7 +116,9 @@ def test_failure_marks_the_tenant_failed_and_a_rerun_finishes(db_access, receive
     assert (tenant.status, tenant.status_detail) == (TenantStatus.ACTIVE, "")
 
 
-@pytest.mark.parametrize("slug", ["Gamma", "gam'ma", "gamma; DROP DATABASE x", "g" * 300])
+@pytest.mark.parametrize(
+    "slug", ["Gamma", "gam'ma", "gamma; DROP DATABASE x", "g" * 300, "gamma\x00"]
+)
 def test_hostile_slug_creates_nothing(db_access, slug):
     before = {name: get_server(name).list_databases() for name in ("one", "two")}
     with pytest.raises(ValidationError):
