@@ -31,7 +31,14 @@ from django.utils.translation import gettext_lazy as _
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
 from tenancy.exceptions import TenancyError
 from tenancy.migration import FAILED, MIGRATED, migrate_tenant
-from tenancy.models import AbstractTenant, Domain, Membership, TenantStatus, get_tenant_model
+from tenancy.models import (
+    MIGRATED_STATUSES,
+    AbstractTenant,
+    Domain,
+    Membership,
+    TenantStatus,
+    get_tenant_model,
+)
 from tenancy.provisioning import deprovision_tenant, provision_tenant
 
 PROVISION_PERMISSION = "provision_tenant"
@@ -116,7 +123,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description=_("migrations"))
     def migrations(self, tenant: AbstractTenant) -> str:
         """One query in the tenant's database, for the tenants on the page."""
-        if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+        if tenant.status not in MIGRATED_STATUSES:
             return "-"
         result = migrate_tenant(tenant, check_only=True)
         if result.status == FAILED:
@@ -189,7 +196,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description=_("Migrate selected tenants"), permissions=["provision"])
     def migrate_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for tenant in queryset.order_by("slug"):
-            if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
+            if tenant.status not in MIGRATED_STATUSES:
                 messages.warning(request, f"{tenant.slug}: skipped, it is {tenant.status}.")
                 continue
             result = migrate_tenant(tenant)
@@ -325,16 +332,14 @@ class TenantAdminSite(admin.AdminSite):
         checked = super().admin_view(view, cacheable)
 
         def tenant_only(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if getattr(request, "tenant", None) is None:
-                raise Http404("The tenant admin is reached on a tenant's own domain.")
+            _require_tenant(request)
             response: HttpResponse = checked(request, *args, **kwargs)
             return response
 
         return update_wrapper(tenant_only, checked)
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        if getattr(request, "tenant", None) is None:
-            raise Http404("The tenant admin is reached on a tenant's own domain.")
+        _require_tenant(request)
         return super().login(request, extra_context)
 
     def has_permission(self, request: HttpRequest) -> bool:
@@ -356,6 +361,11 @@ class TenantAdminSite(admin.AdminSite):
         if tenant is not None:
             context["site_header"] = f"{self.site_header}: {tenant.name}"
         return context
+
+
+def _require_tenant(request: HttpRequest) -> None:
+    if getattr(request, "tenant", None) is None:
+        raise Http404("The tenant admin is reached on a tenant's own domain.")
 
 
 class TenantModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

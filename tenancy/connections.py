@@ -36,7 +36,6 @@ import time
 import weakref
 from dataclasses import dataclass
 from operator import attrgetter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
@@ -46,7 +45,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from tenancy.backends.sqlite import sqlite_uri
+from tenancy.backends.sqlite import SQLiteServer, sqlite_uri
 from tenancy.conf import (
     SERVER_ONLY_KEYS,
     TEST_DATABASE_PREFIX,
@@ -290,7 +289,7 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
     if server_vendor(template) == "sqlite":
         # Opened read-write, never created: a request still in flight for a tenant being
         # deleted must not bring back an empty database file.
-        path = Path(template["DIRECTORY"]) / f"{tenant.database_name}.sqlite3"
+        path = SQLiteServer(tenant.server, template).path(tenant.database_name)
         database["NAME"] = sqlite_uri(path)
     else:
         database["NAME"] = tenant.database_name

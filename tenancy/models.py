@@ -34,6 +34,10 @@ class TenantStatus(models.TextChoices):
     DELETING = "deleting", _("deleting")
 
 
+# The tenants whose databases are in use and kept at the current schema.
+MIGRATED_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
+
+
 def default_server() -> str:
     return tenancy_settings.DEFAULT_SERVER
 

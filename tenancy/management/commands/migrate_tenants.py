@@ -27,11 +27,10 @@ from tenancy.migration import (
     migrate_tenant,
     migration_lock,
 )
-from tenancy.models import AbstractTenant, TenantStatus, get_tenant_model
+from tenancy.models import MIGRATED_STATUSES, AbstractTenant, TenantStatus, get_tenant_model
 
 # Tenants migrated when no --tenant is given. Provisioning, failed and deleting tenants
 # are left to create_tenant / delete_tenant, which migrate or remove them themselves.
-MIGRATED_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
 
 
 class Command(BaseCommand):
