@@ -81,8 +81,10 @@ def test_a_tenant_deleted_while_it_is_being_served(example):
         gone, _ = client.request("GET", slug, "/api/tasks/")
 
     print(f"\nanswers while {slug} was deleted: {dict(answers)}")
-    # Served, then refused: never a server error, a dropped connection or a hang.
-    assert set(answers) <= {200, 404, 503}, answers
+    # Served, then refused: never a server error, a dropped connection or a hang. A request
+    # that found the tenant just before its row went may find the user's membership (deleted
+    # with it) gone already: the example's 403 "not a member".
+    assert set(answers) <= {200, 403, 404, 503}, answers
     assert answers[200] > 0
     assert gone == 404
     assert slug not in example.registry()
