@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "IDLE_CONNECTION_TIMEOUT": None,
     # New tenant databases are copies of a per-server template kept at the current schema.
     "USE_TEMPLATE_DATABASES": True,
+    # Copies of the template kept ready per server: provisioning renames one (instant)
+    # instead of copying the template, and a new copy is made in the background.
+    "SPARE_DATABASES": 1,
     # Wrap each tenant request's view in a transaction on the tenant's database (needs
     # tenancy.middleware.TenantAtomicRequestsMiddleware, last in MIDDLEWARE).
     "ATOMIC_REQUESTS": False,
@@ -209,6 +212,13 @@ class TenancySettings:
         return self._boolean("USE_TEMPLATE_DATABASES")
 
     @cached_property
+    def SPARE_DATABASES(self) -> int:
+        value = self._raw["SPARE_DATABASES"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+            raise _error("SPARE_DATABASES", "must be a whole number from 0 to 100.")
+        return value
+
+    @cached_property
     def ATOMIC_REQUESTS(self) -> bool:
         return self._boolean("ATOMIC_REQUESTS")
 
@@ -232,9 +242,17 @@ class TenancySettings:
         return value
 
     def template_database_name(self) -> str:
-        """Name of each server's template database. Slugs never start with "-", so no
-        tenant's database can have this name."""
+        """Name of each server's template database. A slug cannot start with "-" (which
+        becomes "_"), so no tenant's database can have this name."""
         return as_test_database_name(self.DATABASE_NAME.format(slug="_template"))
+
+    def spare_database_names(self) -> list[str]:
+        """Names of each server's spare copies of its template (``SPARE_DATABASES``); like
+        the template's, no tenant's database can have them."""
+        return [
+            as_test_database_name(self.DATABASE_NAME.format(slug=f"_spare_{number}"))
+            for number in range(1, self.SPARE_DATABASES + 1)
+        ]
 
     def validate(self) -> None:
         """Read every value, so that any error is raised now (used by the system check)."""

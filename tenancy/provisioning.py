@@ -24,7 +24,11 @@ from tenancy.exceptions import TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
-from tenancy.template_databases import TemplateInUse, create_database_from_template
+from tenancy.template_databases import (
+    TemplateInUse,
+    create_database_from_template,
+    refill_spares,
+)
 from tenancy.validators import validate_database_name, validate_slug
 
 logger = logging.getLogger("tenancy.provisioning")
@@ -179,6 +183,8 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
             f"fix the cause and run `manage.py create_tenant {tenant.slug}` again to finish."
         ) from exc
     _set_status(tenant, TenantStatus.ACTIVE)
+    if tenancy_settings.USE_TEMPLATE_DATABASES:
+        refill_spares(tenant.server)  # in the background, for the next tenant
     return tenant
 
 

@@ -20,6 +20,7 @@ from django.db import connections
 from django.test.utils import setup_databases, teardown_databases
 from psycopg import sql
 
+from tenancy import template_databases
 from tenancy.backends import get_server
 from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import alias_for, unregister_all
@@ -64,6 +65,7 @@ def drop_test_databases_except(slugs: object) -> None:
     """Drop the tenant databases a test created on the test servers."""
     keep = {tenancy_settings.database_name_for(slug) for slug in slugs}  # type: ignore[attr-defined]
     keep.add(tenancy_settings.template_database_name())
+    keep.update(tenancy_settings.spare_database_names())
     for name in ("one", "two"):
         server = get_server(name)
         for database in server.list_databases():
@@ -215,7 +217,7 @@ def server_port(server: str) -> str:
 
 def drop_template_databases() -> None:
     for name in ("one", "two"):
-        get_server(name).drop_database(tenancy_settings.template_database_name())
+        template_databases.drop_template_databases(name)
 
 
 @pytest.fixture

@@ -89,6 +89,8 @@ def test_missing_router_is_an_error(settings):
         ({"DATABASE_NAME": "Tenant-{slug}"}, "must give a valid database name"),
         ({"MAX_OPEN_CONNECTIONS": 0}, "MAX_OPEN_CONNECTIONS'] must be a positive integer"),
         ({"MAX_OPEN_CONNECTIONS": "10"}, "MAX_OPEN_CONNECTIONS'] must be a positive integer"),
+        ({"SPARE_DATABASES": -1}, "SPARE_DATABASES'] must be a whole number from 0 to 100"),
+        ({"SPARE_DATABASES": True}, "SPARE_DATABASES'] must be a whole number from 0 to 100"),
         ({"IDLE_CONNECTION_TIMEOUT": 0}, "IDLE_CONNECTION_TIMEOUT'] must be a positive number"),
         ({"PUBLIC_HOSTS": "www.example.test"}, "PUBLIC_HOSTS'] must be a list"),
         ({"PUBLIC_HOSTS": ["bad host"]}, "PUBLIC_HOSTS'] contains an invalid hostname"),

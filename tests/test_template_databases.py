@@ -48,7 +48,21 @@ def test_template_name_cannot_be_a_tenants():
     assert tenancy_settings.template_database_name() == TEMPLATE
 
 
-def test_copied_tenant_equals_migrated_tenant(db_access, settings):
+@pytest.fixture
+def spares(settings):
+    """Keep N spare databases per server in this test."""
+
+    def use(count: int) -> list[str]:
+        settings.TENANCY = {**settings.TENANCY, "SPARE_DATABASES": count}
+        return tenancy_settings.spare_database_names()
+
+    return use
+
+
+@pytest.mark.parametrize("spare_count", [0, 1], ids=["copied", "from-a-spare"])
+def test_copied_tenant_equals_migrated_tenant(db_access, settings, spares, spare_count):
+    spares(spare_count)
+    create_tenant("beta-2")  # the template exists from here on, and the spare if any
     copied = create_tenant("gamma")
     assert get_server("one").database_exists(TEMPLATE)
     settings.TENANCY = {**settings.TENANCY, "USE_TEMPLATE_DATABASES": False}
@@ -95,9 +109,10 @@ def test_cloning_onto_an_existing_database_changes_nothing(db_access):
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="only PostgreSQL locks a template in use")
-def test_a_session_on_the_template_is_ended_before_the_copy(db_access, caplog):
+def test_a_session_on_the_template_is_ended_before_the_copy(db_access, caplog, spares):
     # A session someone left on the template (or a pool's, such as PgBouncer's server
     # connections) would make PostgreSQL refuse the copy.
+    spares(0)
     create_tenant("gamma")  # makes sure the template exists
     server = tenancy_settings.server("one")
     session = psycopg.connect(
@@ -116,14 +131,18 @@ def test_a_session_on_the_template_is_ended_before_the_copy(db_access, caplog):
         assert Note.objects.count() == 0
 
 
-def test_template_dropped_behind_our_back_is_rebuilt(db_access):
+@pytest.mark.parametrize("spare_count", [0, 1])
+def test_template_dropped_behind_our_back_is_rebuilt(db_access, spares, spare_count):
+    spares(spare_count)
     create_tenant("gamma")  # the template is now known to be current in this process
     get_server("one").drop_database(TEMPLATE)
-    delta = create_tenant("delta")
+    delta = create_tenant("delta")  # from the spare made before the drop, if any
+    epsilon = create_tenant("epsilon")
     assert get_server("one").database_exists(TEMPLATE)
-    with tenant_context(delta):
-        assert Note.objects.count() == 0
-        assert ("tenantapp", "0001_initial") in applied_migrations(tenant_connection())
+    for tenant in (delta, epsilon):
+        with tenant_context(tenant):
+            assert Note.objects.count() == 0
+            assert ("tenantapp", "0001_initial") in applied_migrations(tenant_connection())
 
 
 def test_missing_sqlite_template_is_not_created_empty(db_access, tmp_path, settings):

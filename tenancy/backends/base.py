@@ -35,6 +35,12 @@ class DatabaseServer:
         Raises ``TemplateInUse`` when the copy cannot be made right now."""
         raise NotImplementedError
 
+    def claim_database(self, candidates: list[str], name: str) -> bool:
+        """Rename one of the databases ``candidates`` (spare copies of the template) to
+        ``name``, never two claimants the same one. ``False`` when none is left or
+        ``name`` exists already."""
+        raise NotImplementedError
+
     def template_lock(self) -> AbstractContextManager[None]:
         """Serialise work on this server's template database across processes."""
         raise NotImplementedError

@@ -65,13 +65,13 @@ class SQLiteServer(DatabaseServer):
 
     def clone_database(self, template: str, name: str) -> bool:
         source, target = self.path(template), self.path(name)
-        if target.exists():
-            return False
         # Copy through SQLite's backup API into a private file, then link it into place:
         # a crash never leaves a half-copied database under the tenant's name. What a
         # killed process left of its private file is removed first.
         _remove_partial_copies_of_dead_processes(target)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        if target.exists():
+            return False
+        partial = _private_path(target)
         try:
             try:
                 # Read-only: a missing template must not be created empty.
@@ -92,6 +92,25 @@ class SQLiteServer(DatabaseServer):
                 partial.unlink()
         return True
 
+    def claim_database(self, candidates: list[str], name: str) -> bool:
+        target = self.path(name)
+        _remove_partial_copies_of_dead_processes(target)
+        private = _private_path(target)
+        for candidate in candidates:
+            try:
+                # Moving the file away is the claim: only one process can move it.
+                os.rename(self.path(candidate), private)
+            except FileNotFoundError:
+                continue
+            try:
+                os.link(private, target)  # never replaces an existing database
+            except FileExistsError:
+                return False
+            finally:
+                private.unlink()
+            return True
+        return False
+
     @contextlib.contextmanager
     def template_lock(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,6 +125,11 @@ class SQLiteServer(DatabaseServer):
         if not self.directory.is_dir():
             return []
         return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+
+def _private_path(target: Path) -> Path:
+    """A file of this thread's own beside ``target``, linked into place when complete."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
 
 
 def _remove_partial_copies_of_dead_processes(target: Path) -> None:

@@ -181,15 +181,16 @@ def _tenancy_templates(
 ) -> Iterator[None]:
     """Template databases of this test run: rebuilt with ``--create-db``, kept with
     ``--reuse-db``, dropped at the end otherwise."""
-    from tenancy.backends import get_server
     from tenancy.conf import tenancy_settings
+    from tenancy.template_databases import drop_template_databases, wait_for_spares
 
     reuse = request.config.getvalue("reuse_db") and not request.config.getvalue("create_db")
 
     def drop() -> None:
+        wait_for_spares()
         with django_db_blocker.unblock():
             for server in tenancy_settings.SERVERS:
-                get_server(server).drop_database(tenancy_settings.template_database_name())
+                drop_template_databases(server)
 
     if not reuse:
         drop()
