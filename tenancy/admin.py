@@ -91,6 +91,12 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = ["status", "server"]
     search_fields = ["slug", "name", "database_name", "domains__domain"]
     list_per_page = 50
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        if tenancy_settings.users_per_tenant:
+            return [DomainInline]  # no main-database users to make members
+        return list(self.inlines)
+
     actions = [
         "migrate_selected",
         "suspend_selected",
@@ -343,10 +349,13 @@ class TenantAdminSite(admin.AdminSite):
         return super().login(request, extra_context)
 
     def has_permission(self, request: HttpRequest) -> bool:
-        """An active user who is an admin member of the request's tenant."""
+        """An active user who is an admin member of the request's tenant; with users per
+        tenant (the user model in ``TENANT_APPS``), an active staff user of the tenant."""
         tenant, user = getattr(request, "tenant", None), request.user
         if tenant is None or not user.is_active or not user.is_authenticated:
             return False
+        if tenancy_settings.users_per_tenant:
+            return bool(user.is_staff)
         cached = getattr(request, "_tenancy_tenant_admin", None)
         if cached is None or cached[0] != tenant.pk:
             allowed = Membership.objects.filter(
@@ -388,12 +397,15 @@ class TenantModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return self.admin_site.has_permission(request)
 
 
-@admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["user", "tenant", "is_admin", "created_at"]
     list_filter = ["is_admin"]
     search_fields = ["user__username", "tenant__slug"]
     raw_id_fields = ["user", "tenant"]
+
+
+if not tenancy_settings.users_per_tenant:
+    admin.site.register(Membership, MembershipAdmin)
 
 
 if getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL) == DEFAULT_TENANT_MODEL:

@@ -116,6 +116,12 @@ class TenancySettings:
         return frozenset(labels)
 
     @cached_property
+    def users_per_tenant(self) -> bool:
+        """Whether the user model is a tenant app's: each tenant has its own users, and
+        there are no memberships of main-database users (``tenancy.Membership``)."""
+        return str(settings.AUTH_USER_MODEL).partition(".")[0] in self.tenant_app_labels
+
+    @cached_property
     def SERVERS(self) -> dict[str, dict[str, Any]]:
         value = self._raw["SERVERS"]
         if value is None:

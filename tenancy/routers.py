@@ -72,6 +72,12 @@ class TenantRouter:
     ) -> bool | None:
         # Decided by app label only, so historical models in migrations and RunPython
         # operations are routed the same way as the real models.
+        if (app_label, model_name) == ("tenancy", "membership") and (
+            tenancy_settings.users_per_tenant
+        ):
+            # Memberships point at main-database users; with users per tenant there are
+            # none, and the table can exist nowhere.
+            return False
         tenant_app = app_label in tenancy_settings.tenant_app_labels
         if is_tenant_alias(db):
             return tenant_app
