@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
+from asgiref.local import Local
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.signals import request_finished, request_started
@@ -255,6 +256,27 @@ def close_all() -> None:
     for use in list(_thread.uses.values()):
         use.wrapper.close()
         _forget(use)
+
+
+# What a forked process inherited, kept referenced for the life of the process.
+_inherited: list[object] = []
+
+
+def forget_inherited_connections() -> None:
+    """In a process just made by ``fork()``: start with no connection objects at all,
+    Django's or tenancy's, without closing the inherited ones.
+
+    The inherited connections share their sockets with the parent's: closing one, or
+    letting it be garbage-collected (the driver then says goodbye to the server), would
+    end the parent's session. They are kept referenced instead and never used.
+    """
+    global _lock, _thread, _all_uses
+    handler = cast(Any, connections)
+    _inherited.append((handler._connections, _thread, list(_all_uses)))
+    handler._connections = Local(handler.thread_critical)
+    _lock = threading.Lock()  # another thread may have held it at the fork
+    _thread = _ThreadUses()
+    _all_uses = weakref.WeakSet()
 
 
 def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:

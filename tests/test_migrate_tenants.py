@@ -1,6 +1,7 @@
 """migrate_tenants and migrate_tenant: order, cost, failures, locks, reports."""
 
 import json
+import os
 import threading
 from contextlib import ExitStack
 
@@ -9,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
 from django.db.migrations.recorder import MigrationRecorder
+from django.db.models.signals import post_migrate
 from django.test.utils import CaptureQueriesContext
 
 from tenancy import tenant_context
@@ -49,6 +51,10 @@ def run(*args):
     except CommandError as exc:
         error = exc
     return out.getvalue().splitlines(), error
+
+
+def tenant_lines_json(lines):
+    return [line for line in lines if line.startswith("{") and '"default"' not in line]
 
 
 def tenant_lines(lines):
@@ -97,12 +103,69 @@ def test_new_migration_reaches_every_tenant_in_slug_order(fleet, migrations):
 def test_parallel_jobs_migrate_every_tenant(fleet, migrations):
     migrations("tests.migrations_v2")
     lines, error = run("--jobs", "3", "--jobs-per-server", "1")
-    assert error is None
+    assert error is None, "\n".join(lines)
     assert sorted(line.split()[1] for line in tenant_lines(lines)) == SLUGS
     assert lines[-1].startswith("3 tenant(s): 3 migrated, 0 up to date, 0 failed")
     for tenant in fleet:
         with tenant_context(tenant):
             assert Note.objects.count() == 1
+
+
+def test_parallel_jobs_are_processes_of_their_own(fleet, migrations):
+    migrated_in: dict[str, int] = {}
+
+    def record(sender, using, **kwargs):
+        if using.startswith("tenant:"):
+            pid = os.getpid()
+            # Sent in the worker: the worker's own process writes to a pipe of the test.
+            os.write(pipe_w, f"{using} {pid}\n".encode())
+
+    pipe_r, pipe_w = os.pipe()
+    post_migrate.connect(record, dispatch_uid="test-jobs-pids")
+    try:
+        migrations("tests.migrations_v2")
+        lines, error = run("--jobs", "2")
+    finally:
+        post_migrate.disconnect(dispatch_uid="test-jobs-pids")
+        os.close(pipe_w)
+    with os.fdopen(pipe_r) as reported:
+        for line in reported:
+            alias, pid = line.split()
+            migrated_in[alias.removeprefix("tenant:").partition("#")[0]] = int(pid)
+    assert error is None, "\n".join(lines)
+    assert sorted(migrated_in) == SLUGS
+    assert os.getpid() not in migrated_in.values()
+    for tenant in fleet:
+        with tenant_context(tenant):
+            assert Note.objects.count() == 1  # the data migration ran, in the worker
+
+
+def test_a_killed_worker_fails_its_tenant_and_the_others_go_on(fleet, migrations, monkeypatch):
+    monkeypatch.setenv("TENANCY_TEST_PROCESS", str(os.getpid()))
+    migrations("tests.migrations_worker_killed")
+    lines, error = run("--jobs", "2", "--json")
+    results = {r["slug"]: r for r in map(json.loads, tenant_lines_json(lines))}
+    assert sorted(results) == SLUGS
+    assert results["beta-two"]["status"] == "failed"
+    assert "worker process died" in results["beta-two"]["error"]
+    for slug in ("gamma", "omega"):
+        # Migrated, or failed beside the killed worker (the pool ends every job it had).
+        assert (
+            results[slug]["status"] == MIGRATED
+            or "worker process died" in (results[slug]["error"])
+        )
+    assert error is not None
+    assert "beta-two" in str(error)
+
+    # The killed worker's transaction was rolled back: a re-run migrates what is left.
+    migrations("tests.migrations_v2")
+    lines, error = run("--jobs", "2")
+    assert error is None, "\n".join(lines)
+    for tenant in fleet:
+        with tenant_context(tenant):
+            assert ("tenantapp", "0002_note_text_index") in set(
+                MigrationRecorder(connections[alias_for(tenant)]).applied_migrations()
+            )
 
 
 def test_one_failing_tenant_does_not_stop_the_others(fleet, migrations):

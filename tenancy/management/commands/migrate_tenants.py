@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
+import os
 import sys
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from tenancy.connections import unregister
+from tenancy.connections import close_all, forget_inherited_connections, unregister
 from tenancy.migration import (
     FAILED,
     LOCKED,
@@ -237,8 +249,13 @@ def _run_in_parallel(
     per_server: int,
     fail_fast: bool,
 ) -> Iterator[MigrationResult]:
-    """Results in completion order. Tenants are read lazily and at most 2 x jobs are
-    queued, so memory stays flat however many tenants there are."""
+    """Results in completion order. Tenants are read lazily and at most 2 x jobs wait in
+    a backlog, so memory stays flat however many tenants there are.
+
+    With more than one job, each job is a process forked from this one (the loaded
+    migration graph and settings come along; most of migrating is Python, which threads
+    would run one at a time), or a thread where ``fork`` is not available.
+    """
     if jobs == 1:
         for tenant in tenants:
             result = work(tenant)
@@ -247,30 +264,89 @@ def _run_in_parallel(
                 return
         return
 
-    limits: dict[str, threading.BoundedSemaphore] = {}
+    def in_thread(tenant: AbstractTenant) -> MigrationResult:
+        try:
+            return work(tenant)
+        finally:
+            connections.close_all()
 
-    def limited(tenant: AbstractTenant, limit: threading.BoundedSemaphore) -> MigrationResult:
-        with limit:
-            try:
-                return work(tenant)
-            finally:
-                connections.close_all()
+    def make_pool() -> tuple[Executor, Callable[[AbstractTenant], MigrationResult]]:
+        if "fork" in multiprocessing.get_all_start_methods():
+            global _worker_work
+            _worker_work = work  # inherited by the forked workers
+            pool = ProcessPoolExecutor(
+                jobs,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(os.getpid(),),
+            )
+            return pool, _work_in_worker
+        return ThreadPoolExecutor(jobs, thread_name_prefix="migrate_tenants"), in_thread
 
+    backlog: deque[AbstractTenant] = deque()
+    source = iter(tenants)
+    running: dict[Future[MigrationResult], AbstractTenant] = {}
+    busy: Counter[str] = Counter()  # tenants in work per server
     stop = False
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migrate_tenants") as pool:
-        running: set[Future[MigrationResult]] = set()
-        for tenant in tenants:
-            if len(running) >= 2 * jobs:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    result = future.result()
-                    stop = stop or (fail_fast and result.failed)
-                    yield result
-            if stop:
-                break
-            limit = limits.setdefault(tenant.server, threading.BoundedSemaphore(per_server))
-            running.add(pool.submit(limited, tenant, limit))
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
+    pool, task = make_pool()
+    try:
+        while True:
+            for tenant in itertools.islice(source, 2 * jobs - len(backlog)):
+                backlog.append(tenant)
+            for tenant in list(backlog):
+                if stop or len(running) >= jobs:
+                    break
+                if busy[tenant.server] < per_server:
+                    backlog.remove(tenant)
+                    busy[tenant.server] += 1
+                    running[pool.submit(task, tenant)] = tenant
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
             for future in done:
-                yield future.result()
+                tenant = running.pop(future)
+                busy[tenant.server] -= 1
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    result = MigrationResult(
+                        tenant.slug,
+                        FAILED,
+                        error="A worker process died while migrating this tenant or another "
+                        "one (killed, out of memory?); run migrate_tenants again.",
+                    )
+                stop = stop or (fail_fast and result.failed)
+                yield result
+            if broken and not running:
+                pool.shutdown()
+                pool, task = make_pool()  # for the tenants still to come
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+# The per-tenant work of the running command, for its workers (set before they start).
+_worker_work: Callable[[AbstractTenant], MigrationResult] | None = None
+
+
+def _start_worker(parent: int) -> None:
+    """In a worker process, just forked: connections of its own, and an end with the
+    parent (a killed command must not leave workers behind)."""
+    forget_inherited_connections()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)  # the database rolls back what this worker had in progress
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _work_in_worker(tenant: AbstractTenant) -> MigrationResult:
+    assert _worker_work is not None
+    try:
+        return _worker_work(tenant)
+    finally:
+        close_all()  # tenancy's: the tenant's connection
+        connections.close_all()
