@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,15 +36,22 @@ def other_server(example: ExampleProject) -> str:
     return "second" if example.postgres else "main"
 
 
-def kill_at(process: subprocess.Popen[str], seconds: float) -> bool:
-    """SIGKILL after SECONDS unless it ended by then; whether it was killed."""
+def kill_at(process: subprocess.Popen[str], seconds: float, workers_end: bool = False) -> int:
+    """SIGKILL after SECONDS unless it ended by then; whether it was killed (a count: 1 +
+    the processes it had started, which must end with it when WORKERS_END)."""
     try:
         process.wait(timeout=seconds)
-        return False
+        return 0
     except subprocess.TimeoutExpired:
+        workers = child_processes(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        return True
+    if workers_end:
+        deadline = time.monotonic() + 5
+        while any(map(is_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(is_running, workers)), "worker processes outlived the command"
+    return 1 + len(workers)
 
 
 def wait_for_row(
@@ -56,6 +64,23 @@ def wait_for_row(
             raise AssertionError(f"{slug} was not registered within {limit} s")
         time.sleep(0.005)
     return time.monotonic() - started
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes PID started (Linux's /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def is_running(pid: int) -> bool:
+    """Whether PID exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def assert_registry_matches_servers(example: ExampleProject) -> dict[str, tuple[str, str, str]]:
@@ -90,7 +115,7 @@ def test_provisioning_killed_at_random_points_is_finished_by_a_rerun(example):
         slug = f"crash-{number}"
         process = create(slug)
         wait_for_row(example, slug, process)
-        killed = kill_at(process, rng.uniform(0, window))
+        killed = bool(kill_at(process, rng.uniform(0, window)))
         status, _, database = example.registry()[slug]
         in_database = database in example.tenant_databases()[server]
         left_as[(killed, status, in_database)] += 1
@@ -135,15 +160,26 @@ def test_migrate_tenants_killed_at_random_points_is_finished_by_a_rerun(example)
     example.manage("migrate_tenants")
     full_run = time.monotonic() - started
 
-    kills = 0
-    for _ in range(MIGRATE_KILLS):
+    kills = workers_seen = 0
+    for round_ in range(MIGRATE_KILLS + 1):
         unmigrate()
         process = example.popen("migrate_tenants", "--jobs", "2")
-        kills += kill_at(process, rng.uniform(0.8 * start_up, full_run))
+        if round_ < MIGRATE_KILLS:  # at a random point
+            killed = kill_at(process, rng.uniform(0.8 * start_up, full_run), workers_end=True)
+        else:  # and once surely while its workers migrate
+            while not child_processes(process.pid) and process.poll() is None:
+                time.sleep(0.01)
+            killed = kill_at(process, 0, workers_end=True)
+        kills += bool(killed)
+        workers_seen += max(killed - 1, 0)
         summary = example.manage("migrate_tenants", "--jobs", "2")  # the re-run, no waiting
         assert "0 failed" in summary, summary
+    assert workers_seen > 0
     assert example.popen("migrate_tenants", "--check").wait(timeout=120) == 0
-    print(f"\nmigrate_tenants killed {kills} of {MIGRATE_KILLS} times, each re-run finished")
+    print(
+        f"\nmigrate_tenants killed {kills} of {MIGRATE_KILLS + 1} times ({workers_seen} "
+        "worker processes ended with it), each re-run finished"
+    )
     assert kills > 0
     registry = assert_registry_matches_servers(example)
     assert {status for status, _, _ in registry.values()} == {"active"}
