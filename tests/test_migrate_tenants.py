@@ -1,8 +1,11 @@
 """migrate_tenants and migrate_tenant: order, cost, failures, locks, reports."""
 
+import dataclasses
 import json
 import os
+import signal
 import threading
+import time
 from contextlib import ExitStack
 
 import pytest
@@ -15,10 +18,12 @@ from django.test.utils import CaptureQueriesContext
 
 from tenancy import tenant_context
 from tenancy.connections import alias_for, registered_aliases
+from tenancy.management.commands.migrate_tenants import _run_in_parallel
 from tenancy.migration import (
     LOCKED,
     MIGRATED,
     UP_TO_DATE,
+    MigrationResult,
     migrate_tenant,
     migration_lock,
     reset_state,
@@ -360,3 +365,27 @@ def test_a_plan_with_a_non_atomic_migration_runs_outside_a_transaction(fleet, mi
     migrations("tests.migrations_nonatomic")
     result = migrate_tenant(fleet[0])
     assert (result.status, result.applied, result.error) == (MIGRATED, 1, "")
+
+
+@dataclasses.dataclass
+class FakeTenant:
+    slug: str
+    server: str = "one"
+
+
+def die_for_a(tenant):
+    if tenant.slug == "a" and str(os.getpid()) != os.environ["TENANCY_TEST_PROCESS"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.3)  # b is still in work when a's worker dies
+    return MigrationResult(tenant.slug, MIGRATED, applied=1)
+
+
+def test_after_a_worker_died_the_other_tenants_go_on_in_a_new_pool(monkeypatch):
+    monkeypatch.setenv("TENANCY_TEST_PROCESS", str(os.getpid()))
+    tenants = [FakeTenant(slug) for slug in "abcde"]
+    results = {r.slug: r for r in _run_in_parallel(tenants, die_for_a, 2, 2, fail_fast=False)}
+    assert sorted(results) == list("abcde")
+    assert results["a"].failed
+    assert results["b"].failed  # in work in the same pool
+    assert "worker process died" in results["b"].error
+    assert [results[slug].status for slug in "cde"] == [MIGRATED] * 3

@@ -146,6 +146,7 @@ def test_a_claim_never_replaces_an_existing_database(db_access):
     assert get_server("one").claim_database([SPARE], gamma.database_name) is False
     with tenant_context(gamma):
         assert list(Note.objects.values_list("text", flat=True)) == ["kept"]
+    assert get_server("one").database_exists(SPARE)  # still there for the next tenant
 
 
 def test_no_spares_when_set_to_zero(db_access, settings):

@@ -95,6 +95,8 @@ class SQLiteServer(DatabaseServer):
     def claim_database(self, candidates: list[str], name: str) -> bool:
         target = self.path(name)
         _remove_partial_copies_of_dead_processes(target)
+        if target.exists():
+            return False  # keep the spares for databases still to come
         private = _private_path(target)
         for candidate in candidates:
             try:

@@ -287,14 +287,18 @@ def _run_in_parallel(
     source = iter(tenants)
     running: dict[Future[MigrationResult], AbstractTenant] = {}
     busy: Counter[str] = Counter()  # tenants in work per server
-    stop = False
+    stop = broken = False
     pool, task = make_pool()
     try:
         while True:
             for tenant in itertools.islice(source, 2 * jobs - len(backlog)):
                 backlog.append(tenant)
+            if broken and not running:
+                pool.shutdown()
+                pool, task = make_pool()  # for the tenants still to come
+                broken = False
             for tenant in list(backlog):
-                if stop or len(running) >= jobs:
+                if stop or broken or len(running) >= jobs:
                     break
                 if busy[tenant.server] < per_server:
                     backlog.remove(tenant)
@@ -303,7 +307,6 @@ def _run_in_parallel(
             if not running:
                 return
             done, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
             for future in done:
                 tenant = running.pop(future)
                 busy[tenant.server] -= 1
@@ -319,9 +322,6 @@ def _run_in_parallel(
                     )
                 stop = stop or (fail_fast and result.failed)
                 yield result
-            if broken and not running:
-                pool.shutdown()
-                pool, task = make_pool()  # for the tenants still to come
     finally:
         pool.shutdown(cancel_futures=True)
 
