@@ -153,11 +153,11 @@ def test_migrate_tenants_killed_at_random_points_is_finished_by_a_rerun(example)
     # Kill between the end of start-up (a run with nothing to do) and the end of a run
     # that migrates every tenant.
     started = time.monotonic()
-    example.manage("migrate_tenants")
+    example.manage("migrate_tenants", "--jobs", "2")
     start_up = time.monotonic() - started
     unmigrate()
     started = time.monotonic()
-    example.manage("migrate_tenants")
+    example.manage("migrate_tenants", "--jobs", "2")
     full_run = time.monotonic() - started
 
     kills = workers_seen = 0
