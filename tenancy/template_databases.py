@@ -147,7 +147,7 @@ def refill_spares(server: str) -> None:
     if is_test_run() and not _background_in_tests:
         # pytest-django lets only the test itself reach the databases, and tests want
         # to see the spares made when provisioning returns.
-        _refill(server)
+        _refill_and_log(server)
         return
     with _refills_lock:
         _refills_wanted.add(server)
@@ -176,10 +176,15 @@ def _refill_loop(server: str) -> None:
                 del _refills[server]
                 return
             _refills_wanted.discard(server)
-        try:
-            _refill(server)
-        except Exception:
-            logger.exception("Making spare databases on server %s failed", server)
+        _refill_and_log(server)
+
+
+def _refill_and_log(server: str) -> None:
+    """Spares only save time: failing to make one never fails a provisioning."""
+    try:
+        _refill(server)
+    except Exception:
+        logger.exception("Making spare databases on server %s failed", server)
 
 
 def _refill(server: str) -> None:

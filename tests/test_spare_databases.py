@@ -1,6 +1,7 @@
 """Spare copies of the template: provisioning renames one instead of copying."""
 
 import contextlib
+import logging
 import sqlite3
 import threading
 
@@ -173,3 +174,20 @@ def test_outside_tests_the_spare_is_made_in_the_background(db_access, monkeypatc
     assert get_server("two").database_exists(SPARE)
     # The tenant's own copy in the caller's thread, the spare in the background.
     assert made_in == [threading.current_thread().name, "tenancy-spares-two"]
+
+
+def test_a_spare_that_cannot_be_made_fails_no_provisioning(db_access, monkeypatch, caplog):
+    templates.drop_template_databases("two")
+    clone = type(get_server("two")).clone_database
+
+    def no_spares(self, template, name):
+        if name == SPARE:
+            raise RuntimeError("disk full")
+        return clone(self, template, name)
+
+    monkeypatch.setattr(type(get_server("two")), "clone_database", no_spares)
+    with caplog.at_level(logging.ERROR, logger="tenancy.templates"):
+        gamma = create_tenant("gamma", server="two")
+    assert gamma.status == "active"
+    assert "Making spare databases on server two failed" in caplog.text
+    assert not get_server("two").database_exists(SPARE)
