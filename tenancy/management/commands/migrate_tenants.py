@@ -254,7 +254,7 @@ def _run_in_parallel(
 
     With more than one job, each job is a process forked from this one (the loaded
     migration graph and settings come along; most of migrating is Python, which threads
-    would run one at a time), or a thread where ``fork`` is not available.
+    would run one at a time) on Linux, or a thread elsewhere.
     """
     if jobs == 1:
         for tenant in tenants:
@@ -271,7 +271,9 @@ def _run_in_parallel(
             connections.close_all()
 
     def make_pool() -> tuple[Executor, Callable[[AbstractTenant], MigrationResult]]:
-        if "fork" in multiprocessing.get_all_start_methods():
+        # Linux only: macOS lists fork too, but system libraries there may crash in a
+        # forked child (the reason Python defaults to spawn on macOS).
+        if sys.platform.startswith("linux"):
             global _worker_work
             _worker_work = work  # inherited by the forked workers
             pool = ProcessPoolExecutor(
