@@ -260,6 +260,13 @@ class TenancySettings:
             for number in range(1, self.SPARE_DATABASES + 1)
         ]
 
+    def is_spare_database_name(self, name: str) -> bool:
+        """Whether ``name`` is a spare's name, whatever ``SPARE_DATABASES`` is now."""
+        pattern = as_test_database_name(self.DATABASE_NAME.format(slug="_spare_\x00"))
+        prefix, _, suffix = pattern.partition("\x00")
+        number = name.removeprefix(prefix).removesuffix(suffix)
+        return name == f"{prefix}{number}{suffix}" and number.isdigit()
+
     def validate(self) -> None:
         """Read every value, so that any error is raised now (used by the system check)."""
         for key in DEFAULTS:

@@ -114,21 +114,24 @@ def _bring_up_to_date(template: TemplateDatabase) -> None:
             template.server,
             result.applied,
         )
-        for spare in tenancy_settings.spare_database_names():
-            get_server(template.server).drop_database(spare)  # copies of the old schema
+        _drop_spares(template.server)  # copies of the old schema
     _current[template] = state
 
 
 def drop_template_databases(server: str) -> None:
     """Drop ``server``'s template database and its spares (they are made again when
     needed)."""
-    database_server = get_server(server)
-    for name in (
-        tenancy_settings.template_database_name(),
-        *tenancy_settings.spare_database_names(),
-    ):
-        database_server.drop_database(name)
+    get_server(server).drop_database(tenancy_settings.template_database_name())
     _current.pop(template_for(server), None)
+    _drop_spares(server)
+
+
+def _drop_spares(server: str) -> None:
+    """Every spare on ``server``, also those beyond today's ``SPARE_DATABASES``."""
+    database_server = get_server(server)
+    for name in database_server.list_databases():
+        if tenancy_settings.is_spare_database_name(name):
+            database_server.drop_database(name)
 
 
 # Background refills: the thread of each server that has one running, and the servers

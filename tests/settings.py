@@ -90,6 +90,10 @@ TENANCY = {
     "PUBLIC_HOSTS": ["admin.example.test"],
     "SERVERS": {"one": SERVER_1, "two": SERVER_2},
     "DEFAULT_SERVER": "one",
+    # Spares are tested by the tests that ask for them (and the example project's, which
+    # runs with the default): elsewhere they would only add a copy wherever a test makes
+    # the template again.
+    "SPARE_DATABASES": 0,
     # Under pytest, tenancy's plugin names them test_tenancy_<slug>, as Django names
     # test databases, so tests never touch a real tenant.
     "DATABASE_NAME": "tenancy_{slug}",

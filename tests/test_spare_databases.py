@@ -66,6 +66,18 @@ def is_marked(database: str) -> bool:
 
 def test_spare_names_cannot_be_a_tenants():
     assert tenancy_settings.spare_database_names() == [SPARE]
+    assert tenancy_settings.is_spare_database_name("test_tenancy__spare_7")
+    for name in ("test_tenancy_spare_1", "test_tenancy__spare_", "test_tenancy__template"):
+        assert not tenancy_settings.is_spare_database_name(name)
+
+
+def test_spares_beyond_the_setting_go_with_the_template(db_access, settings):
+    create_tenant("gamma")
+    assert get_server("one").database_exists(SPARE)
+    settings.TENANCY = {**settings.TENANCY, "SPARE_DATABASES": 0}
+    templates.drop_template_databases("one")
+    assert not get_server("one").database_exists(SPARE)
+    assert not get_server("one").database_exists(TEMPLATE)
 
 
 def test_provisioning_takes_the_spare_and_leaves_a_new_one(db_access):
