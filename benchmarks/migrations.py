@@ -11,6 +11,8 @@ Prints three comparisons, each measured in this one run on the same cluster:
 3. Provisioning one tenant from a spare copy of the template (the default) and by copying
    the template, against migrating it, the tenant apps being Django's auth, contenttypes
    and sessions plus an app with 100 migrations.
+4. The peak memory of `migrate_tenants` with nothing to do on a tenth of the tenants and on
+   all of them, with --jobs 1 and --jobs 4.
 """
 
 from __future__ import annotations
@@ -86,6 +88,25 @@ def manage(*args: str, **extra: str) -> float:
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
+
+
+def peak_memory(*args: str) -> int:
+    """Run manage.py in a new process; the peak resident memory, in MB, of the largest
+    process it was or started (the command, or one of its --jobs workers)."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(done.stdout.split()[-1]) // 1024  # Linux reports kilobytes
 
 
 def main() -> None:
@@ -177,6 +198,14 @@ def main() -> None:
     ours = statistics.median(noop)
     ours_per_tenant = ours / options.tenants
 
+    # 4. Memory against the number of tenants: no-op runs on a tenth and on all of them.
+    tenth = [arg for i in range(len(fleet) // 10) for arg in ("--tenant", f"fleet-{i:04d}")]
+    memory = {
+        (count, jobs): peak_memory("migrate_tenants", *selection, "--jobs", str(jobs))
+        for count, selection in ((len(fleet) // 10, tenth), (len(fleet), ["--server", "fleet"]))
+        for jobs in (1, 4)
+    }
+
     # 2. One new migration on N tenants, --jobs 1 and --jobs 4.
     add_tenants("jobs1", options.jobs_tenants, "jobs1")
     add_tenants("jobs4", options.jobs_tenants, "jobs4")
@@ -209,6 +238,12 @@ def main() -> None:
         f" {median_migrated / median_spared:.1f}x)",
         f"   ratio, the default (a spare) against migrating: "
         f"{median_migrated / median_spared:.1f}x (target >= 10x)",
+        "",
+        "4. Peak memory of the largest process, nothing to migrate (command or worker)",
+        *(
+            f"   {count:5d} tenants, --jobs {jobs}: {megabytes} MB"
+            for (count, jobs), megabytes in memory.items()
+        ),
     ]
     print("\n".join(lines))
 
