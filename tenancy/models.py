@@ -34,7 +34,9 @@ class TenantStatus(models.TextChoices):
     DELETING = "deleting", _("deleting")
 
 
-# The tenants whose databases are in use and kept at the current schema.
+# The tenants whose databases are in use and kept at the current schema (migrate_tenants
+# without --tenant). Provisioning, failed and deleting tenants are left to create_tenant
+# and delete_tenant, which migrate or remove them themselves.
 MIGRATED_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
 
 

@@ -145,7 +145,7 @@ _background_in_tests = False
 def refill_spares(server: str) -> None:
     """Make ``server``'s missing spare databases in a background thread. The thread is
     not a daemon: a management command's process waits for it before it exits."""
-    if not tenancy_settings.spare_database_names():
+    if not tenancy_settings.SPARE_DATABASES:
         return
     if is_test_run() and not _background_in_tests:
         # pytest-django lets only the test itself reach the databases, and tests want

@@ -26,7 +26,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from tenancy.connections import close_all, forget_inherited_connections, unregister
+from tenancy.connections import forget_inherited_connections, unregister
 from tenancy.migration import (
     FAILED,
     LOCKED,
@@ -40,9 +40,6 @@ from tenancy.migration import (
     migration_lock,
 )
 from tenancy.models import MIGRATED_STATUSES, AbstractTenant, TenantStatus, get_tenant_model
-
-# Tenants migrated when no --tenant is given. Provisioning, failed and deleting tenants
-# are left to create_tenant / delete_tenant, which migrate or remove them themselves.
 
 
 class Command(BaseCommand):
@@ -350,5 +347,4 @@ def _work_in_worker(tenant: AbstractTenant) -> MigrationResult:
     try:
         return _worker_work(tenant)
     finally:
-        close_all()  # tenancy's: the tenant's connection
-        connections.close_all()
+        connections.close_all()  # `work` unregistered the tenant, closing its connection
