@@ -134,8 +134,10 @@ def main() -> None:
 
     server = get_server("fleet")
     for name in server.list_databases():
-        if name.startswith("bench_"):
-            server.drop_database(name)
+        if name.startswith("bench_") and name != "bench_main":
+            server.drop_database(name, allow_template=True)
+    with server._cursor() as cursor:  # tenancy refuses to drop the main database itself
+        cursor.execute("DROP DATABASE IF EXISTS bench_main WITH (FORCE)")
     server.create_database("bench_main")
     call_command("migrate_tenants", verbosity=0, stdout=open(os.devnull, "w"))  # noqa: SIM115
 

@@ -46,6 +46,7 @@ def create_fleet(count: int) -> list[str]:
 
     from example_project.projects.models import Project, Task
     from tenancy import tenant_context
+    from tenancy.backends.sqlite import sqlite_path
     from tenancy.conf import tenancy_settings
     from tenancy.connections import connection_for, unregister_all
     from tenancy.models import Domain, Tenant, TenantStatus
@@ -56,7 +57,7 @@ def create_fleet(count: int) -> list[str]:
     with tenant_context(first):
         project = Project.objects.create(name="Launch")
         Task.objects.create(project=project, title="Write the docs")
-    source = Path(connection_for(first).settings_dict["NAME"])
+    source = sqlite_path(connection_for(first).settings_dict["NAME"])
     unregister_all()
     slugs = [f"t{i:05d}" for i in range(count)]
     tenants = Tenant.objects.bulk_create(
@@ -99,20 +100,26 @@ class Server:
     """Calls Django's WSGI handler the way a WSGI server does."""
 
     def __init__(self) -> None:
-        from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
         from django.contrib.auth.models import User
-        from django.contrib.sessions.backends.db import SessionStore
         from django.core.handlers.wsgi import WSGIHandler
 
         self.handler = WSGIHandler()
-        # Signed in as the member, as a browser would be.
-        user = User.objects.get(username=MEMBER)
-        session = SessionStore()
-        session[SESSION_KEY] = str(user.pk)
-        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-        session.create()
-        self.cookie = f"sessionid={session.session_key}"
+        self.member = User.objects.get(username=MEMBER)
+        self.cookies: dict[str, str] = {}
+
+    def cookie(self, host: str) -> str:
+        """The member's session on ``host``'s tenant, signed in there on first use, as a
+        browser would be (a session is bound to the tenant it was signed in on)."""
+        if host not in self.cookies:
+            from django.test import Client
+
+            from tenancy import tenant_context
+
+            client = Client()
+            with tenant_context(host.partition(".")[0]):  # the hosts are <slug>.localhost
+                client.force_login(self.member)
+            self.cookies[host] = f"sessionid={client.cookies['sessionid'].value}"
+        return self.cookies[host]
 
     def get(self, host: str, path: str = "/api/tasks/") -> bytes:
         status, body = self.request(host, path)
@@ -129,7 +136,7 @@ class Server:
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "HTTP_HOST": host,
-            "HTTP_COOKIE": self.cookie,
+            "HTTP_COOKIE": self.cookie(host),
             "wsgi.url_scheme": "http",
             "wsgi.input": io.BytesIO(),
             "wsgi.errors": sys.stderr,

@@ -18,6 +18,7 @@ from tenancy.exceptions import (
     NoTenantError,
     TenancyError,
     TenantNotFound,
+    TenantRemoved,
     TenantServerError,
     TenantUnavailable,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "NoTenantError",
     "TenancyError",
     "TenantNotFound",
+    "TenantRemoved",
     "TenantServerError",
     "TenantUnavailable",
     "atomic",

@@ -13,13 +13,15 @@ Every change that touches a tenant's database (provisioning, migrating, deleting
 from __future__ import annotations
 
 from functools import update_wrapper
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import django
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.options import get_content_type_for_model
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -28,6 +30,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from tenancy.admin_log import log_transaction, record_tenant, tenant_log_entries
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
 from tenancy.exceptions import TenancyError
 from tenancy.migration import FAILED, MIGRATED, migrate_tenant
@@ -40,6 +43,9 @@ from tenancy.models import (
     get_tenant_model,
 )
 from tenancy.provisioning import deprovision_tenant, provision_tenant
+
+if TYPE_CHECKING:
+    from django.contrib.admin.models import LogEntry
 
 PROVISION_PERMISSION = "provision_tenant"
 
@@ -328,11 +334,28 @@ class TenantAdminSite(admin.AdminSite):
         tenant_admin.register(Project, TenantModelAdmin)
         urlpatterns = [path("manage/", tenant_admin.urls), ...]
 
-    Models of tenant apps belong only on such a site: ``manage.py check`` reports one
-    registered on another admin site (``tenancy.E007``).
+    Models of tenant apps belong only on such a site, and only they: ``manage.py check``
+    reports one registered on another admin site (``tenancy.E007``) and a shared model
+    registered here (``tenancy.E008``).
+
+    Django's admin log is shared by all tenants; every ``ModelAdmin`` registered here
+    records the tenant of the entries it writes (``TenantLogMixin``), and the history
+    pages and "Recent actions" show only the current tenant's entries.
     """
 
     site_header = _("Tenant administration")
+
+    def register(self, model_or_iterable: Any, admin_class: Any = None, **options: Any) -> None:
+        admin_class = admin_class or admin.ModelAdmin
+        if not issubclass(admin_class, TenantLogMixin):
+            # As Django itself does with ``options``: a subclass, here one that records
+            # the tenant of its log entries.
+            admin_class = type(
+                admin_class.__name__,
+                (TenantLogMixin, admin_class),
+                {"__module__": admin_class.__module__},
+            )
+        super().register(model_or_iterable, admin_class, **options)
 
     def admin_view(self, view: Any, cacheable: bool = False) -> Any:
         checked = super().admin_view(view, cacheable)
@@ -371,15 +394,76 @@ class TenantAdminSite(admin.AdminSite):
             context["site_header"] = f"{self.site_header}: {tenant.name}"
         return context
 
+    def get_log_entries(self, request: HttpRequest) -> QuerySet[LogEntry]:
+        """The "Recent actions" of the index page: the current tenant's only."""
+        entries = tenant_log_entries(_require_tenant(request))
+        return entries.select_related("content_type", "user")
 
-def _require_tenant(request: HttpRequest) -> None:
-    if getattr(request, "tenant", None) is None:
+
+def _require_tenant(request: HttpRequest) -> AbstractTenant:
+    tenant: AbstractTenant | None = getattr(request, "tenant", None)
+    if tenant is None:
         raise Http404("The tenant admin is reached on a tenant's own domain.")
+    return tenant
 
 
-class TenantModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TenantLogMixin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Writes the admin log entries of a ``TenantAdminSite`` with their tenant, and shows
+    a history of the current tenant's entries only: objects of different tenants share
+    primary keys, and Django's log, in the main database, tells them apart by nothing
+    else. ``TenantAdminSite.register`` adds it to every ``ModelAdmin``."""
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> LogEntry:
+        tenant = _require_tenant(request)
+        with log_transaction():
+            entry = super().log_addition(request, obj, message)
+            record_tenant(tenant, [entry])
+        return entry
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> LogEntry:
+        tenant = _require_tenant(request)
+        with log_transaction():
+            entry = super().log_change(request, obj, message)
+            record_tenant(tenant, [entry])
+        return entry
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> list[LogEntry]:
+        tenant = _require_tenant(request)
+        with log_transaction():
+            entries = super().log_deletions(request, queryset)
+            record_tenant(tenant, entries)
+        return entries
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # Django's view, with the list it shows (and pages) replaced by the tenant's.
+        from django.contrib.admin.views.main import PAGE_VAR
+
+        entries = (
+            tenant_log_entries(_require_tenant(request))
+            .filter(
+                object_id=unquote(object_id),
+                content_type=get_content_type_for_model(self.model),
+            )
+            .select_related("user", "content_type")
+            .order_by("action_time")
+        )
+        paginator = self.get_paginator(request, entries, 100)
+        page = paginator.get_page(request.GET.get(PAGE_VAR, 1))
+        tenant_history = {
+            "action_list": page,
+            "page_range": paginator.get_elided_page_range(page.number),
+            "pagination_required": paginator.count > 100,
+        }
+        return super().history_view(
+            request, object_id, {**tenant_history, **(extra_context or {})}
+        )
+
+
+class TenantModelAdmin(TenantLogMixin):
     """A ``ModelAdmin`` for a tenant model on a ``TenantAdminSite``: the tenant's admins
-    may view, add, change and delete its rows."""
+    may view, add, change and delete its rows (and see its history, the tenant's only)."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.admin_site.has_permission(request)

@@ -5,6 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.signals import setting_changed
+from django.db.models.signals import pre_delete
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING
@@ -21,10 +22,24 @@ class TenancyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the system checks, and the per-request work on tenant connections.
-        from tenancy import checks, connections  # noqa: F401
+        # Registers the system checks, the per-request work on tenant connections, and
+        # the binding of each sign-in to its site.
+        from tenancy import checks, connections, sessions  # noqa: F401
 
         setting_changed.connect(_tenancy_setting_changed, dispatch_uid="tenancy.settings")
+
+        from tenancy import guards
+
+        guards.install()  # CrossTenantError for objects the router never sees
+
+        from tenancy.admin_log import delete_tenant_log_entries
+
+        # By label: a wrong TENANCY_TENANT_MODEL is reported by the system checks.
+        pre_delete.connect(
+            delete_tenant_log_entries,
+            sender=getattr(settings, TENANT_MODEL_SETTING),
+            dispatch_uid="tenancy.admin_log.delete_tenant_log_entries",
+        )
 
 
 def _tenancy_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -11,10 +11,11 @@ every message sent from this process)::
     with tenant_context("acme"):
         send_invoice.delay(42)              # the message carries "acme"
 
-A task sent with no tenant active runs with none (tenant models fail closed there). The
-worker looks the tenant up when the task starts: a tenant removed or suspended since fails
-the task with ``TenantNotFound``/``TenantUnavailable``. After each task the worker thread
-closes its tenant connections as Django would (``CONN_MAX_AGE``, the connection cap).
+A task sent with no tenant active runs with none (tenant models fail closed there); one
+called directly, or with ``apply()``, runs in the caller's tenant. The worker looks the
+tenant up when the task starts: a tenant removed or suspended since fails the task with
+``TenantNotFound``/``TenantUnavailable``. After each task the worker thread closes its
+tenant connections as Django would (``CONN_MAX_AGE``, the connection cap).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class TenantTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.is_eager:  # apply() and task_always_eager run in the caller's context
+        # apply() and task_always_eager run in the caller's context, and so does a task
+        # called as a function (`send_invoice(42)`, also from inside another task).
+        if request.is_eager or request.called_directly:
             return super().__call__(*args, **kwargs)
         slug = getattr(request, HEADER, None) or (request.headers or {}).get(HEADER)
         with running_in(slug):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.conf import settings
@@ -12,6 +12,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model
 
 from tenancy.conf import tenancy_settings
+
+if TYPE_CHECKING:
+    from django.contrib.admin import AdminSite
 
 ROUTER = "tenancy.routers.TenantRouter"
 
@@ -50,7 +53,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 @checks.register(checks.Tags.admin)
 def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Tenant models belong on a TenantAdminSite: anywhere else no tenant is active."""
+    """Tenant models belong on a TenantAdminSite, where a tenant is active, and shared
+    models elsewhere: on a TenantAdminSite each tenant's admins would manage every
+    tenant's rows."""
     if not apps.is_installed("django.contrib.admin"):
         return []
     try:
@@ -65,6 +70,7 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
     tenant_models = [model for model in apps.get_models() if model._meta.app_label in labels]
     for site in list(all_sites):
         if isinstance(site, TenantAdminSite):
+            errors.extend(_check_tenant_admin_site(site, labels))
             continue
         for model in tenant_models:
             if site.is_registered(model):
@@ -79,6 +85,24 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
                     )
                 )
     return errors
+
+
+def _check_tenant_admin_site(
+    site: AdminSite, labels: Collection[str]
+) -> list[checks.CheckMessage]:
+    shared = [model for model in site._registry if model._meta.app_label not in labels]
+    return [
+        checks.Error(
+            f"{model._meta.label} is stored in the main database, shared by all tenants, "
+            f"but registered on the tenant admin site {site.name!r}: each tenant's admins "
+            "could change the rows of every tenant.",
+            hint="Register it on an admin site of the main site (e.g. admin.site); a "
+            "TenantAdminSite is for models of TENANCY['TENANT_APPS'].",
+            obj=site,
+            id="tenancy.E008",
+        )
+        for model in sorted(shared, key=lambda model: model._meta.label)
+    ]
 
 
 @checks.register(checks.Tags.models)
@@ -158,6 +182,43 @@ def _check_atomic_requests() -> list[checks.CheckMessage]:
                 "them) would not run.",
                 hint="Move it to the end of MIDDLEWARE.",
                 id="tenancy.E006",
+            )
+        ]
+    return []
+
+
+SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+TENANT_MIDDLEWARE = "tenancy.middleware.TenantMiddleware"
+AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+
+
+@checks.register(checks.Tags.security)
+def check_session_binding(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """TenantMiddleware binds each sign-in to its site (``tenancy.sessions``): it needs the
+    session, and must guard it before anything can sign the user in from it."""
+    middleware = list(getattr(settings, "MIDDLEWARE", []))
+    if TENANT_MIDDLEWARE not in middleware:
+        return []
+    position = middleware.index(TENANT_MIDDLEWARE)
+    if SESSION_MIDDLEWARE in middleware[position:]:
+        return [
+            checks.Error(
+                f"{TENANT_MIDDLEWARE} comes before {SESSION_MIDDLEWARE}, so it cannot bind "
+                "sessions to their tenant: a session signed in on one tenant would sign its "
+                "user in on every other.",
+                hint=f"Move {TENANT_MIDDLEWARE!r} after {SESSION_MIDDLEWARE!r} in MIDDLEWARE.",
+                id="tenancy.E009",
+            )
+        ]
+    if AUTHENTICATION_MIDDLEWARE in middleware[:position]:
+        return [
+            checks.Error(
+                f"{AUTHENTICATION_MIDDLEWARE} comes before {TENANT_MIDDLEWARE}: middleware "
+                "in between could read request.user from a session signed in on another "
+                "tenant before the tenant is known.",
+                hint=f"Move {AUTHENTICATION_MIDDLEWARE!r} after {TENANT_MIDDLEWARE!r} in "
+                "MIDDLEWARE.",
+                id="tenancy.E010",
             )
         ]
     return []

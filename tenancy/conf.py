@@ -8,7 +8,7 @@ and name the key to fix.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import DEFAULT_DB_ALIAS
 from django.db.utils import load_backend
+from django.utils.module_loading import import_string
 
 from tenancy.validators import validate_database_name, validate_hostname
 
@@ -64,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECK_TRANSACTIONS": None,
     # Start every query on a tenant database with /* tenant=<slug> */.
     "SQL_COMMENT": False,
+    # Who may use a session signed in on one site (a tenant, or the main site) on another:
+    # None (nobody), or a function (user, tenant) -> bool or its dotted path.
+    "CROSS_TENANT_LOGIN": None,
 }
 
 
@@ -154,6 +158,17 @@ class TenancySettings:
                 f"({value!r}) must give a valid database name: lowercase letters, digits and "
                 f"underscores besides '{{slug}}' ({exc}).",
             ) from exc
+        # The fixed part appears in every name made from the pattern. With an underscore
+        # in it, no slug can make one of PostgreSQL's own databases (postgres, template0,
+        # template1): their names have none.
+        fixed = value.format(slug="")
+        if len(fixed) < 2 or "_" not in fixed:
+            raise _error(
+                "DATABASE_NAME",
+                f"({value!r}) needs a fixed part of at least 2 characters with an "
+                "underscore besides '{slug}', e.g. 'tenant_{slug}', so that no slug can "
+                "name a system database such as 'postgres' or 'template1'.",
+            )
         return value
 
     @cached_property
@@ -231,6 +246,25 @@ class TenancySettings:
     @cached_property
     def SQL_COMMENT(self) -> bool:
         return self._boolean("SQL_COMMENT")
+
+    @cached_property
+    def CROSS_TENANT_LOGIN(self) -> Callable[[Any, Any], Any] | None:
+        value = self._raw["CROSS_TENANT_LOGIN"]
+        expected = "must be None or a function (user, tenant) -> bool, or its dotted path"
+        if isinstance(value, str):
+            try:
+                value = import_string(value)
+            except ImportError as exc:
+                raise _error("CROSS_TENANT_LOGIN", f"{expected}; {exc}.") from exc
+        if value is not None and not callable(value):
+            raise _error("CROSS_TENANT_LOGIN", f"{expected}, not {value!r}.")
+        if value is not None and self.users_per_tenant:
+            raise _error(
+                "CROSS_TENANT_LOGIN",
+                "cannot be used when each tenant has users of its own: a session's user "
+                "is a user of the tenant it was signed in on.",
+            )
+        return cast(Callable[[Any, Any], Any] | None, value)
 
     def _boolean(self, key: str) -> bool:
         value = self._raw[key]

@@ -15,15 +15,22 @@ connection. The cost of a request therefore does not depend on how many tenants 
 process has served, and a thread holds only the tenant connections that are open.
 
 At a safe point, a thread closes each of its tenant connections that is outside a
-transaction and that Django would close (``CONN_MAX_AGE``, errors, autocommit left off), that
-has been idle longer than ``IDLE_CONNECTION_TIMEOUT``, or that is among the least recently
-used when the process holds more than ``MAX_OPEN_CONNECTIONS``; then it forgets the closed
-ones. A connection is closed by the thread that owns it, never from outside, with one
-exception: removing a tenant (``unregister``) closes its connection in every thread at once,
-the calling thread's through Django, others' by closing the driver connection once its
-in-flight query (if any) is done. A removed alias is never reused in the process: the next
-registration of that tenant gets a new name, so a thread that still holds the old
-connection object can never reach the tenant's database with stale settings.
+transaction and that Django would close (``CONN_MAX_AGE``, errors, autocommit left off).
+It also closes one that has been idle longer than ``IDLE_CONNECTION_TIMEOUT``, that is
+among the least recently used when the process holds more than ``MAX_OPEN_CONNECTIONS``, or
+whose tenant was removed, unless closing it would lose work: a transaction (Django's or
+the driver's), autocommit turned off, or an unfinished ``QuerySet.iterator()``. Then it
+forgets the closed ones.
+
+A connection is closed by the thread that owns it, never from outside, with one exception:
+removing a tenant (``unregister``) closes another thread's PostgreSQL connection at once,
+once its running statement (if any) is done, since psycopg 3 serializes a connection's use
+with a lock. Another thread's SQLite connection has no such lock (closing it under a
+running query crashes the process): it is retired instead, and its thread closes it at its
+next safe point. A removed alias is never reused in the process: the next registration of
+that tenant gets a new name, and a statement on a connection of a removed alias raises
+``TenantRemoved``, so a thread that still holds the old connection object can never reach
+the tenant's database with stale settings.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
@@ -55,7 +63,7 @@ from tenancy.conf import (
     tenancy_settings,
 )
 from tenancy.context import require_tenant
-from tenancy.exceptions import TenancyError, TenantServerError
+from tenancy.exceptions import TenancyError, TenantRemoved, TenantServerError
 from tenancy.log import SqlComment
 from tenancy.validators import validate_database_name, validate_slug
 
@@ -72,6 +80,10 @@ ALIAS_PREFIX = "tenant:"
 # for the cancelled query to return, when closing that thread's connection.
 CLOSE_WAIT_SECONDS = 5.0
 
+# libpq's PQTRANS_ACTIVE, PQTRANS_INTRANS and PQTRANS_INERROR (psycopg 2 and 3 alike): a
+# statement or a transaction is open on the connection.
+_PG_TRANSACTION_OPEN = frozenset({1, 2, 3})
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Registration:
@@ -87,7 +99,7 @@ class _Registration:
 class _Use:
     """One thread's connection object for one tenant alias."""
 
-    __slots__ = ("__weakref__", "alias", "close_requested", "last_used", "wrapper")
+    __slots__ = ("__weakref__", "alias", "close_requested", "iterators", "last_used", "wrapper")
 
     def __init__(self, alias: str, wrapper: BaseDatabaseWrapper) -> None:
         self.alias = alias
@@ -96,6 +108,9 @@ class _Use:
         # Set by any thread when the process holds too many connections; acted on by
         # the owning thread at its next safe point.
         self.close_requested = False
+        # The cursors of the connection's QuerySet.iterator() loops that are still alive
+        # (Django does not track them); closing the connection would break them.
+        self.iterators: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _ThreadUses(threading.local):
@@ -154,7 +169,9 @@ def register(tenant: AbstractTenant) -> str:
 
 
 def unregister(tenant: AbstractTenant | str) -> bool:
-    """Close ``tenant``'s connections in every thread and remove its alias.
+    """Remove ``tenant``'s alias and close its connections: the calling thread's and
+    other threads' PostgreSQL connections at once, other threads' SQLite connections at
+    those threads' next safe point. Until then a statement on one raises ``TenantRemoved``.
 
     Returns whether the tenant was registered. The next use registers it again.
     """
@@ -221,7 +238,9 @@ def close_old_connections(**kwargs: Any) -> None:
     """Django's ``close_old_connections``, for the calling thread's tenant connections.
 
     Runs at the start and end of every request. Call it in long-running workers between
-    units of work, as you would Django's. Connections inside a transaction are left alone.
+    units of work, as you would Django's. Connections inside a transaction are left alone;
+    so are, when only tenancy would close them (idle, over the cap, tenant removed), those
+    with autocommit turned off or an unfinished ``QuerySet.iterator()``.
     """
     cap = tenancy_settings.MAX_OPEN_CONNECTIONS
     if cap is not None and len(_all_uses) > cap:
@@ -235,17 +254,16 @@ def close_old_connections(**kwargs: Any) -> None:
         wrapper = use.wrapper
         if wrapper.in_atomic_block:
             continue
-        if wrapper.connection is not None:
-            if (
-                use.close_requested
-                or not _is_registered(use.alias)
-                or (timeout is not None and now - use.last_used >= timeout)
-            ):
-                wrapper.close()
-            else:
-                wrapper.close_if_unusable_or_obsolete()
-        if wrapper.connection is None:
-            _forget(use)
+        removed = not _is_registered(use.alias)
+        if wrapper.connection is not None and not removed:
+            wrapper.close_if_unusable_or_obsolete()  # as Django does for its databases
+        if (
+            wrapper.connection is None
+            or removed
+            or use.close_requested
+            or (timeout is not None and now - use.last_used >= timeout)
+        ):
+            _release(use)
 
 
 def close_all() -> None:
@@ -277,6 +295,20 @@ def forget_inherited_connections() -> None:
     _lock = threading.Lock()  # another thread may have held it at the fork
     _thread = _ThreadUses()
     _all_uses = weakref.WeakSet()
+
+
+def connection_failed(tenant: AbstractTenant) -> bool:
+    """Whether a database error (other than a data or integrity error) occurred on one of
+    the calling thread's connections to ``tenant``'s database, under its current alias or
+    one removed since. Registers nothing."""
+    registration = _registrations.get(tenant.slug)
+    if registration is not None and registration.published:
+        wrappers = [connections[registration.alias]]
+    else:
+        wrappers = [
+            use.wrapper for use in _thread.uses.values() if _slug_of(use.alias) == tenant.slug
+        ]
+    return any(wrapper.errors_occurred for wrapper in wrappers)
 
 
 def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
@@ -357,23 +389,96 @@ def _slug_of(alias: str) -> str:
 
 
 def _attach(registration: _Registration) -> _Use:
+    slug = _slug_of(registration.alias)
+    for other in _thread.uses.values():
+        if other.wrapper.in_atomic_block and _slug_of(other.alias) == slug:
+            # The thread is inside a transaction on the tenant's removed alias: what it
+            # writes from now on must not escape the transaction through a new alias.
+            raise TenantRemoved(slug)
     settings = registration.settings
     wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
+    use = _Use(registration.alias, wrapper)
+    _instrument(use, registration)
     if tenancy_settings.SQL_COMMENT:
-        wrapper.execute_wrappers.append(SqlComment(_slug_of(registration.alias)))
+        wrapper.execute_wrappers.append(SqlComment(slug))
     connections[registration.alias] = wrapper
-    use = _thread.uses[registration.alias] = _Use(registration.alias, wrapper)
+    _thread.uses[registration.alias] = use
     with _lock:
         _all_uses.add(use)
     cap = tenancy_settings.MAX_OPEN_CONNECTIONS
     if cap is not None and len(_all_uses) > cap:
-        # Opening another tenant's connection is a safe point for the thread's others.
         _request_closing(cap, opening=1)
-        for other in list(_thread.uses.values()):
-            if other.close_requested and not other.wrapper.in_atomic_block:
-                other.wrapper.close()
-                _forget(other)
+    # Opening another tenant's connection is a safe point for the thread's others.
+    for other in list(_thread.uses.values()):
+        if other is not use and (other.close_requested or not _is_registered(other.alias)):
+            _release(other)
     return use
+
+
+def _instrument(use: _Use, registration: _Registration) -> None:
+    """Make ``use``'s connection object refuse work once its alias is removed, and
+    remember the cursors ``QuerySet.iterator()`` gets from it (``chunked_cursor()``).
+
+    Once the alias is removed, making a cursor or running a statement on a cursor made
+    before raises ``TenantRemoved`` (as does connecting: ``_refuse_removed_alias``)
+    instead of reaching the database with stale settings, or a connection another thread
+    closed. Ending a transaction still works (``commit()``, ``rollback()``, leaving
+    ``atomic()``), and the thread closes the connection itself at its next safe point.
+    """
+    wrapper, slug, iterators = use.wrapper, _slug_of(registration.alias), use.iterators
+    create_cursor, chunked_cursor = wrapper.create_cursor, wrapper.chunked_cursor
+
+    def refuse_if_removed() -> None:
+        if _registrations.get(slug) is not registration:
+            raise TenantRemoved(slug)
+
+    def guarded_create_cursor(name: str | None = None) -> Any:
+        refuse_if_removed()
+        return create_cursor(name)
+
+    def guarded_execute(execute: Callable[..., Any], *args: Any) -> Any:
+        refuse_if_removed()
+        return execute(*args)
+
+    def tracked_chunked_cursor() -> Any:
+        cursor = chunked_cursor()
+        iterators.add(cursor)
+        return cursor
+
+    instrumented = cast(Any, wrapper)
+    instrumented.create_cursor = guarded_create_cursor
+    instrumented.chunked_cursor = tracked_chunked_cursor
+    wrapper.execute_wrappers.append(guarded_execute)
+
+
+def _release(use: _Use) -> None:
+    """In ``use``'s own thread: close its connection unless that would lose work, and
+    forget it once closed."""
+    if not _is_busy(use):
+        use.wrapper.close()
+    if use.wrapper.connection is None:
+        _forget(use)
+
+
+def _is_busy(use: _Use) -> bool:
+    """Whether closing ``use``'s connection now would lose work or break a loop."""
+    wrapper = use.wrapper
+    if wrapper.in_atomic_block:
+        return True
+    raw = wrapper.connection
+    if raw is None or getattr(raw, "closed", False):
+        return False  # closed already (from another thread, by unregister): nothing to lose
+    if not wrapper.autocommit:
+        return True
+    # A live cursor is one its iterator still references; psycopg also knows it closed.
+    if any(not getattr(cursor.cursor, "closed", False) for cursor in list(use.iterators)):
+        return True
+    # A transaction begun by hand (``cursor.execute("BEGIN")``): Django does not know.
+    in_transaction = getattr(raw, "in_transaction", None)  # sqlite3
+    if in_transaction is not None:
+        return bool(in_transaction)
+    info = getattr(raw, "info", None)  # psycopg
+    return getattr(info, "transaction_status", None) in _PG_TRANSACTION_OPEN
 
 
 def _request_closing(cap: int, opening: int = 0) -> None:
@@ -402,40 +507,41 @@ def _retire(slug: str) -> tuple[_Registration, list[_Use]] | None:
     if registration is None:
         return None
     _retirements[slug] = _retirements.get(slug, 0) + 1
-    uses = [use for use in _all_uses if use.alias == registration.alias]
-    for use in uses:
-        _all_uses.discard(use)
-    return registration, uses
+    return registration, [use for use in _all_uses if use.alias == registration.alias]
 
 
 def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
-    for use in uses:
-        _close(use.wrapper)
     own = _thread.uses.get(registration.alias)
+    for use in uses:
+        if use is not own and _close_from_outside(use.wrapper):
+            with _lock:
+                _all_uses.discard(use)
+        # Otherwise its thread closes it at its next safe point; until then it counts.
     if own is not None:
-        _forget(own)
+        own.wrapper.close()
+        if own.wrapper.connection is None:  # else inside atomic(): forgotten after it
+            _forget(own)
     _close_pool(registration)
 
 
-def _close(wrapper: BaseDatabaseWrapper) -> None:
-    if cast(Any, wrapper)._thread_ident == threading.get_ident():
-        wrapper.close()
-        return
+def _close_from_outside(wrapper: BaseDatabaseWrapper) -> bool:
+    """Close another thread's driver connection if its driver makes that safe; return
+    whether it is closed."""
     raw = wrapper.connection
-    if raw is None:
-        return
-    try:
-        _close_driver_connection(raw)
-    except Exception:
-        logger.exception("Could not close a connection of %s in another thread", wrapper.alias)
-
-
-def _close_driver_connection(raw: Any) -> None:
-    # psycopg holds `lock` while a query runs; closing underneath it is unsafe.
+    # psycopg 3 holds `lock` while a statement runs. sqlite3 has none: closing under a
+    # running statement frees memory the statement still uses.
     lock = getattr(raw, "lock", None)
     if lock is None:
-        raw.close()
-        return
+        return False
+    try:
+        _close_driver_connection(raw, lock)
+    except Exception:
+        logger.exception("Could not close a connection of %s in another thread", wrapper.alias)
+        return False
+    return True
+
+
+def _close_driver_connection(raw: Any, lock: threading.Lock) -> None:
     acquired = lock.acquire(timeout=CLOSE_WAIT_SECONDS)
     if not acquired:
         with contextlib.suppress(Exception):
@@ -461,10 +567,7 @@ def _refuse_removed_alias(sender: object, connection: BaseDatabaseWrapper, **kwa
     alias = connection.alias
     if is_tenant_alias(alias) and not _is_registered(alias):
         connection.close()
-        raise TenancyError(
-            f"Tenant {_slug_of(alias)!r} was removed from this process while connecting to "
-            "its database."
-        )
+        raise TenantRemoved(_slug_of(alias))
 
 
 def _reset_queries(**kwargs: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 
 if TYPE_CHECKING:
     from django.db.models import Model
@@ -46,6 +47,33 @@ class TenantUnavailable(TenancyError):
 class CrossTenantError(TenancyError):
     """An object of one tenant was used while another tenant is active."""
 
+    @classmethod
+    def for_instance(cls, instance: Model, loaded_from: str, active: str) -> CrossTenantError:
+        """``loaded_from`` and ``active`` are tenant slugs."""
+        return cls(
+            f"{instance._meta.label} object {instance.pk!r} was loaded from tenant "
+            f"{loaded_from!r} but tenant {active!r} is active. Use objects of a tenant only "
+            "inside that tenant's context."
+        )
+
 
 class TenantServerError(TenancyError, ImproperlyConfigured):
     """A tenant points at a server that TENANCY['SERVERS'] does not define."""
+
+
+class ReservedDatabaseError(TenancyError):
+    """A database that is never a tenant's (the project's own, a system database, the
+    template or a spare) or that belongs to another tenant was about to be dropped."""
+
+
+class TenantRemoved(TenancyError, DatabaseError):
+    """A connection was used after its tenant was removed from the process (deleted,
+    moved to another server or unregistered) while it was held."""
+
+    def __init__(self, slug: str) -> None:
+        self.slug = slug
+        super().__init__(
+            f"Tenant {slug!r} was removed from this process while this connection to its "
+            "database was held. Use the tenant again (tenant_context) to reach it as it is "
+            "now, if it still exists."
+        )

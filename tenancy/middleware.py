@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.db import InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
+from django.http.request import split_domain_port
 from django.utils.html import escape
 
+from tenancy.cache import keep_space_for_response
 from tenancy.conf import tenancy_settings
-from tenancy.connections import alias_for
+from tenancy.connections import connection_failed
 from tenancy.context import tenant_context
-from tenancy.models import AbstractTenant
-from tenancy.resolvers import Resolution, get_resolver
+from tenancy.exceptions import TenantRemoved
+from tenancy.models import AbstractTenant, TenantStatus
+from tenancy.resolvers import HostResolver, Resolution, get_resolver
+from tenancy.sessions import guard_session
 from tenancy.transactions import atomic
 
 logger = logging.getLogger("tenancy.middleware")
@@ -71,8 +75,10 @@ class TenantMiddleware:
         if refusal is not None:
             return refusal
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
+        guard_session(request, tenant)
         with resolver.activate(request, resolution), tenant_context(tenant):
             response = self.get_response(request)
+        keep_space_for_response(tenant)
         return _keep_tenant_while_streaming(response, tenant)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -82,25 +88,24 @@ class TenantMiddleware:
         if refusal is not None:
             return refusal
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
+        guard_session(request, tenant)
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
         with resolver.activate(request, resolution):
             async with tenant_context(tenant):
                 response = await get_response(request)
+        keep_space_for_response(tenant)
         return _keep_tenant_while_streaming(response, tenant)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A tenant whose database cannot be reached (its server is down, say) is answered
-        with 503 rather than 500; the other tenants are not affected. Only errors of the
-        tenant's own connection count: Django marks a connection on which an error
-        other than a data or integrity error occurred."""
+        with 503 rather than 500; the other tenants are not affected. A request whose
+        tenant was deleted while it ran is answered with 404, as if it had been deleted
+        before, and one whose tenant is being deleted (or was suspended) meanwhile with
+        503. See ``tenant_error_response``."""
         tenant = getattr(request, "tenant", None)
-        if tenant is None or not isinstance(exception, OperationalError | InterfaceError):
+        if tenant is None:
             return None
-        if not getattr(connections[alias_for(tenant)], "errors_occurred", False):
-            return None
-        # The message names host and database, never credentials (psycopg leaves them out).
-        logger.error("Tenant %s: its database is unreachable: %s", tenant.slug, exception)
-        return tenant_unavailable(request, tenant)
+        return tenant_error_response(request, tenant, exception)
 
     @staticmethod
     def _refuse(request: HttpRequest, resolution: Resolution) -> HttpResponse | None:
@@ -110,6 +115,48 @@ class TenantMiddleware:
         if tenant is not None and not tenant.is_active:
             return tenant_unavailable(request, tenant)
         return None
+
+
+def tenant_error_response(
+    request: HttpRequest, tenant: AbstractTenant, exception: Exception
+) -> HttpResponse | None:
+    """The answer to ``exception`` raised while serving ``tenant``, when it is an error of
+    the tenant's own database; ``None`` for any other error.
+
+    Only errors of the tenant's own connections count: Django marks a connection on
+    which an error other than a data or integrity error occurred, and tenancy raises
+    ``TenantRemoved`` for a connection of a tenant removed from the process meanwhile.
+    The registry decides the answer: 404 when the tenant is gone, 503 when it is not
+    active (being deleted, say) or its database cannot be reached.
+    """
+    if isinstance(exception, TenantRemoved):
+        if exception.slug != tenant.slug:
+            return None
+    elif not isinstance(exception, DatabaseError) or not connection_failed(tenant):
+        return None
+    status = (
+        type(tenant)._default_manager.filter(pk=tenant.pk).values_list("status", flat=True).first()
+    )
+    if status is None:
+        logger.warning("Tenant %s was deleted while a request for it ran", tenant.slug)
+        return tenant_not_found(request, _tenant_key(request, tenant))
+    if status != TenantStatus.ACTIVE:
+        return tenant_unavailable(request, tenant)
+    if isinstance(exception, TenantRemoved):
+        logger.warning("Tenant %s: %s", tenant.slug, exception)
+    elif isinstance(exception, OperationalError | InterfaceError):
+        # The message names host and database, never credentials (psycopg leaves them out).
+        logger.error("Tenant %s: its database is unreachable: %s", tenant.slug, exception)
+    else:
+        return None
+    return tenant_unavailable(request, tenant)
+
+
+def _tenant_key(request: HttpRequest, tenant: AbstractTenant) -> str:
+    """What the request named its tenant by, for the 404 page."""
+    if isinstance(get_resolver(), HostResolver):
+        return split_domain_port(request.get_host())[0].lower()
+    return tenant.slug
 
 
 def _keep_tenant_while_streaming(
@@ -183,8 +230,16 @@ class TenantAtomicRequestsMiddleware:
             return None
         if iscoroutinefunction(view):
             raise RuntimeError("TENANCY['ATOMIC_REQUESTS'] cannot wrap async views.")
-        with atomic():
-            return view(request, *args, **kwargs)
+        try:
+            with atomic():
+                return view(request, *args, **kwargs)
+        except Exception as exc:
+            # Django hands an exception raised here to no process_exception(): answer
+            # what TenantMiddleware would answer.
+            response = tenant_error_response(request, request.tenant, exc)  # type: ignore[attr-defined]
+            if response is None:
+                raise
+            return response
 
 
 V = TypeVar("V", bound=Callable[..., Any])

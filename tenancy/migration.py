@@ -4,6 +4,12 @@
 migration graph loaded once per process. Only a tenant with unapplied migrations gets
 Django's ``migrate``, under a lock held in that tenant's database (PostgreSQL advisory
 lock, SQLite file lock), so two migrators never work on one database at once.
+
+A template database (see ``tenancy.template_databases``) gets every migration except the
+ones that must run in each tenant: a migration of a tenant app with Python code in it
+(``RunPython``), which may write data for the tenant it runs in, and every migration
+after one. A tenant copied from the template applies those itself, inside its own
+context.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from django.db import DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
+from django.db.migrations.operations import SeparateDatabaseAndState
+from django.db.migrations.operations.base import Operation
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
@@ -33,6 +41,7 @@ from tenancy.backends.sqlite import sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
+from tenancy.exceptions import TenancyError
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -67,11 +76,17 @@ class MigrationState:
     MAX_PLANS = 4
 
     def __init__(self) -> None:
-        self._plans: OrderedDict[frozenset[MigrationKey], _Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple[frozenset[MigrationKey], bool], _Plan] = OrderedDict()
         self._plans_lock = threading.Lock()
 
-    def plan_for(self, connection: BaseDatabaseWrapper, applied: set[MigrationKey]) -> _Plan:
-        key = frozenset(applied)
+    def plan_for(
+        self,
+        connection: BaseDatabaseWrapper,
+        applied: set[MigrationKey],
+        *,
+        for_template: bool = False,
+    ) -> _Plan:
+        key = (frozenset(applied), for_template)
         with self._plans_lock:
             plan = self._plans.get(key)
             if plan is None:
@@ -80,7 +95,17 @@ class MigrationState:
                 # Django's own step in `migrate` (private, unchanged from 4.x to 6.x).
                 state = cast(Any, executor)._create_project_state(with_applied_migrations=True)
                 state.apps  # noqa: B018 - render the models once, for every tenant
-                plan = _Plan(executor.loader, targets, executor.migration_plan(targets), state)
+                steps = executor.migration_plan(targets)
+                if for_template:
+                    # What is left stays a valid forwards plan: nothing in it depends on
+                    # a migration taken out.
+                    per_tenant = per_tenant_migrations(executor.loader)
+                    steps = [
+                        (migration, backwards)
+                        for migration, backwards in steps
+                        if (migration.app_label, migration.name) not in per_tenant
+                    ]
+                plan = _Plan(executor.loader, targets, steps, state)
                 self._plans[key] = plan
                 if len(self._plans) > self.MAX_PLANS:
                     self._plans.popitem(last=False)
@@ -104,15 +129,50 @@ class MigrationState:
         """Migrations that squashed migrations in the graph replace."""
         return frozenset(key for keys in self._replaces.values() for key in keys)
 
-    def pending(self, applied: set[MigrationKey]) -> list[MigrationKey]:
-        """Graph nodes not applied (a squashed migration counts as applied when every
-        migration it replaces is), in a stable order."""
+    def per_tenant(self) -> frozenset[MigrationKey]:
+        """The migrations a template database does not get (``per_tenant_migrations``)."""
+        return per_tenant_migrations(self._loader)
+
+    def pending(
+        self, applied: set[MigrationKey], skipped: frozenset[MigrationKey] = frozenset()
+    ) -> list[MigrationKey]:
+        """Graph nodes not applied and not ``skipped`` (a squashed migration counts as
+        applied when every migration it replaces is), in a stable order."""
         return sorted(
             node
             for node in self.nodes
             if node not in applied
+            and node not in skipped
             and not (node in self._replaces and all(r in applied for r in self._replaces[node]))
         )
+
+
+def per_tenant_migrations(loader: MigrationLoader) -> frozenset[MigrationKey]:
+    """Migrations of tenant apps that run Python code, and every migration that depends
+    on one: they run in each tenant's own context, never in a template database whose
+    rows every new tenant would get. (SQL and schema changes are the same in every
+    tenant, so the template runs them.)"""
+    graph = loader.graph
+    labels = tenancy_settings.tenant_app_labels
+    found: set[MigrationKey] = set()
+    to_visit = [
+        key
+        for key, migration in graph.nodes.items()
+        if key[0] in labels and any(map(_runs_python, migration.operations))
+    ]
+    while to_visit:
+        key = to_visit.pop()
+        if key not in found:
+            found.add(key)
+            to_visit.extend(child.key for child in graph.node_map[key].children)
+    return frozenset(found)
+
+
+def _runs_python(operation: Operation) -> bool:
+    if isinstance(operation, SeparateDatabaseAndState):
+        return any(map(_runs_python, operation.database_operations))
+    # RunPython, and any operation of a project's own that cannot be written as SQL.
+    return not operation.reduces_to_sql
 
 
 _state_lock = threading.Lock()
@@ -214,9 +274,19 @@ def migrate_tenant(
     state = state or migration_state()
     result = MigrationResult(tenant.slug, FAILED)
     connection: BaseDatabaseWrapper | None = None
+    is_template = getattr(tenant, "is_template", False)
     try:
         connection = connections[alias_for(tenant)]
-        pending = state.pending(applied_migrations(connection))
+        skipped = state.per_tenant() if is_template else frozenset()
+        applied = applied_migrations(connection)
+        if applied & skipped:
+            raise TenancyError(
+                f"The template database {tenant.database_name!r} has "
+                f"{'.'.join(min(applied & skipped))} applied, which must run in each tenant; "
+                "drop the template (tenancy.template_databases.drop_template_databases"
+                f"({tenant.server!r})) and the next provisioning makes it again."
+            )
+        pending = state.pending(applied, skipped)
         if not pending:
             result.status = UP_TO_DATE
         elif check_only:
@@ -228,10 +298,10 @@ def migrate_tenant(
                 else:
                     # Read again under the lock: another migrator may have finished.
                     applied = applied_migrations(connection)
-                    pending = state.pending(applied)
+                    pending = state.pending(applied, skipped)
                     if pending:
-                        _run_migrate(tenant, connection, state, applied)
-                        still_pending = state.pending(applied_migrations(connection))
+                        _run_migrate(tenant, connection, state, applied, is_template)
+                        still_pending = state.pending(applied_migrations(connection), skipped)
                         result.applied = len(pending) - len(still_pending)
                         if still_pending:
                             raise RuntimeError(
@@ -257,15 +327,17 @@ def _run_migrate(
     connection: BaseDatabaseWrapper,
     state: MigrationState,
     applied: set[MigrationKey],
+    is_template: bool = False,
 ) -> None:
     """What Django's `migrate` command does for one database, with the loaded graph, the
     plan and the pre-migration project state shared between databases (computing the
     state from hundreds of applied migrations is most of `migrate`'s time)."""
-    plan = state.plan_for(connection, applied)
+    plan = state.plan_for(connection, applied, for_template=is_template)
     # Inside the tenant's context, RunPython code that uses tenant models without
     # `using=` reaches this database and not NoTenantError.
     with tenant_context(tenant):
-        if plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
+        # Not for a template: Django's whole `migrate` would apply what must run per tenant.
+        if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb
             return
         conflicts = plan.loader.detect_conflicts()

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
+from tenancy.reserved import check_database_name_available
 from tenancy.validators import (
     DATABASE_NAME_MAX_LENGTH,
     HOSTNAME_MAX_LENGTH,
@@ -117,31 +118,39 @@ class AbstractTenant(models.Model):
                 errors[field] = exc.messages
         if errors:
             raise ValidationError(errors)
-        self._check_identity()
+        stored = self._stored()
+        self._check_identity(stored)
+        self._check_database(stored)
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
         super().clean()
         self._fill_database_name()
-        self._check_identity()
+        stored = self._stored()
+        self._check_identity(stored)
+        self._check_database(stored)
 
     @property
     def is_active(self) -> bool:
         return self.status == TenantStatus.ACTIVE
 
-    def _stored_slug(self) -> str | None:
+    def _stored(self) -> tuple[str, str, str] | None:
+        """The row's slug, server and database name as saved, or ``None`` for a new one."""
         if self._state.adding or self.pk is None:
             return None
         manager = type(self)._default_manager.db_manager(self._state.db)
-        slug: str | None = manager.filter(pk=self.pk).values_list("slug", flat=True).first()
-        return slug
+        fields = ("slug", "server", "database_name")
+        stored: tuple[str, str, str] | None = (
+            manager.filter(pk=self.pk).values_list(*fields).first()
+        )
+        return stored
 
     def _fill_database_name(self) -> None:
         if not self.database_name and isinstance(self.slug, str) and self.slug:
             self.database_name = tenancy_settings.database_name_for(self.slug)
 
-    def _check_identity(self) -> None:
-        stored_slug = self._stored_slug()
+    def _check_identity(self, stored: tuple[str, str, str] | None) -> None:
+        stored_slug = stored[0] if stored is not None else None
         if stored_slug is not None and self.slug != stored_slug:
             raise ValidationError(
                 {
@@ -165,6 +174,13 @@ class AbstractTenant(models.Model):
                     }
                 }
             )
+
+    def _check_database(self, stored: tuple[str, str, str] | None) -> None:
+        # Unchanged, it was checked when it was set: the change form shows the database
+        # name read-only, and an error for a field the form lacks would be a crash.
+        if stored is not None and stored[1:] == (self.server, self.database_name):
+            return
+        check_database_name_available(self)
 
 
 class Tenant(AbstractTenant):
@@ -266,3 +282,30 @@ def get_tenant_model() -> type[AbstractTenant]:
             "tenancy.models.AbstractTenant."
         )
     return model
+
+
+class TenantLogEntry(models.Model):
+    """The tenant an entry of Django's admin log is about.
+
+    ``django.contrib.admin`` keeps its log in the main database and names each object by
+    content type and primary key, which objects of different tenants share. Entries
+    written on a ``tenancy.admin.TenantAdminSite`` are recorded here with their tenant, so
+    that each tenant's admin shows only its own. ``log_entry_id`` is a plain column rather
+    than a relation, so that tenancy installs without ``django.contrib.admin``; Django
+    never reuses log entry ids.
+    """
+
+    log_entry_id = models.BigIntegerField(_("log entry"), unique=True)
+    tenant = models.ForeignKey(
+        getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL),
+        on_delete=models.CASCADE,
+        related_name="+",
+        verbose_name=_("tenant"),
+    )
+
+    class Meta:
+        verbose_name = _("tenant log entry")
+        verbose_name_plural = _("tenant log entries")
+
+    def __str__(self) -> str:
+        return f"log entry {self.log_entry_id} of tenant {self.tenant_id}"

@@ -20,9 +20,10 @@ from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_for, unregister
 from tenancy.context import tenant_context
-from tenancy.exceptions import TenancyError
+from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
+from tenancy.reserved import check_tenant_drop, database_name_unavailable
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
 from tenancy.template_databases import (
     TemplateInUse,
@@ -74,6 +75,8 @@ def create_tenant(
     defaults: dict[str, object] = {**(fields or {}), "name": name or slug}
     if server is not None:
         defaults["server"] = server
+    if not model._default_manager.filter(slug=slug).exists():
+        _refuse_unavailable_database(model(slug=slug, **defaults))
     tenant, created = model._default_manager.get_or_create(slug=slug, defaults=defaults)
     if not created and server is not None and tenant.server != server:
         raise ProvisioningError(
@@ -100,11 +103,12 @@ def adopt_database(
     server = server or tenancy_settings.DEFAULT_SERVER
     validate_slug(slug)
     validate_database_name(database_name)
+    model = get_tenant_model()
+    _refuse_unavailable_database(model(slug=slug, server=server, database_name=database_name))
     if not get_server(server).database_exists(database_name):
         raise ProvisioningError(
             f"Database {database_name!r} does not exist on server {server!r}; nothing to adopt."
         )
-    model = get_tenant_model()
     tenant, _ = model._default_manager.get_or_create(
         slug=slug,
         defaults={"name": name or slug, "server": server, "database_name": database_name},
@@ -166,6 +170,7 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
 
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
+    _refuse_unavailable_database(tenant)
     _set_status(tenant, TenantStatus.PROVISIONING)
     try:
         _create_database(tenant)
@@ -190,7 +195,11 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
 
 def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -> None:
     """Remove ``tenant``: close its connections everywhere in this process, drop its
-    database (unless ``keep_database``) and delete its row and domains."""
+    database (unless ``keep_database``) and delete its row and domains. A database that
+    is reserved or another tenant's is never dropped: ``ReservedDatabaseError``."""
+    if not keep_database:
+        check_tenant_drop(tenant)
+    status, detail = tenant.status, tenant.status_detail
     _set_status(tenant, TenantStatus.DELETING)
     try:
         unregister(tenant)
@@ -201,6 +210,9 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
                 sender=type(tenant), tenant=tenant, keep_database=keep_database
             )
         tenant.delete()
+    except ReservedDatabaseError:
+        _set_status(tenant, status, detail)  # refused before anything was dropped
+        raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         _set_status(tenant, TenantStatus.DELETING, reason)
@@ -208,6 +220,13 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
             f"Deleting tenant {tenant.slug!r} failed ({reason}). It stays marked deleting; "
             f"run `manage.py delete_tenant {tenant.slug}` again to finish."
         ) from exc
+
+
+def _refuse_unavailable_database(tenant: AbstractTenant) -> None:
+    """``ProvisioningError`` when ``tenant``'s database is reserved or another tenant's."""
+    message = database_name_unavailable(tenant)
+    if message is not None:
+        raise ProvisioningError(message)
 
 
 def _create_database(tenant: AbstractTenant) -> None:

@@ -8,7 +8,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model
 
 from tenancy.conf import tenancy_settings
-from tenancy.connections import alias_for, is_tenant_alias
+from tenancy.connections import _slug_of, alias_for, is_tenant_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
 from tenancy.transactions import warn_if_only_default_in_transaction
@@ -51,11 +51,7 @@ class TenantRouter:
             and instance_db not in (None, alias)
             and is_tenant_alias(instance_db)
         ):
-            raise CrossTenantError(
-                f"{instance._meta.label} object {instance.pk!r} was loaded from "
-                f"{instance_db!r} but tenant {tenant.slug!r} is active. Use objects of a "
-                "tenant only inside that tenant's context."
-            )
+            raise CrossTenantError.for_instance(instance, _slug_of(instance_db), tenant.slug)
         return alias
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:

@@ -12,7 +12,9 @@ that was current when they were enqueued.
 The slug travels as the keyword argument ``_tenant`` (visible in the task result's
 ``kwargs``), since a task carries nothing but its arguments; the task function does not
 receive it. Enqueued with no tenant active, the task runs with none. The tenant is looked
-up again when the task runs: one removed or suspended since fails the task.
+up again when the task runs: one removed or suspended since fails the task. Called
+directly (``send_invoice.call(42)``, ``await send_invoice.acall(42)``), a task is a plain
+function call and runs in the caller's tenant.
 """
 
 from __future__ import annotations
@@ -49,11 +51,15 @@ class TenantTask(_Task):
         return await super().aenqueue(*args, **{TENANT_KWARG: current_slug(), **kwargs})
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
-        with running_in(kwargs.pop(TENANT_KWARG, None)):
+        if TENANT_KWARG not in kwargs:  # called as a function: in the caller's tenant
+            return super().call(*args, **kwargs)
+        with running_in(kwargs.pop(TENANT_KWARG)):
             return super().call(*args, **kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
-        tenant = await sync_to_async(job_tenant)(kwargs.pop(TENANT_KWARG, None))
+        if TENANT_KWARG not in kwargs:
+            return await super().acall(*args, **kwargs)
+        tenant = await sync_to_async(job_tenant)(kwargs.pop(TENANT_KWARG))
         with tenant_context(tenant):
             return await super().acall(*args, **kwargs)
 

@@ -27,6 +27,7 @@ from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
 from tenancy.migration import MigrationState, migrate_tenant, migration_state
+from tenancy.reserved import check_template_drop
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
@@ -121,17 +122,23 @@ def _bring_up_to_date(template: TemplateDatabase) -> None:
 def drop_template_databases(server: str) -> None:
     """Drop ``server``'s template database and its spares (they are made again when
     needed)."""
-    get_server(server).drop_database(tenancy_settings.template_database_name())
+    _drop_template_copy(server, tenancy_settings.template_database_name())
     _current.pop(template_for(server), None)
     _drop_spares(server)
 
 
 def _drop_spares(server: str) -> None:
     """Every spare on ``server``, also those beyond today's ``SPARE_DATABASES``."""
-    database_server = get_server(server)
-    for name in database_server.list_databases():
+    for name in get_server(server).list_databases():
         if tenancy_settings.is_spare_database_name(name):
-            database_server.drop_database(name)
+            _drop_template_copy(server, name)
+
+
+def _drop_template_copy(server: str, name: str) -> None:
+    """Drop the template or a spare: only by such a name, and never a database the
+    registry names as a tenant's (one adopted before such names were refused)."""
+    check_template_drop(server, name)
+    get_server(server).drop_database(name, allow_template=True)
 
 
 # Background refills: the thread of each server that has one running, and the servers

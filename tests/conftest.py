@@ -24,8 +24,10 @@ from tenancy import template_databases
 from tenancy.backends import get_server
 from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import alias_for, unregister_all
+from tenancy.connections import close_all as close_tenant_connections
 from tenancy.context import tenant_context
 from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.testing.tenant import drop_test_database
 from tests.settings import PGBOUNCER
 from tests.sharedapp.models import Plan
 from tests.tenantapp.models import Note, Tag
@@ -49,16 +51,15 @@ def make_tenant(slug: str, server: str, **fields: object) -> Tenant:
 
 
 def create_tenant_database(tenant: Tenant) -> None:
-    server = get_server(tenant.server)
-    server.drop_database(tenant.database_name)
-    server.create_database(tenant.database_name)
+    drop_test_database(tenant.server, tenant.database_name)
+    get_server(tenant.server).create_database(tenant.database_name)
     with tenant_context(tenant):
         call_command("migrate", database=alias_for(tenant), verbosity=0)
 
 
 def drop_tenant_database(tenant: Tenant) -> None:
     unregister_all()
-    get_server(tenant.server).drop_database(tenant.database_name)
+    drop_test_database(tenant.server, tenant.database_name)
 
 
 def drop_test_databases_except(slugs: object) -> None:
@@ -70,7 +71,7 @@ def drop_test_databases_except(slugs: object) -> None:
         server = get_server(name)
         for database in server.list_databases():
             if database.startswith("test_tenancy_") and database not in keep:
-                server.drop_database(database)
+                drop_test_database(name, database)
 
 
 @pytest.fixture(scope="session")
@@ -133,8 +134,10 @@ def db_access(tenant_databases: None, django_db_blocker: object) -> Iterator[Non
         Plan.objects.all().delete()
         connections.close_all()
         # The async ORM runs queries in asgiref's thread-sensitive executor thread:
-        # close the connections it opened there as well.
+        # close the connections it opened there as well, Django's and the tenants' (a
+        # removed tenant's SQLite connection waits there for its thread's next safe point).
         asyncio.run(sync_to_async(connections.close_all)())
+        asyncio.run(sync_to_async(close_tenant_connections)())
 
 
 def _saved_tenant(slug: str) -> Tenant:

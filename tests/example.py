@@ -27,11 +27,18 @@ for name in settings.TENANCY["SERVERS"]:
     databases = get_server(name).list_databases()
     print(name, *[d for d in databases if d.startswith("example_tenant_")])
 """
+# tenancy refuses to drop the main database: it goes through the maintenance database.
 DROP_DATABASES = f"""
+from psycopg import sql
 for name in settings.TENANCY["SERVERS"]:
     for database in get_server(name).list_databases():
-        if database.startswith("example_tenant_") or database == {MAIN_DATABASE!r}:
-            get_server(name).drop_database(database)
+        if database.startswith("example_tenant_"):
+            get_server(name).drop_database(database, allow_template=True)
+with get_server("main")._cursor() as cursor:
+    query = sql.SQL("DROP DATABASE IF EXISTS {{}} WITH (FORCE)").format(
+        sql.Identifier({MAIN_DATABASE!r})
+    )
+    cursor.execute(query.as_string(cursor.connection))
 """
 
 

@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
+from tenancy import tenant_context
 from tenancy.backends import get_server
 from tenancy.models import Domain, Membership, Tenant, TenantStatus
 from tenancy.signals import tenant_provisioned
@@ -175,6 +176,8 @@ def member(tenant: Tenant, *, is_admin: bool) -> Client:
     client = client_for(superuser=True)  # platform permissions do not count here
     user = User.objects.order_by("-pk").first()
     Membership.objects.create(user=user, tenant=tenant, is_admin=is_admin)
+    with tenant_context(tenant):  # signed in on the tenant's own site
+        client.force_login(user)
     return client
 
 
@@ -196,6 +199,8 @@ def test_tenant_admin_refuses_non_admins_and_the_main_site(users, notes):
     plain_member = member(alpha, is_admin=False)
     assert plain_member.get(NOTES, HTTP_HOST="alpha.example.test").status_code == 302
     outsider = client_for(superuser=True)
+    with tenant_context(alpha):
+        outsider.force_login(User.objects.order_by("-pk").first())
     assert outsider.get(NOTES, HTTP_HOST="alpha.example.test").status_code == 302
     admin = member(alpha, is_admin=True)
     assert admin.get(NOTES, HTTP_HOST=ADMIN).status_code == 404

@@ -10,7 +10,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
 from django.db import connections
 
-from tenancy import atomic, tenant_context
+from tenancy import atomic, tenant_connection, tenant_context
 from tenancy.connections import (
     alias_for,
     attached_aliases,
@@ -117,6 +117,62 @@ def test_a_connection_inside_a_transaction_is_never_closed_for_the_cap(alpha, be
     assert open_connection_count() == 1
     with tenant_context(first):
         assert Note.objects.filter(text__in=["before", "after"]).count() == 2
+
+
+def hold_transaction(connection, hold):
+    """Open a transaction on ``connection`` outside atomic(), as ``hold`` says."""
+    if hold == "autocommit off":
+        connection.set_autocommit(False)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+
+
+def commit_transaction(connection, hold):
+    if hold == "autocommit off":
+        connection.commit()
+        connection.set_autocommit(True)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("COMMIT")
+
+
+@pytest.mark.parametrize("hold", ["autocommit off", "BEGIN by hand"])
+def test_a_transaction_outside_atomic_is_never_closed_for_the_cap(alpha, beta, settings, hold):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    with tenant_context(alpha):
+        connection = tenant_connection()
+        hold_transaction(connection, hold)
+        Note.objects.create(text="not committed yet")
+    with tenant_context(beta):  # opening beta's connection is a safe point for alpha's
+        assert Note.objects.count() == 0
+    if hold == "BEGIN by hand":  # Django itself closes one with autocommit left off here
+        close_old_connections()
+    assert open_connection_count() == 2
+    with tenant_context(alpha):
+        commit_transaction(connection, hold)
+    close_old_connections()  # now the cap applies
+    assert open_connection_count() == 1
+    with tenant_context(alpha):
+        assert list(Note.objects.values_list("text", flat=True)) == ["not committed yet"]
+
+
+def test_a_connection_with_an_unfinished_iterator_is_never_closed_for_the_cap(
+    alpha, beta, settings
+):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    with tenant_context(alpha):
+        Note.objects.bulk_create([Note(text=text) for text in ("a1", "a2", "a3")])
+    seen = []
+    with tenant_context(alpha):
+        for note in Note.objects.order_by("text").iterator(chunk_size=1):
+            with tenant_context(beta):  # a safe point for alpha's connection
+                Note.objects.count()
+            close_old_connections()  # and another
+            seen.append(note.text)
+    assert seen == ["a1", "a2", "a3"]
+    close_old_connections()  # the loop is done: now the cap applies
+    assert open_connection_count() == 1
 
 
 def test_other_threads_close_their_connections_themselves(alpha, beta, settings):

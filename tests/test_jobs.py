@@ -37,6 +37,11 @@ def tenant_slug() -> str | None:
     return None if tenant is None else tenant.slug
 
 
+@app.task
+def tenant_slug_of_a_direct_call() -> str | None:
+    return tenant_slug()  # called as a function, inside this task
+
+
 @pytest.fixture(scope="module")
 def celery_worker() -> Iterator[Any]:
     """One worker thread of the solo pool: every task runs on the same thread."""
@@ -95,6 +100,16 @@ def test_celery_eager_task_runs_in_the_callers_tenant(notes: tuple[Tenant, Tenan
         assert note_texts.apply().get() == ["alpha note"]
 
 
+def test_celery_task_called_directly_runs_in_the_callers_tenant(
+    worker: Any, notes: tuple[Tenant, Tenant]
+) -> None:
+    alpha, beta = notes
+    with tenant_context(alpha):
+        assert note_texts() == ["alpha note"]
+    with tenant_context(beta):
+        assert tenant_slug_of_a_direct_call.delay().get(timeout=20) == "beta"
+
+
 try:
     from tenancy.tasks import enqueue_for_each_tenant, tenant_task
 except ImportError:  # Django < 6.0 has no django.tasks
@@ -124,3 +139,14 @@ def test_django_tasks_run_in_the_tenant_they_were_enqueued_in(
     assert [result.return_value for result in results] == [["alpha note"], ["beta note"]]
     # Workers that run tasks with the async API.
     assert async_to_sync(texts.acall)(_tenant="beta") == ["beta note"]
+
+
+@pytest.mark.skipif(tenant_task is None, reason="django.tasks is new in Django 6.0")
+def test_django_task_called_directly_runs_in_the_callers_tenant(
+    notes: tuple[Tenant, Tenant],
+) -> None:
+    alpha, beta = notes
+    with tenant_context(alpha):
+        assert texts.call() == ["alpha note"]
+    with tenant_context(beta):
+        assert async_to_sync(texts.acall)() == ["beta note"]

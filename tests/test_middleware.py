@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 
 import pytest
 from django.core.handlers.asgi import ASGIHandler
@@ -9,9 +10,11 @@ from django.db import OperationalError, connections
 from django.test.utils import CaptureQueriesContext
 
 from tenancy import NoTenantError, current_tenant, tenant_context
-from tenancy.connections import alias_for, registered_aliases
+from tenancy.connections import alias_for, registered_aliases, unregister
 from tenancy.models import Domain, Tenant, TenantStatus
-from tests.settings import BACKEND, SERVER_1
+from tenancy.provisioning import create_tenant, deprovision_tenant
+from tests.inflight import request_paused_in_view, run_in_subprocess
+from tests.settings import BACKEND, PGBOUNCER, SERVER_1
 from tests.tenantapp.models import Note
 
 
@@ -306,3 +309,57 @@ def test_debug_error_page_hides_tenant_server_credentials(lost, rf, settings):
     assert "TENANCY" in page
     assert "&#x27;down&#x27;" in page  # the server is listed ...
     assert SECRET not in page  # ... without its password
+
+
+# A tenant removed while its requests run.
+
+
+@pytest.fixture
+def inflight_views(settings):
+    settings.ROOT_URLCONF = "tests.inflight"
+
+
+def test_request_whose_tenant_is_deleted_while_it_holds_a_cursor_is_404(alpha, inflight_views):
+    with request_paused_in_view("/cursor-across-pause/", "alpha.example.test") as responses:
+        deprovision_tenant(alpha, keep_database=True)
+    [response] = responses
+    assert response.status_code == 404
+    assert b"There is no site at alpha.example.test" in response.content
+
+
+@pytest.mark.skipif(
+    PGBOUNCER,
+    reason="PgBouncer holds a client for a missing database until query_wait_timeout",
+)
+def test_request_whose_tenant_database_is_dropped_while_it_runs_is_404(db_access, inflight_views):
+    doomed = create_tenant("doomed", domains=["doomed.example.test"])
+    with request_paused_in_view("/orm-across-pause/", "doomed.example.test") as responses:
+        deprovision_tenant(doomed)
+    [response] = responses
+    assert response.status_code == 404
+    assert b"There is no site at doomed.example.test" in response.content
+
+
+def test_request_whose_tenant_is_being_deleted_is_503(alpha, inflight_views):
+    with request_paused_in_view("/cursor-across-pause/", "alpha.example.test") as responses:
+        Tenant.objects.filter(pk=alpha.pk).update(status=TenantStatus.DELETING)
+        unregister(alpha)  # what deleting it does first
+    [response] = responses
+    assert response.status_code == 503
+    assert b"alpha is not available" in response.content
+
+
+def test_requests_in_flight_while_their_tenant_is_deleted_are_never_500(db_access):
+    """Threads serve a tenant through Django's WSGI handler, and it is deleted while
+    each of them is inside a statement on its database (in a process of its own: closing
+    a SQLite connection under a running statement kills the process)."""
+    threads = 4
+    outcome = run_in_subprocess(
+        "requests_while_deleted", threads=threads, suffix=f"inflight_{os.getpid()}"
+    )
+    assert outcome["failures"] == []
+    statuses = outcome["statuses"]
+    assert len(statuses) == threads
+    for mine in statuses:
+        assert set(mine) <= {200, 404, 503}
+        assert mine[-1] == 404

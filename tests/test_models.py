@@ -116,8 +116,13 @@ def test_slug_is_unique(alpha):
 
 
 def test_one_database_holds_one_tenant(alpha):
-    with pytest.raises(IntegrityError), transaction.atomic():
+    with pytest.raises(ValidationError, match="it is the database of tenant 'alpha'"):
         Tenant.objects.create(slug="gamma", name="Gamma", database_name=alpha.database_name)
+    # The constraint holds where save() is bypassed too.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Tenant.objects.bulk_create(
+            [Tenant(slug="gamma", name="Gamma", server="one", database_name=alpha.database_name)]
+        )
 
 
 def test_a_tenant_has_at_most_one_primary_domain(alpha):

@@ -7,6 +7,7 @@ import threading
 
 import psycopg
 import pytest
+from django.core.exceptions import ValidationError
 
 from tenancy import template_databases as templates
 from tenancy import tenant_connection, tenant_context
@@ -15,7 +16,7 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.migration import applied_migrations
 from tenancy.models import Tenant
-from tenancy.provisioning import create_tenant
+from tenancy.provisioning import ProvisioningError, adopt_database, create_tenant
 from tests.conftest import server_port
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note
@@ -64,11 +65,25 @@ def is_marked(database: str) -> bool:
     return tables == 1
 
 
-def test_spare_names_cannot_be_a_tenants():
+def test_spare_names_cannot_be_a_tenants(db_access):
     assert tenancy_settings.spare_database_names() == [SPARE]
-    assert tenancy_settings.is_spare_database_name("test_tenancy__spare_7")
-    for name in ("test_tenancy_spare_1", "test_tenancy__spare_", "test_tenancy__template"):
-        assert not tenancy_settings.is_spare_database_name(name)
+    create_tenant("gamma")  # makes the template and a spare
+    server = get_server("one")
+    assert server.database_exists(SPARE)
+    for name in (SPARE, "test_tenancy__spare_7"):
+        with pytest.raises(ProvisioningError, match="it is a spare copy of the template"):
+            adopt_database("delta", name)
+        with pytest.raises(ValidationError, match="it is a spare copy of the template"):
+            Tenant.objects.create(slug="delta", name="Delta", database_name=name)
+    with pytest.raises(ProvisioningError, match="it is the template database"):
+        adopt_database("delta", TEMPLATE)
+    with pytest.raises(ValidationError, match="it is the template database"):
+        Tenant.objects.create(slug="delta", name="Delta", database_name=TEMPLATE)
+    assert not Tenant.objects.filter(slug="delta").exists()
+    # Names that only look alike remain a tenant's to have.
+    assert create_tenant("spare-1").database_name == "test_tenancy_spare_1"
+    assert server.database_exists(SPARE)
+    assert server.database_exists(TEMPLATE)
 
 
 def test_spares_beyond_the_setting_go_with_the_template(db_access, settings):
@@ -97,7 +112,7 @@ def test_provisioning_takes_the_spare_and_leaves_a_new_one(db_access):
 def test_spares_of_an_old_schema_are_dropped_when_the_template_is_migrated(db_access, migrations):
     create_tenant("gamma")
     mark(SPARE)
-    migrations("tests.migrations_v2")
+    migrations("tests.migrations_index")  # a schema change: the template gets it
     delta = create_tenant("delta")
     assert not is_marked(delta.database_name)  # copied from the migrated template
     with tenant_context(delta):
@@ -111,7 +126,7 @@ def test_a_stale_spare_is_brought_to_the_current_schema(db_access):
     # (or an empty one, as here) is still a valid start: it is migrated after the claim.
     create_tenant("gamma")
     server = get_server("one")
-    server.drop_database(SPARE)
+    server.drop_database(SPARE, allow_template=True)
     server.create_database(SPARE)
     mark(SPARE)
     delta = create_tenant("delta")

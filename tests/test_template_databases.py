@@ -75,7 +75,7 @@ def test_copied_tenant_equals_migrated_tenant(db_access, settings, spares, spare
 
 
 def test_without_templates_no_template_is_made(db_access, without_templates):
-    get_server("two").drop_database(TEMPLATE)
+    get_server("two").drop_database(TEMPLATE, allow_template=True)
     create_tenant("gamma", server="two")
     assert not get_server("two").database_exists(TEMPLATE)
 
@@ -135,7 +135,7 @@ def test_a_session_on_the_template_is_ended_before_the_copy(db_access, caplog, s
 def test_template_dropped_behind_our_back_is_rebuilt(db_access, spares, spare_count):
     spares(spare_count)
     create_tenant("gamma")  # the template is now known to be current in this process
-    get_server("one").drop_database(TEMPLATE)
+    get_server("one").drop_database(TEMPLATE, allow_template=True)
     delta = create_tenant("delta")  # from the spare made before the drop, if any
     epsilon = create_tenant("epsilon")
     assert get_server("one").database_exists(TEMPLATE)

@@ -236,7 +236,7 @@ def project(
         server = get_server(name)
         for database in server.list_databases():
             if database.startswith("test_shop"):
-                server.drop_database(database)
+                server.drop_database(database, allow_template=True)
 
 
 def test_tenant_fixture_isolates_tests(project: pytest.Pytester) -> None:

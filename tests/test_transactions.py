@@ -10,7 +10,11 @@ from django.test import Client
 import tenancy
 from tenancy import NoTenantError, tenant_context
 from tenancy.checks import check_settings
+from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.provisioning import deprovision_tenant
 from tenancy.transactions import DefaultTransactionWarning
+from tests.inflight import request_paused_in_view
+from tests.settings import BACKEND, SERVER_1
 from tests.tenantapp.models import Note, Tag
 
 
@@ -236,3 +240,48 @@ def test_atomic_requests_middleware_must_be_configured_and_last(settings):
         "django.middleware.csrf.CsrfViewMiddleware",
     ]
     assert [m.id for m in check_settings()] == ["tenancy.E006"]
+
+
+# Per-request transactions on a tenant whose database fails.
+
+
+def failing_tenant(settings, failure):
+    """An active tenant, reached at failing.example.test, whose database cannot be used."""
+    if failure == "server down":
+        if BACKEND == "postgresql":
+            down = {**SERVER_1, "PORT": "1"}  # nothing listens there
+        else:
+            down = {**SERVER_1, "DIRECTORY": "/dev/null/nowhere"}
+        settings.TENANCY = {
+            **settings.TENANCY,
+            "SERVERS": {**settings.TENANCY["SERVERS"], "down": down},
+        }
+        server = "down"
+    else:  # "database missing": on a server that works, never created
+        server = "one"
+    tenant = Tenant.objects.create(
+        slug="failing", name="Failing", server=server, status=TenantStatus.ACTIVE
+    )
+    Domain.objects.create(tenant=tenant, domain="failing.example.test", is_primary=True)
+    return tenant
+
+
+@pytest.mark.parametrize("failure", ["server down", "database missing"])
+def test_tenant_whose_database_fails_is_503_with_atomic_requests(
+    db_access, atomic_requests, settings, failure
+):
+    failing_tenant(settings, failure)
+    client = Client(raise_request_exception=False)
+    response = client.get("/write-ok/", HTTP_HOST="failing.example.test")
+    assert response.status_code == 503
+    assert b"failing is not available" in response.content
+
+
+def test_tenant_deleted_inside_its_request_transaction_is_404(alpha, atomic_requests, settings):
+    """The view's queries after the deletion never leave its transaction for a new
+    connection (the database is kept, so one would reach it)."""
+    settings.ROOT_URLCONF = "tests.inflight"
+    with request_paused_in_view("/orm-across-pause/", "alpha.example.test") as responses:
+        deprovision_tenant(alpha, keep_database=True)
+    [response] = responses
+    assert response.status_code == 404

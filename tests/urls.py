@@ -21,6 +21,12 @@ urlpatterns = [
     path("write-ok/", views.write_ok),
     path("write-fail-exempt/", views.write_then_fail_exempt),
     path("async-write/", views.async_write),
+    path("private/", views.private_notes),
+    path("me/", views.me),
+    path("ame/", views.async_me),
+    path("sign-in/", views.sign_in),
+    path("page/", views.tenant_page),
+    path("cached-page/", views.cached_tenant_page),
     path("admin/", admin.site.urls),
     path("manage/", tenant_admin.urls),
 ]

@@ -1,6 +1,11 @@
+import itertools
+
 from asgiref.sync import sync_to_async
+from django.contrib.auth import authenticate, get_user, login
+from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
+from django.views.decorators.cache import cache_page
 
 from tenancy import current_tenant
 from tenancy.middleware import non_atomic_tenant_request
@@ -76,3 +81,46 @@ def fail_outside_the_database(request):
     from django.db import OperationalError
 
     raise OperationalError("not from a database")
+
+
+@login_required
+def private_notes(request):
+    """A view of a user's project that only asks for a signed-in user."""
+    return JsonResponse(
+        {"user": request.user.username, "notes": list(Note.objects.values_list("text", flat=True))}
+    )
+
+
+def me(request):
+    """The user as request.user and as code that calls auth.get_user() itself sees it."""
+    return JsonResponse(
+        {"user": request.user.username or None, "get_user": get_user(request).username or None}
+    )
+
+
+async def async_me(request):
+    user = await request.auser()
+    return JsonResponse({"user": user.username or None})
+
+
+def sign_in(request):
+    """A sign-in form's work: the credentials of the POST, then login()."""
+    user = authenticate(
+        request, username=request.POST["username"], password=request.POST["password"]
+    )
+    if user is None:
+        return HttpResponse("wrong credentials", status=403)
+    login(request, user)
+    return HttpResponse("signed in")
+
+
+PAGE_RENDERS = itertools.count()
+
+
+def tenant_page(request):
+    """A page that says whose it is and when it was made, to tell a cached copy apart."""
+    tenant = current_tenant()
+    return HttpResponse(f"{tenant.slug if tenant else 'main'} {next(PAGE_RENDERS)}")
+
+
+cached_tenant_page = cache_page(600)(tenant_page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -23,8 +24,24 @@ class DatabaseServer:
         """Create the database; ``False`` (no error) when it exists already."""
         raise NotImplementedError
 
-    def drop_database(self, name: str) -> bool:
-        """Drop the database, ending other sessions on it; ``False`` if it did not exist."""
+    def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
+        """Drop the database, ending other sessions on it; ``False`` if it did not exist.
+
+        Raises ``ReservedDatabaseError`` for a database of ``settings.DATABASES`` on this
+        server, a system or maintenance database, whatever the caller says, and for the
+        template database and its spares unless ``allow_template`` (``tenancy.reserved``).
+        """
+        raise NotImplementedError
+
+    @property
+    def address(self) -> tuple[str, ...]:
+        """What identifies the server itself: entries of TENANCY['SERVERS'] with the same
+        address hold the same databases."""
+        raise NotImplementedError
+
+    def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
+        """Whether ``database`` (an entry of ``settings.DATABASES``) is this server's
+        database ``name``."""
         raise NotImplementedError
 
     def list_databases(self) -> list[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,7 +13,8 @@ from django.db.utils import load_backend
 from psycopg import errors, sql
 
 from tenancy.backends.base import DatabaseServer, TemplateInUse, TemplateMissing
-from tenancy.conf import SERVER_ONLY_KEYS
+from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
+from tenancy.reserved import DEFAULT_MAINTENANCE_DB, check_drop, configured_names
 from tenancy.validators import validate_database_name
 
 MAINTENANCE_ALIAS = "tenancy:maintenance"
@@ -21,12 +23,38 @@ LOCK_ALIAS = "tenancy:lock"
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
 
+# Hosts that reach a server on this machine. The socket directory ("" or a path) and the
+# loopback names may lead to one cluster or to two; taken as one, a database name of the
+# other is refused rather than dropped.
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
+
+
+def server_address(config: Mapping[str, Any]) -> tuple[str, str]:
+    """The (host, port) libpq connects to for ``config`` (a server or a DATABASES entry):
+    without HOST or PORT it reads PGHOST and PGPORT, then takes the local socket and 5432."""
+    host = str(config.get("HOST") or os.environ.get("PGHOST") or "").lower()
+    port = str(config.get("PORT") or os.environ.get("PGPORT") or "5432")
+    if host in _LOCAL_HOSTS or host.startswith("/"):
+        host = "localhost"
+    return host, port
+
 
 class PostgreSQLServer(DatabaseServer):
     def _maintenance_settings(self) -> dict[str, Any]:
         database = {k: v for k, v in self.template.items() if k not in SERVER_ONLY_KEYS}
-        database["NAME"] = self.template.get("MAINTENANCE_DB", "postgres")
+        database["NAME"] = self.template.get("MAINTENANCE_DB", DEFAULT_MAINTENANCE_DB)
         return database
+
+    @property
+    def address(self) -> tuple[str, ...]:
+        return ("postgresql", *server_address(self.template))
+
+    def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
+        return (
+            server_vendor(database) == "postgresql"
+            and server_address(database) == server_address(self.template)
+            and name in configured_names(database)
+        )
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
@@ -57,8 +85,9 @@ class PostgreSQLServer(DatabaseServer):
                 raise
         return True
 
-    def drop_database(self, name: str) -> bool:
+    def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
         validate_database_name(name)
+        check_drop(self, name, allow_template=allow_template)
         with self._cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
             if cursor.fetchone() is None:

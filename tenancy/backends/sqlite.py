@@ -8,11 +8,14 @@ import glob
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from tenancy.backends.base import DatabaseServer, TemplateMissing
+from tenancy.conf import server_vendor
+from tenancy.reserved import check_drop
 from tenancy.validators import validate_database_name
 
 SUFFIX = ".sqlite3"
@@ -41,6 +44,22 @@ class SQLiteServer(DatabaseServer):
         validate_database_name(name)
         return self.directory / f"{name}{SUFFIX}"
 
+    @property
+    def address(self) -> tuple[str, ...]:
+        return ("sqlite", str(self.directory.resolve()))
+
+    def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
+        if server_vendor(database) != "sqlite":
+            return False
+        target = self.path(name).resolve()
+        test = database.get("TEST") or {}
+        files = [database.get("NAME"), test.get("NAME") if isinstance(test, Mapping) else None]
+        return any(
+            sqlite_path(str(file)).resolve() == target
+            for file in files
+            if file and str(file) != ":memory:" and "mode=memory" not in str(file)
+        )
+
     def database_exists(self, name: str) -> bool:
         return self.path(name).exists()
 
@@ -53,8 +72,9 @@ class SQLiteServer(DatabaseServer):
             return False
         return True
 
-    def drop_database(self, name: str) -> bool:
+    def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
         path = self.path(name)
+        check_drop(self, name, allow_template=allow_template)
         existed = path.exists()
         for companion in _COMPANIONS:
             with contextlib.suppress(FileNotFoundError):

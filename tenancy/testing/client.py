@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.test import AsyncClient, Client
+from django.test.client import ClientMixin
 
 from tenancy.conf import tenancy_settings
+from tenancy.context import tenant_context
 from tenancy.testing.tenant import TEST_TENANT_SLUG, tenant_host
 
 if TYPE_CHECKING:
@@ -41,10 +43,27 @@ def tenant_headers(tenant: AbstractTenant | None = None) -> dict[str, str]:
     return {"host": domain}
 
 
-class _TenantRequests:
-    """Adds the tenant's headers (or path prefix) to every request."""
+class _TenantRequests(ClientMixin):
+    """Adds the tenant's headers (or path prefix) to every request, and signs in on the
+    tenant: sessions are bound to the site they are signed in on (``tenancy.sessions``)."""
 
     tenant_slug: str
+
+    def login(self, **credentials: Any) -> bool:
+        with tenant_context(self.tenant_slug):
+            return super().login(**credentials)
+
+    def force_login(self, user: Any, backend: str | None = None) -> None:
+        with tenant_context(self.tenant_slug):
+            super().force_login(user, backend)
+
+    async def alogin(self, **credentials: Any) -> bool:
+        async with tenant_context(self.tenant_slug):
+            return await super().alogin(**credentials)
+
+    async def aforce_login(self, user: Any, backend: str | None = None) -> None:
+        async with tenant_context(self.tenant_slug):
+            await super().aforce_login(user, backend)
 
     def _set_tenant(self, tenant: AbstractTenant | None) -> dict[str, str]:
         """Remember the tenant's slug; returns its headers."""

@@ -210,12 +210,11 @@ def tenant_factory(
     ``domains`` says otherwise, and removed with its database after the test. Its writes
     are not rolled back: the database is dropped instead.
     """
-    from tenancy.backends import get_server
     from tenancy.conf import tenancy_settings
     from tenancy.connections import unregister
     from tenancy.models import get_tenant_model
     from tenancy.provisioning import create_tenant, deprovision_tenant
-    from tenancy.testing.tenant import TEST_TENANT_SLUG, tenant_host
+    from tenancy.testing.tenant import TEST_TENANT_SLUG, drop_test_database, tenant_host
 
     made: list[AbstractTenant] = []
     numbers = itertools.count(1)
@@ -233,7 +232,7 @@ def tenant_factory(
             raise ValueError(f"{slug!r} is the test tenant's slug; give tenant_factory another.")
         # A database left by an interrupted run must not be reused with its old data.
         server_name = server or tenancy_settings.DEFAULT_SERVER
-        get_server(server_name).drop_database(tenancy_settings.database_name_for(slug))
+        drop_test_database(server_name, tenancy_settings.database_name_for(slug))
         tenant = create_tenant(
             slug,
             name=name,
@@ -252,4 +251,4 @@ def tenant_factory(
             deprovision_tenant(stored)
         else:
             unregister(tenant)
-            get_server(tenant.server).drop_database(tenant.database_name)
+            drop_test_database(tenant.server, tenant.database_name)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import connections
 
+from tenancy.backends import get_server
 from tenancy.conf import (
     TEST_DATABASE_PREFIX,
     is_test_run,
@@ -26,7 +27,7 @@ from tenancy.conf import (
     use_test_database_names,
 )
 from tenancy.connections import ALIAS_PREFIX, publish
-from tenancy.exceptions import TenancyError
+from tenancy.exceptions import ReservedDatabaseError, TenancyError
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
@@ -70,6 +71,18 @@ def publish_test_tenant() -> str:
     if hosts not in settings.ALLOWED_HOSTS and "*" not in settings.ALLOWED_HOSTS:
         settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, hosts]
     return alias
+
+
+def drop_test_database(server: str, database_name: str) -> bool:
+    """Drop a database that tests made on ``server`` (a tenant's, a template's or a
+    spare's); ``False`` if it did not exist. Only test databases (``test_...``) are
+    dropped: ``ReservedDatabaseError`` for any other name."""
+    if not database_name.startswith(TEST_DATABASE_PREFIX):
+        raise ReservedDatabaseError(
+            f"Database {database_name!r} on server {server!r} is not dropped: tests drop "
+            f"only test databases, named {TEST_DATABASE_PREFIX}..."
+        )
+    return get_server(server).drop_database(database_name, allow_template=True)
 
 
 def ensure_test_tenant(fields: dict[str, Any] | None = None) -> AbstractTenant:

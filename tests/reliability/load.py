@@ -1,5 +1,6 @@
 """A load client for the served example project: one keep-alive connection per thread,
-signed in as a member of every tenant through a session made for it."""
+signed in as a member on every tenant through a session made for each (a session is
+bound to the tenant it was signed in on)."""
 
 from __future__ import annotations
 
@@ -12,41 +13,43 @@ CSRF = "loadtestcsrftokenloadtestcsrftok"  # 32 characters: a valid unmasked tok
 
 def create_fleet(tenants: int) -> str:
     """`manage.py shell` code: TENANTS tenants spread over the servers, a user "load"
-    who is a member of each, and a session of that user (its key printed)."""
+    who is a member of each, and a session of that user signed in on each (printed last,
+    as JSON without spaces: slug -> session key)."""
     return f"""
+import json
 from django.conf import settings
-from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth import get_user_model
-from django.contrib.sessions.backends.db import SessionStore
 from tenancy.models import Membership
 from tenancy.provisioning import create_tenant
+from tenancy.testing import TenantClient
 
 servers = list(settings.TENANCY["SERVERS"])
 user, _ = get_user_model().objects.get_or_create(username="load")
+sessions = {{}}
 for number in range({tenants}):
     slug = f"load-{{number:02d}}"
     server = servers[number % len(servers)]
     tenant = create_tenant(slug, server=server, domains=[f"{{slug}}.localhost"])
     Membership.objects.get_or_create(user=user, tenant=tenant)
-session = SessionStore()
-session[SESSION_KEY] = str(user.pk)
-session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-session[HASH_SESSION_KEY] = user.get_session_auth_hash()
-session.create()
-print(session.session_key)
+    client = TenantClient(tenant)
+    client.force_login(user)
+    sessions[slug] = client.cookies[settings.SESSION_COOKIE_NAME].value
+print(json.dumps(sessions, separators=(",", ":")))
 """
 
 
 class LoadClient:
-    """One keep-alive connection per client thread, signed in as a member of every tenant."""
+    """One keep-alive connection per client thread, signed in as a member on every tenant.
+    ``sessions`` is what ``create_fleet`` printed."""
 
-    def __init__(self, port: int, session_key: str) -> None:
+    def __init__(self, port: int, sessions: str) -> None:
         self.port = port
-        self.cookie = f"sessionid={session_key}; csrftoken={CSRF}"
+        self.sessions: dict[str, str] = json.loads(sessions)
         self.local = threading.local()
 
     def request(self, method: str, slug: str, path: str, body: str = "") -> tuple[int, bytes]:
-        headers = {"Host": f"{slug}.localhost:{self.port}", "Cookie": self.cookie}
+        cookie = f"sessionid={self.sessions[slug]}; csrftoken={CSRF}"
+        headers = {"Host": f"{slug}.localhost:{self.port}", "Cookie": cookie}
         if method == "POST":
             headers |= {
                 "X-CSRFToken": CSRF,

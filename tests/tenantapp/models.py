@@ -15,3 +15,6 @@ class Note(models.Model):
 class Tag(models.Model):
     note = models.ForeignKey(Note, on_delete=models.CASCADE, related_name="tags")
     label = models.CharField(max_length=50)
+
+    def __str__(self) -> str:
+        return self.label

@@ -1,0 +1,237 @@
+"""Database names that never belong to a tenant, and the checks made before any drop.
+
+Deleting a tenant drops its database (``DROP DATABASE ... WITH (FORCE)`` on PostgreSQL), so
+a tenant given the project's own database by mistake would take it along; a tenant given
+the template or a spare would have its rows copied into every tenant provisioned after it.
+These names are therefore refused wherever a tenant gets a database (the model's
+validation, hence the admin; provisioning; the commands):
+
+- every ``settings.DATABASES`` database on the same server (PostgreSQL: the same host and
+  port as libpq connects to; SQLite: the same file), under its test name too;
+- ``postgres``, ``template0``, ``template1`` and the server's ``MAINTENANCE_DB``;
+- the template database and its spares (``tenancy.template_databases``);
+- a database registered to another tenant on the same server.
+
+The server backends check again in ``drop_database`` itself, so that a bug in one caller
+is never enough to drop the main database: the first two kinds are refused whatever the
+caller says, the template and its spares unless the caller says ``allow_template=True``.
+
+    >>> reserved_reason("default", "template1")
+    'a system database of PostgreSQL'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import connections
+
+from tenancy.backends import get_server
+from tenancy.backends.base import DatabaseServer
+from tenancy.conf import (
+    TEST_DATABASE_PREFIX,
+    as_test_database_name,
+    is_test_run,
+    server_vendor,
+    tenancy_settings,
+)
+from tenancy.exceptions import ReservedDatabaseError
+from tenancy.validators import is_valid_slug, validate_database_name
+
+if TYPE_CHECKING:
+    from tenancy.models import AbstractTenant
+
+SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
+DEFAULT_MAINTENANCE_DB = "postgres"
+
+
+def reserved_reason(server: str | DatabaseServer, database_name: str) -> str | None:
+    """Why ``database_name`` on ``server`` (a key of TENANCY['SERVERS']) can never be a
+    tenant's database, as a phrase ("the template database ..."), or ``None``."""
+    return protected_reason(server, database_name) or template_reason(database_name)
+
+
+def protected_reason(server: str | DatabaseServer, database_name: str) -> str | None:
+    """Why tenancy must never drop ``database_name`` on ``server``, whatever the caller
+    says: a system or maintenance database, or one of ``settings.DATABASES``."""
+    database_server = server if isinstance(server, DatabaseServer) else get_server(server)
+    if database_name in SYSTEM_DATABASES:
+        return "a system database of PostgreSQL"
+    if database_name in _maintenance_databases(database_server):
+        return "the server's maintenance database (MAINTENANCE_DB)"
+    for alias, database in _configured_databases():
+        if database_server.is_configured_as(database, database_name):
+            return f"the project's database DATABASES[{alias!r}]"
+    return None
+
+
+def template_reason(database_name: str) -> str | None:
+    """Why ``database_name`` is a template database's or a spare's, or ``None``; during
+    a test run the project's own template and spares are included."""
+    pattern = tenancy_settings.DATABASE_NAME
+    templates = {tenancy_settings.template_database_name(), pattern.format(slug="_template")}
+    if database_name in templates:
+        return "the template database new tenants are copied from"
+    if tenancy_settings.is_spare_database_name(database_name) or _is_spare(pattern, database_name):
+        return "a spare copy of the template database"
+    return None
+
+
+def registered_tenant(
+    server: str, database_name: str, *, other_than: str = ""
+) -> AbstractTenant | None:
+    """The tenant, other than the one with slug ``other_than``, whose database is
+    ``database_name`` on ``server`` or on another entry of TENANCY['SERVERS'] that
+    addresses the same server."""
+    from tenancy.models import get_tenant_model  # the model validates with this module
+
+    address = get_server(server).address
+    same_server = [
+        name for name in tenancy_settings.SERVERS if get_server(name).address == address
+    ]
+    tenants = get_tenant_model()._default_manager.filter(
+        server__in=same_server, database_name=database_name
+    )
+    if other_than:
+        tenants = tenants.exclude(slug=other_than)
+    return tenants.order_by("slug").first()
+
+
+def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | None:
+    """Why tenant ``slug`` cannot have ``database_name`` on ``server``: reserved, or
+    another tenant's; ``None`` when it can."""
+    reason = reserved_reason(server, database_name)
+    if reason is None:
+        other = registered_tenant(server, database_name, other_than=slug)
+        if other is not None:
+            reason = f"the database of tenant {other.slug!r}"
+    return reason
+
+
+def database_name_unavailable(tenant: AbstractTenant) -> str | None:
+    """The one-line message saying why ``tenant`` cannot have its database (a blank name
+    is the one derived from its slug), or ``None``. Invalid slugs, names and servers are
+    left to the model's field validation."""
+    name = tenant.database_name
+    if not name and is_valid_slug(tenant.slug):
+        name = tenancy_settings.database_name_for(tenant.slug)
+    try:
+        validate_database_name(name)
+    except ValidationError:
+        return None
+    if tenant.server not in tenancy_settings.SERVERS:
+        return None
+    reason = unavailable_reason(tenant.server, name, slug=tenant.slug)
+    if reason is None:
+        return None
+    return (
+        f"Database {name!r} on server {tenant.server!r} cannot be the database of tenant "
+        f"{tenant.slug!r}: it is {reason}. Choose another database name (or slug)."
+    )
+
+
+def check_database_name_available(tenant: AbstractTenant) -> None:
+    """Raise ``ValidationError`` on ``database_name`` when ``tenant``'s database is
+    reserved or registered to another tenant."""
+    message = database_name_unavailable(tenant)
+    if message is not None:
+        raise ValidationError(
+            {"database_name": ValidationError(message, code="unavailable_database_name")}
+        )
+
+
+def check_tenant_drop(tenant: AbstractTenant) -> None:
+    """Raise ``ReservedDatabaseError`` unless ``tenant``'s database may be dropped with
+    the tenant: it is neither reserved nor registered to another tenant."""
+    reason = unavailable_reason(tenant.server, tenant.database_name, slug=tenant.slug)
+    if reason is not None:
+        raise ReservedDatabaseError(
+            f"Tenant {tenant.slug!r} was not deleted: its database {tenant.database_name!r} "
+            f"on server {tenant.server!r} is {reason}. Delete the tenant keeping the "
+            f"database (`manage.py delete_tenant {tenant.slug} --keep-database`)."
+        )
+
+
+def check_template_drop(server: str, database_name: str) -> None:
+    """Raise ``ReservedDatabaseError`` unless ``database_name`` is a template's or a
+    spare's name and no tenant's database."""
+    if template_reason(database_name) is None:
+        raise ReservedDatabaseError(
+            f"Database {database_name!r} on server {server!r} is not dropped: it is neither "
+            "the template database nor a spare."
+        )
+    other = registered_tenant(server, database_name)
+    if other is not None:
+        raise ReservedDatabaseError(
+            f"Database {database_name!r} on server {server!r} is not dropped: it is "
+            f"registered as the database of tenant {other.slug!r}; give that tenant its own "
+            "database first."
+        )
+
+
+def check_drop(server: DatabaseServer, database_name: str, *, allow_template: bool) -> None:
+    """The server backends' own check before any drop (see the module's docstring)."""
+    reason = protected_reason(server, database_name)
+    if reason is None and not allow_template:
+        reason = template_reason(database_name)
+    if reason is not None:
+        raise ReservedDatabaseError(
+            f"Database {database_name!r} on server {server.name!r} is not dropped: it is {reason}."
+        )
+
+
+def configured_names(database: Mapping[str, Any]) -> set[str]:
+    """The names of the database of a ``settings.DATABASES`` entry: its NAME, its test
+    name (``TEST['NAME']``, or ``test_<NAME>`` as Django names it), and during a test
+    run, where Django has put the test name into NAME, the project's own name again."""
+    name = str(database.get("NAME") or "")
+    test = database.get("TEST") or {}
+    test_name = str(test.get("NAME") or "") if isinstance(test, Mapping) else ""
+    names = {name, test_name or f"{TEST_DATABASE_PREFIX}{name}", as_test_database_name(name)}
+    if is_test_run():
+        prefix, _, suffix = as_test_database_name("\x00").partition("\x00")
+        for candidate in (name, test_name):
+            if candidate.startswith(prefix) and candidate.endswith(suffix):
+                names.add(candidate[len(prefix) : len(candidate) - len(suffix)])
+    names.discard("")
+    return names
+
+
+def _configured_databases() -> list[tuple[str, Mapping[str, Any]]]:
+    """Every entry of ``settings.DATABASES`` (and of ``connections.settings``, should they
+    differ), but the published test tenant's: tenancy's own aliases name tenants."""
+    from tenancy.connections import is_tenant_alias  # it imports the backends, which import us
+
+    entries = []
+    for databases in (settings.DATABASES, connections.settings):
+        for alias, database in list(databases.items()):
+            if (
+                isinstance(database, Mapping)
+                and database.get("ENGINE")
+                and not is_tenant_alias(alias)
+            ):
+                entries.append((alias, database))
+    return entries
+
+
+def _maintenance_databases(server: DatabaseServer) -> set[str]:
+    """The maintenance databases of every configured PostgreSQL server at ``server``'s
+    address (two entries of TENANCY['SERVERS'] may address one server)."""
+    templates = [server.template]
+    for name in tenancy_settings.SERVERS:
+        if get_server(name).address == server.address:
+            templates.append(tenancy_settings.server(name))
+    return {
+        str(template.get("MAINTENANCE_DB") or DEFAULT_MAINTENANCE_DB)
+        for template in templates
+        if server_vendor(template) == "postgresql"
+    }
+
+
+def _is_spare(pattern: str, name: str) -> bool:
+    prefix, _, suffix = pattern.format(slug="_spare_\x00").partition("\x00")
+    number = name.removeprefix(prefix).removesuffix(suffix)
+    return name == f"{prefix}{number}{suffix}" and number.isdigit()

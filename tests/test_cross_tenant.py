@@ -1,0 +1,224 @@
+"""Objects loaded in one tenant are refused in queries on another tenant's database.
+
+alpha and beta each hold a note with the same primary key, and a tag on it, so a query
+that took alpha's note for beta's would read or change beta's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+
+from tenancy import CrossTenantError, tenant_context
+from tenancy.connections import alias_for
+from tenancy.models import Tenant
+from tests.tenantapp.models import Note, Tag
+
+PK = 7  # alpha's and beta's note both have it
+OTHER_PK = 8  # a second note of beta's
+
+
+@pytest.fixture
+def alpha_note(alpha: Tenant, beta: Tenant) -> Note:
+    """alpha's note (with tag "alpha tag"), loaded in alpha; beta has note PK with tag
+    "beta tag" and note OTHER_PK with tag "beta other tag"."""
+    with tenant_context(alpha):
+        Tag.objects.create(note=Note.objects.create(pk=PK, text="alpha's"), label="alpha tag")
+    with tenant_context(beta):
+        Tag.objects.create(note=Note.objects.create(pk=PK, text="beta's"), label="beta tag")
+        other = Note.objects.create(pk=OTHER_PK, text="beta's other")
+        Tag.objects.create(note=other, label="beta other tag")
+    with tenant_context(alpha):
+        return Note.objects.get(pk=PK)
+
+
+@pytest.fixture
+def alpha_tag(alpha: Tenant, alpha_note: Note) -> Tag:
+    with tenant_context(alpha):
+        return Tag.objects.get(label="alpha tag")
+
+
+def beta_rows(beta: Tenant) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    with tenant_context(beta):
+        notes = list(Note.objects.order_by("pk").values_list("pk", "text"))
+        tags = list(Tag.objects.order_by("pk").values_list("note_id", "label"))
+    return notes, tags
+
+
+BETA_ROWS = (
+    [(PK, "beta's"), (OTHER_PK, "beta's other")],
+    [(PK, "beta tag"), (OTHER_PK, "beta other tag")],
+)
+
+
+def test_the_error_names_the_object_both_tenants_and_the_fix(alpha_note, beta):
+    with tenant_context(beta), pytest.raises(CrossTenantError) as raised:
+        list(Tag.objects.filter(note=alpha_note))
+    assert str(raised.value) == (
+        f"tenantapp.Note object {PK} was loaded from tenant 'alpha' but tenant 'beta' is "
+        "active. Use objects of a tenant only inside that tenant's context."
+    )
+
+
+def in_beta(beta: Tenant, work: Callable[[], object]) -> object:
+    """What ``work`` returns in tenant beta, or the CrossTenantError it raises there."""
+    with tenant_context(beta):
+        try:
+            return work()
+        except CrossTenantError as error:
+            return error
+
+
+def refused(outcome: object) -> bool:
+    return isinstance(outcome, CrossTenantError) and "but tenant 'beta' is active" in str(outcome)
+
+
+def test_bulk_update_of_another_tenants_object_is_refused(alpha_note, beta):
+    alpha_note.text = "changed"
+    outcome = in_beta(beta, lambda: Note.objects.bulk_update([alpha_note], ["text"]))
+    assert beta_rows(beta) == BETA_ROWS
+    assert refused(outcome)
+
+
+def test_bulk_create_upserting_another_tenants_object_is_refused(alpha_note, beta):
+    alpha_note.text = "changed"
+    outcome = in_beta(
+        beta,
+        lambda: Note.objects.bulk_create(
+            [alpha_note], update_conflicts=True, unique_fields=["id"], update_fields=["text"]
+        ),
+    )
+    assert beta_rows(beta) == BETA_ROWS
+    assert refused(outcome)
+
+
+def test_bulk_create_of_another_tenants_object_is_refused(alpha_note, beta):
+    with tenant_context(beta):
+        Note.objects.filter(pk=PK).delete()
+    outcome = in_beta(beta, lambda: Note.objects.bulk_create([alpha_note]))
+    assert beta_rows(beta) == ([(OTHER_PK, "beta's other")], [(OTHER_PK, "beta other tag")])
+    assert refused(outcome)
+
+
+def test_bulk_create_of_a_tag_made_in_another_tenant_is_refused(alpha, alpha_note, beta):
+    with tenant_context(alpha):
+        tag = Tag(note=alpha_note, label="made in alpha")
+    outcome = in_beta(beta, lambda: Tag.objects.bulk_create([tag]))
+    assert beta_rows(beta) == BETA_ROWS
+    assert refused(outcome)
+
+
+READS: dict[str, Callable[[Note, Tag], object]] = {
+    "filter": lambda note, tag: list(Tag.objects.filter(note=note)),
+    "in": lambda note, tag: list(Tag.objects.filter(note__in=[note])),
+    "in, a set": lambda note, tag: list(Tag.objects.filter(note__in={note})),
+    "Q": lambda note, tag: list(Tag.objects.filter(Q(label="none") | Q(note=note))),
+    "exclude": lambda note, tag: list(Tag.objects.exclude(note=note)),
+    "get": lambda note, tag: Tag.objects.get(note=note),
+    "count": lambda note, tag: Tag.objects.filter(note=note).count(),
+    "exists": lambda note, tag: Tag.objects.filter(note=note).exists(),
+    "values": lambda note, tag: list(Tag.objects.filter(note=note).values("label")),
+    "related lookup": lambda note, tag: list(Note.objects.filter(tags__note__in=[note])),
+    "reverse relation": lambda note, tag: list(Note.objects.filter(tags=tag)),
+    "reverse relation, exclude": lambda note, tag: list(Note.objects.exclude(tags=tag)),
+    "combined querysets": lambda note, tag: list(
+        Tag.objects.filter(label="none") | Tag.objects.filter(note=note)
+    ),
+    "subquery": lambda note, tag: list(
+        Note.objects.filter(Exists(Tag.objects.filter(note=OuterRef("pk"), note__in=[note])))
+    ),
+    "condition in an expression": lambda note, tag: list(
+        Tag.objects.annotate(mine=Case(When(note=note, then=Value(True)), default=Value(False)))
+    ),
+}
+
+
+@pytest.mark.parametrize("query", READS.values(), ids=READS.keys())
+def test_filtering_by_another_tenants_object_is_refused(alpha_note, alpha_tag, beta, query):
+    outcome = in_beta(beta, lambda: query(alpha_note, alpha_tag))
+    assert refused(outcome), f"beta's rows were read: {outcome!r}"
+
+
+WRITES: dict[str, Callable[[Note], object]] = {
+    "update value": lambda note: Tag.objects.update(note=note),
+    "update of a filtered queryset": lambda note: Tag.objects.filter(note=note).update(
+        label="changed"
+    ),
+    "update with a condition": lambda note: Tag.objects.update(
+        label=Case(When(note=note, then=Value("changed")), default=F("label"))
+    ),
+    "delete of a filtered queryset": lambda note: Tag.objects.filter(note=note).delete(),
+    "get_or_create": lambda note: Tag.objects.get_or_create(note=note, label="beta tag"),
+    "save": lambda note: note.save(),
+    "delete": lambda note: note.delete(),
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
+def test_writing_with_another_tenants_object_is_refused(alpha_note, beta, write):
+    alpha_note.text = "changed"
+    outcome = in_beta(beta, lambda: write(alpha_note))
+    assert beta_rows(beta) == BETA_ROWS
+    assert refused(outcome), outcome
+
+
+def test_the_async_queryset_methods_refuse_another_tenants_object(alpha_note, beta):
+    alpha_note.text = "changed"
+
+    async def write() -> list[object]:
+        outcomes: list[object] = []
+        async with tenant_context(beta):
+            for work in (
+                Note.objects.abulk_update([alpha_note], ["text"]),
+                Tag.objects.filter(note=alpha_note).aupdate(label="changed"),
+            ):
+                try:
+                    outcomes.append(await work)
+                except CrossTenantError as error:
+                    outcomes.append(error)
+        return outcomes
+
+    outcomes = asyncio.run(write())
+    assert beta_rows(beta) == BETA_ROWS
+    assert all(refused(outcome) for outcome in outcomes), outcomes
+
+
+def test_objects_work_in_their_own_tenant(alpha, alpha_note, beta):
+    with tenant_context(alpha):
+        assert [t.label for t in Tag.objects.filter(note__in=[alpha_note])] == ["alpha tag"]
+        alpha_note.text = "bulk updated"
+        Note.objects.bulk_update([alpha_note], ["text"])
+        alpha_note.text = "upserted"
+        Note.objects.bulk_create(
+            [alpha_note], update_conflicts=True, unique_fields=["id"], update_fields=["text"]
+        )
+        assert Tag.objects.update(note=alpha_note) == 1
+        assert [n.tags.count() for n in Note.objects.prefetch_related("tags")] == [1]
+        alpha_note.delete()
+        assert (Note.objects.count(), Tag.objects.count()) == (0, 0)
+    assert beta_rows(beta) == BETA_ROWS
+
+
+def test_objects_can_be_used_with_their_own_tenants_database_explicitly(alpha, alpha_note, beta):
+    with tenant_context(beta):
+        tags = Tag.objects.filter(note=alpha_note).using(alias_for(alpha))
+        assert [t.label for t in tags] == ["alpha tag"]
+
+
+def test_unsaved_and_hand_made_objects_are_allowed(alpha_note, beta):
+    with tenant_context(beta):
+        by_hand = Note(pk=PK, text="by hand")
+        assert [t.label for t in Tag.objects.filter(note=by_hand)] == ["beta tag"]
+        Note.objects.bulk_update([by_hand], ["text"])
+        Note.objects.bulk_create([Note(text="new")])
+        assert Tag.objects.filter(note=OTHER_PK).update(note=by_hand) == 1
+        assert sorted(Note.objects.values_list("text", flat=True)) == [
+            "beta's other",
+            "by hand",
+            "new",
+        ]
+        assert list(Tag.objects.values_list("note_id", flat=True)) == [PK, PK]
