@@ -52,6 +52,8 @@ from django.core.exceptions import ValidationError
 from django.core.signals import request_finished, request_started
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.signals import connection_created
+from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWrapper
+from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from django.db.utils import load_backend
 
 from tenancy.backends.sqlite import SQLiteServer, sqlite_uri
@@ -99,7 +101,7 @@ class _Registration:
 class _Use:
     """One thread's connection object for one tenant alias."""
 
-    __slots__ = ("__weakref__", "alias", "close_requested", "iterators", "last_used", "wrapper")
+    __slots__ = ("__weakref__", "alias", "close_requested", "cursors", "last_used", "wrapper")
 
     def __init__(self, alias: str, wrapper: BaseDatabaseWrapper) -> None:
         self.alias = alias
@@ -108,9 +110,10 @@ class _Use:
         # Set by any thread when the process holds too many connections; acted on by
         # the owning thread at its next safe point.
         self.close_requested = False
-        # The cursors of the connection's QuerySet.iterator() loops that are still alive
-        # (Django does not track them); closing the connection would break them.
-        self.iterators: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The driver cursors of the connection that are still referenced (Django does not
+        # track them): a QuerySet.iterator() or raw() loop, a cursor() being fetched
+        # from. Closing the connection under one would break it.
+        self.cursors: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _ThreadUses(threading.local):
@@ -379,6 +382,15 @@ def _register(tenant: AbstractTenant) -> _Registration:
     return registration
 
 
+def tenant_of_alias(alias: str | None) -> str | None:
+    """The slug of the tenant whose database ``alias`` names, under its current alias or
+    one removed since (an object loaded before its tenant was registered again still
+    belongs to that tenant); ``None`` for any other database."""
+    if alias is None or not alias.startswith(ALIAS_PREFIX):
+        return None
+    return _slug_of(alias)
+
+
 def _is_registered(alias: str) -> bool:
     registration = _registrations.get(_slug_of(alias))
     return registration is not None and registration.alias == alias
@@ -417,7 +429,8 @@ def _attach(registration: _Registration) -> _Use:
 
 def _instrument(use: _Use, registration: _Registration) -> None:
     """Make ``use``'s connection object refuse work once its alias is removed, and
-    remember the cursors ``QuerySet.iterator()`` gets from it (``chunked_cursor()``).
+    remember the driver cursors made on it (``create_cursor()``, which every cursor,
+    ``QuerySet.iterator()``'s among them, comes from).
 
     Once the alias is removed, making a cursor or running a statement on a cursor made
     before raises ``TenantRemoved`` (as does connecting: ``_refuse_removed_alias``)
@@ -425,8 +438,13 @@ def _instrument(use: _Use, registration: _Registration) -> None:
     closed. Ending a transaction still works (``commit()``, ``rollback()``, leaving
     ``atomic()``), and the thread closes the connection itself at its next safe point.
     """
-    wrapper, slug, iterators = use.wrapper, _slug_of(registration.alias), use.iterators
-    create_cursor, chunked_cursor = wrapper.create_cursor, wrapper.chunked_cursor
+    wrapper, slug, cursors = use.wrapper, _slug_of(registration.alias), use.cursors
+    create_cursor = wrapper.create_cursor
+    if type(wrapper).create_cursor is SQLiteDatabaseWrapper.create_cursor:
+        # Django's own, with a cursor class that says when it is closed (sqlite3's
+        # cursors do not): a closed cursor still referenced is no loop to protect.
+        def create_cursor(name: str | None = None) -> Any:
+            return wrapper.connection.cursor(factory=_SQLiteCursor)
 
     def refuse_if_removed() -> None:
         if _registrations.get(slug) is not registration:
@@ -434,21 +452,25 @@ def _instrument(use: _Use, registration: _Registration) -> None:
 
     def guarded_create_cursor(name: str | None = None) -> Any:
         refuse_if_removed()
-        return create_cursor(name)
+        cursor = create_cursor(name)
+        cursors.add(cursor)
+        return cursor
 
     def guarded_execute(execute: Callable[..., Any], *args: Any) -> Any:
         refuse_if_removed()
         return execute(*args)
 
-    def tracked_chunked_cursor() -> Any:
-        cursor = chunked_cursor()
-        iterators.add(cursor)
-        return cursor
-
     instrumented = cast(Any, wrapper)
     instrumented.create_cursor = guarded_create_cursor
-    instrumented.chunked_cursor = tracked_chunked_cursor
     wrapper.execute_wrappers.append(guarded_execute)
+
+
+class _SQLiteCursor(SQLiteCursorWrapper):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
 
 
 def _release(use: _Use) -> None:
@@ -470,8 +492,9 @@ def _is_busy(use: _Use) -> bool:
         return False  # closed already (from another thread, by unregister): nothing to lose
     if not wrapper.autocommit:
         return True
-    # A live cursor is one its iterator still references; psycopg also knows it closed.
-    if any(not getattr(cursor.cursor, "closed", False) for cursor in list(use.iterators)):
+    # A live cursor is one still referenced (ORM queries drop theirs when done); psycopg
+    # also knows it closed.
+    if any(not getattr(cursor, "closed", False) for cursor in list(use.cursors)):
         return True
     # A transaction begun by hand (``cursor.execute("BEGIN")``): Django does not know.
     in_transaction = getattr(raw, "in_transaction", None)  # sqlite3

@@ -32,7 +32,7 @@ from django.db.models import Model, QuerySet
 from django.db.models.fields.related_lookups import RelatedIn, RelatedLookupMixin
 from django.db.models.sql.compiler import SQLUpdateCompiler
 
-from tenancy.connections import _slug_of, is_tenant_alias
+from tenancy.connections import is_tenant_alias, tenant_of_alias
 from tenancy.exceptions import CrossTenantError
 
 # Set on a related lookup given tenant objects: the objects, checked at compilation.
@@ -58,12 +58,13 @@ def install() -> None:
 def _refuse_other_tenants(objects: Iterable[Model], alias: str) -> None:
     """``CrossTenantError`` for the first of ``objects`` that was loaded from a tenant
     database other than ``alias``, when ``alias`` is a tenant's."""
-    if not is_tenant_alias(alias):
+    active = tenant_of_alias(alias)
+    if active is None:
         return
     for obj in objects:
-        db = obj._state.db
-        if db is not None and db != alias and is_tenant_alias(db):
-            raise CrossTenantError.for_instance(obj, _slug_of(db), _slug_of(alias))
+        loaded = tenant_of_alias(obj._state.db)
+        if loaded is not None and loaded != active:
+            raise CrossTenantError.for_instance(obj, loaded, active)
 
 
 def _tenant_objects(values: Collection[object]) -> list[Model]:

@@ -62,7 +62,7 @@ def protected_reason(server: str | DatabaseServer, database_name: str) -> str | 
         return "a system database of PostgreSQL"
     if database_name in _maintenance_databases(database_server):
         return "the server's maintenance database (MAINTENANCE_DB)"
-    for alias, database in _configured_databases():
+    for alias, database in configured_databases():
         if database_server.is_configured_as(database, database_name):
             return f"the project's database DATABASES[{alias!r}]"
     return None
@@ -146,7 +146,12 @@ def check_database_name_available(tenant: AbstractTenant) -> None:
 def check_tenant_drop(tenant: AbstractTenant) -> None:
     """Raise ``ReservedDatabaseError`` unless ``tenant``'s database may be dropped with
     the tenant: it is neither reserved nor registered to another tenant."""
-    reason = unavailable_reason(tenant.server, tenant.database_name, slug=tenant.slug)
+    try:
+        validate_database_name(tenant.database_name)
+    except ValidationError as exc:
+        reason: str | None = f"not a database name tenancy accepts ({exc.messages[0]})"
+    else:
+        reason = unavailable_reason(tenant.server, tenant.database_name, slug=tenant.slug)
     if reason is not None:
         raise ReservedDatabaseError(
             f"Tenant {tenant.slug!r} was not deleted: its database {tenant.database_name!r} "
@@ -200,7 +205,7 @@ def configured_names(database: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _configured_databases() -> list[tuple[str, Mapping[str, Any]]]:
+def configured_databases() -> list[tuple[str, Mapping[str, Any]]]:
     """Every entry of ``settings.DATABASES`` (and of ``connections.settings``, should they
     differ), but the published test tenant's: tenancy's own aliases name tenants."""
     from tenancy.connections import is_tenant_alias  # it imports the backends, which import us

@@ -8,7 +8,7 @@ from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model
 
 from tenancy.conf import tenancy_settings
-from tenancy.connections import _slug_of, alias_for, is_tenant_alias
+from tenancy.connections import alias_for, is_tenant_alias, tenant_of_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
 from tenancy.transactions import warn_if_only_default_in_transaction
@@ -45,21 +45,24 @@ class TenantRouter:
         tenant = current_tenant()
         if tenant is None:
             raise NoTenantError.for_model(model)
-        alias = alias_for(tenant)
-        if (
-            instance is not None
-            and instance_db not in (None, alias)
-            and is_tenant_alias(instance_db)
-        ):
-            raise CrossTenantError.for_instance(instance, _slug_of(instance_db), tenant.slug)
-        return alias
+        loaded_from = tenant_of_alias(instance_db)
+        if instance is not None and loaded_from not in (None, tenant.slug):
+            raise CrossTenantError.for_instance(instance, loaded_from, tenant.slug)
+        return alias_for(tenant)
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         tenant1, tenant2 = is_tenant_model(type(obj1)), is_tenant_model(type(obj2))
         if tenant1 != tenant2:
             return False
         db1, db2 = obj1._state.db, obj2._state.db
-        if tenant1 and db1 is not None and db2 is not None and db1 != db2:
+        # One tenant's objects relate even when loaded under two of its aliases (it was
+        # registered again in between).
+        if (
+            tenant1
+            and db1 is not None
+            and db2 is not None
+            and (tenant_of_alias(db1) or db1) != (tenant_of_alias(db2) or db2)
+        ):
             return False
         return None
 

@@ -175,6 +175,29 @@ def test_a_connection_with_an_unfinished_iterator_is_never_closed_for_the_cap(
     assert open_connection_count() == 1
 
 
+def test_a_connection_with_a_raw_loop_or_cursor_being_fetched_is_never_closed_for_the_cap(
+    alpha, beta, settings
+):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    with tenant_context(alpha):
+        Note.objects.bulk_create([Note(text=text) for text in ("a1", "a2", "a3")])
+    seen = []
+    with tenant_context(alpha):
+        query = f"SELECT * FROM {Note._meta.db_table} ORDER BY text"
+        for note in Note.objects.raw(query).iterator():
+            with tenant_context(beta):
+                Note.objects.count()
+            close_old_connections()
+            seen.append(note.text)
+        with tenant_connection().cursor() as cursor:
+            cursor.execute(f"SELECT text FROM {Note._meta.db_table} ORDER BY text")
+            while (row := cursor.fetchone()) is not None:
+                with tenant_context(beta):
+                    Note.objects.count()
+                seen.append(row[0])
+    assert seen == ["a1", "a2", "a3"] * 2
+
+
 def test_other_threads_close_their_connections_themselves(alpha, beta, settings):
     fleet = [alpha, beta]
     limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)

@@ -14,7 +14,7 @@ import pytest
 from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 
 from tenancy import CrossTenantError, tenant_context
-from tenancy.connections import alias_for
+from tenancy.connections import alias_for, unregister
 from tenancy.models import Tenant
 from tests.tenantapp.models import Note, Tag
 
@@ -222,3 +222,20 @@ def test_unsaved_and_hand_made_objects_are_allowed(alpha_note, beta):
             "new",
         ]
         assert list(Tag.objects.values_list("note_id", flat=True)) == [PK, PK]
+
+
+def test_objects_stay_their_tenants_when_it_is_registered_again(alpha, alpha_note, alpha_tag):
+    # A tenant registered again (migrated, its server changed, ...) gets a new alias;
+    # what was loaded under the old one is still the tenant's own.
+    with tenant_context(alpha):
+        old_alias = alias_for(alpha)
+        unregister(alpha)
+        assert alias_for(alpha) != old_alias == alpha_note._state.db
+        alpha_note.text = "renamed"
+        Note.objects.bulk_update([alpha_note], ["text"])
+        assert list(Tag.objects.filter(note=alpha_note).values_list("label", flat=True)) == [
+            "alpha tag"
+        ]
+        alpha_tag.note = alpha_note
+        alpha_tag.save()
+        assert Note.objects.get(pk=PK).text == "renamed"

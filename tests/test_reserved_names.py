@@ -134,6 +134,34 @@ def test_the_drop_itself_refuses_when_the_callers_check_is_missing(
     assert get_server("one").database_exists(project_database)
 
 
+def test_the_server_itself_is_asked_when_every_name_check_is_missing(
+    project_database, monkeypatch
+):
+    # An address spelt differently (an IP address for a host name, OPTIONS host or
+    # service) would defeat a comparison of settings: the server says which it is.
+    if BACKEND != "postgresql":
+        pytest.skip("SQLite files are compared by path")
+    monkeypatch.setattr("tenancy.reserved.protected_reason", lambda server, name: None)
+    with pytest.raises(ReservedDatabaseError) as refused:
+        get_server("one").drop_database(project_database, allow_template=True)
+    assert str(refused.value).endswith(
+        "is not dropped: it is the project's database "
+        f"DATABASES[{'shop' if project_database == SHOP else 'default'!r}]."
+    )
+    assert get_server("one").database_exists(project_database)
+
+
+def test_deleting_a_tenant_whose_row_names_an_invalid_database_is_one_line(alpha):
+    Tenant.objects.filter(pk=alpha.pk).update(database_name="Test_Tenancy_Alpha")
+    with pytest.raises(CommandError) as refused:
+        call_command("delete_tenant", "alpha", "--noinput")
+    assert "not a database name tenancy accepts" in str(refused.value)
+    assert "--keep-database" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert Tenant.objects.filter(pk=alpha.pk).exists()
+    assert get_server("one").database_exists(alpha.database_name)
+
+
 @pytest.mark.parametrize("name", ["postgres", "template0", "template1"])
 def test_system_databases_are_never_a_tenants(db_access, name):
     with pytest.raises(ProvisioningError, match="it is a system database of PostgreSQL"):

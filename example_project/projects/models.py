@@ -4,7 +4,9 @@ from django.db import models
 
 
 class Project(models.Model):
-    name = models.CharField(max_length=200)
+    # Unique in its tenant: the task form finds or creates a project by its name, and
+    # two requests doing that at once must not make two.
+    name = models.CharField(max_length=200, unique=True)
 
     class Meta:
         ordering = ["name"]

@@ -14,7 +14,13 @@ from psycopg import errors, sql
 
 from tenancy.backends.base import DatabaseServer, TemplateInUse, TemplateMissing
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
-from tenancy.reserved import DEFAULT_MAINTENANCE_DB, check_drop, configured_names
+from tenancy.exceptions import ReservedDatabaseError
+from tenancy.reserved import (
+    DEFAULT_MAINTENANCE_DB,
+    check_drop,
+    configured_databases,
+    configured_names,
+)
 from tenancy.validators import validate_database_name
 
 MAINTENANCE_ALIAS = "tenancy:maintenance"
@@ -89,9 +95,11 @@ class PostgreSQLServer(DatabaseServer):
         validate_database_name(name)
         check_drop(self, name, allow_template=allow_template)
         with self._cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
-            if cursor.fetchone() is None:
+            cursor.execute(f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = %s", [name])
+            row = cursor.fetchone()
+            if row is None:
                 return False
+            _refuse_a_configured_database(self.name, name, tuple(row))
             cursor.execute(_compose(cursor, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name))
         return True
 
@@ -166,6 +174,38 @@ class PostgreSQLServer(DatabaseServer):
                 "SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY datname"
             )
             return [row[0] for row in cursor.fetchall()]
+
+
+# What tells one cluster from another: no two clusters on a port started at the same
+# microsecond.
+_CLUSTER = "pg_postmaster_start_time(), current_setting('port')"
+
+
+def _refuse_a_configured_database(server: str, name: str, target: tuple[Any, ...]) -> None:
+    """Ask each configured PostgreSQL database of ``settings.DATABASES`` which database
+    it is; ``ReservedDatabaseError`` if one is ``target`` (its oid and cluster).
+
+    The names in the settings are compared before (``tenancy.reserved``); this asks the
+    servers themselves, so that an address spelt differently (an IP address for a host
+    name, OPTIONS host, port or service) still cannot lead to the project's database. A
+    database that cannot be reached is left to the comparison of names.
+    """
+    for alias, database in configured_databases():
+        if alias not in connections.settings or server_vendor(database) != "postgresql":
+            continue
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute(
+                    f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = current_database()"
+                )
+                row = cursor.fetchone()
+        except Exception:
+            continue
+        if row is not None and tuple(row) == target:
+            raise ReservedDatabaseError(
+                f"Database {name!r} on server {server!r} is not dropped: it is the "
+                f"project's database DATABASES[{alias!r}]."
+            )
 
 
 @contextmanager

@@ -68,6 +68,16 @@ def one_request(client: LoadClient, tally: Tally, number: int) -> None:
             tally.requests += 1
 
 
+def server_errors(example: ExampleProject, server: str, limit: int = 3) -> list[str]:
+    """The exceptions of the first ``limit`` tracebacks in the web server's log."""
+    log = (example.data_dir / f"{server}.log").read_text(errors="replace")
+    blocks = log.split("Traceback (most recent call last):\n")[1 : limit + 1]
+    return [
+        next((line for line in block.splitlines() if not line.startswith(" ")), block[:200])
+        for block in blocks
+    ]
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExampleProject, str]]:
     with example_project(tmp_path_factory.mktemp("load")) as example:
@@ -102,7 +112,7 @@ def test_concurrent_mixed_load_never_crosses_tenants_or_loses_rows(fleet, server
         f"rows lost {lost}"
     )
     assert tally.requests == REQUESTS
-    assert not tally.errors, tally.errors.most_common(5)
+    assert not tally.errors, (tally.errors.most_common(5), server_errors(example, server))
     assert tally.cross_tenant_reads == 0
     assert lost == 0
     assert sum(map(len, tally.written.values())) == len(range(0, REQUESTS, 3))
