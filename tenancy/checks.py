@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model
+from django.utils.module_loading import import_string
 
 from tenancy.conf import tenancy_settings
 
@@ -195,10 +196,49 @@ AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddle
 @checks.register(checks.Tags.security)
 def check_session_binding(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """TenantMiddleware binds each sign-in to its site (``tenancy.sessions``): it needs the
-    session, and must guard it before anything can sign the user in from it."""
+    session, and must guard it before anything can sign the user in from it. Subclasses
+    of the three middleware count as they do (as Django's admin checks count them)."""
     middleware = list(getattr(settings, "MIDDLEWARE", []))
-    if TENANT_MIDDLEWARE not in middleware:
+    tenant = _positions(middleware, TENANT_MIDDLEWARE)
+    if not tenant:
         return []
+    position = tenant[0]
+    if any(index > position for index in _positions(middleware, SESSION_MIDDLEWARE)):
+        return [
+            checks.Error(
+                f"{TENANT_MIDDLEWARE} comes before {SESSION_MIDDLEWARE}, so it cannot bind "
+                "sessions to their tenant: a session signed in on one tenant would sign its "
+                "user in on every other.",
+                hint=f"Move {TENANT_MIDDLEWARE!r} after {SESSION_MIDDLEWARE!r} in MIDDLEWARE.",
+                id="tenancy.E009",
+            )
+        ]
+    if any(index < position for index in _positions(middleware, AUTHENTICATION_MIDDLEWARE)):
+        return [
+            checks.Error(
+                f"{AUTHENTICATION_MIDDLEWARE} comes before {TENANT_MIDDLEWARE}: middleware "
+                "in between could read request.user from a session signed in on another "
+                "tenant before the tenant is known.",
+                hint=f"Move {AUTHENTICATION_MIDDLEWARE!r} after {TENANT_MIDDLEWARE!r} in "
+                "MIDDLEWARE.",
+                id="tenancy.E010",
+            )
+        ]
+    return []
+
+
+def _positions(middleware: list[str], dotted_path: str) -> list[int]:
+    """Where ``dotted_path``, or a subclass of it, stands in ``middleware``."""
+    base = import_string(dotted_path)
+    positions = []
+    for index, entry in enumerate(middleware):
+        try:
+            cls = import_string(entry) if entry != dotted_path else base
+        except ImportError:
+            continue  # Django reports it when it loads the middleware
+        if isinstance(cls, type) and issubclass(cls, base):
+            positions.append(index)
+    return positions
     position = middleware.index(TENANT_MIDDLEWARE)
     if SESSION_MIDDLEWARE in middleware[position:]:
         return [

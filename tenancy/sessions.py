@@ -27,6 +27,7 @@ The session's data is then seen as it is.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -38,11 +39,13 @@ from django.contrib.auth import (
     get_user_model,
     load_backend,
 )
+from django.contrib.auth import middleware as auth_middleware
 from django.contrib.auth.signals import user_logged_in
 from django.contrib.sessions.backends.base import SessionBase
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.utils.crypto import constant_time_compare
+from django.utils.functional import SimpleLazyObject
 
 from tenancy.conf import tenancy_settings
 from tenancy.context import current_tenant
@@ -87,6 +90,7 @@ def guard_session(request: HttpRequest, tenant: AbstractTenant | None) -> None:
         if not _belongs(dict(session.items()), tenant):
             _forget(session)
             session._session_cache = {}  # type: ignore[attr-defined]
+            _forget_user(request)
         return
     load, aload = session.load, session.aload
 
@@ -111,6 +115,16 @@ def guard_session(request: HttpRequest, tenant: AbstractTenant | None) -> None:
     # session (auth.get_user, aget_user, login(), the view's own reads) goes through them.
     session.load = guarded_load  # type: ignore[method-assign]
     session.aload = guarded_aload  # type: ignore[method-assign]
+
+
+def _forget_user(request: HttpRequest) -> None:
+    """Drop the user that authentication middleware before TenantMiddleware may have
+    read from the session already: it is worked out again from the session as it is now."""
+    for cached in ("_cached_user", "_acached_user"):
+        request.__dict__.pop(cached, None)
+    if hasattr(request, "user"):
+        request.user = SimpleLazyObject(partial(auth_middleware.get_user, request))  # type: ignore[assignment]
+        request.auser = partial(auth_middleware.auser, request)
 
 
 def _belongs(data: Mapping[str, Any], tenant: AbstractTenant | None) -> bool:

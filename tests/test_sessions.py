@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.auth.models import Group, User
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.contrib.sessions.models import Session
 from django.core.cache import caches
 from django.test import Client
@@ -149,6 +151,49 @@ def reads_the_session(get_response):
         return get_response(request)
 
     return middleware
+
+
+def reads_the_user(get_response):
+    """Middleware before TenantMiddleware that looks at the user (a "last seen" stamp)."""
+
+    def middleware(request):
+        request.user.is_authenticated  # noqa: B018
+        return get_response(request)
+
+    return middleware
+
+
+def test_a_user_read_before_the_tenant_is_known_is_worked_out_again(settings, users, notes):
+    settings.MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "tests.test_sessions.reads_the_user",
+        "tenancy.middleware.TenantMiddleware",
+    ]
+    client = Client()
+    cookie = sign_in(client, "alpha")
+    assert visit(with_cookie(cookie), "beta", "/me/").json() == {"user": None, "get_user": None}
+    assert visit(with_cookie(cookie), "beta", "/private/").status_code == 302
+    assert visit(with_cookie(cookie), "alpha", "/me/").json()["user"] == "ann"
+
+
+class OwnSessionMiddleware(SessionMiddleware):
+    pass
+
+
+class OwnAuthenticationMiddleware(AuthenticationMiddleware):
+    pass
+
+
+def test_subclasses_of_the_session_and_authentication_middleware_are_checked(settings):
+    own_sessions = "tests.test_sessions.OwnSessionMiddleware"
+    own_authentication = "tests.test_sessions.OwnAuthenticationMiddleware"
+    settings.MIDDLEWARE = [TENANTS, own_sessions, AUTHENTICATION]
+    assert [error.id for error in check_session_binding()] == ["tenancy.E009"]
+    settings.MIDDLEWARE = [SESSIONS, own_authentication, TENANTS]
+    assert [error.id for error in check_session_binding()] == ["tenancy.E010"]
+    settings.MIDDLEWARE = [own_sessions, TENANTS, own_authentication]
+    assert check_session_binding() == []
 
 
 def test_a_session_read_before_the_tenant_is_known_is_guarded_too(settings, users, notes):
