@@ -116,3 +116,50 @@ def test_concurrent_mixed_load_never_crosses_tenants_or_loses_rows(fleet, server
     assert tally.cross_tenant_reads == 0
     assert lost == 0
     assert sum(map(len, tally.written.values())) == len(range(0, REQUESTS, 3))
+
+
+def test_a_tenant_deleted_under_load_is_answered_404_or_503_never_500(fleet):
+    """`delete_tenant` in its own process while the served example handles the tenant's
+    reads and writes (and others'): its requests are answered as they were before, or
+    with 404 or 503, never with 500; the other tenants do not notice. Runs after the
+    mixed load above, which needs every tenant of the fleet."""
+    example, sessions = fleet
+    victim, others = "load-00", [f"load-{number:02d}" for number in range(1, 4)]
+    seen: Counter[tuple[str, int]] = Counter()
+    lock, stop = threading.Lock(), threading.Event()
+
+    def hammer(client: LoadClient, slug: str) -> None:
+        for number in range(5_000):  # bounded, and stopped long before
+            if stop.is_set():
+                return
+            if number % 2:
+                body = f"project=Load&title={slug}/deleted-{number}"
+                status, _ = client.request("POST", slug, "/", body)
+            else:
+                status, _ = client.request("GET", slug, "/api/tasks/")
+            with lock:
+                seen[("victim" if slug == victim else "other", status)] += 1
+
+    with example.serve("gunicorn") as port:
+        client = LoadClient(port, sessions)
+        threads = [
+            threading.Thread(target=hammer, args=(client, slug)) for slug in [victim] * 4 + others
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1)
+            example.manage("delete_tenant", victim, "--noinput")
+            time.sleep(1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=60)
+        log_errors = server_errors(example, "gunicorn")
+    print(f"\ndeleted under load: {dict(seen)}")
+    victim_statuses = {status for kind, status in seen if kind == "victim"}
+    assert victim_statuses <= {200, 302, 404, 503}, (seen, log_errors)
+    assert {200, 302} & victim_statuses, seen  # served before the deletion
+    assert 404 in victim_statuses, seen  # and gone after it
+    assert {status for kind, status in seen if kind == "other"} <= {200, 302}, seen
+    assert log_errors == []
