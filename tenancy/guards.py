@@ -15,7 +15,15 @@ where both the objects and the database are known:
   them when they are compiled for a connection: every filter on a relation goes through
   one of them, wherever the condition ends up (combined querysets, subqueries);
 - ``SQLUpdateCompiler.as_sql`` checks the objects among the ``update()`` values;
-- ``QuerySet.bulk_update`` and ``QuerySet._prepare_for_bulk_create`` check the objects.
+- ``QuerySet.bulk_update`` and ``QuerySet._prepare_for_bulk_create`` check the objects;
+- the related managers' ``add()``, ``remove()`` and ``set()`` (many-to-many, reverse
+  foreign keys) check the objects against the database they write to: Django turns the
+  objects into primary keys before any router call, so ``beta_label.notes.remove(note)``
+  would unlink beta's note with alpha's note's key (the factories that make the manager
+  classes are wrapped, the async methods call the sync ones);
+- ``prefetch_one_level`` refuses instances of two tenants in one list: Django queries the
+  database of the first one with the keys of all;
+- ``Model.refresh_from_db`` checks the object against the database of ``from_queryset``.
 
 Only objects whose ``_state.db`` is a tenant alias, in queries on a tenant alias, are
 looked at; unsaved objects (``_state.db`` is ``None``) pass. Filters on other fields
@@ -28,12 +36,16 @@ import functools
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db import router
+from django.db.models import Model, QuerySet, query
+from django.db.models.fields import related_descriptors
 from django.db.models.fields.related_lookups import RelatedIn, RelatedLookupMixin
 from django.db.models.sql.compiler import SQLUpdateCompiler
 
 from tenancy.connections import is_tenant_alias, tenant_of_alias
+from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError
+from tenancy.routers import is_tenant_model
 
 # Set on a related lookup given tenant objects: the objects, checked at compilation.
 _TENANT_OBJECTS = "_tenancy_objects"
@@ -53,14 +65,25 @@ def install() -> None:
     _wrap(SQLUpdateCompiler, "as_sql", _checking_update_values)
     _wrap(QuerySet, "_prepare_for_bulk_create", _checking_bulk_create)
     _wrap(QuerySet, "bulk_update", _checking_bulk_update)
+    # Module functions, looked up by name when a descriptor first makes its manager class
+    # (``related_manager_cls``) and by ``prefetch_related_objects()``.
+    _wrap(related_descriptors, "create_forward_many_to_many_manager", _checking_managers)
+    _wrap(related_descriptors, "create_reverse_many_to_one_manager", _checking_managers)
+    _wrap(query, "prefetch_one_level", _checking_prefetch)
+    _wrap(Model, "refresh_from_db", _checking_refresh)
 
 
 def _refuse_other_tenants(objects: Iterable[Model], alias: str) -> None:
     """``CrossTenantError`` for the first of ``objects`` that was loaded from a tenant
     database other than ``alias``, when ``alias`` is a tenant's."""
     active = tenant_of_alias(alias)
-    if active is None:
-        return
+    if active is not None:
+        _refuse_other_than(objects, active)
+
+
+def _refuse_other_than(objects: Iterable[Model], active: str) -> None:
+    """``CrossTenantError`` for the first of ``objects`` loaded from a tenant database
+    other than tenant ``active``'s."""
     for obj in objects:
         loaded = tenant_of_alias(obj._state.db)
         if loaded is not None and loaded != active:
@@ -80,9 +103,9 @@ def _tenant_objects(values: Collection[object]) -> list[Model]:
     ]
 
 
-def _wrap(cls: type, name: str, make_wrapper: Callable[[Any], Any]) -> None:
-    original = getattr(cls, name)
-    setattr(cls, name, functools.wraps(original)(make_wrapper(original)))
+def _wrap(owner: object, name: str, make_wrapper: Callable[[Any], Any]) -> None:
+    original = getattr(owner, name)
+    setattr(owner, name, functools.wraps(original)(make_wrapper(original)))
 
 
 def _noting_tenant_objects(get_prep_lookup: Any) -> Any:
@@ -92,6 +115,11 @@ def _noting_tenant_objects(get_prep_lookup: Any) -> Any:
             objects = _tenant_objects((rhs,))
         elif isinstance(rhs, Collection) and not isinstance(rhs, str | bytes):
             objects = _tenant_objects(rhs)  # __in
+        elif isinstance(rhs, Iterable) and not hasattr(rhs, "as_sql"):
+            # Any other iterable without SQL of its own (an evaluated RawQuerySet):
+            # RelatedIn iterates it once as well, into a list.
+            lookup.rhs = list(rhs)
+            objects = _tenant_objects(lookup.rhs)
         else:
             return get_prep_lookup(lookup)
         if objects:
@@ -141,5 +169,72 @@ def _checking_bulk_update(bulk_update: Any) -> Any:
             queryset._for_write = True  # type: ignore[attr-defined]
             _refuse_other_tenants(objects, queryset.db)
         return bulk_update(queryset, objs, *args, **kwargs)
+
+    return checking
+
+
+def _checking_managers(make_manager_class: Any) -> Any:
+    def making(*args: Any, **kwargs: Any) -> Any:
+        manager_class = make_manager_class(*args, **kwargs)
+        # remove() exists only where the foreign key is nullable.
+        for name in ("add", "remove"):
+            if name in vars(manager_class):
+                _wrap(manager_class, name, _checking_manager_objects)
+        _wrap(manager_class, "set", _checking_manager_set)
+        return manager_class
+
+    return making
+
+
+def _refuse_in_manager(manager: Any, objs: tuple[object, ...]) -> None:
+    if not is_tenant_model(manager.model):
+        return
+    objects = _tenant_objects(objs)
+    if objects:
+        # The database the manager writes to, as the manager finds it.
+        model = getattr(manager, "through", manager.model)
+        _refuse_other_tenants(objects, router.db_for_write(model, instance=manager.instance))
+
+
+def _checking_manager_objects(method: Any) -> Any:
+    def checking(manager: Any, *objs: object, **kwargs: Any) -> Any:
+        _refuse_in_manager(manager, objs)
+        return method(manager, *objs, **kwargs)
+
+    return checking
+
+
+def _checking_manager_set(set_objects: Any) -> Any:
+    def checking(manager: Any, objs: Iterable[object], *args: Any, **kwargs: Any) -> Any:
+        objs = tuple(objs)  # as set() does: a queryset is evaluated once
+        _refuse_in_manager(manager, objs)
+        return set_objects(manager, objs, *args, **kwargs)
+
+    return checking
+
+
+def _checking_prefetch(prefetch_one_level: Any) -> Any:
+    def checking(instances: list[Model], *args: Any) -> Any:
+        objects = _tenant_objects(instances)
+        if len({tenant_of_alias(obj._state.db) for obj in objects}) > 1:
+            tenant = current_tenant()
+            active = tenant.slug if tenant is not None else tenant_of_alias(objects[0]._state.db)
+            _refuse_other_than(objects, active or "")
+        return prefetch_one_level(instances, *args)
+
+    return checking
+
+
+def _checking_refresh(refresh_from_db: Any) -> Any:
+    def checking(
+        obj: Model,
+        using: str | None = None,
+        fields: Iterable[str] | None = None,
+        from_queryset: QuerySet[Any] | None = None,
+    ) -> Any:
+        if from_queryset is not None and is_tenant_model(type(obj)):
+            queryset = from_queryset.using(using) if using is not None else from_queryset
+            _refuse_other_tenants((obj,), queryset.db)
+        return refresh_from_db(obj, using=using, fields=fields, from_queryset=from_queryset)
 
     return checking

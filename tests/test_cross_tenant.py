@@ -7,16 +7,17 @@ that took alpha's note for beta's would read or change beta's rows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db import transaction
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When, prefetch_related_objects
 
 from tenancy import CrossTenantError, tenant_context
 from tenancy.connections import alias_for, unregister
 from tenancy.models import Tenant
-from tests.tenantapp.models import Note, Tag
+from tests.tenantapp.models import Attachment, Label, Note, Tag
 
 PK = 7  # alpha's and beta's note both have it
 OTHER_PK = 8  # a second note of beta's
@@ -239,3 +240,164 @@ def test_objects_stay_their_tenants_when_it_is_registered_again(alpha, alpha_not
         alpha_tag.note = alpha_note
         alpha_tag.save()
         assert Note.objects.get(pk=PK).text == "renamed"
+
+
+LABEL_PK = 3  # alpha's and beta's label, each on the tenant's note PK
+ATTACHMENT_PK = 5  # alpha's and beta's attachment, each on the tenant's note PK
+
+
+@pytest.fixture
+def alpha_related(alpha: Tenant, beta: Tenant, alpha_note: Note) -> Iterator[dict[str, Any]]:
+    """alpha's note, tag, label and attachment, loaded in alpha; beta has a label and an
+    attachment with the same primary keys on its note PK."""
+    for tenant in (alpha, beta):
+        with tenant_context(tenant):
+            note = Note.objects.get(pk=PK)
+            Label.objects.create(pk=LABEL_PK, name=f"{tenant.slug} label").notes.add(note)
+            Attachment.objects.create(pk=ATTACHMENT_PK, name=f"{tenant.slug} file", note=note)
+    with tenant_context(alpha):
+        objects = {
+            "note": alpha_note,
+            "tag": Tag.objects.get(),
+            "label": Label.objects.get(),
+            "attachment": Attachment.objects.get(),
+        }
+    yield objects
+    for tenant in (alpha, beta):  # the test databases' cleanup knows notes and tags only
+        with tenant_context(tenant):
+            Label.objects.all().delete()
+            Attachment.objects.all().delete()
+
+
+def beta_links(beta: Tenant) -> tuple[list[tuple[Any, ...]], ...]:
+    with tenant_context(beta):
+        labels = list(Label.notes.through.objects.values_list("label_id", "note_id"))
+        attachments = list(Attachment.objects.values_list("pk", "note_id"))
+        tags = list(Tag.objects.order_by("pk").values_list("note_id", "label"))
+    return labels, attachments, tags
+
+
+BETA_LINKS = ([(LABEL_PK, PK)], [(ATTACHMENT_PK, PK)], BETA_ROWS[1])
+
+
+def _beta(model: type[Any]) -> Any:
+    return model.objects.get(pk=PK if model is Note else LABEL_PK)
+
+
+MANAGERS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "many-to-many add": lambda a: _beta(Label).notes.add(a["note"]),
+    "many-to-many remove": lambda a: _beta(Label).notes.remove(a["note"]),
+    "many-to-many set": lambda a: _beta(Label).notes.set([a["note"]]),
+    "many-to-many set, clear": lambda a: _beta(Label).notes.set([a["note"]], clear=True),
+    "reverse many-to-many add": lambda a: _beta(Note).labels.add(a["label"]),
+    "reverse many-to-many remove": lambda a: _beta(Note).labels.remove(a["label"]),
+    "reverse many-to-many set": lambda a: _beta(Note).labels.set([a["label"]]),
+    "reverse foreign key add": lambda a: _beta(Note).tags.add(a["tag"]),
+    "reverse foreign key set": lambda a: _beta(Note).tags.set([a["tag"]]),
+    "reverse nullable foreign key add": lambda a: _beta(Note).attachments.add(a["attachment"]),
+    "reverse nullable foreign key remove": lambda a: _beta(Note).attachments.remove(
+        a["attachment"]
+    ),
+    "reverse nullable foreign key set": lambda a: _beta(Note).attachments.set([a["attachment"]]),
+}
+
+
+@pytest.mark.parametrize("change", MANAGERS.values(), ids=MANAGERS.keys())
+def test_related_managers_refuse_another_tenants_object(alpha_related, beta, change):
+    outcome = in_beta(beta, lambda: change(alpha_related))
+    assert beta_links(beta) == BETA_LINKS
+    assert refused(outcome), outcome
+
+
+def test_the_async_related_manager_methods_refuse_another_tenants_object(alpha_related, beta):
+    async def change() -> list[object]:
+        outcomes: list[object] = []
+        async with tenant_context(beta):
+            label = await Label.objects.aget()
+            note = await Note.objects.aget(pk=PK)
+            for work in (
+                label.notes.aremove(alpha_related["note"]),
+                label.notes.aset([alpha_related["note"]]),
+                note.attachments.aremove(alpha_related["attachment"]),
+            ):
+                try:
+                    outcomes.append(await work)
+                except CrossTenantError as error:
+                    outcomes.append(error)
+        return outcomes
+
+    outcomes = asyncio.run(change())
+    assert beta_links(beta) == BETA_LINKS
+    assert all(refused(outcome) for outcome in outcomes), outcomes
+
+
+def test_related_managers_work_in_their_own_tenant(alpha, alpha_related, beta):
+    with tenant_context(alpha):
+        note, label = alpha_related["note"], alpha_related["label"]
+        other = Note.objects.create(text="alpha's other")
+        label.notes.set([other])
+        assert list(label.notes.values_list("text", flat=True)) == ["alpha's other"]
+        note.labels.add(label)
+        label.notes.remove(other)
+        note.attachments.remove(alpha_related["attachment"])
+        note.attachments.set([Attachment.objects.create(name="new")])
+        other.tags.add(alpha_related["tag"])
+        assert list(Label.notes.through.objects.values_list("note_id", flat=True)) == [PK]
+        assert list(Attachment.objects.order_by("name").values_list("name", "note_id")) == [
+            ("alpha file", None),
+            ("new", PK),
+        ]
+        assert list(Tag.objects.values_list("note_id", flat=True)) == [other.pk]
+    assert beta_links(beta) == BETA_LINKS
+
+
+def test_prefetching_for_objects_of_two_tenants_is_refused(alpha, alpha_tag, beta):
+    with tenant_context(beta):
+        beta_tag = Tag.objects.get(label="beta other tag")
+    outcome = in_beta(beta, lambda: prefetch_related_objects([beta_tag, alpha_tag], "note"))
+    with tenant_context(alpha):  # otherwise alpha's tag would hold beta's note PK
+        assert alpha_tag.note.text == "alpha's"
+    assert refused(outcome), outcome
+
+
+def test_prefetching_for_objects_of_one_tenant_works(alpha, alpha_tag, beta):
+    with tenant_context(beta):
+        tags = list(Tag.objects.all())
+        prefetch_related_objects(tags, "note")
+        assert [tag.note.text for tag in tags] == ["beta's", "beta's other"]
+
+
+def test_an_evaluated_raw_queryset_of_another_tenant_is_refused_as_in_value(
+    alpha, alpha_note, beta
+):
+    with tenant_context(alpha):
+        raw = Note.objects.raw("SELECT * FROM tenantapp_note")
+        assert [note.text for note in raw] == ["alpha's"]
+    outcome = in_beta(beta, lambda: [tag.label for tag in Tag.objects.filter(note__in=raw)])
+    assert refused(outcome), f"beta's rows were read: {outcome!r}"
+
+
+def test_refresh_from_another_tenants_queryset_is_refused(alpha_note, beta):
+    outcome = in_beta(beta, lambda: alpha_note.refresh_from_db(from_queryset=Note.objects.all()))
+    assert alpha_note.text == "alpha's"
+    assert refused(outcome), outcome
+
+
+def test_refresh_for_update_from_another_tenants_queryset_is_refused(alpha_note, beta):
+    def refresh() -> None:
+        with transaction.atomic(using=alias_for(beta)):
+            alpha_note.refresh_from_db(from_queryset=Note.objects.select_for_update())
+
+    outcome = in_beta(beta, refresh)
+    assert alpha_note.text == "alpha's"
+    assert refused(outcome), outcome
+
+
+def test_refresh_from_a_queryset_works_in_the_objects_tenant(alpha, alpha_note, beta):
+    with tenant_context(alpha):
+        Note.objects.filter(pk=PK).update(text="changed in alpha")
+        alpha_note.refresh_from_db(from_queryset=Note.objects.all())
+        assert alpha_note.text == "changed in alpha"
+    with tenant_context(beta):
+        alpha_note.refresh_from_db(from_queryset=Note.objects.using(alias_for(alpha)))
+        assert alpha_note.text == "changed in alpha"
