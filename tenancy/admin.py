@@ -76,6 +76,8 @@ class TenantAdminForm(forms.ModelForm):  # type: ignore[type-arg]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if "server" not in self.fields:
+            return  # read-only for an existing tenant: its database stays where it is
         server = cast(forms.ChoiceField, self.fields["server"])
         server.choices = [(name, name) for name in tenancy_settings.SERVERS]
         server.initial = tenancy_settings.DEFAULT_SERVER
@@ -209,15 +211,17 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def migrate_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for tenant in queryset.order_by("slug"):
             if tenant.status not in MIGRATED_STATUSES:
-                messages.warning(request, f"{tenant.slug}: skipped, it is {tenant.status}.")
+                messages.warning(request, f"Tenant {tenant.slug}: skipped, it is {tenant.status}.")
                 continue
             result = migrate_tenant(tenant)
             if result.failed:
-                messages.error(request, f"{tenant.slug}: failed: {result.error}")
+                messages.error(request, f"Tenant {tenant.slug}: failed: {result.error}")
             elif result.status == MIGRATED:
-                messages.success(request, f"{tenant.slug}: {result.applied} migration(s) applied.")
+                messages.success(
+                    request, f"Tenant {tenant.slug}: {result.applied} migration(s) applied."
+                )
             else:
-                messages.info(request, f"{tenant.slug}: {result.status}.")
+                messages.info(request, f"Tenant {tenant.slug}: {result.status}.")
 
     @admin.action(description=_("Suspend selected tenants"), permissions=["change"])
     def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
@@ -239,17 +243,18 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 .update(status=target, status_detail="")
             )
             if moved:
-                messages.success(request, f"{tenant.slug}: {target}.")
+                messages.success(request, f"Tenant {tenant.slug}: {target}.")
             else:
                 messages.warning(
-                    request, f"{tenant.slug}: left {tenant.status}; only {source} tenants move."
+                    request,
+                    f"Tenant {tenant.slug}: left {tenant.status}; only {source} tenants move.",
                 )
 
     @admin.action(description=_("Retry provisioning"), permissions=["provision"])
     def retry_provisioning(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for tenant in queryset.order_by("slug"):
             if tenant.status != TenantStatus.FAILED:
-                messages.warning(request, f"{tenant.slug}: skipped, it is {tenant.status}.")
+                messages.warning(request, f"Tenant {tenant.slug}: skipped, it is {tenant.status}.")
                 continue
             self._provision(request, tenant)
 
@@ -287,7 +292,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     messages.error(request, str(exc))
                 else:
                     kept = _(" (database kept)") if keep else ""
-                    messages.success(request, f"{tenant.slug}: deleted{kept}.")
+                    messages.success(request, f"Tenant {tenant.slug}: deleted{kept}.")
             return None
         context = {
             **self.admin_site.each_context(request),
@@ -356,6 +361,17 @@ class TenantAdminSite(admin.AdminSite):
                 {"__module__": admin_class.__module__},
             )
         super().register(model_or_iterable, admin_class, **options)
+
+    def adopt_registrations(self, *app_labels: str, from_site: admin.AdminSite) -> None:
+        """Move the models of ``app_labels`` registered on ``from_site`` to this site,
+        with the same ModelAdmin classes, for apps that register themselves::
+
+            tenant_admin.adopt_registrations("flatpages", "redirects", from_site=admin.site)
+        """
+        for model, model_admin in list(from_site._registry.items()):
+            if model._meta.app_label in app_labels:
+                from_site.unregister(model)
+                admin.AdminSite.register(self, model, type(model_admin))
 
     def admin_view(self, view: Any, cacheable: bool = False) -> Any:
         checked = super().admin_view(view, cacheable)

@@ -21,9 +21,11 @@ from tenancy.validators import (
     DATABASE_NAME_MAX_LENGTH,
     HOSTNAME_MAX_LENGTH,
     SLUG_MAX_LENGTH,
+    is_valid_hostname,
     validate_database_name,
     validate_hostname,
     validate_slug,
+    validate_tenant_hostname,
 )
 
 
@@ -229,6 +231,15 @@ class Domain(models.Model):
         except ValidationError as exc:
             raise ValidationError({"domain": exc}) from None
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if not is_valid_hostname(self.domain):
+            return  # the field's own validator reports it
+        try:
+            validate_tenant_hostname(self.domain.lower())  # not a host of the main site
+        except ValidationError as exc:
+            raise ValidationError({"domain": exc}) from None
 
 
 class Membership(models.Model):

@@ -30,7 +30,11 @@ from tenancy.template_databases import (
     create_database_from_template,
     refill_spares,
 )
-from tenancy.validators import validate_database_name, validate_slug
+from tenancy.validators import (
+    validate_database_name,
+    validate_slug,
+    validate_tenant_hostname,
+)
 
 logger = logging.getLogger("tenancy.provisioning")
 
@@ -71,21 +75,68 @@ def create_tenant(
     the same slug finishes an interrupted provisioning instead of failing. ``fields``:
     values for more fields of a custom tenant model."""
     validate_slug(slug)  # before any query: some strings cannot even be looked up
+    hostnames = validate_domains(domains)
     model = get_tenant_model()
     defaults: dict[str, object] = {**(fields or {}), "name": name or slug}
     if server is not None:
         defaults["server"] = server
-    if not model._default_manager.filter(slug=slug).exists():
+    existing = model._default_manager.filter(slug=slug).first()
+    if existing is None:
         _refuse_unavailable_database(model(slug=slug, **defaults))
-    tenant, created = model._default_manager.get_or_create(slug=slug, defaults=defaults)
-    if not created and server is not None and tenant.server != server:
-        raise ProvisioningError(
-            f"Tenant {slug!r} exists on server {tenant.server!r}, not {server!r}; leave "
-            "--server out to finish its provisioning."
-        )
-    add_domains(tenant, domains)
+    else:
+        _refuse_changing_existing(existing, server, hostnames)
+    _refuse_taken_domains(slug, hostnames)
+    # The row and its domains together: a domain taken meanwhile leaves no tenant behind.
+    with transaction.atomic(using="default"):
+        tenant, _ = model._default_manager.get_or_create(slug=slug, defaults=defaults)
+        if existing is None:
+            # Created by another process meanwhile: the same checks as for an existing one.
+            _refuse_changing_existing(tenant, server, hostnames)
+        add_domains(tenant, hostnames)
     provision_tenant(tenant)
     return tenant
+
+
+def validate_domains(domains: Iterable[str]) -> list[str]:
+    """The hostnames in lowercase; ``ValidationError`` for one that is not a valid
+    hostname or is a host of the main site (``PUBLIC_HOSTS``, ``BASE_DOMAIN``)."""
+    hostnames = []
+    for hostname in domains:
+        hostname = hostname.lower() if isinstance(hostname, str) else hostname
+        validate_tenant_hostname(hostname)
+        hostnames.append(hostname)
+    return hostnames
+
+
+def _refuse_changing_existing(
+    tenant: AbstractTenant, server: str | None, hostnames: list[str]
+) -> None:
+    """Running ``create_tenant`` again finishes a provisioning; it changes nothing else."""
+    if server is not None and tenant.server != server:
+        raise ProvisioningError(
+            f"Tenant {tenant.slug!r} exists on server {tenant.server!r}, not {server!r}; "
+            "leave --server out to finish its provisioning."
+        )
+    if tenant.status in (TenantStatus.PROVISIONING, TenantStatus.FAILED):
+        return  # unfinished: adding its domains is part of finishing it
+    new = [
+        h for h in hostnames if not Domain.objects.filter(domain=h, tenant_id=tenant.pk).exists()
+    ]
+    if new:
+        raise ProvisioningError(
+            f"Tenant {tenant.slug!r} exists already ({tenant.status}); nothing was changed. "
+            f"Add domain {new[0]!r} in the admin's tenant page, or with "
+            f"Domain.objects.create(tenant=..., domain={new[0]!r})."
+        )
+
+
+def _refuse_taken_domains(slug: str, hostnames: list[str]) -> None:
+    taken = Domain.objects.filter(domain__in=hostnames).exclude(tenant__slug=slug)
+    for domain in taken.select_related("tenant")[:1]:
+        raise ProvisioningError(
+            f"Domain {domain.domain!r} already belongs to tenant {domain.tenant}; "
+            f"remove it there before giving it to {slug!r}."
+        )
 
 
 def adopt_database(
@@ -103,8 +154,10 @@ def adopt_database(
     server = server or tenancy_settings.DEFAULT_SERVER
     validate_slug(slug)
     validate_database_name(database_name)
+    hostnames = validate_domains(domains)
     model = get_tenant_model()
     _refuse_unavailable_database(model(slug=slug, server=server, database_name=database_name))
+    _refuse_taken_domains(slug, hostnames)
     if not get_server(server).database_exists(database_name):
         raise ProvisioningError(
             f"Database {database_name!r} does not exist on server {server!r}; nothing to adopt."
@@ -118,7 +171,7 @@ def adopt_database(
             f"Tenant {slug!r} exists already, with database {tenant.database_name!r} on "
             f"server {tenant.server!r}."
         )
-    add_domains(tenant, domains)
+    add_domains(tenant, hostnames)
     report = compare_migrations(tenant)
     if report.matches:
         _set_status(tenant, TenantStatus.ACTIVE)

@@ -47,11 +47,29 @@ def validate_hostname(value: object) -> None:
         raise ValidationError(
             _(
                 "%(value)r is not a valid hostname: use lowercase letters, digits, hyphens "
-                "and dots, at most 253 characters, without a port (e.g. 'acme.example.com'; "
-                "internationalised names in their 'xn--' form)."
+                "and dots, at most 63 characters between dots and 253 in all, without a port "
+                "(e.g. 'acme.example.com'; internationalised names in their 'xn--' form)."
             ),
             code="invalid_hostname",
             params={"value": _shorten(value)},
+        )
+
+
+def validate_tenant_hostname(value: object) -> None:
+    """``validate_hostname``, and not a host of the main site: a request for one of
+    ``TENANCY["PUBLIC_HOSTS"]`` or for ``TENANCY["BASE_DOMAIN"]`` never reaches a tenant,
+    so such a domain would be a tenant's in the registry only."""
+    validate_hostname(value)
+    from tenancy.conf import tenancy_settings  # conf validates its hosts with this module
+
+    if value in tenancy_settings.PUBLIC_HOSTS or value == tenancy_settings.BASE_DOMAIN:
+        raise ValidationError(
+            _(
+                "%(value)r is a host of the main site (TENANCY['PUBLIC_HOSTS'] or "
+                "TENANCY['BASE_DOMAIN']), which never reaches a tenant: choose another domain."
+            ),
+            code="public_hostname",
+            params={"value": value},
         )
 
 

@@ -109,12 +109,66 @@ def test_failed_provisioning_is_shown_and_can_be_retried(superuser):
 
 def test_suspend_activate_and_migrate(superuser, alpha, beta):
     response = act(superuser, "suspend_selected", alpha)
-    assert texts(response) == ["alpha: suspended."]
+    assert texts(response) == ["Tenant alpha: suspended."]
     assert Tenant.objects.get(pk=alpha.pk).status == TenantStatus.SUSPENDED
     response = act(superuser, "activate_selected", alpha, beta)
-    assert texts(response) == ["alpha: active.", "beta: left active; only suspended tenants move."]
+    assert texts(response) == [
+        "Tenant alpha: active.",
+        "Tenant beta: left active; only suspended tenants move.",
+    ]
     response = act(superuser, "migrate_selected", alpha, beta)
-    assert texts(response) == ["alpha: up-to-date.", "beta: up-to-date."]
+    assert texts(response) == ["Tenant alpha: up-to-date.", "Tenant beta: up-to-date."]
+
+
+def test_action_messages_keep_the_slug_as_typed(superuser, alpha):
+    # The admin renders each message with capfirst: a message that began with the slug
+    # showed "Alpha: suspended." for the tenant alpha.
+    body = act(superuser, "suspend_selected", alpha).content.decode()
+    assert "Tenant alpha: suspended." in body
+    assert "Alpha: suspended." not in body
+
+
+def change_form(tenant: Tenant, **fields: str) -> dict[str, str]:
+    """The change form of ``tenant`` as the admin renders it, with ``fields`` changed."""
+    [domain] = Domain.objects.filter(tenant=tenant)
+    return {
+        "name": tenant.name,
+        "domains-TOTAL_FORMS": "1",
+        "domains-INITIAL_FORMS": "1",
+        "domains-0-id": str(domain.pk),
+        "domains-0-tenant": str(tenant.pk),
+        "domains-0-domain": domain.domain,
+        "domains-0-is_primary": "on",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        **fields,
+    }
+
+
+def test_change_page_edits_name_and_domains(superuser, alpha):
+    url = f"{CHANGELIST}{alpha.pk}/change/"
+    page = superuser.get(url)
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "alpha.example.test" in body
+    assert f'href="{CHANGELIST}{alpha.pk}/delete/"' in body
+    data = change_form(alpha, name="Alpha Ltd", **{"domains-0-domain": "alpha-ltd.example.test"})
+    response = superuser.post(url, data, follow=True)
+    assert response.status_code == 200
+    assert response.redirect_chain[-1][0] == CHANGELIST
+    alpha.refresh_from_db()
+    assert alpha.name == "Alpha Ltd"
+    assert alpha.server == "one"  # read-only, kept
+    assert [d.domain for d in Domain.objects.filter(tenant=alpha)] == ["alpha-ltd.example.test"]
+    assert "alpha-ltd.example.test" in superuser.get(CHANGELIST).content.decode()
+
+
+def test_change_page_refuses_a_main_site_host_as_domain(superuser, alpha):
+    url = f"{CHANGELIST}{alpha.pk}/change/"
+    response = superuser.post(url, change_form(alpha, **{"domains-0-domain": ADMIN}))
+    assert response.status_code == 200  # the form again, with the error
+    assert "is a host of the main site" in response.content.decode()
+    assert Domain.objects.get(tenant=alpha).domain == "alpha.example.test"
 
 
 def test_deleting_needs_each_slug_typed(superuser, alpha, beta):
@@ -140,7 +194,10 @@ def test_deleting_needs_each_slug_typed(superuser, alpha, beta):
         keep_database="on",
         **{f"slug_{alpha.pk}": "alpha", f"slug_{beta.pk}": "beta"},
     )
-    assert texts(done) == ["alpha: deleted (database kept).", "beta: deleted (database kept)."]
+    assert texts(done) == [
+        "Tenant alpha: deleted (database kept).",
+        "Tenant beta: deleted (database kept).",
+    ]
     assert not Tenant.objects.exists()
     assert get_server("one").database_exists(alpha.database_name)
 
@@ -151,7 +208,7 @@ def test_delete_button_of_one_tenant_drops_its_database(superuser, users):
     url = f"{CHANGELIST}{gamma.pk}/delete/"
     assert "Type gamma to confirm" in superuser.get(url).content.decode()
     response = superuser.post(url, {"confirm": "yes", f"slug_{gamma.pk}": "gamma"}, follow=True)
-    assert texts(response) == ["gamma: deleted."]
+    assert texts(response) == ["Tenant gamma: deleted."]
     assert not get_server("one").database_exists(gamma.database_name)
 
 

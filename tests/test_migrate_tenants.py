@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pytest
 from django.core.management import call_command
@@ -389,3 +389,93 @@ def test_after_a_worker_died_the_other_tenants_go_on_in_a_new_pool(monkeypatch):
     assert results["b"].failed  # in work in the same pool
     assert "worker process died" in results["b"].error
     assert [results[slug].status for slug in "cde"] == [MIGRATED] * 3
+
+
+def test_list_reports_tenants_whose_database_cannot_be_read(fleet, settings):
+    down = (
+        {**SERVER_1, "PORT": "1"}
+        if BACKEND == "postgresql"
+        else {**SERVER_1, "DIRECTORY": "/dev/null/x"}
+    )
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**settings.TENANCY["SERVERS"], "down": down},
+    }
+    Tenant.objects.create(slug="lost", name="Lost", server="down", status=TenantStatus.ACTIVE)
+    lines, error = run("--list")
+    rows = {line.split()[1]: line for line in tenant_lines(lines)}
+    assert "FAILED: OperationalError" in rows["lost"]
+    assert "applied" not in rows["lost"]  # not "30 applied, 0 unapplied"
+    assert "0 unapplied" in rows["gamma"]
+    assert "1 tenant(s) failed: lost" in str(error)
+
+
+def test_applying_and_ok_share_a_line_as_in_django(fleet, migrations):
+    migrations("tests.migrations_shared_v2", app="sharedapp")
+    try:
+        lines, error = run()
+    finally:
+        MigrationRecorder(connections["default"]).migration_qs.filter(
+            app="sharedapp", name="0002_noop"
+        ).delete()
+    assert error is None
+    assert [line for line in lines if "Applying" in line] == [
+        "  Applying sharedapp.0002_noop... OK"
+    ]
+    assert not any("migrate_tenants`" in line for line in lines)  # migrate's own line
+
+
+@contextmanager
+def main_database_at(**changes):
+    """The main database's connection, with these settings changed, meanwhile. The
+    test's own connection is set aside, not closed (SQLite's in-memory test database
+    would be gone)."""
+    connection = connections["default"]
+    settings, raw = connection.settings_dict, connection.connection
+    connection.connection = None
+    connection.settings_dict = {**settings, **changes}
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict, connection.connection = settings, raw
+
+
+def test_a_missing_main_database_is_one_line(db_access, tmp_path):
+    if BACKEND == "postgresql":
+        name, shown = "test_tenancy_no_main_database", "'test_tenancy_no_main_database' on server"
+    else:
+        name = str(tmp_path / "missing" / "main.sqlite3")
+        shown = f"{name!r} (SQLite)"
+    with main_database_at(NAME=name):
+        for args in ((), ("--list",), ("--check",)):
+            lines, error = run(*args)
+            assert str(error).startswith(f"The main database {shown}"), args
+            assert "Create it (or fix DATABASES['default'])" in str(error)
+            assert "\n" not in str(error)
+            assert lines == []
+
+
+def test_checking_a_main_database_without_tables_is_one_line(alpha):
+    tenant_database = connections[alias_for(alpha)].settings_dict  # has no tenancy tables
+    keys = ("NAME", "HOST", "PORT", "USER", "PASSWORD", "OPTIONS")
+    with main_database_at(**{key: tenant_database[key] for key in keys}):
+        for args in (("--list",), ("--check",), ("--plan", "--json")):
+            _, error = run(*args)
+            assert "has no tenant table (tenancy_tenant) yet" in str(error), args
+            assert "run `manage.py migrate_tenants` to create it" in str(error)
+
+
+def test_migrate_of_the_main_database_names_migrate_tenants(alpha):
+    import io
+
+    out = io.StringIO()
+    call_command("migrate", verbosity=1, stdout=out, no_color=True)
+    assert out.getvalue().splitlines()[-1] == (
+        "Tenant databases are migrated by `manage.py migrate_tenants` (1 tenant(s))."
+    )
+    out = io.StringIO()
+    with tenant_context(alpha):  # a tenant's database: Django's output only
+        call_command("migrate", database=alias_for(alpha), verbosity=1, stdout=out)
+    assert "migrate_tenants" not in out.getvalue()
+    assert "No migrations to apply." in out.getvalue()

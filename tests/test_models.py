@@ -71,6 +71,21 @@ def test_hostile_hostname_is_rejected(alpha, host):
     assert list(Domain.objects.values_list("domain", flat=True)) == ["alpha.example.test"]
 
 
+def test_hostname_limits_are_named(alpha):
+    with pytest.raises(ValidationError, match="at most 63 characters between dots and 253"):
+        Domain(domain="a" * 64 + ".example.test", tenant=alpha).save()
+
+
+def test_a_host_of_the_main_site_is_not_a_tenant_domain(alpha):
+    domain = Domain(domain="admin.example.test", tenant=alpha)  # in PUBLIC_HOSTS
+    with pytest.raises(ValidationError) as cleaning:
+        domain.full_clean()
+    assert cleaning.value.message_dict["domain"] == [
+        "'admin.example.test' is a host of the main site (TENANCY['PUBLIC_HOSTS'] or "
+        "TENANCY['BASE_DOMAIN']), which never reaches a tenant: choose another domain."
+    ]
+
+
 def test_hostname_is_stored_in_lowercase(alpha):
     domain = Domain.objects.create(domain="WWW.Alpha.Example.Test", tenant=alpha)
     assert domain.domain == "www.alpha.example.test"

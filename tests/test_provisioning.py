@@ -134,6 +134,47 @@ def test_domain_of_another_tenant_is_refused(alpha):
         create_tenant("gamma", domains=["alpha.example.test"])
 
 
+@pytest.mark.parametrize(
+    ("domain", "reason"),
+    [
+        ("gamma example.test", "not a valid hostname"),
+        ("g" * 64 + ".example.test", "at most 63 characters between dots"),
+        ("alpha.example.test", "already belongs to tenant alpha"),
+        ("admin.example.test", "is a host of the main site"),  # PUBLIC_HOSTS
+    ],
+)
+def test_create_tenant_command_with_a_refused_domain_leaves_nothing(alpha, domain, reason):
+    before = get_server("one").list_databases()
+    with pytest.raises(CommandError, match=reason) as refused:
+        call_command(
+            "create_tenant", "gamma", "--domain", "gamma.example.test", "--domain", domain
+        )
+    assert "\n" not in str(refused.value)
+    assert not Tenant.objects.filter(slug="gamma").exists()
+    assert list(Domain.objects.values_list("domain", flat=True)) == ["alpha.example.test"]
+    assert get_server("one").list_databases() == before
+
+
+def test_base_domain_is_refused_as_a_tenant_domain(db_access, settings):
+    settings.TENANCY = {**settings.TENANCY, "BASE_DOMAIN": "example.test"}
+    with pytest.raises(ValidationError, match="is a host of the main site"):
+        create_tenant("gamma", domains=["Example.test"])
+    assert not Tenant.objects.exists()
+
+
+def test_create_tenant_again_refuses_to_add_a_domain_to_an_active_tenant(db_access):
+    create_tenant("gamma", domains=["gamma.example.test"])
+    with pytest.raises(CommandError, match=r"exists already .*Add domain 'new\.example\.test'"):
+        call_command("create_tenant", "gamma", "--domain", "new.example.test")
+    assert list(Domain.objects.values_list("domain", flat=True)) == ["gamma.example.test"]
+    # A tenant whose provisioning is unfinished gets its domains while it is finished.
+    Tenant.objects.create(slug="delta", name="Delta", status=TenantStatus.FAILED)
+    create_tenant("delta", domains=["delta.example.test"])
+    delta = Tenant.objects.get(slug="delta")
+    assert delta.status == TenantStatus.ACTIVE
+    assert [d.domain for d in delta.domains.all()] == ["delta.example.test"]
+
+
 def test_existing_tenant_on_another_server_is_refused(db_access):
     create_tenant("gamma", server="one")
     with pytest.raises(ProvisioningError, match="exists on server 'one', not 'two'"):

@@ -24,7 +24,9 @@ from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.core.management.commands.migrate import Command as DjangoMigrateCommand
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from tenancy.connections import forget_inherited_connections, unregister
 from tenancy.migration import (
@@ -152,7 +154,7 @@ class Command(BaseCommand):
     def migrate_default(self, state: MigrationState) -> MigrationResult:
         connection = connections[DEFAULT_DB_ALIAS]
         started = time.monotonic()
-        pending = state.pending(applied_migrations(connection))
+        pending = state.pending(self.main_database_applied(connection))
         result = MigrationResult(DEFAULT_DB_ALIAS, PENDING if pending else UP_TO_DATE)
         if not self.read_only:
             if not self.options["json"]:
@@ -160,11 +162,16 @@ class Command(BaseCommand):
             try:
                 with migration_lock(connection):
                     call_command(
-                        "migrate",
+                        # Django's own: tenancy's `migrate` would add its hint to this output.
+                        DjangoMigrateCommand(),
                         database=DEFAULT_DB_ALIAS,
                         interactive=False,
                         verbosity=0 if self.options["json"] else self.options["verbosity"],
-                        stdout=self.stdout,
+                        # The stream itself: through this command's wrapper every write
+                        # would end a line, and "Applying x..." and " OK" would be two.
+                        stdout=self.stdout._out,
+                        no_color=self.options["no_color"],
+                        force_color=self.options["force_color"],
                         skip_checks=True,
                     )
             except Exception as exc:
@@ -180,6 +187,27 @@ class Command(BaseCommand):
         if self.read_only or self.options["json"]:
             self.report(result, "[main]", state)
         return result
+
+    def main_database_applied(self, connection: BaseDatabaseWrapper) -> set[tuple[str, str]]:
+        """The main database's applied migrations; a ``CommandError`` in one line when
+        there is no main database yet (or, changing nothing, no tenant registry in it)."""
+        where = _database_description(connection)
+        try:
+            applied = applied_migrations(connection)
+            table = get_tenant_model()._meta.db_table
+            missing_table = self.read_only and table not in connection.introspection.table_names()
+        except DatabaseError as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise CommandError(
+                f"The main database {where} cannot be used ({reason}). Create it (or fix "
+                "DATABASES['default']), then run `manage.py migrate_tenants`."
+            ) from exc
+        if missing_table:
+            raise CommandError(
+                f"The main database {where} has no tenant table ({table}) yet, so there are "
+                "no tenants to check: run `manage.py migrate_tenants` to create it."
+            )
+        return applied
 
     def selected_tenants(self) -> Any:
         tenants = get_tenant_model()._default_manager.order_by("slug")
@@ -203,7 +231,7 @@ class Command(BaseCommand):
         if self.options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
             return
-        if self.options["list"]:
+        if self.options["list"] and not result.failed:
             applied = len(state.nodes) - len(result.pending)
             text = f"{applied} applied, {len(result.pending)} unapplied"
         elif result.status == MIGRATED:
@@ -237,6 +265,16 @@ class Command(BaseCommand):
         ]
         style = self.style.ERROR if failed else self.style.SUCCESS
         self.stdout.write(style(f"{total} tenant(s): {', '.join(parts)} in {seconds:.1f}s."))
+
+
+def _database_description(connection: BaseDatabaseWrapper) -> str:
+    """Which database on which server, for messages (no credentials)."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"{str(settings['NAME'])!r} (SQLite)"
+    host = settings.get("HOST") or "localhost"
+    port = settings.get("PORT") or "default port"
+    return f"{str(settings['NAME'])!r} on server {host}:{port}"
 
 
 def _run_in_parallel(
