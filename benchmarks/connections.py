@@ -56,7 +56,7 @@ def configure(cap: int | None, pool: bool = False) -> None:
             "tenancy.middleware.TenantMiddleware",
             "django.contrib.auth.middleware.AuthenticationMiddleware",
         ],
-        ROOT_URLCONF="example_project.urls",
+        ROOT_URLCONF="example_project.tenant_urls",
         DATABASES={"default": {**server(), "NAME": "bench_conn_main"}},
         DATABASE_ROUTERS=["tenancy.routers.TenantRouter"],
         TENANCY={

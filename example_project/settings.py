@@ -101,6 +101,9 @@ TENANCY = {
     "RESOLVER": "host",
     "PUBLIC_HOSTS": ["localhost", "127.0.0.1"],
     "DATABASE_NAME": "example_tenant_{slug}",
+    # The platform admin only on the main site, the tenants' pages only on tenants' hosts.
+    "PUBLIC_URLCONF": "example_project.urls",
+    "TENANT_URLCONF": "example_project.tenant_urls",
 }
 
 LOGIN_URL = "login"

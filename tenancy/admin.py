@@ -371,7 +371,7 @@ class TenantAdminSite(admin.AdminSite):
         for model, model_admin in list(from_site._registry.items()):
             if model._meta.app_label in app_labels:
                 from_site.unregister(model)
-                admin.AdminSite.register(self, model, type(model_admin))
+                self.register(model, type(model_admin))
 
     def admin_view(self, view: Any, cacheable: bool = False) -> Any:
         checked = super().admin_view(view, cacheable)

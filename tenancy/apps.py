@@ -32,6 +32,8 @@ class TenancyConfig(AppConfig):
 
         guards.install()  # CrossTenantError for objects the router never sees
 
+        _install_contrib_sites()
+
         from tenancy.admin_log import delete_tenant_log_entries
 
         # By label: a wrong TENANCY_TENANT_MODEL is reported by the system checks.
@@ -40,6 +42,23 @@ class TenancyConfig(AppConfig):
             sender=getattr(settings, TENANT_MODEL_SETTING),
             dispatch_uid="tenancy.admin_log.delete_tenant_log_entries",
         )
+
+
+def _install_contrib_sites() -> None:
+    """A Site per tenant, when sites is a tenant app (``tenancy.contrib_sites``)."""
+    from django.apps import apps
+    from django.core.exceptions import ImproperlyConfigured
+
+    from tenancy.conf import tenancy_settings
+
+    try:
+        labels = tenancy_settings.tenant_app_labels
+    except ImproperlyConfigured:
+        return  # reported by the system checks
+    if "sites" in labels and apps.is_installed("django.contrib.sites"):
+        from tenancy import contrib_sites
+
+        contrib_sites.install()
 
 
 def _tenancy_setting_changed(*, setting: str, **kwargs: Any) -> None:

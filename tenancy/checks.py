@@ -68,7 +68,9 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
     from tenancy.admin import TenantAdminSite
 
     errors: list[checks.CheckMessage] = []
-    tenant_models = [model for model in apps.get_models() if model._meta.app_label in labels]
+    # A shared-and-tenant app's models have a main-database copy, for any admin site.
+    only_tenant = labels - tenancy_settings.shared_and_tenant_app_labels
+    tenant_models = [m for m in apps.get_models() if m._meta.app_label in only_tenant]
     for site in list(all_sites):
         if isinstance(site, TenantAdminSite):
             errors.extend(_check_tenant_admin_site(site, labels))
@@ -80,12 +82,21 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
                         f"{model._meta.label} is stored in tenant databases but registered "
                         f"on the admin site {site.name!r}, which has no tenant.",
                         hint="Register it on a tenancy.admin.TenantAdminSite, which is "
-                        "reached on the tenant's own domain by the tenant's admins.",
+                        "reached on the tenant's own domain by the tenant's admins; for an "
+                        "app that registers itself, tenant_admin.adopt_registrations("
+                        f"{model._meta.app_label!r}, from_site={_site_expression(site)}).",
                         obj=site,
                         id="tenancy.E007",
                     )
                 )
     return errors
+
+
+def _site_expression(site: AdminSite) -> str:
+    from django.contrib import admin
+
+    # admin.site is a lazy object: compared by its name, which URL namespaces keep unique.
+    return "admin.site" if site.name == admin.site.name else f"<the admin site {site.name!r}>"
 
 
 def _check_tenant_admin_site(
@@ -122,6 +133,7 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
     """Report relations between tenant and shared models: they would cross databases."""
     labels = tenancy_settings.tenant_app_labels
+    both = tenancy_settings.shared_and_tenant_app_labels
     messages: list[checks.CheckMessage] = []
     for model in models:
         model_is_tenant = model._meta.app_label in labels
@@ -131,16 +143,27 @@ def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
             if field.auto_created or not isinstance(field.related_model, type):
                 continue
             related = field.related_model
-            if (related._meta.app_label in labels) == model_is_tenant:
+            # A shared-and-tenant model has a copy on both sides; one in every database
+            # must find its related table in every database too.
+            if related._meta.app_label in both:
                 continue
-            if model_is_tenant:
+            related_is_tenant = related._meta.app_label in labels
+            if model._meta.app_label in both:
+                from_tenant = not related_is_tenant  # its tenant copies reach no shared table
+            elif related_is_tenant == model_is_tenant:
+                continue
+            else:
+                from_tenant = model_is_tenant
+            contrib = _contrib_hint(model, related)
+            if from_tenant:
                 messages.append(
                     checks.Error(
                         f"{model._meta.label}.{field.name} relates tenant model "
                         f"{model._meta.label} to shared model {related._meta.label}, which "
                         "lives in the default database: the constraint cannot be created "
                         "and joins across databases are impossible.",
-                        hint=f"Store the {related._meta.label} primary key in a plain field "
+                        hint=contrib
+                        or f"Store the {related._meta.label} primary key in a plain field "
                         f"(e.g. {field.name}_id = models.BigIntegerField(db_index=True)) and "
                         "fetch it with a separate query.",
                         obj=field,
@@ -153,13 +176,28 @@ def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
                         f"{model._meta.label}.{field.name} relates shared model "
                         f"{model._meta.label} to tenant model {related._meta.label}, which "
                         "lives in every tenant's database, not the default one.",
-                        hint="Store the tenant object's primary key (and the tenant) in plain "
+                        hint=contrib
+                        or "Store the tenant object's primary key (and the tenant) in plain "
                         "fields, or move the model into a tenant app.",
                         obj=field,
                         id="tenancy.E004",
                     )
                 )
     return messages
+
+
+def _contrib_hint(model: type[Model], related: type[Model]) -> str | None:
+    """The fix when one side is a model of Django's contrib apps, which a project cannot
+    give a plain field: put the apps on the same side."""
+    if not any(m._meta.app_config.name.startswith("django.contrib.") for m in (model, related)):
+        return None
+    label = related._meta.app_label
+    if label in tenancy_settings.tenant_app_labels:
+        label = model._meta.app_label
+    return (
+        f"Add {label!r} to TENANCY['TENANT_APPS'] too, or to "
+        f"TENANCY['SHARED_AND_TENANT_APPS'] to keep a copy in the main database as well."
+    )
 
 
 ATOMIC_MIDDLEWARE = "tenancy.middleware.TenantAtomicRequestsMiddleware"
@@ -239,26 +277,3 @@ def _positions(middleware: list[str], dotted_path: str) -> list[int]:
         if isinstance(cls, type) and issubclass(cls, base):
             positions.append(index)
     return positions
-    position = middleware.index(TENANT_MIDDLEWARE)
-    if SESSION_MIDDLEWARE in middleware[position:]:
-        return [
-            checks.Error(
-                f"{TENANT_MIDDLEWARE} comes before {SESSION_MIDDLEWARE}, so it cannot bind "
-                "sessions to their tenant: a session signed in on one tenant would sign its "
-                "user in on every other.",
-                hint=f"Move {TENANT_MIDDLEWARE!r} after {SESSION_MIDDLEWARE!r} in MIDDLEWARE.",
-                id="tenancy.E009",
-            )
-        ]
-    if AUTHENTICATION_MIDDLEWARE in middleware[:position]:
-        return [
-            checks.Error(
-                f"{AUTHENTICATION_MIDDLEWARE} comes before {TENANT_MIDDLEWARE}: middleware "
-                "in between could read request.user from a session signed in on another "
-                "tenant before the tenant is known.",
-                hint=f"Move {AUTHENTICATION_MIDDLEWARE!r} after {TENANT_MIDDLEWARE!r} in "
-                "MIDDLEWARE.",
-                id="tenancy.E010",
-            )
-        ]
-    return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from functools import cached_property
+from importlib import import_module
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,6 +34,9 @@ SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB")
 DEFAULTS: dict[str, Any] = {
     # Apps (labels or dotted names) whose tables live in every tenant database.
     "TENANT_APPS": (),
+    # Apps whose tables live in the main database and in every tenant database: inside a
+    # tenant its own copy is used, outside one the main database's (e.g. sites).
+    "SHARED_AND_TENANT_APPS": (),
     # Named connection templates, everything but the database name. When unset, one
     # server named "default" is derived from DATABASES["default"].
     "SERVERS": None,
@@ -68,6 +72,13 @@ DEFAULTS: dict[str, Any] = {
     # Who may use a session signed in on one site (a tenant, or the main site) on another:
     # None (nobody), or a function (user, tenant) -> bool or its dotted path.
     "CROSS_TENANT_LOGIN": None,
+    # Dotted paths of the URLconfs for the main site and for tenants. None: ROOT_URLCONF.
+    "PUBLIC_URLCONF": None,
+    "TENANT_URLCONF": None,
+    # Dotted paths of views answering a key that names no tenant, (request, key), and a
+    # tenant that is not active, (request, tenant). None: tenancy's own pages.
+    "NOT_FOUND_VIEW": None,
+    "UNAVAILABLE_VIEW": None,
 }
 
 
@@ -102,20 +113,46 @@ class TenancySettings:
         return tuple(value)
 
     @cached_property
+    def SHARED_AND_TENANT_APPS(self) -> tuple[str, ...]:
+        value = self._raw["SHARED_AND_TENANT_APPS"]
+        if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+            raise _error(
+                "SHARED_AND_TENANT_APPS", "must be a list of app labels or dotted app names."
+            )
+        return tuple(value)
+
+    @cached_property
     def tenant_app_labels(self) -> frozenset[str]:
-        """Labels of the tenant apps; needs the app registry to be ready."""
+        """Labels of the apps with tables in every tenant database (``TENANT_APPS`` and
+        ``SHARED_AND_TENANT_APPS``); needs the app registry to be ready."""
+        return self._app_labels("TENANT_APPS") | self.shared_and_tenant_app_labels
+
+    @cached_property
+    def shared_and_tenant_app_labels(self) -> frozenset[str]:
+        """Labels of the apps with tables in the main database and every tenant's."""
+        labels = self._app_labels("SHARED_AND_TENANT_APPS")
+        both = labels & self._app_labels("TENANT_APPS")
+        if both:
+            raise _error(
+                "SHARED_AND_TENANT_APPS",
+                f"and TENANT_APPS both name {', '.join(sorted(both))}; keep each app in one "
+                "of them.",
+            )
+        return labels
+
+    def _app_labels(self, key: str) -> frozenset[str]:
         by_name = {config.name: config.label for config in apps.get_app_configs()}
         labels = set()
-        for entry in self.TENANT_APPS:
+        for entry in getattr(self, key):
             if entry in by_name:
                 labels.add(by_name[entry])
             elif apps.is_installed(entry) or entry in by_name.values():
                 labels.add(entry)
             else:
                 raise _error(
-                    "TENANT_APPS",
+                    key,
                     f"names {entry!r}, which is not an installed app; add it to "
-                    "INSTALLED_APPS or remove it from TENANT_APPS.",
+                    f"INSTALLED_APPS or remove it from {key}.",
                 )
         return frozenset(labels)
 
@@ -265,6 +302,51 @@ class TenancySettings:
                 "is a user of the tenant it was signed in on.",
             )
         return cast(Callable[[Any, Any], Any] | None, value)
+
+    @cached_property
+    def PUBLIC_URLCONF(self) -> str | None:
+        return self._urlconf("PUBLIC_URLCONF")
+
+    @cached_property
+    def TENANT_URLCONF(self) -> str | None:
+        return self._urlconf("TENANT_URLCONF")
+
+    @cached_property
+    def NOT_FOUND_VIEW(self) -> Callable[..., Any] | None:
+        return self._view("NOT_FOUND_VIEW", "(request, key)")
+
+    @cached_property
+    def UNAVAILABLE_VIEW(self) -> Callable[..., Any] | None:
+        return self._view("UNAVAILABLE_VIEW", "(request, tenant)")
+
+    def _urlconf(self, key: str) -> str | None:
+        value = self._raw[key]
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise _error(
+                key, f"must be the dotted path of a URLconf module or None, not {value!r}."
+            )
+        try:
+            import_module(value)
+        except ImportError as exc:
+            raise _error(key, f"names {value!r}, which cannot be imported: {exc}.") from exc
+        return value
+
+    def _view(self, key: str, signature: str) -> Callable[..., Any] | None:
+        value = self._raw[key]
+        expected = f"must be None or the dotted path of a view {signature} -> response"
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _error(key, f"{expected}, not {value!r}.")
+        try:
+            view = import_string(value)
+        except ImportError as exc:
+            raise _error(key, f"{expected}; {exc}.") from exc
+        if not callable(view):
+            raise _error(key, f"{expected}; {value!r} is not callable.")
+        return cast(Callable[..., Any], view)
 
     def _boolean(self, key: str) -> bool:
         value = self._raw[key]

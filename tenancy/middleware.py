@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.request import split_domain_port
+from django.template import TemplateDoesNotExist, loader
+from django.urls import set_urlconf
 from django.utils.html import escape
 
 from tenancy.cache import keep_space_for_response
@@ -30,22 +32,78 @@ _PAGE = (
 )
 
 
-def tenant_not_found(request: HttpRequest, key: str) -> HttpResponse:
-    return HttpResponse(
-        _PAGE.format(title="Not found", text=f"There is no site at {escape(key[:255])}."),
+def tenant_not_found(request: HttpRequest, key: str) -> HttpResponseBase:
+    """The 404 answer to a request whose key names no tenant: ``TENANCY['NOT_FOUND_VIEW']``
+    if set, else JSON when the client prefers it, else ``tenancy/not_found.html`` (context:
+    ``key``) if a template of that name exists, else a plain page."""
+    view = tenancy_settings.NOT_FOUND_VIEW
+    if view is not None:
+        return view(request, key)  # type: ignore[no-any-return]
+    key = key[:255]
+    return _error_page(
+        request,
         status=404,
+        error="tenant_not_found",
+        title="Not found",
+        detail=f"There is no site at {key}.",
+        template_name="tenancy/not_found.html",
+        context={"key": key},
     )
 
 
-def tenant_unavailable(request: HttpRequest, tenant: AbstractTenant) -> HttpResponse:
-    return HttpResponse(
-        _PAGE.format(
-            title="Temporarily unavailable",
-            text=f"The site {escape(tenant.slug)} is not available right now.",
-        ),
+def tenant_unavailable(request: HttpRequest, tenant: AbstractTenant) -> HttpResponseBase:
+    """The 503 answer to a request for a tenant that is not active (or whose database
+    cannot be reached): ``TENANCY['UNAVAILABLE_VIEW']`` if set, else JSON when the client
+    prefers it, else ``tenancy/unavailable.html`` (context: ``tenant``) if a template of that
+    name exists, else a plain page; the last three say Retry-After."""
+    view = tenancy_settings.UNAVAILABLE_VIEW
+    if view is not None:
+        return view(request, tenant)  # type: ignore[no-any-return]
+    return _error_page(
+        request,
         status=503,
+        error="tenant_unavailable",
+        title="Temporarily unavailable",
+        detail=f"The site {tenant.slug} is not available right now.",
+        template_name="tenancy/unavailable.html",
+        context={"tenant": tenant},
         headers={"Retry-After": "120"},
     )
+
+
+def _error_page(
+    request: HttpRequest,
+    *,
+    status: int,
+    error: str,
+    title: str,
+    detail: str,
+    template_name: str,
+    context: dict[str, Any],
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    if request.get_preferred_type(["text/html", "application/json"]) == "application/json":
+        return JsonResponse({"error": error, "detail": detail}, status=status, headers=headers)
+    try:
+        template = loader.get_template(template_name)
+    except TemplateDoesNotExist:
+        content = _PAGE.format(title=title, text=escape(detail))
+    else:
+        content = template.render(context, request)
+    return HttpResponse(content, status=status, headers=headers)
+
+
+def _use_urlconf(request: HttpRequest, tenant: AbstractTenant | None) -> None:
+    """Serve the request with the URLconf of its site. Django resolves the view with
+    ``request.urlconf`` and resets the thread's URLconf when the request finishes; it is
+    set here as well so that ``reverse()`` in later middleware is already right. Unset:
+    ``ROOT_URLCONF``, or what middleware before this one chose."""
+    configured = (
+        tenancy_settings.PUBLIC_URLCONF if tenant is None else tenancy_settings.TENANT_URLCONF
+    )
+    if configured is not None:
+        request.urlconf = configured
+        set_urlconf(configured)
 
 
 class TenantMiddleware:
@@ -76,6 +134,7 @@ class TenantMiddleware:
             return refusal
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
         guard_session(request, tenant)
+        _use_urlconf(request, tenant)
         with resolver.activate(request, resolution), tenant_context(tenant):
             response = self.get_response(request)
         keep_space_for_response(tenant)
@@ -89,6 +148,7 @@ class TenantMiddleware:
             return refusal
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
         guard_session(request, tenant)
+        _use_urlconf(request, tenant)
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
         with resolver.activate(request, resolution):
             async with tenant_context(tenant):
@@ -96,7 +156,9 @@ class TenantMiddleware:
         keep_space_for_response(tenant)
         return _keep_tenant_while_streaming(response, tenant)
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
         """A tenant whose database cannot be reached (its server is down, say) is answered
         with 503 rather than 500; the other tenants are not affected. A request whose
         tenant was deleted while it ran is answered with 404, as if it had been deleted
@@ -108,7 +170,12 @@ class TenantMiddleware:
         return tenant_error_response(request, tenant, exception)
 
     @staticmethod
-    def _refuse(request: HttpRequest, resolution: Resolution) -> HttpResponse | None:
+    def _refuse(request: HttpRequest, resolution: Resolution) -> HttpResponseBase | None:
+        if resolution.not_found or (
+            resolution.tenant is not None and not resolution.tenant.is_active
+        ):
+            # Answered for no tenant: links on the page lead to the main site.
+            _use_urlconf(request, None)
         if resolution.not_found:
             return tenant_not_found(request, resolution.key or "")
         tenant = resolution.tenant
@@ -119,7 +186,7 @@ class TenantMiddleware:
 
 def tenant_error_response(
     request: HttpRequest, tenant: AbstractTenant, exception: Exception
-) -> HttpResponse | None:
+) -> HttpResponseBase | None:
     """The answer to ``exception`` raised while serving ``tenant``, when it is an error of
     the tenant's own database; ``None`` for any other error.
 

@@ -15,7 +15,13 @@ from tenancy.transactions import warn_if_only_default_in_transaction
 
 
 def is_tenant_model(model: type[Model]) -> bool:
-    return model._meta.app_label in tenancy_settings.tenant_app_labels
+    """Whether ``model`` is routed to the current tenant: a tenant app's model, or a model
+    of a shared-and-tenant app while a tenant is active (outside one, the main database's
+    copy is used)."""
+    label = model._meta.app_label
+    if label in tenancy_settings.shared_and_tenant_app_labels:
+        return current_tenant() is not None
+    return label in tenancy_settings.tenant_app_labels
 
 
 class TenantRouter:
@@ -80,6 +86,6 @@ class TenantRouter:
         tenant_app = app_label in tenancy_settings.tenant_app_labels
         if is_tenant_alias(db):
             return tenant_app
-        if tenant_app:
+        if tenant_app and app_label not in tenancy_settings.shared_and_tenant_app_labels:
             return False
         return None

@@ -27,6 +27,9 @@ sign_in("bob", "beta.localhost")
 print(client.get("/api/tasks/", HTTP_HOST="beta.localhost").content.decode())
 print(client.get("/manage/projects/task/", HTTP_HOST="beta.localhost").status_code)
 print(client.get("/", HTTP_HOST="gamma.localhost").status_code)
+print(client.get("/admin/", HTTP_HOST="alpha.localhost").status_code)
+print(client.get("/api/tasks/", HTTP_HOST="localhost").status_code)
+print(client.get("/admin/", HTTP_HOST="localhost").status_code)
 """
 
 
@@ -40,9 +43,20 @@ def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
     manage(tmp_path, "seed_demo")
     manage(tmp_path, "seed_demo")  # running it again changes nothing
     lines = manage(tmp_path, "shell", "--verbosity", "0", "-c", REQUESTS).splitlines()
-    anonymous, alpha, elsewhere, alpha_after, alpha_admin, not_member, beta, bob_admin, unknown = (
-        lines
-    )
+    (
+        anonymous,
+        alpha,
+        elsewhere,
+        alpha_after,
+        alpha_admin,
+        not_member,
+        beta,
+        bob_admin,
+        unknown,
+        platform_admin_on_tenant,
+        tasks_on_main_site,
+        platform_admin,
+    ) = lines
     assert anonymous == "302"  # to the sign-in page
     assert elsewhere == "302"  # ann signed in on alpha, not on beta
     assert json.loads(alpha)["tenant"] == "alpha"
@@ -56,6 +70,8 @@ def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
     assert [t["title"] for t in json.loads(beta)["tasks"]] == ["Fix the roof"]
     assert bob_admin == "302"  # bob is a member of beta, not its admin
     assert unknown == "404"
+    # The platform admin is on the main site only, the tenants' pages on tenants' hosts only.
+    assert (platform_admin_on_tenant, tasks_on_main_site, platform_admin) == ("404", "404", "302")
     assert sorted(p.name for p in (tmp_path / "tenants").glob("*.sqlite3")) == [
         "example_tenant__spare_1.sqlite3",  # a copy of it, made ahead for the next tenant
         "example_tenant__template.sqlite3",  # new tenants are copies of it
@@ -84,7 +100,7 @@ def test_demo_on_two_postgresql_servers(tmp_path):
     with example_project(tmp_path, postgres=True) as example:
         example.set_up()
         lines = example.manage("shell", "--verbosity", "0", "-c", REQUESTS)
-        _, alpha, _, _, _, _, beta, _, _ = lines.splitlines()
+        _, alpha, _, _, _, _, beta, *_ = lines.splitlines()
         assert [t["title"] for t in json.loads(beta)["tasks"]] == ["Fix the roof"]
         assert json.loads(alpha)["tenant"] == "alpha"
         assert example.tenant_databases() == {

@@ -18,7 +18,7 @@ from tests.settings import BACKEND, PGBOUNCER, SERVER_1
 from tests.tenantapp.models import Note
 
 
-async def asgi_get(path, host="testserver", query=""):
+async def asgi_get(path, host="testserver", query="", accept=""):
     """A GET through Django's ASGI handler, as an ASGI server would send it."""
     scope = {
         "type": "http",
@@ -29,7 +29,7 @@ async def asgi_get(path, host="testserver", query=""):
         "path": path,
         "raw_path": path.encode(),
         "query_string": query.encode(),
-        "headers": [(b"host", host.encode())],
+        "headers": [(b"host", host.encode())] + ([(b"accept", accept.encode())] if accept else []),
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -363,3 +363,89 @@ def test_requests_in_flight_while_their_tenant_is_deleted_are_never_500(db_acces
     for mine in statuses:
         assert set(mine) <= {200, 404, 503}
         assert mine[-1] == 404
+
+
+# The 404 and 503 pages: replaceable by a view or a template, JSON for JSON clients.
+
+JSON = "application/json"
+
+
+def test_not_found_view_replaces_the_404_page(client, alpha, settings):
+    tenancy_settings(settings, NOT_FOUND_VIEW="tests.error_pages.not_found")
+    response = client.get("/notes/", HTTP_HOST="nobody.example.test")
+    assert (response.status_code, response.content) == (404, b"custom: no nobody.example.test")
+
+
+def test_unavailable_view_replaces_the_503_pages(client, lost, settings):
+    tenancy_settings(settings, UNAVAILABLE_VIEW="tests.error_pages.unavailable")
+    response = client.get("/notes/", HTTP_HOST="lost.example.test")  # its server is down
+    assert (response.status_code, response.content) == (503, b"custom: lost is resting")
+    Tenant.objects.filter(slug="alpha").update(status=TenantStatus.SUSPENDED)
+    response = client.get("/notes/", HTTP_HOST="alpha.example.test")
+    assert (response.status_code, response.content) == (503, b"custom: alpha is resting")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("NOT_FOUND_VIEW", "tests.error_pages.no_such_view"),
+        ("UNAVAILABLE_VIEW", "tests.error_pages.NOT_A_VIEW"),
+        ("UNAVAILABLE_VIEW", 42),
+    ],
+)
+def test_error_view_that_is_not_a_view_is_refused(settings, key, value):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from tenancy.conf import tenancy_settings as conf
+
+    tenancy_settings(settings, **{key: value})
+    with pytest.raises(ImproperlyConfigured, match=rf"TENANCY\['{key}'\] must be None or"):
+        conf.validate()
+
+
+@pytest.fixture
+def error_templates(settings, tmp_path):
+    """tenancy/not_found.html and tenancy/unavailable.html in the project's templates."""
+    (tmp_path / "tenancy").mkdir()
+    (tmp_path / "tenancy" / "not_found.html").write_text(
+        "<p>No {{ key }} here. <a href=\"{% url 'where' %}\">Home</a></p>"
+    )
+    (tmp_path / "tenancy" / "unavailable.html").write_text("<p>{{ tenant.name }} is away.</p>")
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "DIRS": [tmp_path]}]
+
+
+def test_error_templates_replace_the_built_in_pages(client, alpha, settings, error_templates):
+    tenancy_settings(settings, RESOLVER="header", PUBLIC_URLCONF="tests.urls_public")
+    response = client.get("/notes/", HTTP_X_TENANT="<b>")
+    assert response.status_code == 404
+    # Autoescaped, and links are to the main site's URLs.
+    assert response.content == b'<p>No &lt;b&gt; here. <a href="/public/where/">Home</a></p>'
+    alpha.status = TenantStatus.SUSPENDED
+    alpha.save()
+    response = client.get("/notes/", HTTP_X_TENANT="alpha")
+    assert (response.status_code, response["Retry-After"]) == (503, "120")
+    assert response.content == b"<p>Alpha is away.</p>"
+
+
+def test_json_clients_get_json_errors(client, alpha, lost):
+    response = client.get("/notes/", HTTP_HOST="nobody.example.test", HTTP_ACCEPT=JSON)
+    assert (response.status_code, response["Content-Type"]) == (404, JSON)
+    assert response.json() == {
+        "error": "tenant_not_found",
+        "detail": "There is no site at nobody.example.test.",
+    }
+    response = client.get("/notes/", HTTP_HOST="lost.example.test", HTTP_ACCEPT=JSON)
+    assert (response.status_code, response["Retry-After"]) == (503, "120")
+    assert response.json() == {
+        "error": "tenant_unavailable",
+        "detail": "The site lost is not available right now.",
+    }
+    status, body = asyncio.run(asgi_get("/anotes/", "nobody.example.test", accept=JSON))
+    assert (status, json.loads(body)["error"]) == (404, "tenant_not_found")
+
+
+def test_clients_preferring_html_get_the_page(client, alpha):
+    for accept in (f"text/html, {JSON};q=0.9", f"{JSON};q=0.5, */*", ""):
+        response = client.get("/notes/", HTTP_HOST="nobody.example.test", HTTP_ACCEPT=accept)
+        assert response.status_code == 404
+        assert b"<h1>Not found</h1>" in response.content, accept

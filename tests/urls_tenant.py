@@ -1,0 +1,28 @@
+"""TENANCY['TENANT_URLCONF'] of the URLconf tests: tenant views, no platform admin."""
+
+from django.http import HttpRequest, JsonResponse
+from django.template import engines
+from django.urls import path, reverse
+
+from tests import views
+
+URL_TAG = engines["django"].from_string("{% url 'where' %}")
+
+
+def where(request: HttpRequest) -> JsonResponse:
+    """Which URLconf served the request, and what reverse() and {% url %} give in it."""
+    return JsonResponse(
+        {"urlconf": "tenant", "reverse": reverse("where"), "tag": URL_TAG.render({}, request)}
+    )
+
+
+async def async_where(request: HttpRequest) -> JsonResponse:
+    return where(request)
+
+
+urlpatterns = [
+    path("where/", where, name="where"),
+    path("awhere/", async_where),
+    path("notes/", views.notes),
+    path("anotes/", views.async_notes),
+]
