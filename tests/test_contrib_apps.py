@@ -59,10 +59,20 @@ TEMPLATES = [{{
 SQLITE = "django.db.backends.sqlite3"
 DATABASES = {{"default": {{"ENGINE": SQLITE, "NAME": "{data}/main.sqlite3"}}}}
 DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
+STORAGES = {{
+    "default": {{"BACKEND": "tenancy.storage.TenantFileSystemStorage"}},
+    "staticfiles": {{"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}},
+}}
+MEDIA_ROOT = "{data}/media"
+MEDIA_URL = "/media/"
 TENANCY = {{
     "TENANT_APPS": ["django.contrib.flatpages", "django.contrib.redirects"],
     "SHARED_AND_TENANT_APPS": ["django.contrib.sites"],
-    "SERVERS": {{"default": {{"ENGINE": SQLITE, "DIRECTORY": "{data}"}}}},
+    "SERVERS": {{
+        "one": {{"ENGINE": SQLITE, "DIRECTORY": "{data}/one"}},
+        "two": {{"ENGINE": SQLITE, "DIRECTORY": "{data}/two"}},
+    }},
+    "DEFAULT_SERVER": "one",
     "PUBLIC_HOSTS": ["localhost"],
 }}
 """
@@ -114,13 +124,41 @@ for host, url in [
     print(host, url, response.status_code, response.get("Location", ""),
           "Acme's page" in body, "<form" in body)
 
+# The platform's admin, on the main site: acme's change page, its domain edited there.
+from django.contrib.auth.models import User
+from tenancy.models import Tenant
+
+User.objects.create_superuser("root", password="x")
+staff = Client(HTTP_HOST="localhost")
+staff.force_login(User.objects.get(username="root"))
+acme = Tenant.objects.get(slug="acme")
 domain = Domain.objects.get(domain="acme.localhost")
-domain.domain = "www.acme.localhost"
-domain.save()
+change = f"/admin/tenancy/tenant/{acme.pk}/change/"
+print("change page", staff.get(change).status_code)
+response = staff.post(change, {
+    "name": "Acme Corp",
+    "domains-TOTAL_FORMS": "1", "domains-INITIAL_FORMS": "1",
+    "domains-0-id": str(domain.pk), "domains-0-tenant": str(acme.pk),
+    "domains-0-domain": "www.acme.localhost", "domains-0-is_primary": "on",
+    "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+})
+print("saved", response.status_code, Tenant.objects.get(slug="acme").name)
 with tenant_context("acme"):
     print("acme", current())
 response = Client(HTTP_HOST="www.acme.localhost").get("/about/")
 print("www.acme.localhost /about/", response.status_code)
+
+# The same file name uploaded in two tenants: two files.
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+for slug in ("acme", "globex"):
+    with tenant_context(slug):
+        name = default_storage.save("logo.txt", ContentFile(f"{slug}'s logo".encode()))
+        print(slug, name, default_storage.url(name))
+for slug in ("acme", "globex"):
+    with tenant_context(slug), default_storage.open("logo.txt") as logo:
+        print(slug, logo.read().decode())
 """
 
 
@@ -150,7 +188,9 @@ def test_flatpages_redirects_and_sites_per_tenant(tmp_path):
     manage("migrate")
     manage("migrate_tenants")
     manage("create_tenant", "acme", "--domain", "acme.localhost")
-    manage("create_tenant", "globex", "--domain", "globex.localhost")
+    manage("create_tenant", "globex", "--domain", "globex.localhost", "--server", "two")
+    assert (tmp_path / "one" / "tenant_acme.sqlite3").exists()
+    assert (tmp_path / "two" / "tenant_globex.sqlite3").exists()  # on the second server
     lines = manage("shell", "-v", "0", "-c", textwrap.dedent(IN_TENANTS)).splitlines()
     assert lines == [
         "main example.com",  # the main database's Site
@@ -163,9 +203,16 @@ def test_flatpages_redirects_and_sites_per_tenant(tmp_path):
         "globex.localhost /old/ 301 /new-globex/ False False",
         "localhost /admin/login/ 200  False True",
         "acme.localhost /manage/login/ 200  False True",
+        "change page 200",  # the platform admin edits a tenant: its name and domain
+        "saved 302 Acme Corp",
         "acme www.acme.localhost",  # the Site follows the primary domain
         "www.acme.localhost /about/ 200",
+        "acme logo.txt /media/tenants/acme/logo.txt",
+        "globex logo.txt /media/tenants/globex/logo.txt",
+        "acme acme's logo",
+        "globex globex's logo",
     ]
+    assert (tmp_path / "media" / "tenants" / "acme" / "logo.txt").read_text() == "acme's logo"
     manage("migrate_tenants", "--check")
 
 
