@@ -1,10 +1,8 @@
 """Django's contrib apps per tenant: flatpages, redirects and sites, as a project sets them up."""
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from django.contrib import admin
 from django.contrib.auth.models import Permission
@@ -14,9 +12,8 @@ from tenancy import tenant_context
 from tenancy.admin import TenantAdminSite, TenantLogMixin
 from tenancy.checks import check_admin_sites, check_relations, check_settings
 from tenancy.routers import TenantRouter
+from tests.generated_project import ROOT, manager, project_environment
 from tests.tenantapp.models import Label, Note
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SETTINGS = """
 SECRET_KEY = "tests-only"
@@ -167,22 +164,7 @@ def test_flatpages_redirects_and_sites_per_tenant(tmp_path):
     (tmp_path / "contrib_urls.py").write_text(URLS)
     (tmp_path / "templates" / "flatpages").mkdir(parents=True)
     (tmp_path / "templates" / "flatpages" / "default.html").write_text(FLATPAGE_TEMPLATE)
-    environment = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "contrib_settings",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-    }
-
-    def manage(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+    manage = manager(tmp_path, "contrib_settings")
 
     manage("check")
     manage("migrate")
@@ -230,11 +212,7 @@ def test_check_says_how_to_place_sites_and_move_admin_registrations(tmp_path):
     done = subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=ROOT,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "newcomer_settings",
-            "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-        },
+        env=project_environment(tmp_path, "newcomer_settings"),
         capture_output=True,
         text=True,
     )

@@ -7,7 +7,7 @@ that took alpha's note for beta's would read or change beta's rows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -72,6 +72,17 @@ def in_beta(beta: Tenant, work: Callable[[], object]) -> object:
             return work()
         except CrossTenantError as error:
             return error
+
+
+async def awaited(*works: Awaitable[object]) -> list[object]:
+    """What each of ``works`` gives, or the CrossTenantError it raises, awaited in turn."""
+    outcomes: list[object] = []
+    for work in works:
+        try:
+            outcomes.append(await work)
+        except CrossTenantError as error:
+            outcomes.append(error)
+    return outcomes
 
 
 def refused(outcome: object) -> bool:
@@ -171,17 +182,11 @@ def test_the_async_queryset_methods_refuse_another_tenants_object(alpha_note, be
     alpha_note.text = "changed"
 
     async def write() -> list[object]:
-        outcomes: list[object] = []
         async with tenant_context(beta):
-            for work in (
+            return await awaited(
                 Note.objects.abulk_update([alpha_note], ["text"]),
                 Tag.objects.filter(note=alpha_note).aupdate(label="changed"),
-            ):
-                try:
-                    outcomes.append(await work)
-                except CrossTenantError as error:
-                    outcomes.append(error)
-        return outcomes
+            )
 
     outcomes = asyncio.run(write())
     assert beta_rows(beta) == BETA_ROWS
@@ -311,20 +316,14 @@ def test_related_managers_refuse_another_tenants_object(alpha_related, beta, cha
 
 def test_the_async_related_manager_methods_refuse_another_tenants_object(alpha_related, beta):
     async def change() -> list[object]:
-        outcomes: list[object] = []
         async with tenant_context(beta):
             label = await Label.objects.aget()
             note = await Note.objects.aget(pk=PK)
-            for work in (
+            return await awaited(
                 label.notes.aremove(alpha_related["note"]),
                 label.notes.aset([alpha_related["note"]]),
                 note.attachments.aremove(alpha_related["attachment"]),
-            ):
-                try:
-                    outcomes.append(await work)
-                except CrossTenantError as error:
-                    outcomes.append(error)
-        return outcomes
+            )
 
     outcomes = asyncio.run(change())
     assert beta_links(beta) == BETA_LINKS

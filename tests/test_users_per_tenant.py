@@ -1,9 +1,6 @@
 """A project whose users live in each tenant's database (``auth`` in ``TENANT_APPS``)."""
 
-import os
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,8 +9,7 @@ from django.contrib.auth.models import User
 from tenancy.admin import TenantAdminSite
 from tenancy.models import Tenant
 from tenancy.routers import TenantRouter
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.generated_project import manager
 
 SETTINGS = """
 SECRET_KEY = "tests-only"
@@ -47,22 +43,7 @@ def tables(path: Path) -> set[str]:
 
 def test_users_per_tenant_migrate_and_provision(tmp_path):
     (tmp_path / "per_tenant_users_settings.py").write_text(SETTINGS.format(data=tmp_path))
-    environment = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "per_tenant_users_settings",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
-    }
-
-    def manage(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+    manage = manager(tmp_path, "per_tenant_users_settings")
 
     manage("check")
     manage("migrate_tenants")  # the main database's tenancy migrations need no user table
