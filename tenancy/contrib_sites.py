@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import post_delete, post_save, pre_save
 
 from tenancy.conf import tenancy_settings
 from tenancy.context import current_tenant, tenant_context
@@ -82,6 +82,7 @@ def install() -> None:
         sites_models.SiteManager.clear_cache = _clear_cache  # type: ignore[method-assign,assignment]
     tenant_provisioned.connect(_provisioned, dispatch_uid="tenancy.contrib_sites.provisioned")
     tenant_deprovisioned.connect(_forget, dispatch_uid="tenancy.contrib_sites.deprovisioned")
+    pre_save.connect(_domain_moving, sender=Domain, dispatch_uid="tenancy.contrib_sites.saving")
     post_save.connect(_domain_changed, sender=Domain, dispatch_uid="tenancy.contrib_sites.saved")
     post_delete.connect(
         _domain_changed, sender=Domain, dispatch_uid="tenancy.contrib_sites.deleted"
@@ -92,9 +93,11 @@ def update_tenant_site(tenant: AbstractTenant) -> None:
     """Make ``tenant``'s Site (``SITE_ID``, or its first) name its primary domain."""
     from django.contrib.sites.models import Site
 
-    primary = Domain.objects.filter(tenant_id=tenant.pk, is_primary=True).first()
+    # The primary domain, else another of the tenant's: a domain that left the tenant
+    # (deleted, or given to another tenant) must not stay its Site's.
+    primary = Domain.objects.filter(tenant_id=tenant.pk).order_by("-is_primary", "domain").first()
     if primary is None:
-        return  # nothing to match; the Site stays as it is
+        return  # no domain left: nothing to match; the Site stays as it is
     with tenant_context(tenant):
         site_id = getattr(settings, "SITE_ID", None)
         sites = Site.objects.order_by("pk")
@@ -115,16 +118,24 @@ def _forget(sender: Any, tenant: AbstractTenant, **kwargs: Any) -> None:
         sites_models.SITE_CACHE.forget(tenant.slug)
 
 
+def _domain_moving(sender: Any, instance: Domain, **kwargs: Any) -> None:
+    """Remember the tenant a domain is taken from, whose Site must follow too."""
+    if instance.pk is not None and not kwargs.get("raw"):
+        stored = Domain.objects.filter(pk=instance.pk).values_list("tenant_id", flat=True)
+        instance._tenancy_previous_tenant = stored.first()  # type: ignore[attr-defined]
+
+
 def _domain_changed(sender: Any, instance: Domain, **kwargs: Any) -> None:
     if kwargs.get("raw"):
         return  # loaddata
+    tenant_ids = {instance.tenant_id, getattr(instance, "_tenancy_previous_tenant", None)}
 
     def update() -> None:
         model = get_tenant_model()
-        tenant = model._default_manager.filter(pk=instance.tenant_id).first()
-        # A tenant still being provisioned gets its Site then (tenant_provisioned).
-        if tenant is not None and tenant.status in MIGRATED_STATUSES:
-            update_tenant_site(tenant)
+        for tenant in model._default_manager.filter(pk__in=tenant_ids - {None}):
+            # A tenant still being provisioned gets its Site then (tenant_provisioned).
+            if tenant.status in MIGRATED_STATUSES:
+                update_tenant_site(tenant)
 
     # Only once the change is kept, and outside the main database's transaction.
     transaction.on_commit(update, using="default")

@@ -48,12 +48,19 @@ class CrossTenantError(TenancyError):
     """An object of one tenant was used while another tenant is active."""
 
     @classmethod
-    def for_instance(cls, instance: Model, loaded_from: str, active: str) -> CrossTenantError:
-        """``loaded_from`` and ``active`` are tenant slugs."""
+    def for_instance(
+        cls, instance: Model, loaded_from: str | None, active: str | None
+    ) -> CrossTenantError:
+        """``loaded_from`` and ``active`` are tenant slugs; ``None`` is the main database
+        (no tenant active)."""
+        source = "the main database" if loaded_from is None else f"tenant {loaded_from!r}"
+        current = "no tenant is active" if active is None else f"tenant {active!r} is active"
+        advice = "Use objects of a tenant only inside that tenant's context."
+        if loaded_from is None or active is None:
+            advice += " Objects of the main database belong outside any tenant's."
         return cls(
-            f"{instance._meta.label} object {instance.pk!r} was loaded from tenant "
-            f"{loaded_from!r} but tenant {active!r} is active. Use objects of a tenant only "
-            "inside that tenant's context."
+            f"{instance._meta.label} object {instance.pk!r} was loaded from {source} but "
+            f"{current}. {advice}"
         )
 
 

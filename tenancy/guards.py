@@ -42,6 +42,7 @@ from django.db.models.fields import related_descriptors
 from django.db.models.fields.related_lookups import RelatedIn, RelatedLookupMixin
 from django.db.models.sql.compiler import SQLUpdateCompiler
 
+from tenancy.conf import tenancy_settings
 from tenancy.connections import is_tenant_alias, tenant_of_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError
@@ -79,15 +80,28 @@ def _refuse_other_tenants(objects: Iterable[Model], alias: str) -> None:
     active = tenant_of_alias(alias)
     if active is not None:
         _refuse_other_than(objects, active)
+        return
+    for obj in objects:  # on the main database: a tenant's copy is another row there
+        loaded = tenant_of_alias(obj._state.db)
+        if loaded is not None and _in_both(obj):
+            raise CrossTenantError.for_instance(obj, loaded, None)
 
 
 def _refuse_other_than(objects: Iterable[Model], active: str) -> None:
     """``CrossTenantError`` for the first of ``objects`` loaded from a tenant database
-    other than tenant ``active``'s."""
+    other than tenant ``active``'s, or from the main database's copy of a model that
+    tenants have copies of too (``SHARED_AND_TENANT_APPS``)."""
     for obj in objects:
-        loaded = tenant_of_alias(obj._state.db)
+        db = obj._state.db
+        loaded = tenant_of_alias(db)
         if loaded is not None and loaded != active:
             raise CrossTenantError.for_instance(obj, loaded, active)
+        if loaded is None and db is not None and _in_both(obj):
+            raise CrossTenantError.for_instance(obj, None, active)
+
+
+def _in_both(obj: Model) -> bool:
+    return obj._meta.app_label in tenancy_settings.shared_and_tenant_app_labels
 
 
 def _tenant_objects(values: Collection[object]) -> list[Model]:
@@ -99,7 +113,8 @@ def _tenant_objects(values: Collection[object]) -> list[Model]:
     return [
         value
         for value in values
-        if isinstance(value, Model) and is_tenant_alias(value._state.db or "")
+        if isinstance(value, Model)
+        and (is_tenant_alias(value._state.db or "") or (value._state.db and _in_both(value)))
     ]
 
 

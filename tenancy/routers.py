@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model
@@ -12,6 +12,9 @@ from tenancy.connections import alias_for, is_tenant_alias, tenant_of_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
 from tenancy.transactions import warn_if_only_default_in_transaction
+
+if TYPE_CHECKING:
+    from tenancy.models import AbstractTenant
 
 
 def is_tenant_model(model: type[Model]) -> bool:
@@ -42,6 +45,8 @@ class TenantRouter:
     def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
         instance = hints.get("instance")
         instance_db = getattr(getattr(instance, "_state", None), "db", None)
+        if model._meta.app_label in tenancy_settings.shared_and_tenant_app_labels:
+            return self._route_shared_and_tenant(model, instance, instance_db)
         if not is_tenant_model(model):
             # Django would otherwise follow the instance into its tenant database, e.g.
             # for `task.owner` where owner is a shared model.
@@ -55,6 +60,26 @@ class TenantRouter:
         if instance is not None and loaded_from not in (None, tenant.slug):
             raise CrossTenantError.for_instance(instance, loaded_from, tenant.slug)
         return alias_for(tenant)
+
+    def _route_shared_and_tenant(
+        self, model: type[Model], instance: Model | None, instance_db: str | None
+    ) -> str | None:
+        """A model with a copy in the main database and in every tenant's: the current
+        tenant's copy, or the main database's outside any tenant. An object (or the object
+        a relation is followed from) stays with the copy it was loaded from: saved or
+        followed elsewhere it would reach another row with the same primary key."""
+        tenant = current_tenant()
+        active = tenant.slug if tenant is not None else None
+        if instance_db is None:
+            return alias_for(tenant) if tenant is not None else None
+        loaded_from = tenant_of_alias(instance_db)
+        if loaded_from is None:  # from the main database
+            if tenant is not None and isinstance(instance, model):
+                raise CrossTenantError.for_instance(instance, None, active)
+            return None  # the main database's copy, as the object's relations are
+        if loaded_from != active:
+            raise CrossTenantError.for_instance(cast(Model, instance), loaded_from, active)
+        return alias_for(cast("AbstractTenant", tenant))
 
     def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
         tenant1, tenant2 = is_tenant_model(type(obj1)), is_tenant_model(type(obj2))

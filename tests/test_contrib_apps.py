@@ -4,11 +4,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 
-from tenancy import tenant_context
+from tenancy import CrossTenantError, tenant_context
 from tenancy.admin import TenantAdminSite, TenantLogMixin
 from tenancy.checks import check_admin_sites, check_relations, check_settings
 from tenancy.routers import TenantRouter
@@ -145,6 +146,14 @@ with tenant_context("acme"):
 response = Client(HTTP_HOST="www.acme.localhost").get("/about/")
 print("www.acme.localhost /about/", response.status_code)
 
+# acme's primary domain given to globex: acme's Site follows the domain it has left.
+Domain.objects.create(domain="extra.acme.localhost", tenant=acme)
+moved = Domain.objects.get(domain="www.acme.localhost")
+moved.tenant, moved.is_primary = Tenant.objects.get(slug="globex"), False
+moved.save()
+with tenant_context("acme"):
+    print("acme after its domain moved", current())
+
 # The same file name uploaded in two tenants: two files.
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -189,6 +198,7 @@ def test_flatpages_redirects_and_sites_per_tenant(tmp_path):
         "saved 302 Acme Corp",
         "acme www.acme.localhost",  # the Site follows the primary domain
         "www.acme.localhost /about/ 200",
+        "acme after its domain moved extra.acme.localhost",
         "acme logo.txt /media/tenants/acme/logo.txt",
         "globex logo.txt /media/tenants/globex/logo.txt",
         "acme acme's logo",
@@ -298,3 +308,26 @@ def test_an_app_is_either_tenant_or_shared_and_tenant(settings):
     [error] = check_settings()
     assert error.id == "tenancy.E001"
     assert "SHARED_AND_TENANT_APPS'] and TENANT_APPS both name contenttypes" in error.msg
+
+
+def test_objects_of_a_shared_and_tenant_app_stay_with_the_copy_they_came_from(
+    settings, alpha, beta
+):
+    settings.TENANCY = {**settings.TENANCY, "SHARED_AND_TENANT_APPS": ["contenttypes"]}
+    router = TenantRouter()
+    main_copy = ContentType.objects.get_for_model(Note)  # outside tenants: the main database's
+    assert main_copy._state.db == "default"
+    permission = Permission.objects.filter(content_type=main_copy).first()
+    with tenant_context(alpha):
+        # Saved in a tenant it would overwrite the tenant's row with the same key.
+        with pytest.raises(CrossTenantError, match="from the main database but tenant 'alpha'"):
+            router.db_for_write(ContentType, instance=main_copy)
+        # A relation of a main-database object leads to the main database's copy.
+        assert router.db_for_read(ContentType, instance=permission) is None
+        alphas_copy = ContentType(pk=main_copy.pk, app_label="tenantapp", model="note")
+        alphas_copy._state.db = router.db_for_write(ContentType)
+        assert router.db_for_write(ContentType, instance=alphas_copy) == alphas_copy._state.db
+    with tenant_context(beta), pytest.raises(CrossTenantError, match="but tenant 'beta'"):
+        router.db_for_write(ContentType, instance=alphas_copy)
+    with pytest.raises(CrossTenantError, match="from tenant 'alpha' but no tenant is active"):
+        router.db_for_read(ContentType, instance=alphas_copy)
