@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -11,7 +12,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.request import split_domain_port
 from django.template import TemplateDoesNotExist, loader
-from django.urls import set_urlconf
+from django.urls import get_script_prefix, set_script_prefix, set_urlconf
 from django.utils.html import escape
 
 from tenancy.cache import keep_space_for_response
@@ -137,8 +138,9 @@ class TenantMiddleware:
         _use_urlconf(request, tenant)
         with resolver.activate(request, resolution), tenant_context(tenant):
             response = self.get_response(request)
+            prefix = get_script_prefix()
         keep_space_for_response(tenant)
-        return _keep_tenant_while_streaming(response, tenant)
+        return _keep_tenant_while_streaming(response, tenant, prefix)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         resolver = get_resolver()
@@ -153,8 +155,9 @@ class TenantMiddleware:
         with resolver.activate(request, resolution):
             async with tenant_context(tenant):
                 response = await get_response(request)
+            prefix = get_script_prefix()
         keep_space_for_response(tenant)
-        return _keep_tenant_while_streaming(response, tenant)
+        return _keep_tenant_while_streaming(response, tenant, prefix)
 
     def process_exception(
         self, request: HttpRequest, exception: Exception
@@ -227,24 +230,39 @@ def _tenant_key(request: HttpRequest, tenant: AbstractTenant) -> str:
 
 
 def _keep_tenant_while_streaming(
-    response: HttpResponseBase, tenant: AbstractTenant | None
+    response: HttpResponseBase, tenant: AbstractTenant | None, prefix: str
 ) -> HttpResponseBase:
     if not response.streaming or isinstance(response, FileResponse) or tenant is None:
         return response
     content = response.streaming_content  # type: ignore[attr-defined]
     if response.is_async:  # type: ignore[attr-defined]
-        response.streaming_content = _aiter_in_context(content, tenant)  # type: ignore[attr-defined]
+        response.streaming_content = _aiter_in_context(content, tenant, prefix)  # type: ignore[attr-defined]
     else:
-        response.streaming_content = _iter_in_context(content, tenant)  # type: ignore[attr-defined]
+        response.streaming_content = _iter_in_context(content, tenant, prefix)  # type: ignore[attr-defined]
     return response
 
 
-def _iter_in_context(content: Iterator[bytes], tenant: AbstractTenant) -> Iterator[bytes]:
+@contextmanager
+def _as_for_the_view(tenant: AbstractTenant, prefix: str) -> Iterator[None]:
+    """The tenant, and the script prefix the view had (the path resolver's, so that
+    ``reverse()`` while streaming gives the tenant's URLs), for one chunk."""
+    outside = get_script_prefix()
+    set_script_prefix(prefix)
+    try:
+        with tenant_context(tenant):
+            yield
+    finally:
+        set_script_prefix(outside)
+
+
+def _iter_in_context(
+    content: Iterator[bytes], tenant: AbstractTenant, prefix: str
+) -> Iterator[bytes]:
     # Each chunk is produced inside the context and the tenant is reset in between, so
     # it never stays set in the server's thread while the response is being sent.
     iterator = iter(content)
     while True:
-        with tenant_context(tenant):
+        with _as_for_the_view(tenant, prefix):
             try:
                 chunk = next(iterator)
             except StopIteration:
@@ -253,11 +271,11 @@ def _iter_in_context(content: Iterator[bytes], tenant: AbstractTenant) -> Iterat
 
 
 async def _aiter_in_context(
-    content: AsyncIterator[bytes], tenant: AbstractTenant
+    content: AsyncIterator[bytes], tenant: AbstractTenant, prefix: str
 ) -> AsyncIterator[bytes]:
     iterator = aiter(content)
     while True:
-        async with tenant_context(tenant):
+        with _as_for_the_view(tenant, prefix):
             try:
                 chunk = await anext(iterator)
             except StopAsyncIteration:

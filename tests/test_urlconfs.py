@@ -95,6 +95,13 @@ def test_path_resolver_keeps_the_tenant_prefix_and_script_name(
     assert get_script_prefix() == "/"
 
 
+def test_streaming_responses_reverse_with_the_tenants_prefix(client, alpha, split, settings):
+    tenancy_settings(settings, RESOLVER="path")
+    response = client.get("/t/alpha/streamed-where/")
+    assert b"".join(response.streaming_content) == b"/t/alpha/where/;/t/alpha/where/;"
+    assert get_script_prefix() == "/"  # and not left set between chunks
+
+
 def test_unset_urlconfs_are_root_urlconf(client, alpha):
     assert client.get("/link/", HTTP_HOST=ALPHA).content == b"/notes/"
     assert client.get("/admin/", HTTP_HOST=ALPHA).status_code == 302

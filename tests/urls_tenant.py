@@ -1,6 +1,6 @@
 """TENANCY['TENANT_URLCONF'] of the URLconf tests: tenant views, no platform admin."""
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.template import engines
 from django.urls import path, reverse
 
@@ -20,9 +20,15 @@ async def async_where(request: HttpRequest) -> JsonResponse:
     return where(request)
 
 
+def streamed_where(request: HttpRequest) -> StreamingHttpResponse:
+    """reverse() while each chunk of a streaming response is produced."""
+    return StreamingHttpResponse(f"{reverse('where')};" for _ in range(2))
+
+
 urlpatterns = [
     path("where/", where, name="where"),
     path("awhere/", async_where),
+    path("streamed-where/", streamed_where),
     path("notes/", views.notes),
     path("anotes/", views.async_notes),
 ]
