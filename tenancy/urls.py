@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.urls import get_script_prefix
 from django.urls import reverse as django_reverse
 
 from tenancy.conf import tenancy_settings
 from tenancy.context import current_tenant
+from tenancy.resolvers import PathResolver, get_resolver
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
@@ -53,11 +55,26 @@ def reverse(
             path = reverse("invoice", kwargs={"pk": invoice.pk})
 
     It changes no thread state, so it is safe in tasks and threads. The path starts
-    with the current script prefix; it has no host, and under the path resolver no
-    tenant prefix outside the tenant's own requests.
+    with the current script prefix and has no host. Under the path resolver it starts
+    with ``tenant``'s own prefix (``/t/<slug>/``, none for the main site), whichever
+    tenant's request it is called in.
     """
     if tenant is CURRENT:
         tenant = current_tenant()
-    return django_reverse(
+    path = django_reverse(
         viewname, urlconf=urlconf_for(tenant), args=args, kwargs=kwargs, current_app=current_app
     )
+    if not isinstance(get_resolver(), PathResolver):
+        return path
+    prefix = get_script_prefix()
+    current = current_tenant()
+    site_root = prefix
+    if current is not None and prefix.endswith(_segment(current.slug)):
+        site_root = prefix[: -len(_segment(current.slug))]  # this request's tenant prefix
+    target = site_root if tenant is None else f"{site_root}{_segment(tenant.slug)}"
+    return f"{target}{path.removeprefix(prefix)}"
+
+
+def _segment(slug: str) -> str:
+    """The path resolver's part of the script prefix for tenant ``slug``."""
+    return f"{tenancy_settings.PATH_PREFIX.lstrip('/')}{slug}/"

@@ -102,6 +102,14 @@ def test_streaming_responses_reverse_with_the_tenants_prefix(client, alpha, spli
     assert get_script_prefix() == "/"  # and not left set between chunks
 
 
+def test_reverse_for_another_site_has_that_sites_path_prefix(client, alpha, beta, split, settings):
+    tenancy_settings(settings, RESOLVER="path")
+    body = client.get("/t/alpha/other-sites/").json()
+    assert body == {"main": "/public/where/", "beta": "/t/beta/where/"}
+    assert client.get("/t/beta/where/").json()["urlconf"] == "tenant"
+    assert reverse("where", tenant=alpha) == "/t/alpha/where/"  # outside requests too
+
+
 def test_unset_urlconfs_are_root_urlconf(client, alpha):
     assert client.get("/link/", HTTP_HOST=ALPHA).content == b"/notes/"
     assert client.get("/admin/", HTTP_HOST=ALPHA).status_code == 302

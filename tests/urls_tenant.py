@@ -20,6 +20,17 @@ async def async_where(request: HttpRequest) -> JsonResponse:
     return where(request)
 
 
+def other_sites(request: HttpRequest) -> JsonResponse:
+    """tenancy.urls.reverse() for the main site and for another tenant, from a tenant."""
+    from tenancy.models import Tenant
+    from tenancy.urls import reverse as site_reverse
+
+    beta = Tenant.objects.get(slug="beta")
+    return JsonResponse(
+        {"main": site_reverse("where", tenant=None), "beta": site_reverse("where", tenant=beta)}
+    )
+
+
 def streamed_where(request: HttpRequest) -> StreamingHttpResponse:
     """reverse() while each chunk of a streaming response is produced."""
     return StreamingHttpResponse(f"{reverse('where')};" for _ in range(2))
@@ -29,6 +40,7 @@ urlpatterns = [
     path("where/", where, name="where"),
     path("awhere/", async_where),
     path("streamed-where/", streamed_where),
+    path("other-sites/", other_sites),
     path("notes/", views.notes),
     path("anotes/", views.async_notes),
 ]
