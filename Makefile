@@ -22,6 +22,7 @@ bench:
 	.venv/bin/python benchmarks/request_cost.py
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/routing.py
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/tenant_tests.py
+	scripts/with-postgres -n 1 .venv/bin/python benchmarks/request_path.py  # makes .venv-bench
 
 lint:
 	.venv/bin/ruff check .
@@ -33,4 +34,4 @@ format:
 	.venv/bin/ruff check --fix .
 
 clean:
-	rm -rf .venv .venv-django6 var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .venv-django6 .venv-bench var .mypy_cache .ruff_cache .pytest_cache
