@@ -17,7 +17,6 @@ of the requests, as each is slow.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import statistics
@@ -128,26 +127,9 @@ class Server:
         return body
 
     def request(self, host: str, path: str = "/api/tasks/") -> tuple[str, bytes]:
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": host,
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": host,
-            "HTTP_COOKIE": self.cookie(host),
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(),
-            "wsgi.errors": sys.stderr,
-        }
-        status: list[str] = []
-        response = self.handler(environ, lambda s, headers, exc_info=None: status.append(s))
-        try:
-            body = b"".join(response)
-        finally:
-            response.close()  # sends request_finished
-        return status[0], body
+        from benchmarks.wsgi import wsgi_get
+
+        return wsgi_get(self.handler, host, path, self.cookie(host))
 
 
 def per_request_ms(server: Server, slug: str, requests: int) -> float:

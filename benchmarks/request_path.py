@@ -26,7 +26,6 @@ tenancy and of Django's request path with the highest cumulative time per reques
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -183,28 +182,11 @@ class Server:
         self.expected = f"alpha's note / {USERNAME if signed_in else ''}".encode()
 
     def get(self) -> None:
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": "/note/",
-            "QUERY_STRING": "",
-            "SERVER_NAME": HOST,
-            "SERVER_PORT": "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": HOST,
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(),
-            "wsgi.errors": sys.stderr,
-        }
-        if self.cookie:
-            environ["HTTP_COOKIE"] = self.cookie
-        status: list[str] = []
-        response = self.handler(environ, lambda s, headers, exc_info=None: status.append(s))
-        try:
-            body = b"".join(response)
-        finally:
-            response.close()  # sends request_finished
-        if not status[0].startswith("200") or body != self.expected:
-            raise SystemExit(f"{status[0]}: {body[:200]!r}, expected {self.expected!r}")
+        from benchmarks.wsgi import wsgi_get
+
+        status, body = wsgi_get(self.handler, HOST, "/note/", self.cookie)
+        if not status.startswith("200") or body != self.expected:
+            raise SystemExit(f"{status}: {body[:200]!r}, expected {self.expected!r}")
 
 
 def session_cookie(variant: str) -> str:
