@@ -367,11 +367,20 @@ class TenantAdminSite(admin.AdminSite):
         with the same ModelAdmin classes, for apps that register themselves::
 
             tenant_admin.adopt_registrations("flatpages", "redirects", from_site=admin.site)
+
+        The tenant's admins get the permissions of a ``TenantModelAdmin`` on them.
         """
         for model, model_admin in list(from_site._registry.items()):
             if model._meta.app_label in app_labels:
                 from_site.unregister(model)
-                self.register(model, type(model_admin))
+                admin_class = type(model_admin)
+                if not issubclass(admin_class, TenantAdminPermissions):
+                    admin_class = type(
+                        admin_class.__name__,
+                        (TenantAdminPermissions, admin_class),
+                        {"__module__": admin_class.__module__},
+                    )
+                self.register(model, admin_class)
 
     def admin_view(self, view: Any, cacheable: bool = False) -> Any:
         checked = super().admin_view(view, cacheable)
@@ -477,9 +486,11 @@ class TenantLogMixin(admin.ModelAdmin):  # type: ignore[type-arg]
         )
 
 
-class TenantModelAdmin(TenantLogMixin):
-    """A ``ModelAdmin`` for a tenant model on a ``TenantAdminSite``: the tenant's admins
-    may view, add, change and delete its rows (and see its history, the tenant's only)."""
+class TenantAdminPermissions:
+    """What a tenant's admins may do on a ``TenantAdminSite``: view, add, change and
+    delete its rows, whatever their permissions on the main site."""
+
+    admin_site: admin.AdminSite
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.admin_site.has_permission(request)
@@ -495,6 +506,11 @@ class TenantModelAdmin(TenantLogMixin):
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return self.admin_site.has_permission(request)
+
+
+class TenantModelAdmin(TenantAdminPermissions, TenantLogMixin):
+    """A ``ModelAdmin`` for a tenant model on a ``TenantAdminSite``: the tenant's admins
+    may view, add, change and delete its rows (and see its history, the tenant's only)."""
 
 
 class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]

@@ -227,7 +227,9 @@ class Domain(models.Model):
         if isinstance(self.domain, str):
             self.domain = self.domain.lower()
         try:
-            validate_hostname(self.domain)
+            # Also refuses a host of the main site, as clean() does: in the registry only,
+            # it would never reach the tenant.
+            validate_tenant_hostname(self.domain)
         except ValidationError as exc:
             raise ValidationError({"domain": exc}) from None
         super().save(*args, **kwargs)

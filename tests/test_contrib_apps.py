@@ -6,8 +6,9 @@ import textwrap
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.contrib.contenttypes.models import ContentType
+from django.test import RequestFactory
 
 from tenancy import CrossTenantError, tenant_context
 from tenancy.admin import TenantAdminSite, TenantLogMixin
@@ -297,6 +298,15 @@ def test_adopt_registrations_moves_an_apps_models_to_the_tenant_site(settings):
     assert isinstance(model_admin, TenantLogMixin)
     assert model_admin.list_display == ["name"]
     assert not [m for m in check_admin_sites() if m.obj in (shared_site, tenant_site)]
+    # The tenant's admins manage the rows, as on a TenantModelAdmin, whatever their
+    # permissions on the main site (this user has none).
+    request = RequestFactory().get("/")
+    request.user = AnonymousUser()
+    tenant_site.has_permission = lambda request: True  # an admin of the request's tenant
+    assert model_admin.has_change_permission(request)
+    assert model_admin.has_delete_permission(request)
+    tenant_site.has_permission = lambda request: False
+    assert not model_admin.has_view_permission(request)
 
 
 def test_an_app_is_either_tenant_or_shared_and_tenant(settings):

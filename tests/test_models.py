@@ -84,6 +84,9 @@ def test_a_host_of_the_main_site_is_not_a_tenant_domain(alpha):
         "'admin.example.test' is a host of the main site (TENANCY['PUBLIC_HOSTS'] or "
         "TENANCY['BASE_DOMAIN']), which never reaches a tenant: choose another domain."
     ]
+    with pytest.raises(ValidationError, match="is a host of the main site"):
+        Domain.objects.create(domain="Admin.Example.Test", tenant=alpha)  # save() too
+    assert not Domain.objects.filter(domain="admin.example.test").exists()
 
 
 def test_hostname_is_stored_in_lowercase(alpha):
