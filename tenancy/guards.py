@@ -25,8 +25,9 @@ where both the objects and the database are known:
   database of the first one with the keys of all;
 - ``Model.refresh_from_db`` checks the object against the database of ``from_queryset``.
 
-Only objects whose ``_state.db`` is a tenant alias, in queries on a tenant alias, are
-looked at; unsaved objects (``_state.db`` is ``None``) pass. Filters on other fields
+Only objects loaded from a tenant database are looked at, and objects of an app in
+``SHARED_AND_TENANT_APPS`` loaded from the main database (whose copy is another row in a
+tenant's); unsaved objects (``_state.db`` is ``None``) pass. Filters on other fields
 (``filter(text=...)``) are not wrapped at all.
 """
 
@@ -105,7 +106,8 @@ def _in_both(obj: Model) -> bool:
 
 
 def _tenant_objects(values: Collection[object]) -> list[Model]:
-    """The model instances among ``values`` that were loaded from a tenant database."""
+    """The model instances among ``values`` that were loaded from a tenant database, or
+    from the main database's copy of a shared-and-tenant app."""
     # Looking at the types first is four times faster on a long list of plain values
     # (``pk__in=[...]``): isinstance() against a class with a metaclass is slow.
     if not any(issubclass(kind, Model) for kind in set(map(type, values))):

@@ -45,9 +45,10 @@ class TenantRouter:
     def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
         instance = hints.get("instance")
         instance_db = getattr(getattr(instance, "_state", None), "db", None)
-        if model._meta.app_label in tenancy_settings.shared_and_tenant_app_labels:
+        label = model._meta.app_label
+        if label in tenancy_settings.shared_and_tenant_app_labels:
             return self._route_shared_and_tenant(model, instance, instance_db)
-        if not is_tenant_model(model):
+        if label not in tenancy_settings.tenant_app_labels:
             # Django would otherwise follow the instance into its tenant database, e.g.
             # for `task.owner` where owner is a shared model.
             if instance_db is not None and is_tenant_alias(instance_db):
