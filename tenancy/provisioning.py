@@ -133,10 +133,14 @@ def _refuse_changing_existing(
 def _refuse_taken_domains(slug: str, hostnames: list[str]) -> None:
     taken = Domain.objects.filter(domain__in=hostnames).exclude(tenant__slug=slug)
     for domain in taken.select_related("tenant")[:1]:
-        raise ProvisioningError(
-            f"Domain {domain.domain!r} already belongs to tenant {domain.tenant}; "
-            f"remove it there before giving it to {slug!r}."
-        )
+        raise _domain_taken(domain, slug)
+
+
+def _domain_taken(domain: Domain, slug: str) -> ProvisioningError:
+    return ProvisioningError(
+        f"Domain {domain.domain!r} already belongs to tenant {domain.tenant}; "
+        f"remove it there before giving it to {slug!r}."
+    )
 
 
 def adopt_database(
@@ -215,10 +219,7 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
                     # at once, say): fine if it is this tenant's.
                     domain = Domain.objects.get(domain=hostname)
             if domain.tenant_id != tenant.pk:
-                raise ProvisioningError(
-                    f"Domain {hostname!r} already belongs to tenant {domain.tenant}; "
-                    f"remove it there before giving it to {tenant.slug!r}."
-                )
+                raise _domain_taken(domain, tenant.slug)
 
 
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
