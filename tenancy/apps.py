@@ -5,7 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db.models.signals import pre_delete
+from django.db.models.signals import post_migrate, pre_delete
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING
@@ -33,6 +33,15 @@ class TenancyConfig(AppConfig):
         guards.install()  # CrossTenantError for objects the router never sees
 
         _install_contrib_sites()
+
+        from tenancy import registry_cache, registry_stamp
+
+        registry_cache.connect_signals(getattr(settings, TENANT_MODEL_SETTING))
+        post_migrate.connect(
+            registry_stamp.install_after_migrate,
+            sender=self,
+            dispatch_uid="tenancy.registry_stamp.install_after_migrate",
+        )
 
         from tenancy.admin_log import delete_tenant_log_entries
 
@@ -65,6 +74,8 @@ def _tenancy_setting_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "TENANCY":
         from tenancy.conf import tenancy_settings
         from tenancy.connections import unregister_all
+        from tenancy.registry_cache import forget_all
 
         tenancy_settings.reset()
         unregister_all()
+        forget_all()

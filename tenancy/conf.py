@@ -56,6 +56,13 @@ DEFAULTS: dict[str, Any] = {
     # Seconds after its last use at which an idle tenant connection is closed at the next
     # safe point of its thread. None: kept as long as CONN_MAX_AGE allows.
     "IDLE_CONNECTION_TIMEOUT": None,
+    # Seconds within which every process sees a change of the registry (a tenant
+    # suspended, deleted or moved, a domain added or removed) made by another process;
+    # the process that makes it sees it at once. 0: no caching, a query per request.
+    "RESOLUTION_CACHE_TTL": 1.0,
+    # Known tenants and names that name no tenant, kept per process (tenancy.registry_cache).
+    "RESOLUTION_CACHE_SIZE": 10_000,
+    "RESOLUTION_CACHE_NOT_FOUND_SIZE": 1_000,
     # New tenant databases are copies of a per-server template kept at the current schema.
     "USE_TEMPLATE_DATABASES": True,
     # Copies of the template kept ready per server: provisioning renames one (instant)
@@ -264,6 +271,29 @@ class TenancySettings:
                 "IDLE_CONNECTION_TIMEOUT", "must be a positive number of seconds or None."
             )
         return cast(float | None, value)
+
+    @cached_property
+    def RESOLUTION_CACHE_TTL(self) -> float:
+        value = self._raw["RESOLUTION_CACHE_TTL"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _error(
+                "RESOLUTION_CACHE_TTL", "must be a number of seconds, 0 to turn caching off."
+            )
+        return float(value)
+
+    @cached_property
+    def RESOLUTION_CACHE_SIZE(self) -> int:
+        return self._positive_integer("RESOLUTION_CACHE_SIZE")
+
+    @cached_property
+    def RESOLUTION_CACHE_NOT_FOUND_SIZE(self) -> int:
+        return self._positive_integer("RESOLUTION_CACHE_NOT_FOUND_SIZE")
+
+    def _positive_integer(self, key: str) -> int:
+        value = self._raw[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _error(key, "must be a positive integer.")
+        return value
 
     @cached_property
     def USE_TEMPLATE_DATABASES(self) -> bool:

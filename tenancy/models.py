@@ -16,6 +16,8 @@ from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
+from tenancy.registry_cache import RegistryQuerySet
+from tenancy.registry_stamp import STAMP_TABLE
 from tenancy.reserved import check_database_name_available
 from tenancy.validators import (
     DATABASE_NAME_MAX_LENGTH,
@@ -86,6 +88,9 @@ class AbstractTenant(models.Model):
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     Status: ClassVar[type[TenantStatus]] = TenantStatus
+
+    # Writes that send no signal (update(), bulk_create()) reach the resolution cache too.
+    objects = models.Manager.from_queryset(RegistryQuerySet)()
 
     class Meta:
         abstract = True
@@ -208,6 +213,8 @@ class Domain(models.Model):
     )
     is_primary = models.BooleanField(_("primary"), default=False)
 
+    objects = models.Manager.from_queryset(RegistryQuerySet)()
+
     class Meta:
         ordering = ["domain"]
         verbose_name = _("domain")
@@ -322,3 +329,18 @@ class TenantLogEntry(models.Model):
 
     def __str__(self) -> str:
         return f"log entry {self.log_entry_id} of tenant {self.tenant_id}"
+
+
+class RegistryStamp(models.Model):
+    """One row whose ``stamp`` takes a new random value, by a database trigger, in every
+    transaction that writes the tenant table or the domain table. Processes read it to know
+    when their cached answers of the registry are stale (``tenancy.registry_cache``)."""
+
+    stamp = models.BigIntegerField(_("stamp"))
+
+    class Meta:
+        db_table = STAMP_TABLE
+        verbose_name = _("registry stamp")
+
+    def __str__(self) -> str:
+        return str(self.stamp)

@@ -23,6 +23,7 @@ from tenancy.context import tenant_context
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
+from tenancy.registry_cache import wait_for_other_processes
 from tenancy.reserved import check_tenant_drop, database_name_unavailable
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
 from tenancy.template_databases import (
@@ -255,6 +256,11 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
         check_tenant_drop(tenant)
     status, detail = tenant.status, tenant.status_detail
     _set_status(tenant, TenantStatus.DELETING)
+    if status == TenantStatus.ACTIVE:
+        # Until every process has seen "deleting", one may still send a request to the
+        # database; after it, none does (and none could reach a database made again
+        # under the same name by a new tenant).
+        wait_for_other_processes()
     try:
         unregister(tenant)
         if not keep_database:

@@ -3,7 +3,8 @@
 A resolver returns a ``Resolution``: no tenant (the request is for the main site), a
 tenant, or a key that names no tenant (the middleware answers 404). Lookups go to the
 main database through ``resolve`` (sync) or ``aresolve`` (async ORM, never blocking
-the event loop).
+the event loop). The built-in resolvers' answers are cached in each process
+(``tenancy.registry_cache``): a request for a known tenant costs no query.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from django.http.request import split_domain_port
 from django.urls import get_script_prefix, set_script_prefix
 from django.utils.module_loading import import_string
 
+from tenancy import registry_cache
 from tenancy.conf import tenancy_settings
 from tenancy.models import AbstractTenant, Domain, get_tenant_model
 from tenancy.validators import is_valid_hostname, is_valid_slug
@@ -45,7 +47,14 @@ MAIN_SITE = Resolution()
 
 
 class TenantResolver:
-    """Base class: subclasses say how to read the key and how to look it up."""
+    """Base class: subclasses say how to read the key and how to look it up.
+
+    A subclass whose ``lookup`` reads only the tenant and domain tables may set
+    ``cache_kind`` (a name for what its keys are, such as "host" or "slug") to have its
+    answers cached: the cache is kept current by writes of those two tables only.
+    """
+
+    cache_kind: str | None = None
 
     def get_key(self, request: HttpRequest) -> str | None:
         """The tenant key the request carries, ``None`` for the main site. No queries."""
@@ -61,13 +70,21 @@ class TenantResolver:
         key = self.get_key(request)
         if key is None:
             return MAIN_SITE
-        return Resolution(key, self.lookup(key) if self.is_valid_key(key) else None)
+        if not self.is_valid_key(key):
+            return Resolution(key)
+        if self.cache_kind is None:
+            return Resolution(key, self.lookup(key))
+        return Resolution(key, registry_cache.lookup(self.cache_kind, key, self.lookup))
 
     async def aresolve(self, request: HttpRequest) -> Resolution:
         key = self.get_key(request)
         if key is None:
             return MAIN_SITE
-        return Resolution(key, await self.alookup(key) if self.is_valid_key(key) else None)
+        if not self.is_valid_key(key):
+            return Resolution(key)
+        if self.cache_kind is None:
+            return Resolution(key, await self.alookup(key))
+        return Resolution(key, await registry_cache.alookup(self.cache_kind, key, self.lookup))
 
     def is_valid_key(self, key: str) -> bool:
         return is_valid_slug(key)
@@ -81,6 +98,8 @@ class TenantResolver:
 
 class SlugResolver(TenantResolver):
     """Base for resolvers whose key is the tenant's slug."""
+
+    cache_kind = "slug"
 
     def lookup(self, key: str) -> AbstractTenant | None:
         return get_tenant_model()._default_manager.filter(slug=key).first()
@@ -96,6 +115,8 @@ def _request_host(request: HttpRequest) -> str:
 
 class HostResolver(TenantResolver):
     """The full hostname, looked up in the ``Domain`` table."""
+
+    cache_kind = "host"
 
     def get_key(self, request: HttpRequest) -> str | None:
         host = _request_host(request)

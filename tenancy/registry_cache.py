@@ -1,0 +1,294 @@
+"""The registry's answers, kept in each process: which tenant a hostname or a slug names.
+
+Without it, finding a request's tenant costs a query on the main database per request,
+and with ``CONN_MAX_AGE=0`` a connection of its own. The resolvers ask this cache first,
+so a request for a known tenant that touches no shared model never reaches the main
+database.
+
+An answer stays valid until the registry changes, and a change is seen
+
+- **at once in the process that makes it** through the ORM: saving or deleting a tenant or
+  a domain, and ``update()``/``delete()``/``bulk_create()``/``bulk_update()`` on their
+  querysets, forget every answer (again when the transaction commits);
+- **within** ``TENANCY["RESOLUTION_CACHE_TTL"]`` **seconds (1 by default) in every other
+  process**, whatever made the change (the ORM, raw SQL, another application): a database
+  trigger on the tenant and domain tables gives ``tenancy_registrystamp`` a new random
+  stamp in the same transaction (migration 0005). A process reads the stamp when a lookup
+  finds it older than the TTL, at most once per TTL, and forgets every answer when it
+  changed. That is one primary-key query per process per second, not one per request.
+
+Why a stamp in the main database rather than PostgreSQL's ``LISTEN/NOTIFY`` or Django's
+cache framework: it is transactional (a stamp is never seen before the change it stands
+for is visible), it works on every backend tenancy supports and behind PgBouncer in
+transaction pooling (where ``LISTEN`` does not), it needs no thread or extra connection per
+process and survives ``fork()``, and a missed message cannot leave a process stale: the
+stamp is read again, not waited for.
+
+Hostnames and slugs that name no tenant are remembered too, in a bounded list of their own
+(``RESOLUTION_CACHE_NOT_FOUND_SIZE``), so a client sending unknown hosts costs the main
+database one query per new name, and the memory stays bounded whatever it sends. Known
+tenants are kept up to ``RESOLUTION_CACHE_SIZE``, the least recently used forgotten first.
+
+Each lookup returns a new tenant instance, so a view that changes ``request.tenant`` never
+changes another request's. Inside a transaction of its own on the main database a lookup
+bypasses the cache (it must see the transaction's own changes, and what it reads may be
+rolled back); inside a test case's transaction the cache is kept for that test only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, connections, models, router, transaction
+
+from tenancy.conf import is_test_run, tenancy_settings
+from tenancy.registry_stamp import read_stamp
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from tenancy.models import AbstractTenant
+
+logger = logging.getLogger("tenancy.registry_cache")
+
+_MISSING: Any = object()  # not in the cache
+_UNREAD: Any = object()  # the stamp was never read, or could not be
+_UNCACHED: Any = object()  # inside a transaction of the caller's own: no caching
+
+Lookup = Callable[[str], "AbstractTenant | None"]
+
+
+class _Snapshot:
+    """A tenant's field values, from which each lookup makes a new instance."""
+
+    __slots__ = ("db", "model", "names", "values")
+
+    def __init__(self, tenant: AbstractTenant) -> None:
+        self.model = type(tenant)
+        self.db = tenant._state.db
+        self.names = [field.attname for field in self.model._meta.concrete_fields]
+        self.values = [getattr(tenant, name) for name in self.names]
+
+    def tenant(self) -> AbstractTenant:
+        tenant: AbstractTenant = self.model.from_db(self.db, self.names, self.values)
+        return tenant
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.found: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()
+        self.not_found: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.stamp: Any = _UNREAD
+        self.checked_at = float("-inf")
+        # Bumped whenever answers are forgotten: an answer read from the database before
+        # that is not stored after it.
+        self.generation = 0
+        # The test case transaction the answers were read in (None: outside any).
+        self.scope: object = None
+
+    def clear(self) -> None:
+        with self.lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self.found.clear()
+        self.not_found.clear()
+        self.generation += 1
+
+    def get(self, key: tuple[str, str]) -> AbstractTenant | None:
+        """The tenant cached for ``key``, ``None`` if known to name none, or ``_MISSING``."""
+        with self.lock:
+            snapshot = self.found.get(key)
+            if snapshot is not None:
+                self.found.move_to_end(key)
+            elif key in self.not_found:
+                return None
+            else:
+                missing: AbstractTenant | None = _MISSING
+                return missing
+        return snapshot.tenant()
+
+    def store(self, key: tuple[str, str], tenant: AbstractTenant | None, generation: int) -> None:
+        with self.lock:
+            if generation != self.generation:
+                return  # forgotten meanwhile: the answer may be older than the change
+            if tenant is None:
+                entries: OrderedDict[tuple[str, str], Any] = self.not_found
+                entries[key] = None
+                limit = tenancy_settings.RESOLUTION_CACHE_NOT_FOUND_SIZE
+            else:
+                entries = self.found
+                entries[key] = _Snapshot(tenant)
+                limit = tenancy_settings.RESOLUTION_CACHE_SIZE
+            entries.move_to_end(key)
+            while len(entries) > limit:
+                entries.popitem(last=False)
+
+    def check_stamp(self, connection: BaseDatabaseWrapper) -> None:
+        """Read the registry's stamp; forget every answer if it changed."""
+        started = time.monotonic()
+        stamp = _read_stamp(connection)
+        with self.lock:
+            if stamp is _UNREAD or stamp != self.stamp:
+                self._clear()
+            self.stamp = stamp
+            # Timed from before the read: answers are never trusted longer than the TTL.
+            self.checked_at = started if stamp is not _UNREAD else float("-inf")
+
+    def stamp_due(self) -> bool:
+        return time.monotonic() - self.checked_at >= tenancy_settings.RESOLUTION_CACHE_TTL
+
+
+_cache = _Cache()
+
+
+def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
+    """The tenant ``load(key)`` finds in the registry, answered from the cache when it can
+    be. ``kind`` names what ``key`` is ("host", "slug", ...): keys of different kinds never
+    meet."""
+    if not tenancy_settings.RESOLUTION_CACHE_TTL:
+        return load(key)
+    connection = connections[_registry_database()]
+    if _enter_scope(connection) is _UNCACHED:
+        return load(key)
+    if _cache.stamp_due():
+        _cache.check_stamp(connection)
+    cached = _cache.get((kind, key))
+    if cached is not _MISSING:
+        return cached
+    generation = _cache.generation
+    tenant = load(key)
+    if _cache.stamp is not _UNREAD:
+        _cache.store((kind, key), tenant, generation)
+    return tenant
+
+
+async def alookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
+    """``lookup`` for async code: a cached answer without leaving the event loop, anything
+    that needs the database in a thread."""
+    if tenancy_settings.RESOLUTION_CACHE_TTL and not _cache.stamp_due():
+        cached = _cache.get((kind, key))
+        if cached is not _MISSING:
+            return cached
+    return await sync_to_async(lookup)(kind, key, load)
+
+
+def forget_all() -> None:
+    """Forget every cached answer of this process."""
+    _cache.clear()
+
+
+def registry_changed(using: str | None = None) -> None:
+    """A tenant or a domain was written on ``using``: forget every answer now, and again
+    when the transaction commits (another thread may have read the old rows meanwhile)."""
+    _cache.clear()
+    transaction.on_commit(_cache.clear, using=using)
+
+
+def wait_for_other_processes() -> None:
+    """Wait until every other process has seen a registry change committed just before
+    (one ``RESOLUTION_CACHE_TTL``). Not in a test run, where no other process serves
+    the test tenants."""
+    ttl = tenancy_settings.RESOLUTION_CACHE_TTL
+    if ttl and not is_test_run():
+        time.sleep(ttl)
+
+
+def cached_counts() -> tuple[int, int]:
+    """How many known and unknown names this process remembers."""
+    with _cache.lock:
+        return len(_cache.found), len(_cache.not_found)
+
+
+class RegistryQuerySet(models.QuerySet[Any]):
+    """The tenant and domain querysets: writes that send no signal forget the cache too."""
+
+    def update(self, **kwargs: Any) -> int:
+        try:
+            return super().update(**kwargs)
+        finally:
+            registry_changed(self.db)
+
+    async def aupdate(self, **kwargs: Any) -> int:
+        return await sync_to_async(self.update)(**kwargs)
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> list[Any]:
+        try:
+            return super().bulk_create(*args, **kwargs)
+        finally:
+            registry_changed(self.db)
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        using = self.db
+        try:
+            return super().delete()
+        finally:
+            registry_changed(using)
+
+
+def registry_row_changed(sender: type[models.Model], using: str, **kwargs: Any) -> None:
+    """``post_save``/``post_delete`` receiver for the tenant model and ``Domain``."""
+    registry_changed(using)
+
+
+def _registry_database() -> str:
+    from tenancy.models import get_tenant_model
+
+    return router.db_for_read(get_tenant_model()) or "default"
+
+
+def _enter_scope(connection: BaseDatabaseWrapper) -> object:
+    """The test case transaction the lookup runs in (``None`` outside any), forgetting the
+    answers of another one; ``_UNCACHED`` inside a transaction of the caller's own."""
+    blocks = connection.atomic_blocks
+    if not blocks:
+        scope = None
+    elif all(getattr(block, "_from_testcase", False) for block in blocks):
+        scope = blocks[-1]
+    else:
+        return _UNCACHED
+    if scope is not _cache.scope:
+        with _cache.lock:
+            _cache._clear()
+            _cache.scope = scope
+            _cache.checked_at = float("-inf")
+    return scope
+
+
+_warned = False
+
+
+def _read_stamp(connection: BaseDatabaseWrapper) -> Any:
+    global _warned
+    try:
+        return read_stamp(connection)
+    except DatabaseError as exc:
+        if not _warned:
+            _warned = True
+            logger.warning(
+                "Tenant lookups are not cached: the registry stamp cannot be read (%s). "
+                "Run `manage.py migrate` to create it.",
+                exc,
+            )
+        return _UNREAD
+
+
+def connect_signals(tenant_model: str) -> None:
+    """Forget the cache when a tenant (the model labelled ``tenant_model``) or a domain is
+    saved or deleted in this process."""
+    from django.db.models.signals import post_delete, post_save
+
+    for model in (tenant_model, "tenancy.Domain"):
+        for name, signal in (("saved", post_save), ("deleted", post_delete)):
+            signal.connect(
+                registry_row_changed,
+                sender=model,
+                dispatch_uid=f"tenancy.registry_cache.{name}.{model}",
+            )

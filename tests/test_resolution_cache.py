@@ -1,0 +1,276 @@
+"""The per-process cache of tenant lookups (tenancy.registry_cache): no query on the main
+database for a known tenant, and every change of the registry seen, at once in this process
+and through the registry stamp from any other."""
+
+import asyncio
+import time
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection, connections
+from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
+
+from tenancy import registry_cache
+from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.registry_stamp import read_stamp
+from tests.settings import BACKEND
+from tests.test_middleware import asgi_get
+
+ALPHA, BETA = "alpha.example.test", "beta.example.test"
+
+
+def tenancy_settings(settings, **values):
+    settings.TENANCY = {**settings.TENANCY, **values}
+
+
+@contextmanager
+def main_database_untouched(*, count_queries=True):
+    """Fails if the block opens a connection to the main database (each request closes
+    it, as CONN_MAX_AGE=0 says) or, in a sync block, queries it."""
+    opened = []
+
+    def record(sender, connection, **kwargs):
+        if connection.alias == "default":
+            opened.append(connection)
+
+    connection_created.connect(record)
+    try:
+        if count_queries:
+            with CaptureQueriesContext(connections["default"]) as queries:
+                yield
+            assert [query["sql"] for query in queries.captured_queries] == []
+        else:
+            yield
+    finally:
+        connection_created.disconnect(record)
+    assert opened == []
+
+
+def notes_on(client, host):
+    response = client.get("/notes/", HTTP_HOST=host)
+    assert response.status_code == 200, response.content
+    return response.json()["notes"]
+
+
+def test_a_known_tenant_is_served_without_touching_the_main_database(client, notes):
+    assert notes_on(client, ALPHA) == ["alpha note"]  # looked up once
+    with main_database_untouched():
+        for _ in range(3):
+            assert notes_on(client, ALPHA) == ["alpha note"]
+            assert client.get("/notes/", HTTP_HOST="ALPHA.example.test:8000").status_code == 200
+
+
+def test_each_host_is_cached_for_its_own_tenant(client, notes):
+    for _ in range(2):
+        assert notes_on(client, ALPHA) == ["alpha note"]
+        assert notes_on(client, BETA) == ["beta note"]
+
+
+def test_async_requests_use_the_cache_without_leaving_the_event_loop(notes):
+    async def twice():
+        first = await asgi_get("/anotes/", ALPHA)
+        with main_database_untouched(count_queries=False):
+            second = await asgi_get("/anotes/", ALPHA)
+        return first, second
+
+    first, second = asyncio.run(twice())
+    assert first == second == (200, b'{"notes": ["alpha note"]}')
+
+
+@pytest.mark.parametrize("resolver", ["path", "header", "subdomain"])
+def test_slug_resolvers_are_cached_too(client, settings, notes, resolver):
+    tenancy_settings(settings, RESOLVER=resolver, BASE_DOMAIN="example.test")
+    request = {
+        "path": ("/t/alpha/notes/", {}),
+        "header": ("/notes/", {"HTTP_X_TENANT": "alpha"}),
+        "subdomain": ("/notes/", {"HTTP_HOST": ALPHA}),
+    }[resolver]
+    assert client.get(request[0], **request[1]).json() == {"notes": ["alpha note"]}
+    with main_database_untouched():
+        assert client.get(request[0], **request[1]).json() == {"notes": ["alpha note"]}
+
+
+def test_an_unknown_host_is_answered_from_the_cache_after_its_first_lookup(client, alpha):
+    assert client.get("/notes/", HTTP_HOST="nobody.example.test").status_code == 404
+    with main_database_untouched():
+        assert client.get("/notes/", HTTP_HOST="nobody.example.test").status_code == 404
+
+
+def test_unknown_hosts_are_remembered_up_to_the_bound(client, settings, alpha):
+    tenancy_settings(settings, RESOLUTION_CACHE_NOT_FOUND_SIZE=10, RESOLUTION_CACHE_SIZE=1)
+    notes_on(client, ALPHA)
+    for number in range(50):
+        assert client.get("/notes/", HTTP_HOST=f"x{number}.example.test").status_code == 404
+    assert registry_cache.cached_counts() == (1, 10)
+    with main_database_untouched():  # the ten most recent, and the known tenant
+        assert client.get("/notes/", HTTP_HOST="x49.example.test").status_code == 404
+        notes_on(client, ALPHA)
+    with CaptureQueriesContext(connections["default"]) as queries:  # forgotten
+        assert client.get("/notes/", HTTP_HOST="x0.example.test").status_code == 404
+    assert len(queries.captured_queries) == 1
+
+
+def test_known_tenants_are_remembered_up_to_the_bound(client, settings, notes):
+    tenancy_settings(settings, RESOLUTION_CACHE_SIZE=1)
+    notes_on(client, ALPHA)
+    notes_on(client, BETA)
+    assert registry_cache.cached_counts() == (1, 0)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert notes_on(client, ALPHA) == ["alpha note"]
+    assert len(queries.captured_queries) == 1
+
+
+def test_caching_off_looks_up_every_request(client, settings, notes):
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=0)
+    notes_on(client, ALPHA)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        notes_on(client, ALPHA)
+    assert len(queries.captured_queries) == 1
+    assert registry_cache.cached_counts() == (0, 0)
+
+
+def test_each_request_gets_its_own_tenant_instance(alpha):
+    load = Tenant.objects.filter(slug="alpha").first
+    first = registry_cache.lookup("slug", "alpha", lambda key: load())
+    first.name = "changed by a view"
+    second = registry_cache.lookup("slug", "alpha", lambda key: pytest.fail("not cached"))
+    assert second is not first
+    assert second.name == alpha.name
+    assert second.pk == alpha.pk
+    assert second._state.db == "default"
+    assert not second._state.adding
+
+
+# Changes made in this process are seen at once.
+
+
+def test_a_domain_given_to_another_tenant_leads_there_at_once(client, notes):
+    assert notes_on(client, ALPHA) == ["alpha note"]
+    domain = Domain.objects.get(domain=ALPHA)
+    domain.tenant = Tenant.objects.get(slug="beta")
+    domain.is_primary = False
+    domain.save()
+    assert notes_on(client, ALPHA) == ["beta note"]
+
+
+def test_a_domain_moved_by_update_leads_to_its_new_tenant_at_once(client, notes):
+    assert notes_on(client, ALPHA) == ["alpha note"]
+    beta = Tenant.objects.get(slug="beta")
+    Domain.objects.filter(domain=ALPHA).update(tenant=beta, is_primary=False)
+    assert notes_on(client, ALPHA) == ["beta note"]
+
+
+def test_a_deleted_domain_is_not_found_at_once(client, notes):
+    notes_on(client, ALPHA)
+    Domain.objects.filter(domain=ALPHA).delete()
+    assert client.get("/notes/", HTTP_HOST=ALPHA).status_code == 404
+
+
+@pytest.mark.parametrize("how", ["save", "update", "bulk_update"])
+def test_a_suspended_tenant_is_refused_at_once(client, notes, how):
+    notes_on(client, ALPHA)
+    tenant = Tenant.objects.get(slug="alpha")
+    tenant.status = TenantStatus.SUSPENDED
+    if how == "save":
+        tenant.save()
+    elif how == "update":
+        Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus.SUSPENDED)
+    else:
+        Tenant.objects.bulk_update([tenant], ["status"])
+    assert client.get("/notes/", HTTP_HOST=ALPHA).status_code == 503
+
+
+def test_a_new_domain_for_a_host_known_as_unknown_is_served_at_once(client, notes):
+    assert client.get("/notes/", HTTP_HOST="new.example.test").status_code == 404
+    Domain.objects.create(domain="new.example.test", tenant=Tenant.objects.get(slug="beta"))
+    assert notes_on(client, "new.example.test") == ["beta note"]
+
+
+def test_bulk_created_domains_are_served_at_once(client, notes):
+    assert client.get("/notes/", HTTP_HOST="bulk.example.test").status_code == 404
+    beta = Tenant.objects.get(slug="beta")
+    Domain.objects.bulk_create([Domain(domain="bulk.example.test", tenant=beta)])
+    assert notes_on(client, "bulk.example.test") == ["beta note"]
+
+
+def test_a_deleted_tenant_is_not_found_at_once(client, notes):
+    notes_on(client, ALPHA)
+    Domain.objects.filter(tenant__slug="alpha").delete()
+    Tenant.objects.filter(slug="alpha").delete()
+    assert client.get("/notes/", HTTP_HOST=ALPHA).status_code == 404
+
+
+def test_a_lookup_inside_a_transaction_of_its_own_is_not_cached(alpha):
+    from django.db import transaction
+
+    with transaction.atomic():
+        Tenant.objects.filter(slug="alpha").update(status=TenantStatus.SUSPENDED)
+        load = Tenant.objects.filter(slug="alpha").first
+        inside = registry_cache.lookup("slug", "alpha", lambda key: load())
+        assert inside.status == TenantStatus.SUSPENDED
+        transaction.set_rollback(True)
+    assert registry_cache.cached_counts() == (0, 0)
+    outside = registry_cache.lookup("slug", "alpha", lambda key: load())
+    assert outside.status == TenantStatus.ACTIVE
+
+
+# Changes made elsewhere (raw SQL here: no signal reaches this process) are seen through
+# the registry stamp.
+
+
+def raw(statement, *params):
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def test_a_change_made_without_the_orm_is_seen_within_the_ttl(client, settings, notes):
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=0.2)
+    assert notes_on(client, ALPHA) == ["alpha note"]
+    beta = Tenant.objects.get(slug="beta")
+    raw("UPDATE tenancy_domain SET tenant_id = %s, is_primary = %s WHERE domain = %s",
+        beta.pk, False, ALPHA)  # fmt: skip
+    deadline = time.monotonic() + 5
+    seen = notes_on(client, ALPHA)
+    while seen != ["beta note"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        seen = notes_on(client, ALPHA)
+    assert seen == ["beta note"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE tenancy_tenant SET name = 'x'",
+        "UPDATE tenancy_domain SET is_primary = is_primary",
+        "DELETE FROM tenancy_domain WHERE domain = 'beta.example.test'",
+        "INSERT INTO tenancy_domain (domain, tenant_id, is_primary) "
+        "SELECT 'other.example.test', id, false FROM tenancy_tenant WHERE slug = 'alpha'",
+    ],
+)
+def test_every_write_of_the_registry_changes_the_stamp(notes, statement):
+    before = read_stamp(connection)
+    raw(statement)
+    assert read_stamp(connection) != before
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="TRUNCATE is PostgreSQL's")
+def test_truncating_the_domains_changes_the_stamp(notes):
+    before = read_stamp(connection)
+    raw("TRUNCATE tenancy_domain")
+    assert read_stamp(connection) != before
+
+
+def test_writes_of_other_tables_leave_the_stamp_alone(notes):
+    before = read_stamp(connection)
+    raw("UPDATE tenancy_membership SET is_admin = is_admin")
+    assert read_stamp(connection) == before
+
+
+def test_the_stamp_is_read_at_most_once_per_ttl(client, settings, notes):
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=60)
+    notes_on(client, ALPHA)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        for _ in range(5):
+            notes_on(client, ALPHA)
+    assert queries.captured_queries == []
