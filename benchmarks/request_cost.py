@@ -6,7 +6,8 @@
 Drives the example project (SQLite, one file per tenant) through Django's WSGI handler in
 this process, as a WSGI server would: request_started, the middleware, the view, the
 response, request_finished. Each tenant is one request to /api/tasks/ on its own host.
-Also prints the memory a tenant's registration costs (tracemalloc, 10,000 tenants).
+Also prints the memory a tenant's registration and its entry in the resolution cache cost
+(tracemalloc, 10,000 tenants).
 The same tenant's request is timed after 1, 1,000 and 10,000 distinct tenants have been
 served. For comparison, the last row times it again with the 10,000 tenants' aliases
 added to DATABASES, which is where a library that registers every tenant it serves as a
@@ -168,6 +169,30 @@ def registration_bytes(count: int) -> float:
     return (after - before) / count
 
 
+def cache_bytes(count: int) -> float:
+    """Memory per tenant of ``count`` tenants in the resolution cache (its default size
+    is 10,000), each found by its host."""
+    import gc
+    import tracemalloc
+
+    from tenancy import registry_cache
+    from tenancy.models import Tenant
+
+    registry_cache.forget_all()
+    tenants = {f"{tenant.slug}.localhost": tenant for tenant in Tenant.objects.all()[:count]}
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for host in tenants:
+        registry_cache.lookup("host", host, tenants.__getitem__)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    cached, _ = registry_cache.cached_counts()
+    assert cached == min(count, len(tenants)), cached
+    return (after - before) / cached
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tenants", type=int, default=10_000)
@@ -181,6 +206,7 @@ def main() -> None:
 
         from tenancy.connections import attached_aliases, connection_settings, registered_aliases
         from tenancy.models import Tenant
+        from tenancy.registry_cache import cached_counts
 
         started = time.perf_counter()
         slugs = create_fleet(args.tenants)
@@ -202,6 +228,7 @@ def main() -> None:
                     f"after {served:,} tenant{'s' if served > 1 else ''} served",
                     per_request_ms(server, timed, args.requests),
                     len(registered_aliases()),
+                    cached_counts()[0],
                     len(connections.settings),
                 )
             )
@@ -216,13 +243,15 @@ def main() -> None:
                 f"same, {args.tenants:,} aliases in DATABASES",
                 per_request_ms(server, timed, max(100, args.requests // 10)),
                 len(registered_aliases()),
+                cached_counts()[0],
                 len(connections.settings),
             )
         )
         memory = registration_bytes(args.tenants)
-    print(f"{'':38} {'ms/request':>10} {'registered':>10} {'DATABASES':>10}")
-    for label, ms, registered, configured in rows:
-        print(f"{label:38} {ms:10.3f} {registered:10,} {configured:10,}")
+        cached_memory = cache_bytes(args.tenants)
+    print(f"{'':38} {'ms/request':>10} {'registered':>10} {'cached':>10} {'DATABASES':>10}")
+    for label, ms, registered, cached, configured in rows:
+        print(f"{label:38} {ms:10.3f} {registered:10,} {cached:10,} {configured:10,}")
     base = rows[0][1]
     print(
         f"ratio {rows[-2][0].removeprefix('after ')} / 1 tenant served: "
@@ -230,6 +259,7 @@ def main() -> None:
         f"aliases in DATABASES / 1 tenant served: {rows[-1][1] / base:.1f}"
     )
     print(f"memory per registered tenant: {memory / 1024:.1f} KB (target < 10 KB)")
+    print(f"memory per tenant in the resolution cache: {cached_memory / 1024:.2f} KB")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ rolled back); inside a test case's transaction the cache is kept for that test o
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -72,12 +73,18 @@ class _Snapshot:
     def __init__(self, tenant: AbstractTenant) -> None:
         self.model = type(tenant)
         self.db = tenant._state.db
-        self.names = [field.attname for field in self.model._meta.concrete_fields]
-        self.values = [getattr(tenant, name) for name in self.names]
+        self.names = _field_names(self.model)
+        self.values = tuple(getattr(tenant, name) for name in self.names)
 
     def tenant(self) -> AbstractTenant:
         tenant: AbstractTenant = self.model.from_db(self.db, self.names, self.values)
         return tenant
+
+
+@functools.cache
+def _field_names(model: type[models.Model]) -> list[str]:
+    # One list per model, shared by its snapshots.
+    return [field.attname for field in model._meta.concrete_fields]
 
 
 class _Cache:
