@@ -122,6 +122,13 @@ def _not_found(slug: str) -> TenantNotFound:
     )
 
 
+def find_by_slug(slug: str) -> AbstractTenant | None:
+    """The tenant with ``slug``, or ``None``: one query on the main database."""
+    from tenancy.models import get_tenant_model
+
+    return get_tenant_model()._default_manager.filter(slug=slug).first()
+
+
 def _get_by_slug(slug: str) -> AbstractTenant:
     from tenancy.models import get_tenant_model
 

@@ -2,7 +2,9 @@
 
 A job carries its tenant as the slug, taken when the job is sent; the worker looks the
 tenant up again when the job runs, so a job never works on a tenant that was removed or
-suspended in between.
+suspended in between (more than ``RESOLUTION_CACHE_TTL`` before it runs, when the change
+was made by another process: the lookup is answered by ``tenancy.registry_cache``, as
+requests are).
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
+from tenancy import registry_cache
 from tenancy.connections import close_old_connections
-from tenancy.context import _get_by_slug, current_tenant, tenant_context
+from tenancy.context import _not_found, current_tenant, find_by_slug, tenant_context
 from tenancy.exceptions import TenantUnavailable
+from tenancy.validators import is_valid_slug
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
@@ -32,7 +36,11 @@ def job_tenant(slug: str | None) -> AbstractTenant | None:
     ``TenantNotFound`` when it no longer exists, ``TenantUnavailable`` when not active."""
     if slug is None:
         return None
-    tenant = _get_by_slug(slug)
+    if not is_valid_slug(slug):
+        raise _not_found(slug)
+    tenant = registry_cache.lookup("slug", slug, find_by_slug)
+    if tenant is None:
+        raise _not_found(slug)
     if not tenant.is_active:
         raise TenantUnavailable(tenant)
     return tenant

@@ -24,6 +24,7 @@ from django.utils.module_loading import import_string
 
 from tenancy import registry_cache
 from tenancy.conf import tenancy_settings
+from tenancy.context import find_by_slug
 from tenancy.models import AbstractTenant, Domain, get_tenant_model
 from tenancy.validators import is_valid_hostname, is_valid_slug
 
@@ -102,7 +103,7 @@ class SlugResolver(TenantResolver):
     cache_kind = "slug"
 
     def lookup(self, key: str) -> AbstractTenant | None:
-        return get_tenant_model()._default_manager.filter(slug=key).first()
+        return find_by_slug(key)
 
     async def alookup(self, key: str) -> AbstractTenant | None:
         return await get_tenant_model()._default_manager.filter(slug=key).afirst()

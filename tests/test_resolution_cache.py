@@ -274,3 +274,15 @@ def test_the_stamp_is_read_at_most_once_per_ttl(client, settings, notes):
         for _ in range(5):
             notes_on(client, ALPHA)
     assert queries.captured_queries == []
+
+
+def test_background_jobs_find_their_tenant_in_the_cache(alpha):
+    from tenancy.jobs import job_tenant
+
+    assert job_tenant("alpha").pk == alpha.pk
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert job_tenant("alpha").pk == alpha.pk
+    assert queries.captured_queries == []
+    Tenant.objects.filter(pk=alpha.pk).update(status=TenantStatus.SUSPENDED)
+    with pytest.raises(Exception, match="'alpha' is suspended"):
+        job_tenant("alpha")
