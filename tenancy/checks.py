@@ -130,6 +130,37 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     return check_relations(models)
 
 
+@checks.register(checks.Tags.models)
+def check_registry_managers(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from tenancy.models import Domain, get_tenant_model
+
+    try:
+        tenant_model = get_tenant_model()
+    except ImproperlyConfigured:
+        return []  # Django reports a swappable model that does not exist
+    return registry_manager_warnings([tenant_model, Domain])
+
+
+def registry_manager_warnings(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
+    """``tenancy.W002`` for a registry model whose default manager's queryset forgets
+    nothing in the resolution cache on ``update()``."""
+    from tenancy.registry_cache import RegistryQuerySet
+
+    return [
+        checks.Warning(
+            f"{model._meta.label}'s default manager makes querysets that do not subclass "
+            "tenancy.registry_cache.RegistryQuerySet: after its update() or bulk_create(), "
+            "this process serves the old tenants until RESOLUTION_CACHE_TTL has passed.",
+            hint="Make the manager with models.Manager.from_queryset(RegistryQuerySet) "
+            "(or subclass RegistryQuerySet in your queryset class).",
+            obj=model,
+            id="tenancy.W002",
+        )
+        for model in models
+        if not issubclass(model._default_manager._queryset_class, RegistryQuerySet)  # type: ignore[attr-defined]
+    ]
+
+
 def check_relations(models: Iterable[type[Model]]) -> list[checks.CheckMessage]:
     """Report relations between tenant and shared models: they would cross databases."""
     labels = tenancy_settings.tenant_app_labels

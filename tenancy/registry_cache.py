@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -154,6 +155,8 @@ class _Cache:
 
 
 _cache = _Cache()
+# A child made by fork() starts empty, with a lock no thread of the parent can hold.
+os.register_at_fork(after_in_child=_cache.__init__)
 
 
 def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:

@@ -5,7 +5,7 @@ from django.core.management import call_command
 from django.db import models
 from django.test.utils import isolate_apps
 
-from tenancy.checks import check_relations, check_settings
+from tenancy.checks import check_relations, check_settings, registry_manager_warnings
 from tests.settings import SERVER_1
 
 
@@ -108,3 +108,30 @@ def test_pooling_on_a_tenant_server_is_a_warning(settings):
     server = {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"pool": True}}
     messages = check_ids(settings, SERVERS={"one": server}, DEFAULT_SERVER="one")
     assert [message_id for message_id, _ in messages] == ["tenancy.W001"]
+
+
+@isolate_apps("tests.sharedapp")
+def test_a_tenant_model_whose_manager_forgets_nothing_is_a_warning():
+    from tenancy.models import AbstractTenant
+    from tenancy.registry_cache import RegistryQuerySet
+
+    class PlainManagerTenant(AbstractTenant):
+        objects = models.Manager()
+
+        class Meta(AbstractTenant.Meta):
+            app_label = "sharedapp"
+
+    class RegistryManagerTenant(AbstractTenant):
+        objects = models.Manager.from_queryset(RegistryQuerySet)()
+
+        class Meta(AbstractTenant.Meta):
+            app_label = "sharedapp"
+
+    class InheritedManagerTenant(AbstractTenant):
+        class Meta(AbstractTenant.Meta):
+            app_label = "sharedapp"
+
+    messages = registry_manager_warnings(
+        [PlainManagerTenant, RegistryManagerTenant, InheritedManagerTenant]
+    )
+    assert [(m.id, m.obj) for m in messages] == [("tenancy.W002", PlainManagerTenant)]

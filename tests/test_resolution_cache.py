@@ -4,6 +4,7 @@ and through the registry stamp from any other."""
 
 import asyncio
 import time
+import warnings
 from contextlib import contextmanager
 
 import pytest
@@ -286,3 +287,24 @@ def test_background_jobs_find_their_tenant_in_the_cache(alpha):
     Tenant.objects.filter(pk=alpha.pk).update(status=TenantStatus.SUSPENDED)
     with pytest.raises(Exception, match="'alpha' is suspended"):
         job_tenant("alpha")
+
+
+def test_a_forked_child_starts_with_an_empty_cache(client, notes):
+    import os
+
+    notes_on(client, ALPHA)
+    assert registry_cache.cached_counts() == (1, 0)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        # Python 3.12 warns when other threads run (asgiref's executor's, say): the child
+        # here only reports and exits.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        os.write(write, repr(registry_cache.cached_counts()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as child:
+        assert child.read() == "(0, 0)"
+    assert registry_cache.cached_counts() == (1, 0)
