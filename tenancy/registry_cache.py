@@ -155,8 +155,15 @@ class _Cache:
 
 
 _cache = _Cache()
-# A child made by fork() starts empty, with a lock no thread of the parent can hold.
-os.register_at_fork(after_in_child=_cache.__init__)
+
+
+def _start_afresh() -> None:
+    # In a child made by fork(): empty, with a lock no thread of the parent can hold.
+    global _cache
+    _cache = _Cache()
+
+
+os.register_at_fork(after_in_child=_start_afresh)
 
 
 def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
@@ -184,9 +191,11 @@ async def alookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
     """``lookup`` for async code: a cached answer without leaving the event loop, anything
     that needs the database in a thread."""
     if tenancy_settings.RESOLUTION_CACHE_TTL and not _cache.stamp_due():
-        cached = _cache.get((kind, key))
-        if cached is not _MISSING:
-            return cached
+        connection = connections[_registry_database()]
+        if _enter_scope(connection) is not _UNCACHED:
+            cached = _cache.get((kind, key))
+            if cached is not _MISSING:
+                return cached
     return await sync_to_async(lookup)(kind, key, load)
 
 

@@ -95,6 +95,7 @@ def install_after_migrate(using: str, apps: Any = None, **kwargs: Any) -> None:
 
     from tenancy.conf import TENANT_MODEL_SETTING
     from tenancy.models import Domain, RegistryStamp
+    from tenancy.registry_cache import forget_all
 
     if not router.allow_migrate_model(using, RegistryStamp):
         return
@@ -106,3 +107,5 @@ def install_after_migrate(using: str, apps: Any = None, **kwargs: Any) -> None:
     existing = set(connections[using].introspection.table_names())
     if existing.issuperset([STAMP_TABLE, *tables]):
         install_triggers(using, tables)
+    # Migrated or flushed (flush sends post_migrate too): look every tenant up again.
+    forget_all()

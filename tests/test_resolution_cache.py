@@ -308,3 +308,34 @@ def test_a_forked_child_starts_with_an_empty_cache(client, notes):
     with os.fdopen(read) as child:
         assert child.read() == "(0, 0)"
     assert registry_cache.cached_counts() == (1, 0)
+
+
+@pytest.mark.parametrize("lookup", ["sync", "async"])
+def test_answers_of_one_test_case_transaction_are_not_used_in_the_next(db_access, lookup):
+    """Django's TestCase rolls every test back, sending no signal: a tenant cached in one
+    test must not be found in the next."""
+    from asgiref.sync import async_to_sync
+    from django.db import transaction
+
+    from tenancy.context import find_by_slug
+
+    def test_case_transaction():
+        atomic = transaction.atomic()
+        atomic._from_testcase = True  # as django.test.TestCase marks its own
+        return atomic
+
+    def find(slug):
+        if lookup == "sync":
+            return registry_cache.lookup("slug", slug, find_by_slug)
+        # As Django runs an async test: the event loop in another thread, the ORM back in
+        # this one, inside the test's transaction.
+        return async_to_sync(registry_cache.alookup)("slug", slug, find_by_slug)
+
+    with test_case_transaction():
+        Tenant.objects.create(slug="gamma", name="gamma", server="one")
+        assert registry_cache.lookup("slug", "gamma", find_by_slug).slug == "gamma"
+        assert find("gamma").slug == "gamma"  # cached for this test
+        transaction.set_rollback(True)
+    with test_case_transaction():
+        assert find("gamma") is None
+        transaction.set_rollback(True)

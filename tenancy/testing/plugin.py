@@ -143,6 +143,11 @@ def tenant(
 def pytest_runtest_teardown(item: pytest.Item) -> None:
     if _is_transactional(item):
         item.config.stash[_committed_tenant] = None
+    # The test's tenants and domains are rolled back or flushed: the next test looks
+    # them up again.
+    from tenancy.registry_cache import forget_all
+
+    forget_all()
 
 
 def _is_transactional(item: pytest.Item) -> bool:
