@@ -71,11 +71,13 @@ def _install_contrib_sites() -> None:
 
 
 def _tenancy_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    from tenancy.registry_cache import forget_all
+
     if setting == "TENANCY":
         from tenancy.conf import tenancy_settings
         from tenancy.connections import unregister_all
-        from tenancy.registry_cache import forget_all
 
         tenancy_settings.reset()
         unregister_all()
-        forget_all()
+    if setting in ("TENANCY", "DATABASE_ROUTERS", TENANT_MODEL_SETTING):
+        forget_all()  # the registry's database, or what it answers, may be another

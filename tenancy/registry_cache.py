@@ -200,8 +200,9 @@ async def alookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
 
 
 def forget_all() -> None:
-    """Forget every cached answer of this process."""
+    """Forget every cached answer of this process, and which database holds the registry."""
     _cache.clear()
+    _registry_database.cache_clear()
 
 
 def registry_changed(using: str | None = None) -> None:
@@ -257,6 +258,7 @@ def registry_row_changed(sender: type[models.Model], using: str, **kwargs: Any) 
     registry_changed(using)
 
 
+@functools.cache
 def _registry_database() -> str:
     from tenancy.models import get_tenant_model
 
