@@ -4,6 +4,7 @@ are being served."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -78,7 +79,13 @@ def test_a_tenant_deleted_while_it_is_being_served(example):
             stop.set()
             for thread in threads:
                 thread.join()
-        gone, _ = client.request("GET", slug, "/api/tasks/")
+        # Each server process sees the row gone within RESOLUTION_CACHE_TTL (1 s); until
+        # then it still knows the tenant as being deleted.
+        after = [client.request("GET", slug, "/api/tasks/")[0]]
+        deadline = time.monotonic() + 5
+        while after[-1] != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            after.append(client.request("GET", slug, "/api/tasks/")[0])
 
     print(f"\nanswers while {slug} was deleted: {dict(answers)}")
     # Served, then refused: never a server error, a dropped connection or a hang. A request
@@ -86,6 +93,7 @@ def test_a_tenant_deleted_while_it_is_being_served(example):
     # with it) gone already: the example's 403 "not a member".
     assert set(answers) <= {200, 403, 404, 503}, answers
     assert answers[200] > 0
-    assert gone == 404
+    assert set(after) <= {503, 404}, after
+    assert after[-1] == 404, after
     assert slug not in example.registry()
     assert all("load_01" not in db for dbs in example.tenant_databases().values() for db in dbs)
