@@ -17,12 +17,16 @@ from tenancy import registry_cache
 from tenancy.connections import close_old_connections
 from tenancy.context import _not_found, current_tenant, find_by_slug, tenant_context
 from tenancy.exceptions import TenantUnavailable
+from tenancy.resolvers import SlugResolver
 from tenancy.validators import is_valid_slug
 
 if TYPE_CHECKING:
     from tenancy.models import AbstractTenant
 
 T = TypeVar("T")
+
+# Jobs share the slug resolvers' cached answers: their lookup is find_by_slug too.
+_SLUG_ANSWERS = str(SlugResolver.cache_kind())
 
 
 def current_slug() -> str | None:
@@ -38,7 +42,7 @@ def job_tenant(slug: str | None) -> AbstractTenant | None:
         return None
     if not is_valid_slug(slug):
         raise _not_found(slug)
-    tenant = registry_cache.lookup("slug", slug, find_by_slug)
+    tenant = registry_cache.lookup(_SLUG_ANSWERS, slug, find_by_slug)
     if tenant is None:
         raise _not_found(slug)
     if not tenant.is_active:

@@ -37,11 +37,15 @@ rolled back); inside a test case's transaction the cache is kept for that test o
 
 from __future__ import annotations
 
+import copy
+import datetime
+import decimal
 import functools
 import logging
 import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -66,25 +70,53 @@ _UNCACHED: Any = object()  # inside a transaction of the caller's own: no cachin
 Lookup = Callable[[str], "AbstractTenant | None"]
 
 
-class _Snapshot:
-    """A tenant's field values, from which each lookup makes a new instance."""
+# Values a tenant instance can share with another: they cannot be changed in place.
+_IMMUTABLE = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    type(None),
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    decimal.Decimal,
+    uuid.UUID,
+)
 
-    __slots__ = ("db", "model", "names", "values")
+
+class _Snapshot:
+    """A tenant's loaded field values, from which each lookup makes a new instance. Values
+    that can be changed in place (a ``JSONField``'s dict, say) are copied for each one."""
+
+    __slots__ = ("db", "model", "mutable", "names", "values")
 
     def __init__(self, tenant: AbstractTenant) -> None:
         self.model = type(tenant)
         self.db = tenant._state.db
-        self.names = _field_names(self.model)
-        self.values = tuple(getattr(tenant, name) for name in self.names)
+        loaded = tenant.__dict__  # deferred fields are left deferred, not fetched here
+        self.names = [name for name in _field_names(self.model) if name in loaded]
+        values = [loaded[name] for name in self.names]
+        # Copied from the instance the lookup returns too, which its caller may change.
+        self.mutable = [i for i, value in enumerate(values) if not isinstance(value, _IMMUTABLE)]
+        for index in self.mutable:
+            values[index] = copy.deepcopy(values[index])
+        self.values = tuple(values)
 
     def tenant(self) -> AbstractTenant:
-        tenant: AbstractTenant = self.model.from_db(self.db, self.names, self.values)
+        values = self.values
+        if self.mutable:
+            values = tuple(
+                copy.deepcopy(value) if index in self.mutable else value
+                for index, value in enumerate(values)
+            )
+        tenant: AbstractTenant = self.model.from_db(self.db, self.names, values)
         return tenant
 
 
 @functools.cache
 def _field_names(model: type[models.Model]) -> list[str]:
-    # One list per model, shared by its snapshots.
     return [field.attname for field in model._meta.concrete_fields]
 
 
@@ -124,16 +156,17 @@ class _Cache:
         return snapshot.tenant()
 
     def store(self, key: tuple[str, str], tenant: AbstractTenant | None, generation: int) -> None:
+        snapshot = _Snapshot(tenant) if tenant is not None else None
         with self.lock:
             if generation != self.generation:
                 return  # forgotten meanwhile: the answer may be older than the change
-            if tenant is None:
+            if snapshot is None:
                 entries: OrderedDict[tuple[str, str], Any] = self.not_found
                 entries[key] = None
                 limit = tenancy_settings.RESOLUTION_CACHE_NOT_FOUND_SIZE
             else:
                 entries = self.found
-                entries[key] = _Snapshot(tenant)
+                entries[key] = snapshot
                 limit = tenancy_settings.RESOLUTION_CACHE_SIZE
             entries.move_to_end(key)
             while len(entries) > limit:
@@ -209,7 +242,11 @@ def registry_changed(using: str | None = None) -> None:
     """A tenant or a domain was written on ``using``: forget every answer now, and again
     when the transaction commits (another thread may have read the old rows meanwhile)."""
     _cache.clear()
-    transaction.on_commit(_cache.clear, using=using)
+    connection = connections[using or _registry_database()]
+    if connection.in_atomic_block:
+        transaction.on_commit(_cache.clear, using=connection.alias)
+    # In autocommit the write is committed already; under manual transaction management
+    # (autocommit off, no atomic block) lookups bypass the cache until it is on again.
 
 
 def wait_for_other_processes() -> None:
@@ -270,6 +307,8 @@ def _enter_scope(connection: BaseDatabaseWrapper) -> object:
     answers of another one; ``_UNCACHED`` inside a transaction of the caller's own."""
     blocks = connection.atomic_blocks
     if not blocks:
+        if connection.connection is not None and not connection.autocommit:
+            return _UNCACHED  # manual transaction management: a transaction of its own
         scope = None
     elif all(getattr(block, "_from_testcase", False) for block in blocks):
         scope = blocks[-1]

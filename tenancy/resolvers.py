@@ -50,12 +50,30 @@ MAIN_SITE = Resolution()
 class TenantResolver:
     """Base class: subclasses say how to read the key and how to look it up.
 
-    A subclass whose ``lookup`` reads only the tenant and domain tables may set
-    ``cache_kind`` (a name for what its keys are, such as "host" or "slug") to have its
-    answers cached: the cache is kept current by writes of those two tables only.
+    A resolver whose ``lookup`` reads only the tenant and domain tables may set
+    ``cache_lookups = True`` to have its answers cached (the cache is kept current by
+    writes of those two tables only). The setting counts from the class that defines the
+    ``lookup`` in use down: a subclass with a ``lookup`` of its own is not cached unless it
+    (or a subclass of it) says so too, and answers are kept apart by the class that defines
+    the ``lookup``.
     """
 
-    cache_kind: str | None = None
+    cache_lookups = False
+
+    @classmethod
+    def cache_kind(cls) -> str | None:
+        """Under what name this resolver's answers are cached; ``None``: not cached."""
+        mro = cls.__mro__
+        owner = next(index for index, klass in enumerate(mro) if "lookup" in vars(klass))
+        cached = next(
+            (
+                vars(klass)["cache_lookups"]
+                for klass in mro[: owner + 1]
+                if "cache_lookups" in vars(klass)
+            ),
+            False,
+        )
+        return f"{mro[owner].__module__}.{mro[owner].__qualname__}" if cached else None
 
     def get_key(self, request: HttpRequest) -> str | None:
         """The tenant key the request carries, ``None`` for the main site. No queries."""
@@ -73,9 +91,10 @@ class TenantResolver:
             return MAIN_SITE
         if not self.is_valid_key(key):
             return Resolution(key)
-        if self.cache_kind is None:
+        kind = self.cache_kind()
+        if kind is None:
             return Resolution(key, self.lookup(key))
-        return Resolution(key, registry_cache.lookup(self.cache_kind, key, self.lookup))
+        return Resolution(key, registry_cache.lookup(kind, key, self.lookup))
 
     async def aresolve(self, request: HttpRequest) -> Resolution:
         key = self.get_key(request)
@@ -83,9 +102,10 @@ class TenantResolver:
             return MAIN_SITE
         if not self.is_valid_key(key):
             return Resolution(key)
-        if self.cache_kind is None:
+        kind = self.cache_kind()
+        if kind is None:
             return Resolution(key, await self.alookup(key))
-        return Resolution(key, await registry_cache.alookup(self.cache_kind, key, self.lookup))
+        return Resolution(key, await registry_cache.alookup(kind, key, self.lookup))
 
     def is_valid_key(self, key: str) -> bool:
         return is_valid_slug(key)
@@ -100,7 +120,7 @@ class TenantResolver:
 class SlugResolver(TenantResolver):
     """Base for resolvers whose key is the tenant's slug."""
 
-    cache_kind = "slug"
+    cache_lookups = True
 
     def lookup(self, key: str) -> AbstractTenant | None:
         return find_by_slug(key)
@@ -117,7 +137,7 @@ def _request_host(request: HttpRequest) -> str:
 class HostResolver(TenantResolver):
     """The full hostname, looked up in the ``Domain`` table."""
 
-    cache_kind = "host"
+    cache_lookups = True
 
     def get_key(self, request: HttpRequest) -> str | None:
         host = _request_host(request)

@@ -339,3 +339,90 @@ def test_answers_of_one_test_case_transaction_are_not_used_in_the_next(db_access
     with test_case_transaction():
         assert find("gamma") is None
         transaction.set_rollback(True)
+
+
+def test_a_resolver_with_a_lookup_of_its_own_is_cached_only_under_its_own_name(
+    client, settings, notes
+):
+    """A subclass of a cached resolver that looks keys up differently (a partner code for
+    a domain of another tenant) neither shares the built-in slug answers, which background
+    jobs use, nor is cached unless it says so."""
+    from tenancy.jobs import job_tenant
+    from tenancy.resolvers import HeaderResolver
+
+    class PartnerCodes(HeaderResolver):
+        def lookup(self, key):
+            domain = Domain.objects.select_related("tenant").filter(domain=f"{key}.partners")
+            return domain.first().tenant if domain.exists() else None
+
+    class CachedPartnerCodes(PartnerCodes):
+        cache_lookups = True
+
+    Domain.objects.create(domain="alpha.partners", tenant=Tenant.objects.get(slug="beta"))
+    assert PartnerCodes.cache_kind() is None
+    assert CachedPartnerCodes.cache_kind().endswith(".PartnerCodes")
+    for resolver in (PartnerCodes, CachedPartnerCodes):
+        tenancy_settings(settings, RESOLVER=resolver)
+        assert client.get("/notes/", HTTP_X_TENANT="alpha").json() == {"notes": ["beta note"]}
+        assert job_tenant("alpha").slug == "alpha"
+    tenancy_settings(settings, RESOLVER="header")
+    assert client.get("/notes/", HTTP_X_TENANT="alpha").json() == {"notes": ["alpha note"]}
+
+
+def test_registry_writes_under_manual_transaction_management(client, notes):
+    """Autocommit off (no atomic block): the writes work as before, lookups meanwhile
+    bypass the cache, and a rolled-back suspension is never served."""
+    from django.db import transaction
+
+    notes_on(client, ALPHA)
+    transaction.set_autocommit(False)
+    try:
+        Tenant.objects.filter(slug="alpha").update(status=TenantStatus.SUSPENDED)
+        tenant = Tenant.objects.get(slug="beta")
+        tenant.name = "Beta, renamed"
+        tenant.save()
+        load = Tenant.objects.filter(slug="alpha").first
+        assert registry_cache.lookup("slug", "alpha", lambda key: load()).status == "suspended"
+        assert registry_cache.cached_counts() == (0, 0)
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert notes_on(client, ALPHA) == ["alpha note"]
+
+
+def test_values_that_change_in_place_are_not_shared_between_requests(db_access):
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from tenancy.models import AbstractTenant
+
+    with isolate_apps("tests.sharedapp"):
+
+        class FeatureTenant(AbstractTenant):
+            features = models.JSONField(default=dict)
+
+            class Meta(AbstractTenant.Meta):
+                app_label = "sharedapp"
+
+    loaded = FeatureTenant.from_db(
+        "default",
+        [field.attname for field in FeatureTenant._meta.concrete_fields],
+        [1, "acme", "Acme", "active", "", "one", "tenancy_acme", None, None, {"plan": "free"}],
+    )
+    first = registry_cache.lookup("features", "acme", lambda key: loaded)
+    first.features["plan"] = "enterprise (unsaved)"
+    second = registry_cache.lookup("features", "acme", lambda key: pytest.fail("not cached"))
+    assert second.features == {"plan": "free"}
+    assert second.name == "Acme"
+
+
+def test_a_lookup_that_defers_fields_is_cached_without_fetching_them(alpha):
+    def load(slug):
+        return Tenant.objects.only("slug", "status", "server", "database_name").get(slug=slug)
+
+    registry_cache.lookup("only", "alpha", load)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        tenant = registry_cache.lookup("only", "alpha", load)
+        assert (tenant.slug, tenant.server) == ("alpha", alpha.server)
+    assert queries.captured_queries == []
+    assert tenant.name == alpha.name  # fetched when asked for, as Django does
