@@ -23,10 +23,12 @@ from django.contrib.admin import helpers
 from django.contrib.admin.options import get_content_type_for_model
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
@@ -266,6 +268,16 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ) -> HttpResponse | None:
         return self._delete_confirmation(request, list(queryset.order_by("slug")))
 
+    # Deleting a tenant must not run inside ATOMIC_REQUESTS' transaction on the main
+    # database (deprovision_tenant refuses): other processes must see it marked deleting
+    # before its database is dropped. The delete action runs from the changelist.
+    @method_decorator(transaction.non_atomic_requests)
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().changelist_view(request, extra_context)
+
+    @method_decorator(transaction.non_atomic_requests)
     def delete_view(
         self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:

@@ -23,7 +23,11 @@ from tenancy.context import tenant_context
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
-from tenancy.registry_cache import wait_for_other_processes
+from tenancy.registry_cache import (
+    in_own_transaction,
+    registry_connection,
+    wait_for_other_processes,
+)
 from tenancy.reserved import check_tenant_drop, database_name_unavailable
 from tenancy.signals import tenant_deprovisioned, tenant_provisioned
 from tenancy.template_databases import (
@@ -252,15 +256,21 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
     """Remove ``tenant``: close its connections everywhere in this process, drop its
     database (unless ``keep_database``) and delete its row and domains. A database that
     is reserved or another tenant's is never dropped: ``ReservedDatabaseError``."""
+    if in_own_transaction(registry_connection()):
+        raise TenancyError(
+            f"Tenant {tenant.slug!r} cannot be deleted inside a transaction on the main "
+            "database: other processes must see it marked deleting before its database "
+            "is dropped, and a drop is not rolled back. Delete it outside "
+            "transaction.atomic() (a view: mark it transaction.non_atomic_requests)."
+        )
     if not keep_database:
         check_tenant_drop(tenant)
     status, detail = tenant.status, tenant.status_detail
     _set_status(tenant, TenantStatus.DELETING)
-    if status == TenantStatus.ACTIVE:
-        # Until every process has seen "deleting", one may still send a request to the
-        # database; after it, none does (and none could reach a database made again
-        # under the same name by a new tenant).
-        wait_for_other_processes()
+    # Until every process has seen "deleting" (a process may still know the tenant as
+    # active, even when it was suspended just before), one may send a request to the
+    # database; after it none does, nor reaches a database made later under its name.
+    wait_for_other_processes()
     try:
         unregister(tenant)
         if not keep_database:

@@ -205,7 +205,7 @@ def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
     meet."""
     if not tenancy_settings.RESOLUTION_CACHE_TTL:
         return load(key)
-    connection = connections[_registry_database()]
+    connection = registry_connection()
     if _enter_scope(connection) is _UNCACHED:
         return load(key)
     if _cache.stamp_due():
@@ -223,12 +223,14 @@ def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
 async def alookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
     """``lookup`` for async code: a cached answer without leaving the event loop, anything
     that needs the database in a thread."""
-    if tenancy_settings.RESOLUTION_CACHE_TTL and not _cache.stamp_due():
-        connection = connections[_registry_database()]
-        if _enter_scope(connection) is not _UNCACHED:
-            cached = _cache.get((kind, key))
-            if cached is not _MISSING:
-                return cached
+    if (
+        tenancy_settings.RESOLUTION_CACHE_TTL
+        and not _cache.stamp_due()
+        and _enter_scope(registry_connection()) is not _UNCACHED
+    ):
+        cached = _cache.get((kind, key))
+        if cached is not _MISSING:
+            return cached
     return await sync_to_async(lookup)(kind, key, load)
 
 
@@ -305,21 +307,30 @@ def _registry_database() -> str:
 def _enter_scope(connection: BaseDatabaseWrapper) -> object:
     """The test case transaction the lookup runs in (``None`` outside any), forgetting the
     answers of another one; ``_UNCACHED`` inside a transaction of the caller's own."""
-    blocks = connection.atomic_blocks
-    if not blocks:
-        if connection.connection is not None and not connection.autocommit:
-            return _UNCACHED  # manual transaction management: a transaction of its own
-        scope = None
-    elif all(getattr(block, "_from_testcase", False) for block in blocks):
-        scope = blocks[-1]
-    else:
+    if in_own_transaction(connection):
         return _UNCACHED
+    blocks = connection.atomic_blocks
+    scope = blocks[-1] if blocks else None
     if scope is not _cache.scope:
         with _cache.lock:
             _cache._clear()
             _cache.scope = scope
             _cache.checked_at = float("-inf")
     return scope
+
+
+def in_own_transaction(connection: BaseDatabaseWrapper) -> bool:
+    """Whether ``connection`` is inside a transaction of the caller's (an atomic block, or
+    autocommit turned off); a test case's own transactions do not count."""
+    blocks = connection.atomic_blocks
+    if blocks:
+        return not all(getattr(block, "_from_testcase", False) for block in blocks)
+    return connection.connection is not None and not connection.autocommit
+
+
+def registry_connection() -> BaseDatabaseWrapper:
+    """The connection to the database that holds the registry."""
+    return connections[_registry_database()]
 
 
 _warned = False
@@ -342,13 +353,20 @@ def _read_stamp(connection: BaseDatabaseWrapper) -> Any:
 
 def connect_signals(tenant_model: str) -> None:
     """Forget the cache when a tenant (the model labelled ``tenant_model``) or a domain is
-    saved or deleted in this process."""
+    saved or deleted in this process, through its model or any proxy of it (Django sends
+    the signals with the proxy as sender)."""
+    from django.apps import apps
     from django.db.models.signals import post_delete, post_save
 
-    for model in (tenant_model, "tenancy.Domain"):
+    try:
+        registry = {apps.get_model(tenant_model), apps.get_model("tenancy", "Domain")}
+    except (LookupError, ValueError):
+        return  # a wrong TENANCY_TENANT_MODEL: the system checks report it
+    senders = [model for model in apps.get_models() if model._meta.concrete_model in registry]
+    for model in senders:
         for name, signal in (("saved", post_save), ("deleted", post_delete)):
             signal.connect(
                 registry_row_changed,
                 sender=model,
-                dispatch_uid=f"tenancy.registry_cache.{name}.{model}",
+                dispatch_uid=f"tenancy.registry_cache.{name}.{model._meta.label}",
             )

@@ -197,6 +197,42 @@ def test_deprovision_drops_database_and_row(db_access, receiver):
     assert sent == [("gamma", False)]
 
 
+@pytest.mark.parametrize("transaction_kind", ["atomic", "autocommit off"])
+def test_deprovision_inside_a_transaction_is_refused_before_anything_happens(
+    db_access, transaction_kind
+):
+    from django.db import transaction
+
+    from tenancy import TenancyError
+
+    tenant = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(tenant):
+        Note.objects.create(text="kept")
+    if transaction_kind == "atomic":
+        with transaction.atomic(), pytest.raises(TenancyError, match="inside a transaction"):
+            deprovision_tenant(tenant)
+    else:
+        transaction.set_autocommit(False)
+        try:
+            with pytest.raises(TenancyError, match="inside a transaction"):
+                deprovision_tenant(tenant)
+        finally:
+            transaction.rollback()
+            transaction.set_autocommit(True)
+    tenant.refresh_from_db()
+    assert tenant.status == TenantStatus.ACTIVE
+    assert database_exists(tenant)
+    with tenant_context(tenant):
+        assert list(Note.objects.values_list("text", flat=True)) == ["kept"]
+
+
+def test_the_admin_views_that_delete_tenants_run_outside_atomic_requests(db_access):
+    from django.urls import resolve
+
+    for path in ("/admin/tenancy/tenant/", "/admin/tenancy/tenant/1/delete/"):
+        assert "default" in resolve(path).func._non_atomic_requests
+
+
 def test_deprovision_with_sessions_open(db_access):
     tenant = create_tenant("gamma")
     alias = alias_for(tenant)

@@ -426,3 +426,13 @@ def test_a_lookup_that_defers_fields_is_cached_without_fetching_them(alpha):
         assert (tenant.slug, tenant.server) == ("alpha", alpha.server)
     assert queries.captured_queries == []
     assert tenant.name == alpha.name  # fetched when asked for, as Django does
+
+
+def test_a_tenant_suspended_through_a_proxy_model_is_refused_at_once(client, notes):
+    from tests.sharedapp.models import OperatorTenant
+
+    notes_on(client, ALPHA)
+    tenant = OperatorTenant.objects.get(slug="alpha")
+    tenant.status = TenantStatus.SUSPENDED
+    tenant.save()
+    assert client.get("/notes/", HTTP_HOST=ALPHA).status_code == 503
