@@ -45,46 +45,71 @@ def read_stamp(connection: BaseDatabaseWrapper) -> Any:
 
 
 def install_triggers(using: str, tables: list[str]) -> None:
-    """Create (or replace) the triggers that change the stamp on writes of ``tables``."""
+    """Create (or replace) the triggers that change the stamp on writes of ``tables``, and
+    change it once: a write made while a table had no trigger (a migration rebuilding it)
+    is then seen too."""
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
-        for statement in _trigger_statements(connection, tables):
+        if connection.vendor == "postgresql":
+            statements = _postgresql_statements(cursor, tables)
+        elif connection.vendor == "sqlite":
+            statements = _sqlite_statements(connection, tables)
+        else:
+            vendor = connection.vendor
+            raise DatabaseError(f"tenancy supports PostgreSQL and SQLite, not {vendor}.")
+        for statement in statements:
             cursor.execute(statement)
 
 
-def _trigger_statements(connection: BaseDatabaseWrapper, tables: list[str]) -> list[str]:
-    if connection.vendor == "postgresql":
-        from psycopg import sql
+def _postgresql_statements(cursor: Any, tables: list[str]) -> list[str]:
+    """Names are qualified with their schemas and the function's search path is fixed: a
+    writer with another search path, or a temporary table of the stamp's name, must not
+    make the trigger fail or miss the stamp."""
+    from psycopg import sql
 
-        def quoted(name: str) -> str:
-            return sql.Identifier(name).as_string(connection.connection)
+    connection = cursor.connection
 
-        statements = [
-            f"CREATE OR REPLACE FUNCTION {quoted(TRIGGER)}() RETURNS trigger "
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            f"INSERT INTO {quoted(STAMP_TABLE)} (id, stamp) "
-            "VALUES (1, (random() * 9.2e18)::bigint) "
-            "ON CONFLICT (id) DO UPDATE SET stamp = excluded.stamp; "
-            "RETURN NULL; END $$"
-        ]
-        statements += [
-            f"CREATE OR REPLACE TRIGGER {quoted(TRIGGER)} "
-            f"AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {quoted(table)} "
-            f"FOR EACH STATEMENT EXECUTE FUNCTION {quoted(TRIGGER)}()"
-            for table in tables
-        ]
-        return statements
-    if connection.vendor == "sqlite":
-        quote = connection.ops.quote_name
-        return [
-            f"CREATE TRIGGER IF NOT EXISTS {quote(f'{TRIGGER}_{table}_{event.lower()}')} "
-            f"AFTER {event} ON {quote(table)} BEGIN "
-            f"INSERT INTO {quote(STAMP_TABLE)} (id, stamp) VALUES (1, random()) "
-            "ON CONFLICT (id) DO UPDATE SET stamp = excluded.stamp; END"
-            for table in tables
-            for event in ("INSERT", "UPDATE", "DELETE")
-        ]
-    raise DatabaseError(f"tenancy supports PostgreSQL and SQLite, not {connection.vendor}.")
+    def qualified(table: str) -> str:
+        cursor.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(%s)",
+            [sql.Identifier(table).as_string(connection)],
+        )
+        (schema,) = cursor.fetchone()
+        return sql.Identifier(schema, table).as_string(connection)
+
+    stamp = qualified(STAMP_TABLE)
+    function = f"{stamp.rpartition('.')[0]}.{sql.Identifier(TRIGGER).as_string(connection)}"
+    upsert = (
+        f"INSERT INTO {stamp} (id, stamp) VALUES (1, (random() * 9.2e18)::bigint) "
+        "ON CONFLICT (id) DO UPDATE SET stamp = excluded.stamp"
+    )
+    statements = [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
+        f"SET search_path = pg_catalog, pg_temp AS $$ BEGIN {upsert}; RETURN NULL; END $$"
+    ]
+    statements += [
+        f"CREATE OR REPLACE TRIGGER {sql.Identifier(TRIGGER).as_string(connection)} "
+        f"AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified(table)} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        for table in tables
+    ]
+    return [*statements, upsert]
+
+
+def _sqlite_statements(connection: BaseDatabaseWrapper, tables: list[str]) -> list[str]:
+    quote = connection.ops.quote_name
+    upsert = (
+        f"INSERT INTO {quote(STAMP_TABLE)} (id, stamp) VALUES (1, random()) "
+        "ON CONFLICT (id) DO UPDATE SET stamp = excluded.stamp"
+    )
+    statements = [
+        f"CREATE TRIGGER IF NOT EXISTS {quote(f'{TRIGGER}_{table}_{event.lower()}')} "
+        f"AFTER {event} ON {quote(table)} BEGIN {upsert}; END"
+        for table in tables
+        for event in ("INSERT", "UPDATE", "DELETE")
+    ]
+    return [*statements, upsert]
 
 
 def install_after_migrate(using: str, apps: Any = None, **kwargs: Any) -> None:

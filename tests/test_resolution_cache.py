@@ -436,3 +436,25 @@ def test_a_tenant_suspended_through_a_proxy_model_is_refused_at_once(client, not
     tenant.status = TenantStatus.SUSPENDED
     tenant.save()
     assert client.get("/notes/", HTTP_HOST=ALPHA).status_code == 503
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="search paths are PostgreSQL's")
+def test_a_writer_with_another_search_path_or_a_shadowing_table_still_changes_the_stamp(notes):
+    from django.db import transaction
+
+    before = read_stamp(connection)
+    with transaction.atomic():
+        raw("CREATE TEMPORARY TABLE tenancy_registrystamp (id int PRIMARY KEY, stamp bigint)")
+        raw("SET LOCAL search_path = pg_catalog")
+        raw("UPDATE public.tenancy_tenant SET name = 'x' WHERE slug = 'alpha'")
+        raw('SET LOCAL search_path = "$user", public')
+        raw("DROP TABLE pg_temp.tenancy_registrystamp")
+    assert read_stamp(connection) != before
+
+
+def test_installing_the_triggers_changes_the_stamp(notes):
+    from tenancy.registry_stamp import install_triggers
+
+    before = read_stamp(connection)
+    install_triggers("default", ["tenancy_tenant", "tenancy_domain"])
+    assert read_stamp(connection) != before
