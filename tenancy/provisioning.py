@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, router, transaction
 
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
@@ -25,7 +25,6 @@ from tenancy.migration import applied_migrations, migrate_tenant, migration_stat
 from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
 from tenancy.registry_cache import (
     in_own_transaction,
-    registry_connection,
     wait_for_other_processes,
 )
 from tenancy.reserved import check_tenant_drop, database_name_unavailable
@@ -256,7 +255,7 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
     """Remove ``tenant``: close its connections everywhere in this process, drop its
     database (unless ``keep_database``) and delete its row and domains. A database that
     is reserved or another tenant's is never dropped: ``ReservedDatabaseError``."""
-    if in_own_transaction(registry_connection()):
+    if in_own_transaction(connections[router.db_for_write(type(tenant)) or DEFAULT_DB_ALIAS]):
         raise TenancyError(
             f"Tenant {tenant.slug!r} cannot be deleted inside a transaction on the main "
             "database: other processes must see it marked deleting before its database "

@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tenancy.registry_cache")
 
+# Answers are all forgotten at least this many TTLs after they were first kept.
+MAX_AGE_TTLS = 60
+
 _MISSING: Any = object()  # not in the cache
 _UNREAD: Any = object()  # the stamp was never read, or could not be
 _UNCACHED: Any = object()  # inside a transaction of the caller's own: no caching
@@ -132,6 +135,7 @@ class _Cache:
         self.generation = 0
         # The test case transaction the answers were read in (None: outside any).
         self.scope: object = None
+        self.cleared_at = time.monotonic()
 
     def clear(self) -> None:
         with self.lock:
@@ -141,6 +145,7 @@ class _Cache:
         self.found.clear()
         self.not_found.clear()
         self.generation += 1
+        self.cleared_at = time.monotonic()
 
     def get(self, key: tuple[str, str]) -> AbstractTenant | None:
         """The tenant cached for ``key``, ``None`` if known to name none, or ``_MISSING``."""
@@ -177,14 +182,21 @@ class _Cache:
         started = time.monotonic()
         stamp = _read_stamp(connection)
         with self.lock:
-            if stamp is _UNREAD or stamp != self.stamp:
+            # Also every MAX_AGE_TTLS TTLs: a write that skipped the triggers (disabled, or
+            # session_replication_role = replica) is seen within a minute at worst.
+            too_old = started - self.cleared_at >= MAX_AGE_TTLS * self._ttl()
+            if stamp is _UNREAD or stamp != self.stamp or too_old:
                 self._clear()
             self.stamp = stamp
             # Timed from before the read: answers are never trusted longer than the TTL.
             self.checked_at = started if stamp is not _UNREAD else float("-inf")
 
     def stamp_due(self) -> bool:
-        return time.monotonic() - self.checked_at >= tenancy_settings.RESOLUTION_CACHE_TTL
+        return time.monotonic() - self.checked_at >= self._ttl()
+
+    @staticmethod
+    def _ttl() -> float:
+        return tenancy_settings.RESOLUTION_CACHE_TTL
 
 
 _cache = _Cache()
@@ -329,7 +341,7 @@ def in_own_transaction(connection: BaseDatabaseWrapper) -> bool:
 
 
 def registry_connection() -> BaseDatabaseWrapper:
-    """The connection to the database that holds the registry."""
+    """The connection the registry is read from."""
     return connections[_registry_database()]
 
 

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 STAMP_TABLE = "tenancy_registrystamp"
 TRIGGER = "tenancy_registry_changed"
+# Advisory lock key (in the main database) around installing the triggers.
+INSTALL_LOCK_KEY = int.from_bytes(b"tenancyR", "big") >> 1
 
 # Read when no row exists (a flushed table) or the table cannot be read.
 NO_STAMP = None
@@ -51,6 +53,9 @@ def install_triggers(using: str, tables: list[str]) -> None:
     connection = connections[using]
     with transaction.atomic(using=using), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # Every process running migrate installs them: one at a time (concurrent
+            # CREATE OR REPLACE of one function fails).
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [INSTALL_LOCK_KEY])
             statements = _postgresql_statements(cursor, tables)
         elif connection.vendor == "sqlite":
             statements = _sqlite_statements(connection, tables)
@@ -64,7 +69,9 @@ def install_triggers(using: str, tables: list[str]) -> None:
 def _postgresql_statements(cursor: Any, tables: list[str]) -> list[str]:
     """Names are qualified with their schemas and the function's search path is fixed: a
     writer with another search path, or a temporary table of the stamp's name, must not
-    make the trigger fail or miss the stamp."""
+    make the trigger fail or miss the stamp. The function runs with its owner's rights
+    (SECURITY DEFINER: all it does is set the stamp), so a role that may write the tenant
+    table needs no rights on the stamp's."""
     from psycopg import sql
 
     connection = cursor.connection
@@ -86,7 +93,8 @@ def _postgresql_statements(cursor: Any, tables: list[str]) -> list[str]:
     )
     statements = [
         f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
-        f"SET search_path = pg_catalog, pg_temp AS $$ BEGIN {upsert}; RETURN NULL; END $$"
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp "
+        f"AS $$ BEGIN {upsert}; RETURN NULL; END $$"
     ]
     statements += [
         f"CREATE OR REPLACE TRIGGER {sql.Identifier(TRIGGER).as_string(connection)} "

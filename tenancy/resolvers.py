@@ -9,6 +9,7 @@ the event loop). The built-in resolvers' answers are cached in each process
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from django.utils.module_loading import import_string
 from tenancy import registry_cache
 from tenancy.conf import tenancy_settings
 from tenancy.context import find_by_slug
-from tenancy.models import AbstractTenant, Domain, get_tenant_model
+from tenancy.models import AbstractTenant, Domain
 from tenancy.validators import is_valid_hostname, is_valid_slug
 
 if TYPE_CHECKING:
@@ -63,17 +64,7 @@ class TenantResolver:
     @classmethod
     def cache_kind(cls) -> str | None:
         """Under what name this resolver's answers are cached; ``None``: not cached."""
-        mro = cls.__mro__
-        owner = next(index for index, klass in enumerate(mro) if "lookup" in vars(klass))
-        cached = next(
-            (
-                vars(klass)["cache_lookups"]
-                for klass in mro[: owner + 1]
-                if "cache_lookups" in vars(klass)
-            ),
-            False,
-        )
-        return f"{mro[owner].__module__}.{mro[owner].__qualname__}" if cached else None
+        return _cache_kind(cls)  # type: ignore[arg-type]
 
     def get_key(self, request: HttpRequest) -> str | None:
         """The tenant key the request carries, ``None`` for the main site. No queries."""
@@ -83,6 +74,7 @@ class TenantResolver:
         raise NotImplementedError
 
     async def alookup(self, key: str) -> AbstractTenant | None:
+        """``lookup`` from async code; override it with ``lookup`` (never alone)."""
         return await sync_to_async(self.lookup)(key)
 
     def resolve(self, request: HttpRequest) -> Resolution:
@@ -125,9 +117,6 @@ class SlugResolver(TenantResolver):
     def lookup(self, key: str) -> AbstractTenant | None:
         return find_by_slug(key)
 
-    async def alookup(self, key: str) -> AbstractTenant | None:
-        return await get_tenant_model()._default_manager.filter(slug=key).afirst()
-
 
 def _request_host(request: HttpRequest) -> str:
     domain, _port = split_domain_port(request.get_host())
@@ -148,10 +137,6 @@ class HostResolver(TenantResolver):
 
     def lookup(self, key: str) -> AbstractTenant | None:
         domain = Domain.objects.select_related("tenant").filter(domain=key).first()
-        return domain.tenant if domain is not None else None
-
-    async def alookup(self, key: str) -> AbstractTenant | None:
-        domain = await Domain.objects.select_related("tenant").filter(domain=key).afirst()
         return domain.tenant if domain is not None else None
 
 
@@ -233,6 +218,26 @@ class CallableResolver(TenantResolver):
     @staticmethod
     def _resolution(tenant: AbstractTenant | None) -> Resolution:
         return MAIN_SITE if tenant is None else Resolution(tenant.slug, tenant)
+
+
+@functools.cache
+def _cache_kind(resolver: type[TenantResolver]) -> str | None:
+    # The class whose lookup (or alookup) is in use, and whether it or a subclass asks for
+    # caching. A class that overrides alookup alone is not cached: its answers in async
+    # code would differ from the sync lookup that fills the cache.
+    mro = resolver.__mro__
+    owner = next(i for i, klass in enumerate(mro) if {"lookup", "alookup"} & set(vars(klass)))
+    if "lookup" not in vars(mro[owner]):
+        return None
+    cached = next(
+        (
+            vars(klass)["cache_lookups"]
+            for klass in mro[: owner + 1]
+            if "cache_lookups" in vars(klass)
+        ),
+        False,
+    )
+    return f"{mro[owner].__module__}.{mro[owner].__qualname__}" if cached else None
 
 
 BUILTIN_RESOLVERS: dict[str, type[TenantResolver]] = {

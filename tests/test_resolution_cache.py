@@ -347,6 +347,9 @@ def test_a_resolver_with_a_lookup_of_its_own_is_cached_only_under_its_own_name(
     """A subclass of a cached resolver that looks keys up differently (a partner code for
     a domain of another tenant) neither shares the built-in slug answers, which background
     jobs use, nor is cached unless it says so."""
+    from asgiref.sync import async_to_sync
+    from django.test import RequestFactory
+
     from tenancy.jobs import job_tenant
     from tenancy.resolvers import HeaderResolver
 
@@ -361,9 +364,11 @@ def test_a_resolver_with_a_lookup_of_its_own_is_cached_only_under_its_own_name(
     Domain.objects.create(domain="alpha.partners", tenant=Tenant.objects.get(slug="beta"))
     assert PartnerCodes.cache_kind() is None
     assert CachedPartnerCodes.cache_kind().endswith(".PartnerCodes")
+    request = RequestFactory().get("/", HTTP_X_TENANT="alpha")
     for resolver in (PartnerCodes, CachedPartnerCodes):
         tenancy_settings(settings, RESOLVER=resolver)
         assert client.get("/notes/", HTTP_X_TENANT="alpha").json() == {"notes": ["beta note"]}
+        assert async_to_sync(resolver().aresolve)(request).tenant.slug == "beta"
         assert job_tenant("alpha").slug == "alpha"
     tenancy_settings(settings, RESOLVER="header")
     assert client.get("/notes/", HTTP_X_TENANT="alpha").json() == {"notes": ["alpha note"]}
@@ -458,3 +463,66 @@ def test_installing_the_triggers_changes_the_stamp(notes):
     before = read_stamp(connection)
     install_triggers("default", ["tenancy_tenant", "tenancy_domain"])
     assert read_stamp(connection) != before
+
+
+def test_a_resolver_overriding_alookup_alone_is_not_cached():
+    from tenancy.resolvers import HostResolver
+
+    class AsyncOnly(HostResolver):
+        async def alookup(self, key):
+            return None
+
+    assert AsyncOnly.cache_kind() is None
+    assert HostResolver.cache_kind() == "tenancy.resolvers.HostResolver"
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="session_replication_role is PostgreSQL's")
+def test_a_write_that_skips_the_triggers_is_seen_within_the_maximum_age(
+    client, settings, notes, monkeypatch
+):
+    from django.db import transaction
+
+    monkeypatch.setattr(registry_cache, "MAX_AGE_TTLS", 4)
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=0.1)
+    assert notes_on(client, ALPHA) == ["alpha note"]
+    before = read_stamp(connection)
+    with transaction.atomic():  # as logical replication applies changes: no trigger fires
+        raw("SET LOCAL session_replication_role = replica")
+        raw("UPDATE tenancy_tenant SET status = 'suspended' WHERE slug = 'alpha'")
+    assert read_stamp(connection) == before
+    deadline = time.monotonic() + 5
+    while client.get("/notes/", HTTP_HOST=ALPHA).status_code != 503:
+        assert time.monotonic() < deadline, "still served after 50 TTLs"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="roles are PostgreSQL's")
+def test_a_role_that_may_write_the_tenant_table_changes_the_stamp_without_rights_on_it(notes):
+    from django.db import transaction
+
+    before = read_stamp(connection)
+    with transaction.atomic():  # the role goes with the rollback
+        raw("CREATE ROLE tenancy_test_writer")
+        raw("GRANT SELECT, UPDATE ON tenancy_tenant TO tenancy_test_writer")
+        raw("SET LOCAL ROLE tenancy_test_writer")
+        raw("UPDATE tenancy_tenant SET name = 'x' WHERE slug = 'alpha'")
+        raw("RESET ROLE")
+        changed = read_stamp(connection)
+        transaction.set_rollback(True)
+    assert changed != before
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite writes one at a time")
+def test_concurrent_installs_of_the_triggers_all_succeed(db_access):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tenancy.registry_stamp import install_triggers
+
+    def install(_):
+        try:
+            install_triggers("default", ["tenancy_tenant", "tenancy_domain"])
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(install, range(12)))  # raises what a thread raised
