@@ -63,7 +63,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tenancy.registry_cache")
 
-# Answers are all forgotten at least this many TTLs after they were first kept.
+# An answer is read again at the latest this many TTLs after it was read (each on its own,
+# no burst): a write that skipped the triggers (disabled, or session_replication_role =
+# replica) is seen within a minute by default.
 MAX_AGE_TTLS = 60
 
 _MISSING: Any = object()  # not in the cache
@@ -93,16 +95,22 @@ class _Snapshot:
     """A tenant's loaded field values, from which each lookup makes a new instance. Values
     that can be changed in place (a ``JSONField``'s dict, say) are copied for each one."""
 
-    __slots__ = ("db", "model", "mutable", "names", "values")
+    __slots__ = ("db", "kept_at", "model", "mutable", "names", "values")
 
-    def __init__(self, tenant: AbstractTenant) -> None:
+    def __init__(self, tenant: AbstractTenant, kept_at: float) -> None:
         self.model = type(tenant)
         self.db = tenant._state.db
+        self.kept_at = kept_at
         loaded = tenant.__dict__  # deferred fields are left deferred, not fetched here
-        self.names = [name for name in _field_names(self.model) if name in loaded]
-        values = [loaded[name] for name in self.names]
+        names = _field_names(self.model)
+        if not all(name in loaded for name in names):
+            names = [name for name in names if name in loaded]
+        self.names = names  # shared by the model's snapshots when nothing is deferred
+        values = [loaded[name] for name in names]
         # Copied from the instance the lookup returns too, which its caller may change.
-        self.mutable = [i for i, value in enumerate(values) if not isinstance(value, _IMMUTABLE)]
+        self.mutable = tuple(
+            i for i, value in enumerate(values) if not isinstance(value, _IMMUTABLE)
+        )
         for index in self.mutable:
             values[index] = copy.deepcopy(values[index])
         self.values = tuple(values)
@@ -127,7 +135,7 @@ class _Cache:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.found: OrderedDict[tuple[str, str], _Snapshot] = OrderedDict()
-        self.not_found: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.not_found: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> kept at
         self.stamp: Any = _UNREAD
         self.checked_at = float("-inf")
         # Bumped whenever answers are forgotten: an answer read from the database before
@@ -135,7 +143,6 @@ class _Cache:
         self.generation = 0
         # The test case transaction the answers were read in (None: outside any).
         self.scope: object = None
-        self.cleared_at = time.monotonic()
 
     def clear(self) -> None:
         with self.lock:
@@ -145,29 +152,39 @@ class _Cache:
         self.found.clear()
         self.not_found.clear()
         self.generation += 1
-        self.cleared_at = time.monotonic()
 
     def get(self, key: tuple[str, str]) -> AbstractTenant | None:
-        """The tenant cached for ``key``, ``None`` if known to name none, or ``_MISSING``."""
+        """The tenant cached for ``key``, ``None`` if known to name none, or ``_MISSING``
+        (also for an answer kept longer than the maximum age, which is forgotten)."""
+        oldest = time.monotonic() - MAX_AGE_TTLS * self._ttl()
+        missing: AbstractTenant | None = _MISSING
         with self.lock:
             snapshot = self.found.get(key)
             if snapshot is not None:
+                if snapshot.kept_at < oldest:
+                    del self.found[key]
+                    return missing
                 self.found.move_to_end(key)
-            elif key in self.not_found:
-                return None
             else:
-                missing: AbstractTenant | None = _MISSING
-                return missing
+                kept_at = self.not_found.get(key)
+                if kept_at is None:
+                    return missing
+                if kept_at < oldest:
+                    del self.not_found[key]
+                    return missing
+                return None
         return snapshot.tenant()
 
-    def store(self, key: tuple[str, str], tenant: AbstractTenant | None, generation: int) -> None:
-        snapshot = _Snapshot(tenant) if tenant is not None else None
+    def store(
+        self, key: tuple[str, str], tenant: AbstractTenant | None, generation: int, kept_at: float
+    ) -> None:
+        snapshot = _Snapshot(tenant, kept_at) if tenant is not None else None
         with self.lock:
             if generation != self.generation:
                 return  # forgotten meanwhile: the answer may be older than the change
             if snapshot is None:
                 entries: OrderedDict[tuple[str, str], Any] = self.not_found
-                entries[key] = None
+                entries[key] = kept_at
                 limit = tenancy_settings.RESOLUTION_CACHE_NOT_FOUND_SIZE
             else:
                 entries = self.found
@@ -182,10 +199,7 @@ class _Cache:
         started = time.monotonic()
         stamp = _read_stamp(connection)
         with self.lock:
-            # Also every MAX_AGE_TTLS TTLs: a write that skipped the triggers (disabled, or
-            # session_replication_role = replica) is seen within a minute at worst.
-            too_old = started - self.cleared_at >= MAX_AGE_TTLS * self._ttl()
-            if stamp is _UNREAD or stamp != self.stamp or too_old:
+            if stamp is _UNREAD or stamp != self.stamp:
                 self._clear()
             self.stamp = stamp
             # Timed from before the read: answers are never trusted longer than the TTL.
@@ -225,10 +239,10 @@ def lookup(kind: str, key: str, load: Lookup) -> AbstractTenant | None:
     cached = _cache.get((kind, key))
     if cached is not _MISSING:
         return cached
-    generation = _cache.generation
+    generation, read_at = _cache.generation, time.monotonic()
     tenant = load(key)
     if _cache.stamp is not _UNREAD:
-        _cache.store((kind, key), tenant, generation)
+        _cache.store((kind, key), tenant, generation, read_at)
     return tenant
 
 

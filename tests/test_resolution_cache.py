@@ -526,3 +526,20 @@ def test_concurrent_installs_of_the_triggers_all_succeed(db_access):
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(install, range(12)))  # raises what a thread raised
+
+
+def test_an_answer_is_read_again_after_the_maximum_age(client, settings, notes, monkeypatch):
+    monkeypatch.setattr(registry_cache, "MAX_AGE_TTLS", 2)
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=60)  # the stamp is not read again
+    notes_on(client, ALPHA)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        notes_on(client, ALPHA)
+    assert queries.captured_queries == []
+    tenancy_settings(settings, RESOLUTION_CACHE_TTL=0.05)
+    notes_on(client, ALPHA)  # kept at a TTL of 0.05 s: read again after 0.1 s
+    time.sleep(0.15)
+    registry_cache._cache.checked_at = time.monotonic()  # no stamp read in between
+    with CaptureQueriesContext(connections["default"]) as queries:
+        notes_on(client, ALPHA)
+    assert len(queries.captured_queries) == 1
+    assert registry_cache.cached_counts() == (1, 0)
