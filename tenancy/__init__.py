@@ -22,6 +22,7 @@ from tenancy.exceptions import (
     TenantServerError,
     TenantUnavailable,
 )
+from tenancy.server_urls import server_from_url
 from tenancy.transactions import atomic, on_commit
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "get_tenant_model",
     "on_commit",
     "require_tenant",
+    "server_from_url",
     "tenant_connection",
     "tenant_context",
 ]

@@ -465,37 +465,49 @@ def _validate_host(key: str, value: object) -> None:
 
 
 def _validated_server(name: object, template: object) -> dict[str, Any]:
-    key = f"SERVERS'][{name!r}"
     if not isinstance(name, str) or not name:
         raise _error("SERVERS", "keys must be non-empty strings.")
+    if isinstance(template, str):
+        from tenancy.server_urls import server_from_url
+
+        try:
+            template = server_from_url(template)
+        except ImproperlyConfigured as exc:
+            raise _server_error(name, f"is a URL that cannot be read: {exc}") from None
     if not isinstance(template, Mapping) or not template.get("ENGINE"):
-        raise _error(key, "must be a dict of connection settings with an ENGINE.")
+        raise _server_error(name, "must be a dict of connection settings with an ENGINE.")
     try:
         vendor = server_vendor(template)
     except ImproperlyConfigured as exc:
-        raise _error(key, f"has an ENGINE that cannot be loaded: {exc}") from exc
+        raise _server_error(name, f"has an ENGINE that cannot be loaded: {exc}") from exc
     if vendor not in SUPPORTED_VENDORS:
-        raise _error(
-            key, f"uses a {vendor} backend; tenancy supports {', '.join(SUPPORTED_VENDORS)}."
+        raise _server_error(
+            name, f"uses a {vendor} backend; tenancy supports {', '.join(SUPPORTED_VENDORS)}."
         )
     if "NAME" in template:
-        raise _error(
-            key,
+        raise _server_error(
+            name,
             "must not set NAME: each tenant's database name comes from "
             "TENANCY['DATABASE_NAME'] (a SQLite server sets DIRECTORY instead).",
         )
     if template.get("ATOMIC_REQUESTS"):
-        raise _error(
-            key,
+        raise _server_error(
+            name,
             "must not set ATOMIC_REQUESTS: Django would open every tenant's database on "
             "every request.",
         )
     server = copy.deepcopy(dict(template))
     if vendor == "sqlite":
         if not template.get("DIRECTORY"):
-            raise _error(key, "is a SQLite server and needs DIRECTORY, where tenant files live.")
+            raise _server_error(
+                name, "is a SQLite server and needs DIRECTORY, where tenant files live."
+            )
         server["DIRECTORY"] = Path(template["DIRECTORY"])
     return server
+
+
+def _server_error(name: object, message: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"TENANCY['SERVERS'][{name!r}] {message}")
 
 
 def _server_from_default_database() -> dict[str, Any]:
