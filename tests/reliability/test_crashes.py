@@ -67,10 +67,18 @@ def wait_for_row(
 
 
 def child_processes(pid: int) -> list[int]:
-    """The processes PID started (Linux's /proc)."""
+    """The processes PID started (Linux's /proc). A thread (or the process) that ends
+    while it is read has no children left to count."""
     children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for task in tasks:
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return children
 
 
