@@ -31,6 +31,10 @@ SUPPORTED_VENDORS = ("postgresql", "sqlite")
 # Keys of a server entry that tenancy reads itself; they never reach Django.
 SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB")
 
+# libpq parameters that would override where a tenant's connection goes (Django passes
+# OPTIONS after the database name, so they win).
+CONNECTION_TARGET_OPTIONS = ("dbname", "host", "hostaddr", "port", "service")
+
 DEFAULTS: dict[str, Any] = {
     # Apps (labels or dotted names) whose tables live in every tenant database.
     "TENANT_APPS": (),
@@ -495,6 +499,15 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             name,
             "must not set ATOMIC_REQUESTS: Django would open every tenant's database on "
             "every request.",
+        )
+    chosen = sorted(set(template.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
+    if vendor == "postgresql" and chosen:
+        raise _server_error(
+            name,
+            f"sets OPTIONS {', '.join(map(repr, chosen))}, which choose the server or the "
+            "database a connection goes to: every tenant of the server would reach the same "
+            "one. Use HOST and PORT; each tenant's database name comes from "
+            "TENANCY['DATABASE_NAME'].",
         )
     server = copy.deepcopy(dict(template))
     if vendor == "sqlite":

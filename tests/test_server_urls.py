@@ -107,3 +107,24 @@ def test_a_tenant_on_a_server_given_by_url_is_provisioned_and_used(settings, db_
                     assert cursor.fetchone() == ("t",)
     finally:
         deprovision_tenant(tenant)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "postgres://app:hunter2@db/?dbname=main",
+        "postgres://db/?service=main",
+        {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"host": "other"}},
+        {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"hostaddr": "10.0.0.9"}},
+        {"ENGINE": "django.db.backends.postgresql", "OPTIONS": {"port": "6543"}},
+    ],
+)
+def test_options_that_choose_where_a_connection_goes_are_refused(settings, server):
+    """Django passes OPTIONS after the database name: one of these would send every tenant
+    of the server to the same database (or to another server)."""
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**settings.TENANCY["SERVERS"], "eu": server},
+    }
+    with pytest.raises(ImproperlyConfigured, match="which choose the server or the database"):
+        tenancy_settings.validate()
