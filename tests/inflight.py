@@ -349,15 +349,18 @@ def _wsgi_status(host: str, path_info: str) -> int:
 
 
 def _wait_for_running_statements(database: str, count: int) -> None:
-    """Until ``count`` statements run on PostgreSQL database ``database`` (60 s at most)."""
+    """Until ``count`` slow statements run on PostgreSQL database ``database`` (60 s at
+    most). Only the slow ones count: a connection's set-up statements are active too, for a
+    moment, before its thread reaches its statement."""
     from tenancy.backends import get_server
 
     deadline = time.monotonic() + 60
     with get_server("one")._cursor() as cursor:  # type: ignore[attr-defined]
         while time.monotonic() < deadline:
             cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state = 'active'",
-                [database],
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND state = 'active' AND query LIKE %s",
+                [database, "%pg_sleep%"],
             )
             if cursor.fetchone()[0] >= count:
                 return
