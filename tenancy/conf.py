@@ -8,6 +8,7 @@ and name the key to fix.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from importlib import import_module
@@ -500,7 +501,13 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             "must not set ATOMIC_REQUESTS: Django would open every tenant's database on "
             "every request.",
         )
-    chosen = sorted(set(template.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
+    options = template.get("OPTIONS") or {}
+    if vendor == "postgresql" and not all(re.fullmatch(r"[a-z_]+", str(k)) for k in options):
+        # libpq skips blanks around a keyword (" dbname" is dbname) and reads "a=b" as two.
+        raise _server_error(
+            name, "has an OPTIONS key that is not a plain libpq or Django parameter name."
+        )
+    chosen = sorted(set(options) & set(CONNECTION_TARGET_OPTIONS))
     if vendor == "postgresql" and chosen:
         raise _server_error(
             name,

@@ -50,25 +50,29 @@ def server_from_url(url: str, **settings: Any) -> dict[str, Any]:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password, if it has one, replaced by ``********``."""
-    try:
-        parts = urlsplit(url)
-        has_password = parts.password is not None
-    except ValueError:
-        has_password = "@" in url
-    if not has_password:
+    """``url`` with everything after the user name up to its last ``@`` (the password,
+    whatever characters it holds) replaced by ``********``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        rest = url
+    if "@" not in rest:
         return url
-    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
     credentials, _, location = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return (
-        f"{scheme}://{user}:{REDACTED}@{location}" if scheme else f"{user}:{REDACTED}@{location}"
-    )
+    if ":" not in credentials:
+        return url  # a user name alone
+    user = credentials.partition(":")[0].partition("/")[0]
+    prefix = f"{scheme}://" if separator else ""
+    return f"{prefix}{user}:{REDACTED}@{location}"
 
 
 def _parse(url: str) -> dict[str, Any]:
     if not isinstance(url, str) or "://" not in url:
         raise ValueError("it needs a scheme, such as postgres:// or sqlite://")
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    if any(character in credentials for character in "/?#"):
+        raise ValueError(
+            "its user or password holds '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+        )
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
@@ -92,7 +96,10 @@ def _parse(url: str) -> dict[str, Any]:
         host = location[1 : location.index("]")]
     else:
         host = unquote(location.partition(":")[0])
-    port = parts.port  # ValueError for one that is not a number from 0 to 65535
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("its port is not a number from 0 to 65535") from None
     server: dict[str, Any] = {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": host,
