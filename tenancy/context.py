@@ -130,15 +130,12 @@ def find_by_slug(slug: str) -> AbstractTenant | None:
 
 
 def _get_by_slug(slug: str) -> AbstractTenant:
-    from tenancy.models import get_tenant_model
-
     if not is_valid_slug(slug):
         raise _not_found(slug)
-    model = get_tenant_model()
-    try:
-        return model._default_manager.get(slug=slug)
-    except model.DoesNotExist:
-        raise _not_found(slug) from None
+    tenant = find_by_slug(slug)
+    if tenant is None:
+        raise _not_found(slug)
+    return tenant
 
 
 async def _aget_by_slug(slug: str) -> AbstractTenant:
