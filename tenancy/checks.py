@@ -67,6 +67,7 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
 
     from tenancy.admin import TenantAdminSite
 
+    _load_root_urlconf()
     errors: list[checks.CheckMessage] = []
     # A shared-and-tenant app's models have a main-database copy, for any admin site.
     only_tenant = labels - tenancy_settings.shared_and_tenant_app_labels
@@ -90,6 +91,19 @@ def check_admin_sites(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
                     )
                 )
     return errors
+
+
+def _load_root_urlconf() -> None:
+    """Import the project's URLconf, where sites are usually built and registrations
+    adopted: Django runs checks in no fixed order, so its own URL check may come later."""
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return
+    from django.urls import get_resolver
+
+    try:
+        get_resolver().url_patterns  # noqa: B018 - imports the module
+    except Exception:  # reported by Django's own URL checks
+        return
 
 
 def _site_expression(site: AdminSite) -> str:
