@@ -30,7 +30,12 @@ DEFAULT_TENANT_MODEL = "tenancy.Tenant"
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
 # Keys of a server entry that tenancy reads itself; they never reach Django.
-SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB")
+SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB", "PLACEMENT", "DATABASE")
+
+# Where a server keeps its tenants: a database each, or a schema each in one database.
+DATABASES_PLACEMENT = "databases"
+SCHEMAS_PLACEMENT = "schemas"
+PLACEMENTS = (DATABASES_PLACEMENT, SCHEMAS_PLACEMENT)
 
 # libpq parameters that would override where a tenant's connection goes (Django passes
 # OPTIONS after the database name, so they win).
@@ -429,7 +434,22 @@ class TenancySettings:
         return self.SERVERS[name]
 
     def database_name_for(self, slug: str) -> str:
+        """The name of ``slug``'s database, or of its schema on a schema server."""
         return as_test_database_name(self.DATABASE_NAME.format(slug=slug.replace("-", "_")))
+
+    def holds_schemas(self, server: str) -> bool:
+        """Whether server ``server`` keeps its tenants as schemas of one database."""
+        return is_schema_server(self.server(server))
+
+
+def is_schema_server(template: Mapping[str, Any]) -> bool:
+    """Whether the server entry ``template`` keeps its tenants as schemas of one database."""
+    return bool(template.get("PLACEMENT", DATABASES_PLACEMENT) == SCHEMAS_PLACEMENT)
+
+
+def shared_database_name(template: Mapping[str, Any]) -> str:
+    """The database that holds a schema server's tenants (its test name in a test run)."""
+    return as_test_database_name(str(template["DATABASE"]))
 
 
 # Test runs name tenant databases as Django names test databases: "test_" + the name, plus
@@ -516,6 +536,7 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             "one. Use HOST and PORT; each tenant's database name comes from "
             "TENANCY['DATABASE_NAME'].",
         )
+    _validate_placement(name, template, vendor)
     server = copy.deepcopy(dict(template))
     if vendor == "sqlite":
         if not template.get("DIRECTORY"):
@@ -524,6 +545,45 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             )
         server["DIRECTORY"] = Path(template["DIRECTORY"])
     return server
+
+
+def _validate_placement(name: object, template: Mapping[str, Any], vendor: str) -> None:
+    placement = template.get("PLACEMENT", DATABASES_PLACEMENT)
+    if placement not in PLACEMENTS:
+        raise _server_error(
+            name,
+            f"has PLACEMENT {placement!r}; use {DATABASES_PLACEMENT!r} (a database per "
+            f"tenant, the default) or {SCHEMAS_PLACEMENT!r} (a schema per tenant in one "
+            "database, named by DATABASE).",
+        )
+    if placement == DATABASES_PLACEMENT:
+        if "DATABASE" in template:
+            raise _server_error(
+                name,
+                "sets DATABASE, which only a server with PLACEMENT 'schemas' uses (the "
+                "database holding its tenants' schemas).",
+            )
+        return
+    if vendor != "postgresql":
+        raise _server_error(
+            name,
+            f"is a {vendor} server, which has no schemas; PLACEMENT 'schemas' needs "
+            "PostgreSQL. Keep SQLite tenants in a database (a file) each.",
+        )
+    try:
+        validate_database_name(template.get("DATABASE"))
+    except ValidationError as exc:
+        raise _server_error(
+            name,
+            "has PLACEMENT 'schemas' and needs DATABASE, the name of the database that "
+            f"holds its tenants' schemas: {exc.messages[0]}",
+        ) from None
+    if "pool" in (template.get("OPTIONS") or {}):
+        raise _server_error(
+            name,
+            "has PLACEMENT 'schemas' and sets OPTIONS 'pool': the tenants of a schema "
+            "server already share one connection per thread; remove 'pool'.",
+        )
 
 
 def _server_error(name: object, message: str) -> ImproperlyConfigured:

@@ -56,12 +56,15 @@ from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWra
 from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from django.db.utils import load_backend
 
+from tenancy import schema_connections
 from tenancy.backends.sqlite import SQLiteServer, sqlite_uri
 from tenancy.conf import (
     SERVER_ONLY_KEYS,
     TEST_DATABASE_PREFIX,
+    is_schema_server,
     is_test_run,
     server_vendor,
+    shared_database_name,
     tenancy_settings,
 )
 from tenancy.context import require_tenant
@@ -101,11 +104,21 @@ class _Registration:
 class _Use:
     """One thread's connection object for one tenant alias."""
 
-    __slots__ = ("__weakref__", "alias", "close_requested", "cursors", "last_used", "wrapper")
+    __slots__ = (
+        "__weakref__",
+        "alias",
+        "close_requested",
+        "cursors",
+        "last_used",
+        "schema",
+        "wrapper",
+    )
 
     def __init__(self, alias: str, wrapper: BaseDatabaseWrapper) -> None:
         self.alias = alias
         self.wrapper = wrapper
+        # A schema tenant's: its connection is shared (tenancy.schema_connections).
+        self.schema = schema_connections.schema_of(wrapper.settings_dict) is not None
         self.last_used = time.monotonic()
         # Set by any thread when the process holds too many connections; acted on by
         # the owning thread at its next safe point.
@@ -231,10 +244,12 @@ def attached_aliases() -> list[str]:
 
 
 def open_connection_count() -> int:
-    """How many tenant connections are open in this process, in all threads."""
+    """How many tenant connections are open in this process, in all threads: one per
+    tenant of database placement, one per shared connection for schema tenants."""
     with _lock:
         uses = list(_all_uses)
-    return sum(1 for use in uses if use.wrapper.connection is not None)
+    own = sum(1 for use in uses if not use.schema and use.wrapper.connection is not None)
+    return own + schema_connections.open_count()
 
 
 def close_old_connections(**kwargs: Any) -> None:
@@ -250,6 +265,7 @@ def close_old_connections(**kwargs: Any) -> None:
         _request_closing(cap)
     uses = _thread.uses
     if not uses:
+        schema_connections.close_old(_is_busy_wrapper)
         return
     timeout = tenancy_settings.IDLE_CONNECTION_TIMEOUT
     now = time.monotonic()
@@ -267,6 +283,7 @@ def close_old_connections(**kwargs: Any) -> None:
             or (timeout is not None and now - use.last_used >= timeout)
         ):
             _release(use)
+    schema_connections.close_old(_is_busy_wrapper)
 
 
 def close_all() -> None:
@@ -277,6 +294,7 @@ def close_all() -> None:
     for use in list(_thread.uses.values()):
         use.wrapper.close()
         _forget(use)
+    schema_connections.close_all()
 
 
 # What a forked process inherited, kept referenced for the life of the process.
@@ -298,6 +316,7 @@ def forget_inherited_connections() -> None:
     _lock = threading.Lock()  # another thread may have held it at the fork
     _thread = _ThreadUses()
     _all_uses = weakref.WeakSet()
+    schema_connections.forget_inherited()
 
 
 def connection_failed(tenant: AbstractTenant) -> bool:
@@ -348,6 +367,9 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
         # deleted must not bring back an empty database file.
         path = SQLiteServer(tenant.server, template).path(tenant.database_name)
         database["NAME"] = sqlite_uri(path)
+    elif is_schema_server(template):
+        database["NAME"] = shared_database_name(template)
+        database[schema_connections.SCHEMA_KEY] = tenant.database_name
     else:
         database["NAME"] = tenant.database_name
     # Let Django fill its defaults exactly as for configured databases.
@@ -411,6 +433,8 @@ def _attach(registration: _Registration) -> _Use:
     wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
     use = _Use(registration.alias, wrapper)
     _instrument(use, registration)
+    if use.schema:
+        schema_connections.instrument(wrapper)
     if tenancy_settings.SQL_COMMENT:
         wrapper.execute_wrappers.append(SqlComment(slug))
     connections[registration.alias] = wrapper
@@ -482,6 +506,11 @@ def _release(use: _Use) -> None:
         _forget(use)
 
 
+def _is_busy_wrapper(wrapper: BaseDatabaseWrapper) -> bool:
+    use = _thread.uses.get(wrapper.alias)
+    return use is not None and use.wrapper is wrapper and _is_busy(use)
+
+
 def _is_busy(use: _Use) -> bool:
     """Whether closing ``use``'s connection now would lose work or break a loop."""
     wrapper = use.wrapper
@@ -508,7 +537,7 @@ def _request_closing(cap: int, opening: int = 0) -> None:
     """Ask the owners of the least recently used connections beyond ``cap`` to close them."""
     with _lock:
         uses = list(_all_uses)
-    open_uses = [use for use in uses if use.wrapper.connection is not None]
+    open_uses = [use for use in uses if not use.schema and use.wrapper.connection is not None]
     excess = len(open_uses) + opening - cap
     if excess > 0:
         for use in sorted(open_uses, key=attrgetter("last_used"))[:excess]:
@@ -536,7 +565,9 @@ def _retire(slug: str) -> tuple[_Registration, list[_Use]] | None:
 def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
     own = _thread.uses.get(registration.alias)
     for use in uses:
-        if use is not own and _close_from_outside(use.wrapper):
+        # A schema tenant's connection is shared with other tenants: its thread lets go
+        # of it at its next safe point, and refuses statements until then.
+        if use is not own and not use.schema and _close_from_outside(use.wrapper):
             with _lock:
                 _all_uses.discard(use)
         # Otherwise its thread closes it at its next safe point; until then it counts.

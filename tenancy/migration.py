@@ -15,6 +15,7 @@ context.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import threading
 import time
@@ -42,6 +43,7 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
+from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -53,6 +55,15 @@ if TYPE_CHECKING:
 LOCK_KEY = int.from_bytes(b"tenancy", "big")
 
 MigrationKey = tuple[str, str]
+
+
+def _lock_key(schema: str | None) -> int:
+    """The advisory lock key of a tenant: ``LOCK_KEY`` in a database of its own; in a
+    shared database, one per schema, so that migrators of two schemas run at once."""
+    if schema is None:
+        return LOCK_KEY
+    digest = hashlib.blake2b(schema.encode(), digest_size=8, person=b"tenancy").digest()
+    return int.from_bytes(digest, "big") >> 1  # a positive bigint
 
 
 @dataclass
@@ -213,7 +224,8 @@ def migration_lock(connection: BaseDatabaseWrapper, *, wait: bool = True) -> Ite
     if connection.vendor == "postgresql":
         from tenancy.backends.postgresql import advisory_lock
 
-        with advisory_lock(connection.settings_dict, LOCK_KEY, wait=wait) as acquired:
+        key = _lock_key(schema_of(connection.settings_dict))
+        with advisory_lock(connection.settings_dict, key, wait=wait) as acquired:
             yield acquired
         return
     if connection.is_in_memory_db():  # type: ignore[attr-defined]

@@ -47,6 +47,14 @@ if TYPE_CHECKING:
 SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
 DEFAULT_MAINTENANCE_DB = "postgres"
 
+# Schemas of every PostgreSQL database that are PostgreSQL's own or shared by all its
+# users; a schema server's tenant is never given one (``pg_*`` are reserved too).
+SYSTEM_SCHEMAS = frozenset({"public", "information_schema"})
+
+
+def is_system_schema(name: str) -> bool:
+    return name in SYSTEM_SCHEMAS or name.startswith("pg_")
+
 
 def reserved_reason(server: str | DatabaseServer, database_name: str) -> str | None:
     """Why ``database_name`` on ``server`` (a key of TENANCY['SERVERS']) can never be a
@@ -60,6 +68,8 @@ def protected_reason(server: str | DatabaseServer, database_name: str) -> str | 
     database_server = server if isinstance(server, DatabaseServer) else get_server(server)
     if database_name in SYSTEM_DATABASES:
         return "a system database of PostgreSQL"
+    if database_server.holds_schemas and is_system_schema(database_name):
+        return "a schema of PostgreSQL's own or shared by every user of the database"
     if database_name in _maintenance_databases(database_server):
         return "the server's maintenance database (MAINTENANCE_DB)"
     for alias, database in configured_databases():

@@ -70,6 +70,11 @@ def create_database_from_template(tenant: AbstractTenant) -> bool:
     server = get_server(tenant.server)
     template = template_for(tenant.server)
     spares = tenancy_settings.spare_database_names()
+    if not server.can_clone:
+        # Schemas: a spare if one is ready (made by migrating), else a new schema.
+        if spares and server.claim_database(spares, tenant.database_name):
+            return True
+        return server.create_database(tenant.database_name)
     if spares:
         if _current.get(template) is not migration_state():
             # Spares older than the schema are dropped when the template is migrated.
@@ -199,11 +204,14 @@ def _refill_and_log(server: str) -> None:
 
 def _refill(server: str) -> None:
     template = template_for(server)
+    database_server = get_server(server)
+    if not database_server.can_clone:
+        _refill_by_migrating(server)
+        return
     # Only copies of a template known to be current: bringing it up to date is the
     # job of provisioning, which reports its errors.
     if _current.get(template) is not migration_state():
         return
-    database_server = get_server(server)
     with database_server.template_lock():
         for spare in tenancy_settings.spare_database_names():
             try:
@@ -213,3 +221,28 @@ def _refill(server: str) -> None:
                 return
             if made:
                 logger.debug("Spare database %s made on server %s", spare, server)
+
+
+def _refill_by_migrating(server: str) -> None:
+    """Make the missing spares of a server that cannot copy (schemas): each is migrated
+    under the template's name, which no claim looks at, and then renamed to a spare's,
+    so that a claim only ever finds a complete spare."""
+    database_server = get_server(server)
+    template = template_for(server)
+    with database_server.template_lock():
+        existing = set(database_server.list_databases())
+        for spare in tenancy_settings.spare_database_names():
+            if spare in existing:
+                continue
+            _drop_template_copy(server, template.database_name)  # an interrupted one's
+            database_server.create_database(template.database_name)
+            try:
+                result = migrate_tenant(cast("AbstractTenant", template))
+            finally:
+                unregister(template.slug)
+            if result.failed:
+                raise TenancyError(
+                    f"Making a spare on server {server!r} failed while migrating: {result.error}"
+                )
+            if database_server.claim_database([template.database_name], spare):
+                logger.debug("Spare %s made on server %s", spare, server)

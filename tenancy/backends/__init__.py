@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tenancy.backends.base import DatabaseServer
-from tenancy.conf import server_vendor, tenancy_settings
+from tenancy.conf import is_schema_server, server_vendor, tenancy_settings
 from tenancy.exceptions import TenantServerError
 
 
@@ -16,6 +16,10 @@ def get_server(name: str) -> DatabaseServer:
             f"Server {name!r} is not in TENANCY['SERVERS'] "
             f"({', '.join(sorted(tenancy_settings.SERVERS))})."
         ) from None
+    if is_schema_server(template):
+        from tenancy.backends.schemas import SchemaServer
+
+        return SchemaServer(name, template)
     if server_vendor(template) == "postgresql":
         from tenancy.backends.postgresql import PostgreSQLServer
 

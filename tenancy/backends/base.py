@@ -13,6 +13,11 @@ class DatabaseServer:
     ``name`` arguments are validated database names (``tenancy.validators``).
     """
 
+    # Whether tenants are schemas of one shared database (``tenancy.backends.schemas``),
+    # and whether the server can copy a tenant database (templates and spares).
+    holds_schemas = False
+    can_clone = True
+
     def __init__(self, name: str, template: dict[str, Any]) -> None:
         self.name = name
         self.template = template

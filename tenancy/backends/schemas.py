@@ -1,0 +1,168 @@
+"""PostgreSQL with schema placement: a server entry whose tenants are schemas of one
+shared database (``PLACEMENT: "schemas"``, ``DATABASE: "<name>"``).
+
+The operations of ``DatabaseServer`` act on schemas of that database: a tenant's
+"database name" is its schema's name, so the registry, provisioning, spares and the drop
+checks work unchanged, and moving a tenant between placements changes only its server.
+The shared database is created (from the maintenance database) with the first schema.
+It is never one of ``settings.DATABASES``: a search path gone wrong would then meet the
+project's own tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from psycopg import errors, sql
+
+from tenancy.backends.postgresql import (
+    PostgreSQLServer,
+    _unpooled_wrapper,
+    advisory_lock,
+    server_address,
+)
+from tenancy.conf import SERVER_ONLY_KEYS, shared_database_name
+from tenancy.exceptions import ReservedDatabaseError
+from tenancy.reserved import check_drop, is_system_schema, protected_reason
+from tenancy.validators import validate_database_name
+
+SHARED_ALIAS = "tenancy:shared"
+
+# Advisory lock key in the shared database, around work on its spares.
+TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyS", "big") >> 1
+
+
+class SchemaServer(PostgreSQLServer):
+    holds_schemas = True
+    can_clone = False  # PostgreSQL copies databases, not schemas: spares are migrated
+
+    @property
+    def database(self) -> str:
+        """The shared database holding this server's tenant schemas."""
+        return shared_database_name(self.template)
+
+    @property
+    def address(self) -> tuple[str, ...]:
+        return ("postgresql", *server_address(self.template), self.database)
+
+    def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
+        return False  # a schema is never a database of settings.DATABASES
+
+    def shared_settings(self) -> dict[str, Any]:
+        database = {k: v for k, v in self.template.items() if k not in SERVER_ONLY_KEYS}
+        database["NAME"] = self.database
+        return database
+
+    @contextmanager
+    def _shared_cursor(self) -> Iterator[Any]:
+        wrapper = _unpooled_wrapper(self.shared_settings(), SHARED_ALIAS)
+        try:
+            with wrapper.cursor() as cursor:
+                yield cursor
+        finally:
+            wrapper.close()
+
+    def create_shared_database(self) -> bool:
+        """Create the shared database unless it exists; ``ReservedDatabaseError`` when it
+        is one of the project's databases."""
+        reason = protected_reason(PostgreSQLServer(self.name, self.template), self.database)
+        if reason is not None:
+            raise ReservedDatabaseError(
+                f"TENANCY['SERVERS'][{self.name!r}] names DATABASE {self.database!r}, which "
+                f"is {reason}; give the server's tenant schemas a database of their own."
+            )
+        return super().create_database(self.database)
+
+    def shared_database_exists(self) -> bool:
+        return super().database_exists(self.database)
+
+    def database_exists(self, name: str) -> bool:
+        if not self.shared_database_exists():
+            return False
+        with self._shared_cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
+            return cursor.fetchone() is not None
+
+    def create_database(self, name: str) -> bool:
+        _validate_schema_name(name)
+        self.create_shared_database()
+        with self._shared_cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
+            if cursor.fetchone() is not None:
+                return False
+            try:
+                cursor.execute(_compose(cursor, "CREATE SCHEMA {}", name))
+            except Exception as exc:
+                if isinstance(exc.__cause__, errors.DuplicateSchema | errors.UniqueViolation):
+                    return False  # created meanwhile by another process
+                raise
+        return True
+
+    def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
+        _validate_schema_name(name)
+        check_drop(self, name, allow_template=allow_template)
+        if not self.shared_database_exists():
+            return False
+        with self._shared_cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
+            if cursor.fetchone() is None:
+                return False
+            cursor.execute(_compose(cursor, "DROP SCHEMA IF EXISTS {} CASCADE", name))
+        return True
+
+    def list_databases(self) -> list[str]:
+        if not self.shared_database_exists():
+            return []
+        with self._shared_cursor() as cursor:
+            cursor.execute("SELECT nspname FROM pg_namespace ORDER BY nspname")
+            return [row[0] for row in cursor.fetchall() if not is_system_schema(row[0])]
+
+    def clone_database(self, template: str, name: str) -> bool:
+        raise NotImplementedError("schema servers do not copy schemas")
+
+    def claim_database(self, candidates: list[str], name: str) -> bool:
+        for schema in (*candidates, name):
+            _validate_schema_name(schema)
+        if not self.shared_database_exists():
+            return False
+        with self._shared_cursor() as cursor:
+            cursor.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY nspname",
+                [candidates],
+            )
+            for (candidate,) in cursor.fetchall():
+                query = sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                    sql.Identifier(candidate), sql.Identifier(name)
+                )
+                try:
+                    cursor.execute(query.as_string(cursor.connection))  # catalog work only
+                    return True
+                except Exception as exc:
+                    cause = exc.__cause__
+                    if isinstance(cause, errors.DuplicateSchema | errors.UniqueViolation):
+                        return False
+                    if isinstance(cause, errors.InvalidSchemaName):
+                        continue  # claimed or dropped meanwhile: the next one
+                    raise
+        return False
+
+    @contextmanager
+    def template_lock(self) -> Iterator[None]:
+        self.create_shared_database()
+        with advisory_lock(self.shared_settings(), TEMPLATE_LOCK_KEY):
+            yield
+
+
+def _validate_schema_name(name: str) -> None:
+    validate_database_name(name)
+    if is_system_schema(name):
+        raise ReservedDatabaseError(
+            f"Schema {name!r} is PostgreSQL's own or shared by every tenant; it is never "
+            "a tenant's."
+        )
+
+
+def _compose(cursor: Any, template: str, name: str) -> str:
+    return sql.SQL(template).format(sql.Identifier(name)).as_string(cursor.connection)

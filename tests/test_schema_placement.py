@@ -1,0 +1,461 @@
+"""Tenants as schemas of a shared database, beside tenants with a database of their own.
+
+Each test here would show another tenant's rows, or reach the wrong schema, if the
+search path went stale: after rollbacks, across threads and tasks, around iterators,
+errors and raw SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.db import DatabaseError, connections
+from django.test import Client
+
+from tenancy import NoTenantError, TenantRemoved, atomic, tenant_context
+from tenancy.backends import get_server
+from tenancy.conf import TenancySettings
+from tenancy.connections import (
+    close_all,
+    close_old_connections,
+    connection_for,
+    open_connection_count,
+    tenant_connection,
+    unregister,
+)
+from tenancy.exceptions import ReservedDatabaseError, TenancyError
+from tenancy.migration import migration_lock
+from tenancy.models import Domain, Tenant
+from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
+from tests.conftest import client_sessions
+from tests.settings import BACKEND, PGBOUNCER, SERVER_1, SERVER_2
+from tests.tenantapp.models import Note
+
+postgresql_only = pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
+
+SHARED_DATABASE = "tenancy_shared"
+
+
+def schema_server(server: dict, **values: object) -> dict:
+    return {**server, "PLACEMENT": "schemas", "DATABASE": SHARED_DATABASE, **values}
+
+
+@pytest.fixture
+def schemas(settings, db_access):
+    """Servers "shared" (cluster 1) and "shared2" (cluster 2) holding tenants as schemas,
+    beside the database servers "one" and "two"."""
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {
+            **settings.TENANCY["SERVERS"],
+            "shared": schema_server(SERVER_1),
+            "shared2": schema_server(SERVER_2),
+        },
+    }
+    yield
+    close_all()
+    asyncio.run(_close_in_executor())
+
+
+async def _close_in_executor() -> None:
+    from asgiref.sync import sync_to_async
+
+    await sync_to_async(close_all)()
+
+
+def with_note(slug: str, server: str = "shared") -> Tenant:
+    tenant = create_tenant(slug, server=server, domains=[f"{slug}.example.test"])
+    with tenant_context(tenant):
+        Note.objects.create(text=f"{slug} note")
+    return tenant
+
+
+def texts() -> list[str]:
+    return list(Note.objects.values_list("text", flat=True))
+
+
+def shared_sessions(settle_to: int | None = None) -> int:
+    """Sessions on the shared database of server "shared" (on cluster 1)."""
+    return client_sessions("one", [get_server("shared").database], settle_to)
+
+
+# --- configuration -----------------------------------------------------------------
+
+
+def validated(server: dict) -> object:
+    configured = TenancySettings()
+    configured.__dict__["_raw"] = {"SERVERS": {"s": server}}
+    return configured.SERVERS
+
+
+POSTGRES = {"ENGINE": "django.db.backends.postgresql", "HOST": "db"}
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        (
+            {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": "/x", "PLACEMENT": "schemas"},
+            "has no schemas; PLACEMENT 'schemas' needs PostgreSQL",
+        ),
+        ({**POSTGRES, "PLACEMENT": "schemas"}, "needs DATABASE"),
+        ({**POSTGRES, "PLACEMENT": "schemas", "DATABASE": "Bad-Name"}, "needs DATABASE"),
+        ({**POSTGRES, "PLACEMENT": "tables"}, "has PLACEMENT 'tables'; use 'databases'"),
+        ({**POSTGRES, "DATABASE": "x"}, "sets DATABASE, which only a server with PLACEMENT"),
+        (
+            {**POSTGRES, "PLACEMENT": "schemas", "DATABASE": "x", "OPTIONS": {"pool": True}},
+            "sets OPTIONS 'pool'",
+        ),
+    ],
+)
+def test_placement_settings_are_checked(server, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as raised:
+        validated(server)
+    assert str(raised.value).startswith("TENANCY['SERVERS']['s'] ")
+
+
+def test_a_schema_server_entry_is_accepted():
+    servers = validated({**POSTGRES, "PLACEMENT": "schemas", "DATABASE": "tenants"})
+    assert servers["s"]["DATABASE"] == "tenants"
+
+
+# --- isolation ---------------------------------------------------------------------
+
+
+@postgresql_only
+def test_schema_tenants_see_only_their_rows_over_one_connection(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    for _ in range(3):  # switching back and forth on the one connection
+        for tenant in (acme, globex):
+            with tenant_context(tenant):
+                assert texts() == [f"{tenant.slug} note"]
+    assert shared_sessions() == 1
+    assert open_connection_count() == 1
+    # Each schema has its own migration records; public has no table of a tenant app.
+    with get_server("shared")._shared_cursor() as cursor:
+        cursor.execute(
+            "SELECT table_schema FROM information_schema.tables "
+            "WHERE table_name = 'tenantapp_note' ORDER BY 1"
+        )
+        assert [row[0] for row in cursor.fetchall()] == [acme.database_name, globex.database_name]
+        cursor.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        )
+        assert cursor.fetchone()[0] == 0
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM django_migrations WHERE app = 'tenantapp'")
+        assert cursor.fetchone()[0] > 0
+
+
+@postgresql_only
+def test_schema_and_database_tenants_side_by_side(schemas, alpha):
+    acme, far = with_note("acme"), with_note("far", server="shared2")
+    with tenant_context(alpha):
+        Note.objects.create(text="alpha note")
+    for tenant in (alpha, acme, far, alpha, far, acme):
+        with tenant_context(tenant):
+            assert texts() == [f"{tenant.slug} note"]
+    for host, text in [("acme.example.test", "acme note"), ("alpha.example.test", "alpha note")]:
+        response = Client(HTTP_HOST=host).get("/notes/")
+        assert (response.status_code, response.json()) == (200, {"notes": [text]})
+
+
+@postgresql_only
+def test_a_rolled_back_transaction_leaves_no_stale_search_path(schemas):
+    """django-tenants #1262: a search path set inside a transaction that was rolled back
+    is undone by PostgreSQL while the library still believes it is set."""
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex):
+        assert texts() == ["globex note"]  # the connection's path: globex
+    with tenant_context(acme):
+        with pytest.raises(ZeroDivisionError), atomic():
+            Note.objects.create(text="rolled back")  # the path changes to acme here
+            raise ZeroDivisionError
+        assert texts() == ["acme note"]  # not globex's
+        with atomic():
+            Note.objects.create(text="acme kept")
+            with pytest.raises(ZeroDivisionError), atomic():  # a savepoint
+                Note.objects.create(text="savepoint rolled back")
+                raise ZeroDivisionError
+            assert texts() == ["acme note", "acme kept"]
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
+    with tenant_context(acme):
+        assert texts() == ["acme note", "acme kept"]
+
+
+@postgresql_only
+def test_another_tenant_inside_a_transaction_gets_its_own_connection(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), pytest.raises(ZeroDivisionError), atomic():
+        Note.objects.create(text="acme, rolled back")
+        with tenant_context(globex):
+            Note.objects.create(text="globex, committed")  # not in acme's transaction
+            assert texts() == ["globex note", "globex, committed"]
+            assert shared_sessions() == 2
+        assert texts() == ["acme note", "acme, rolled back"]
+        raise ZeroDivisionError
+    with tenant_context(acme):
+        assert texts() == ["acme note"]
+    with tenant_context(globex):
+        assert texts() == ["globex note", "globex, committed"]
+
+
+@postgresql_only
+def test_a_cursor_of_one_tenant_cannot_run_in_another_tenants_transaction(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex):
+        cursor = tenant_connection().cursor()
+    with tenant_context(acme), atomic():
+        Note.objects.create(text="acme's transaction")
+        with tenant_context(globex), pytest.raises(TenancyError, match="transaction open"):
+            cursor.execute("SELECT text FROM tenantapp_note")  # made on the same connection
+    cursor.close()
+
+
+@postgresql_only
+def test_threads_and_tasks_each_see_their_tenants_rows(schemas):
+    tenants = [with_note(f"t{number}") for number in range(6)]
+    close_all()
+    errors: list[str] = []
+    peak = [0]
+
+    def work(number: int) -> None:
+        try:
+            for step in range(30):
+                tenant = tenants[(number + step) % len(tenants)]
+                with tenant_context(tenant):
+                    found = texts()
+                if found != [f"{tenant.slug} note"]:
+                    errors.append(f"{tenant.slug} saw {found}")
+                peak[0] = max(peak[0], open_connection_count())
+        finally:
+            close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    assert errors == []
+    assert 1 <= peak[0] <= 4  # one connection per thread, whatever the number of tenants
+
+    async def read(tenant: Tenant) -> list[str]:
+        with tenant_context(tenant):
+            await asyncio.sleep(0)
+            return [note.text async for note in Note.objects.all()]
+
+    async def read_all() -> list[list[str]]:
+        return await asyncio.gather(*(read(tenant) for tenant in tenants * 3))
+
+    results = asyncio.run(read_all())
+    assert results == [[f"{tenant.slug} note"] for tenant in tenants * 3]
+
+
+@postgresql_only
+def test_an_iterator_keeps_its_tenants_rows_across_a_switch(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme):
+        Note.objects.bulk_create(Note(text=f"acme {n}") for n in range(5))
+        rows = Note.objects.values_list("text", flat=True).iterator(chunk_size=2)
+        first = next(rows)
+        with tenant_context(globex):
+            assert texts() == ["globex note"]
+            Note.objects.create(text="globex 2")
+        rest = list(rows)
+    assert [first, *rest] == ["acme note", *(f"acme {n}" for n in range(5))]
+
+
+@postgresql_only
+def test_a_connection_is_reused_after_an_error(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme):
+        with pytest.raises(DatabaseError), tenant_connection().cursor() as cursor:
+            cursor.execute("SELECT no_such_column FROM tenantapp_note")
+        with pytest.raises(DatabaseError), atomic():
+            list(Note.objects.raw("SELECT * FROM no_such_table"))
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
+    with tenant_context(acme):
+        assert texts() == ["acme note"]
+
+
+@postgresql_only
+def test_raw_sql_and_a_search_path_changed_by_hand(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("SHOW search_path")
+        assert cursor.fetchone()[0] == acme.database_name
+        cursor.execute("SELECT text FROM tenantapp_note")
+        assert cursor.fetchall() == [("acme note",)]
+        cursor.execute("SET search_path TO %s" % globex.database_name)  # noqa: UP031
+        cursor.execute("SELECT text FROM tenantapp_note")  # tenancy sets it back first
+        assert cursor.fetchall() == [("acme note",)]
+        cursor.execute("RESET search_path")
+        assert texts() == ["acme note"]
+        with atomic():
+            cursor.execute("SELECT text, 'reset' FROM tenantapp_note")  # a false alarm
+            assert texts() == ["acme note"]
+            cursor.execute("SET search_path TO %s" % globex.database_name)  # noqa: UP031
+            with pytest.raises(TenancyError, match="changed inside a transaction"):
+                texts()
+
+
+@postgresql_only
+def test_no_tenant_fails_closed_and_public_is_never_read(schemas):
+    acme = with_note("acme")
+    with pytest.raises(NoTenantError):
+        texts()
+    # A copy of the table in public, as a mistaken manual migration would leave it:
+    # with the path reset where tenancy cannot see it, queries fail rather than read it.
+    with get_server("shared")._shared_cursor() as cursor:
+        cursor.execute("CREATE TABLE public.canary (id int)")
+    try:
+        with tenant_context(acme):
+            connection_for(acme).ensure_connection()
+            raw = connection_for(acme).connection
+            raw.execute("RESET search_path")  # a raw driver cursor, unseen by tenancy
+            with pytest.raises(DatabaseError, match="tenantapp_note"):
+                texts()
+    finally:
+        with get_server("shared")._shared_cursor() as cursor:
+            cursor.execute("DROP TABLE public.canary")
+
+
+@postgresql_only
+def test_removing_one_schema_tenant_leaves_the_threads_other_tenants_working(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    ready, removed, results = threading.Event(), threading.Event(), []
+
+    def worker() -> None:
+        try:
+            with tenant_context(acme):
+                results.append(texts())
+                held = connection_for(acme)
+            ready.set()
+            removed.wait(5)
+            with tenant_context(globex):
+                results.append(texts())  # on the connection acme's object was lent
+            try:
+                held.cursor().execute("SELECT 1")
+            except TenantRemoved:
+                results.append("acme removed")
+        finally:
+            close_all()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    ready.wait(5)
+    unregister(acme)
+    removed.set()
+    thread.join(10)
+    assert results == [["acme note"], ["globex note"], "acme removed"]
+
+
+@postgresql_only
+@pytest.mark.skipif(PGBOUNCER, reason="PgBouncer keeps its server sessions open")
+def test_connections_close_as_conn_max_age_says(schemas):
+    acme = with_note("acme")
+    close_all()
+    with tenant_context(acme):
+        texts()
+    assert shared_sessions() == 1
+    close_old_connections()  # CONN_MAX_AGE is 0: closed at the next safe point
+    assert shared_sessions(settle_to=0) == 0
+    assert open_connection_count() == 0
+
+
+# --- migrations and provisioning ---------------------------------------------------
+
+
+@postgresql_only
+def test_migrate_tenants_migrates_every_placement_with_a_lock_per_schema(schemas, alpha):
+    acme, globex = with_note("acme"), with_note("globex")
+    call_command("migrate_tenants", verbosity=0)
+    for tenant in (acme, globex):
+        with tenant_context(tenant):
+            assert texts() == [f"{tenant.slug} note"]
+
+    taken: list[bool] = []
+
+    def try_lock(tenant: Tenant) -> None:
+        with tenant_context(tenant), migration_lock(connection_for(tenant), wait=False) as ok:
+            taken.append(ok)
+        close_all()
+
+    with migration_lock(connection_for(acme)):
+        for tenant in (globex, acme):
+            thread = threading.Thread(target=try_lock, args=(tenant,))
+            thread.start()
+            thread.join(10)
+    assert taken == [True, False]  # another schema of the database: yes; the same: no
+
+
+@postgresql_only
+def test_deleting_a_schema_tenant_drops_its_schema_only(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    server = get_server("shared")
+    deprovision_tenant(acme)
+    assert not server.database_exists(acme.database_name)
+    assert server.database_exists(globex.database_name)
+    assert server.shared_database_exists()
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
+
+
+@postgresql_only
+@pytest.mark.parametrize("schema", ["public", "information_schema", "pg_catalog"])
+def test_a_system_schema_is_never_dropped_or_given(schemas, schema):
+    server = get_server("shared")
+    server.create_shared_database()
+    with pytest.raises(ReservedDatabaseError):
+        server.drop_database(schema, allow_template=True)
+    with pytest.raises(ProvisioningError, match="cannot be the database of tenant"):
+        from tenancy.provisioning import adopt_database
+
+        adopt_database("acme", schema, server="shared")
+    with get_server("shared")._shared_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [schema])
+        assert cursor.fetchone() is not None
+
+
+@postgresql_only
+def test_the_shared_database_cannot_be_the_main_database(settings, schemas):
+    main = connections["default"].settings_dict["NAME"]
+    servers = settings.TENANCY["SERVERS"]
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**servers, "shared": {**servers["shared"], "DATABASE": "tenancy"}},
+    }
+    assert get_server("shared").database == main
+    with pytest.raises(ProvisioningError, match="is the project's database"):
+        create_tenant("acme", server="shared")
+    with get_server("shared")._shared_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname LIKE 'test_tenancy_acme%%'")
+        assert cursor.fetchone() is None
+
+
+@postgresql_only
+def test_spare_schemas_are_claimed_then_made_again(settings, schemas):
+    settings.TENANCY = {**settings.TENANCY, "SPARE_DATABASES": 1}
+    acme = with_note("acme")  # no spare yet: made by migrating; then one is made
+    from tenancy.conf import tenancy_settings
+
+    spare = tenancy_settings.spare_database_names()[0]
+    server = get_server("shared")
+    with server._shared_cursor() as cursor:  # marks the spare
+        cursor.execute(f"CREATE TABLE {spare}.marker (id int)")
+    globex = with_note("globex")  # the spare, renamed
+    with server._shared_cursor() as cursor:
+        cursor.execute(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'marker'"
+        )
+        assert cursor.fetchall() == [(globex.database_name,)]
+    assert server.database_exists(spare)  # made again
+    assert not server.database_exists(tenancy_settings.template_database_name())
+    for tenant in (acme, globex):
+        with tenant_context(tenant):
+            assert texts() == [f"{tenant.slug} note"]
+    assert Domain.objects.filter(tenant__server="shared").count() == 2
