@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model
 from django.utils.module_loading import import_string
 
-from tenancy.conf import tenancy_settings
+from tenancy.conf import is_schema_server, tenancy_settings
 
 if TYPE_CHECKING:
     from django.contrib.admin import AdminSite
@@ -47,6 +47,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     hint="Remove OPTIONS['pool'] from tenant servers; use PgBouncer in "
                     "front of the server to share connections between tenants.",
                     id="tenancy.W001",
+                )
+            )
+        if (
+            is_schema_server(server)
+            and server.get("DISABLE_SERVER_SIDE_CURSORS")
+            and not server.get("TRANSACTION_POOLING")
+        ):
+            errors.append(
+                checks.Warning(
+                    f"TENANCY['SERVERS'][{name!r}] holds tenants as schemas and disables "
+                    "server-side cursors, as a server behind a pooler in transaction mode "
+                    "does; there a search path set for the session would stay on a server "
+                    "connection that another client gets next, with another tenant's "
+                    "schema.",
+                    hint="Behind PgBouncer with pool_mode = transaction, set "
+                    "TRANSACTION_POOLING: True in the server entry (the search path is then "
+                    "set per transaction); otherwise silence tenancy.W003.",
+                    id="tenancy.W003",
                 )
             )
     return errors

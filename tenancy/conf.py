@@ -30,7 +30,7 @@ DEFAULT_TENANT_MODEL = "tenancy.Tenant"
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
 # Keys of a server entry that tenancy reads itself; they never reach Django.
-SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB", "PLACEMENT", "DATABASE")
+SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB", "PLACEMENT", "DATABASE", "TRANSACTION_POOLING")
 
 # Where a server keeps its tenants: a database each, or a schema each in one database.
 DATABASES_PLACEMENT = "databases"
@@ -555,6 +555,13 @@ def _validate_placement(name: object, template: Mapping[str, Any], vendor: str) 
             f"has PLACEMENT {placement!r}; use {DATABASES_PLACEMENT!r} (a database per "
             f"tenant, the default) or {SCHEMAS_PLACEMENT!r} (a schema per tenant in one "
             "database, named by DATABASE).",
+        )
+    if not isinstance(template.get("TRANSACTION_POOLING", False), bool):
+        raise _server_error(
+            name,
+            "has TRANSACTION_POOLING, which must be True (the server is reached through "
+            "a pooler in transaction mode, such as PgBouncer's pool_mode = transaction) "
+            "or False.",
         )
     if placement == DATABASES_PLACEMENT:
         if "DATABASE" in template:

@@ -370,6 +370,7 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
     elif is_schema_server(template):
         database["NAME"] = shared_database_name(template)
         database[schema_connections.SCHEMA_KEY] = tenant.database_name
+        database[schema_connections.POOLED_KEY] = bool(template.get("TRANSACTION_POOLING"))
     else:
         database["NAME"] = tenant.database_name
     # Let Django fill its defaults exactly as for configured databases.

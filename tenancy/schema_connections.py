@@ -48,11 +48,12 @@ from tenancy.exceptions import TenancyError
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-# The key of a schema tenant's DATABASES entry that names its schema.
+# The keys of a schema tenant's DATABASES entry that name its schema, and say whether
+# its server is behind a pooler in transaction mode (TRANSACTION_POOLING).
 SCHEMA_KEY = "TENANCY_SCHEMA"
+POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 
 _IDLE = pq.TransactionStatus.IDLE
-_INTRANS = pq.TransactionStatus.INTRANS
 
 
 class _Shared:
@@ -102,6 +103,7 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
     shared database, with its schema on the search path for each of its statements."""
     schema = schema_of(wrapper.settings_dict)
     assert schema is not None
+    switch = _switch_per_transaction if wrapper.settings_dict.get(POOLED_KEY) else _switch
     key = _database_key(wrapper.settings_dict)
     open_connection = wrapper.get_new_connection
     set_raw_autocommit = wrapper._set_autocommit  # type: ignore[attr-defined]
@@ -136,9 +138,20 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
                 f"A cursor of schema {schema!r} is used on a connection tenancy no longer "
                 "holds (closed at a safe point); make a new cursor."
             )
-        _switch(shared, wrapper, schema)
+        ends = False
         try:
-            return execute(sql_, params, many, context)
+            with wrapper.wrap_database_errors:
+                ends = switch(shared, wrapper, schema)
+            result = execute(sql_, params, many, context)
+            if ends:
+                with wrapper.wrap_database_errors:
+                    raw.execute("COMMIT")
+            return result
+        except BaseException:
+            if ends and not raw.closed:
+                with wrapper.wrap_database_errors:
+                    raw.execute("ROLLBACK")
+            raise
         finally:
             if _may_change_search_path(sql_):
                 shared.schema = None  # set again before the next statement
@@ -211,25 +224,20 @@ def _take(shared: _Shared, wrapper: BaseDatabaseWrapper) -> None:
             shared.users.discard(other)
 
 
-def _switch(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> None:
+def _switch(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> bool:
+    """Set the connection's search path for the session, outside any transaction, before
+    a statement of ``wrapper``'s; ``False``: the statement needs no transaction of ours."""
     raw = shared.raw
     if shared.owner not in (None, wrapper):
         raise _owned_by_another(shared, wrapper)
     if shared.schema == schema:
-        return
+        return False
     if raw.info.transaction_status != _IDLE:
         # Inside the tenant's own transaction the path was set before it began; a
-        # statement since may have changed it: ask.
-        if shared.schema is None and raw.info.transaction_status == _INTRANS:
-            row = raw.execute("SELECT current_setting('search_path')").fetchone()
-            if row is not None and row[0] in (schema, f'"{schema}"'):
-                shared.schema = schema
-                return
-        raise TenancyError(
-            f"The search path of the connection for schema {schema!r} changed inside a "
-            "transaction; tenancy sets it itself, outside transactions. Do not run SET "
-            "search_path on tenant connections."
-        )
+        # statement since may have changed it: set it for the rest of the transaction,
+        # and again for the session after it (the schema stays unknown until then).
+        _set_local(raw, schema)
+        return False
     autocommit = raw.autocommit
     shared.schema = None  # unknown until the statement succeeds
     if not autocommit:
@@ -240,6 +248,30 @@ def _switch(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> None:
         if not autocommit:
             raw.autocommit = False
     shared.schema = schema
+    return False
+
+
+def _switch_per_transaction(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> bool:
+    """Behind a pooler in transaction mode a session setting would stay on a server
+    connection other clients get next: set the search path at the start of each
+    transaction with ``SET LOCAL``. A statement outside a transaction gets one of its
+    own (``True``: the caller commits it). Costs a round trip per transaction."""
+    raw = shared.raw
+    if shared.owner not in (None, wrapper):
+        raise _owned_by_another(shared, wrapper)
+    status = raw.info.transaction_status
+    if status == _IDLE and raw.autocommit:
+        raw.execute(sql.SQL("BEGIN; SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        shared.schema = None
+        return True
+    if status == _IDLE or shared.schema is None:
+        _set_local(raw, schema)  # Django's transaction begins here (or the path changed)
+        shared.schema = schema
+    return False
+
+
+def _set_local(raw: Any, schema: str) -> None:
+    raw.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
 
 
 def _owned_by_another(shared: _Shared, wrapper: BaseDatabaseWrapper) -> TenancyError:

@@ -45,19 +45,26 @@ def schema_server(server: dict, **values: object) -> dict:
     return {**server, "PLACEMENT": "schemas", "DATABASE": SHARED_DATABASE, **values}
 
 
-@pytest.fixture
-def schemas(settings, db_access):
+# Behind PgBouncer in transaction pooling only the per-transaction search path is safe;
+# straight to the server both ways are tested.
+POOLING = [True] if PGBOUNCER else [False, True]
+
+
+@pytest.fixture(params=POOLING, ids=lambda pooled: "per-transaction" if pooled else "session")
+def schemas(request, settings, db_access):
     """Servers "shared" (cluster 1) and "shared2" (cluster 2) holding tenants as schemas,
-    beside the database servers "one" and "two"."""
+    beside the database servers "one" and "two"; with the search path set per session
+    or per transaction (TRANSACTION_POOLING)."""
+    pooled = {"TRANSACTION_POOLING": True} if request.param else {}
     settings.TENANCY = {
         **settings.TENANCY,
         "SERVERS": {
             **settings.TENANCY["SERVERS"],
-            "shared": schema_server(SERVER_1),
-            "shared2": schema_server(SERVER_2),
+            "shared": schema_server(SERVER_1, **pooled),
+            "shared2": schema_server(SERVER_2, **pooled),
         },
     }
-    yield
+    yield request.param
     close_all()
     asyncio.run(_close_in_executor())
 
@@ -299,8 +306,11 @@ def test_raw_sql_and_a_search_path_changed_by_hand(schemas):
             cursor.execute("SELECT text, 'reset' FROM tenantapp_note")  # a false alarm
             assert texts() == ["acme note"]
             cursor.execute("SET search_path TO %s" % globex.database_name)  # noqa: UP031
-            with pytest.raises(TenancyError, match="changed inside a transaction"):
-                texts()
+            assert texts() == ["acme note"]  # set again for the rest of the transaction
+            Note.objects.create(text="acme 2")
+        assert texts() == ["acme note", "acme 2"]
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
 
 
 @postgresql_only
@@ -317,8 +327,11 @@ def test_no_tenant_fails_closed_and_public_is_never_read(schemas):
             connection_for(acme).ensure_connection()
             raw = connection_for(acme).connection
             raw.execute("RESET search_path")  # a raw driver cursor, unseen by tenancy
-            with pytest.raises(DatabaseError, match="tenantapp_note"):
-                texts()
+            if schemas:  # set again for every transaction
+                assert texts() == ["acme note"]
+            else:
+                with pytest.raises(DatabaseError, match="tenantapp_note"):
+                    texts()
     finally:
         with get_server("shared")._shared_cursor() as cursor:
             cursor.execute("DROP TABLE public.canary")
@@ -459,3 +472,15 @@ def test_spare_schemas_are_claimed_then_made_again(settings, schemas):
         with tenant_context(tenant):
             assert texts() == [f"{tenant.slug} note"]
     assert Domain.objects.filter(tenant__server="shared").count() == 2
+
+
+def test_a_schema_server_that_looks_pooled_is_warned_about(settings):
+    from tenancy.checks import check_settings
+
+    looks_pooled = {**POSTGRES, "PLACEMENT": "schemas", "DATABASE": "t"}
+    looks_pooled["DISABLE_SERVER_SIDE_CURSORS"] = True
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {"s": looks_pooled}, "DEFAULT_SERVER": "s"}
+    assert [message.id for message in check_settings()] == ["tenancy.W003"]
+    looks_pooled["TRANSACTION_POOLING"] = True
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {"s": looks_pooled}}
+    assert check_settings() == []
