@@ -33,7 +33,12 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.admin_log import log_transaction, record_tenant, tenant_log_entries
-from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING, tenancy_settings
+from tenancy.conf import (
+    DEFAULT_TENANT_MODEL,
+    TENANT_MODEL_SETTING,
+    is_schema_server,
+    tenancy_settings,
+)
 from tenancy.exceptions import TenancyError
 from tenancy.migration import FAILED, MIGRATED, migrate_tenant
 from tenancy.models import (
@@ -93,6 +98,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "name",
         "coloured_status",
         "server",
+        "placement",
         "database_name",
         "primary_domain",
         "migrations",
@@ -129,6 +135,18 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             tenant.status_detail,
             tenant.get_status_display(),
         )
+
+    @admin.display(description=_("placement"))
+    def placement(self, tenant: AbstractTenant) -> str:
+        """Where the tenant's tables are: a database of its own, or a schema of its
+        server's shared database (named)."""
+        try:
+            template = tenancy_settings.server(tenant.server)
+        except KeyError:
+            return "-"  # the server left the settings; the server column shows which
+        if is_schema_server(template):
+            return str(_("schema in %(database)s") % {"database": template["DATABASE"]})
+        return str(_("database"))
 
     @admin.display(description=_("primary domain"))
     def primary_domain(self, tenant: AbstractTenant) -> str:

@@ -35,6 +35,7 @@ from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_t
 from tests.conftest import client_sessions
 from tests.settings import BACKEND, PGBOUNCER, SERVER_1, SERVER_2
 from tests.tenantapp.models import Note
+from tests.test_admin import client_for
 
 postgresql_only = pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
 
@@ -484,3 +485,16 @@ def test_a_schema_server_that_looks_pooled_is_warned_about(settings):
     looks_pooled["TRANSACTION_POOLING"] = True
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {"s": looks_pooled}}
     assert check_settings() == []
+
+
+@postgresql_only
+def test_the_admin_list_shows_each_tenants_placement(schemas, alpha):
+    from django.contrib.auth.models import User
+
+    with_note("acme")
+    try:
+        page = client_for(superuser=True).get("/admin/tenancy/tenant/").content.decode()
+    finally:
+        User.objects.all().delete()
+    assert page.count("schema in tenancy_shared") == 1
+    assert page.count(">database<") == 1  # alpha's
