@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "benchmarks" / ".generated"
 
 
-def generate_app(migrations: int = 100) -> None:
-    """An app `hundred` whose model grows one field per migration; `migrations_plus`
+def generate_app(migrations: int = 100, app_name: str = "hundred") -> None:
+    """An app (`hundred`) whose model grows one field per migration; `migrations_plus`
     holds the same migrations and one more."""
-    app = GENERATED / "hundred"
+    app = GENERATED / app_name
     for package, count in (("migrations", migrations), ("migrations_plus", migrations + 1)):
         directory = app / package
         directory.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def generate_app(migrations: int = 100) -> None:
                     f"    operations = [migrations.AddField('item', 'field_{number}', "
                     "models.CharField(max_length=50, null=True))]\n"
                 )
-                dependencies = f"[('hundred', '{number - 1:04d}_step')]"
+                dependencies = f"[({app_name!r}, '{number - 1:04d}_step')]"
             (directory / f"{name}.py").write_text(
                 "from django.db import migrations, models\n\n\n"
                 "class Migration(migrations.Migration):\n"

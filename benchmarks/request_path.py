@@ -8,7 +8,8 @@ model by primary key (benchmarks/request_path_project), through Django's WSGI ha
 the measuring process, as a WSGI server calls it. Plain Django serves the same view from
 its only database; django-tenants finds the tenant by its host in its Domain table and sets
 the schema; tenancy finds it in ``tenancy.Domain`` in the main database and routes to the
-tenant's database. All on the one cluster of TENANCY_TEST_PG_1.
+tenant's database; tenancy with schema placement routes to the tenant's schema of a shared
+database instead. All on the one cluster of TENANCY_TEST_PG_1.
 
 Rows: persistent connections (CONN_MAX_AGE=600) and Django's default (CONN_MAX_AGE=0),
 anonymous and signed in (a session cookie of a user signed in on that tenant; the view
@@ -42,7 +43,7 @@ DJANGO_TENANTS = "4.0.1"  # pinned: the version measured
 BENCH_VENV = ROOT / ".venv-bench"
 HOST = "alpha.localhost"
 USERNAME = "bench"
-VARIANTS = ("plain", "django_tenants", "tenancy")
+VARIANTS = ("plain", "django_tenants", "tenancy", "tenancy_schemas")
 ROWS = (
     ("persistent connections (CONN_MAX_AGE=600), anonymous", 600, False),
     ("persistent connections (CONN_MAX_AGE=600), signed in", 600, True),
@@ -157,7 +158,7 @@ def prepare(variant: str) -> None:
         connection.set_tenant(client)
         Note.objects.create(pk=1, title="alpha's note")
         connection.set_schema_to_public()
-    else:
+    else:  # tenancy, a database or a schema per tenant
         from tenancy import tenant_context
         from tenancy.provisioning import create_tenant
 
@@ -196,7 +197,7 @@ def session_cookie(variant: str) -> str:
 
     client = Client()
     user = User.objects.get(username=USERNAME)
-    if variant == "tenancy":
+    if variant.startswith("tenancy"):
         from tenancy import tenant_context
 
         with tenant_context("alpha"):
@@ -391,18 +392,23 @@ def main() -> None:
         f"median of {args.rounds} runs; statements counted over {COUNTED} more requests."
     )
     print(
-        f"\n{'':56} {'ms per request':^26} {'statements':^14} {'tenancy /':^15}\n"
-        f"{'':56} {'plain':>8} {'dj-ten.':>8} {'tenancy':>8} {'pl':>4} {'dt':>4} {'tn':>4}"
-        f" {'plain':>7} {'dj-ten.':>7}"
+        "\ntenancy: a database per tenant; schemas: tenancy with schema placement\n"
+        f"\n{'':56} {'ms per request':^35} {'statements':^19} {'tenancy /':^15}"
+        f" {'schemas /':^15}\n"
+        f"{'':56} {'plain':>8} {'dj-ten.':>8} {'tenancy':>8} {'schemas':>8} {'pl':>4}"
+        f" {'dt':>4} {'tn':>4} {'sc':>4} {'plain':>7} {'dj-ten.':>7} {'plain':>7} {'dj-ten.':>7}"
     )
     for index, (label, _, _) in enumerate(ROWS):
         ms = {v: statistics.median(r["ms"] for r in results[(index, v)]) for v in VARIANTS}
         statements = {v: results[(index, v)][0]["statements"] for v in VARIANTS}
         print(
             f"{label:56} {ms['plain']:8.3f} {ms['django_tenants']:8.3f} {ms['tenancy']:8.3f} "
+            f"{ms['tenancy_schemas']:8.3f} "
             f"{statements['plain']:4.1f} {statements['django_tenants']:4.1f} "
-            f"{statements['tenancy']:4.1f} {ms['tenancy'] / ms['plain']:6.2f}x "
-            f"{ms['tenancy'] / ms['django_tenants']:6.2f}x"
+            f"{statements['tenancy']:4.1f} {statements['tenancy_schemas']:4.1f} "
+            f"{ms['tenancy'] / ms['plain']:6.2f}x {ms['tenancy'] / ms['django_tenants']:6.2f}x "
+            f"{ms['tenancy_schemas'] / ms['plain']:6.2f}x "
+            f"{ms['tenancy_schemas'] / ms['django_tenants']:6.2f}x"
         )
     for index in (1, 3):  # the signed-in rows
         print(f"\nStatements of one request, {ROWS[index][0]}:")
