@@ -62,9 +62,12 @@ def reserved_reason(server: str | DatabaseServer, database_name: str) -> str | N
     return protected_reason(server, database_name) or template_reason(database_name)
 
 
-def protected_reason(server: str | DatabaseServer, database_name: str) -> str | None:
+def protected_reason(
+    server: str | DatabaseServer, database_name: str, *, shared: bool = True
+) -> str | None:
     """Why tenancy must never drop ``database_name`` on ``server``, whatever the caller
-    says: a system or maintenance database, or one of ``settings.DATABASES``."""
+    says: a system or maintenance database, one of ``settings.DATABASES``, or (unless not
+    ``shared``) the database holding a schema server's tenants."""
     database_server = server if isinstance(server, DatabaseServer) else get_server(server)
     if database_name in SYSTEM_DATABASES:
         return "a system database of PostgreSQL"
@@ -75,6 +78,13 @@ def protected_reason(server: str | DatabaseServer, database_name: str) -> str | 
     for alias, database in configured_databases():
         if database_server.is_configured_as(database, database_name):
             return f"the project's database DATABASES[{alias!r}]"
+    if shared and not database_server.holds_schemas:
+        for name in tenancy_settings.SERVERS:
+            other = get_server(name)
+            if other.holds_schemas and other.address[:-1] == database_server.address:
+                holding = str(other.template["DATABASE"])
+                if database_name in (holding, as_test_database_name(holding)):
+                    return f"the database holding the tenant schemas of server {name!r}"
     return None
 
 

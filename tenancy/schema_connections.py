@@ -3,29 +3,42 @@
 On a server with ``PLACEMENT: "schemas"`` each tenant is a schema of one shared database.
 Its tenants keep their aliases (``tenant:<slug>``, so that every object still says which
 tenant it was loaded from), but the connection objects of one thread for the tenants of
-one server share one PostgreSQL connection: ``lend()`` hands a free one to a tenant's
-connection object when Django opens it, and ``release()`` takes it back when Django
+one server share one PostgreSQL connection: ``_lend()`` hands a free one to a tenant's
+connection object when Django opens it, and ``_release()`` takes it back when Django
 closes it. A thread serving 1,000 schema tenants of one server holds one connection.
 
 Before each statement (``use_schema``, an execute wrapper of every schema tenant's
-connection object) the connection's ``search_path`` is set to the tenant's schema, unless
-it is set already: switching tenant costs one round trip, staying costs none. Where the
+connection object; and before ``callproc()``, ``copy()`` and ``stream()``, which Django
+passes to the driver directly) the search path is set to the tenant's schema, unless it
+is set already: switching tenant costs one round trip, staying costs none. Where the
 schema peers leak, this cannot:
 
 - ``SET search_path`` is only ever run outside any transaction, with autocommit on for
   that one statement. A rollback (of a transaction or a savepoint) can therefore never
   undo it, and the schema remembered here is the connection's, always.
+- The path is ``<schema>, pg_temp``: the session's temporary tables come after the
+  tenant's own, and switching to another tenant drops them (``DISCARD TEMP``, in the same
+  round trip), so a tenant never sees another's temporary tables.
 - While one tenant has a transaction open on the connection (autocommit turned off, by
-  ``atomic()`` or by hand, or a ``BEGIN``), it owns it: no other tenant's statement runs
-  on it (``TenancyError``), and the other tenants' connection objects are detached so
-  that their next cursor is lent another connection. A nested ``tenant_context`` inside
-  ``atomic()`` thus gets a connection of its own, and a second transaction.
-- A statement that may change the search path (it mentions ``search_path``, ``RESET``
-  or ``DISCARD``) makes tenancy set it again before the next one; inside a transaction
-  that is refused. The search path names only the tenant's schema, and the shared
-  database keeps no tables of tenant apps outside tenant schemas: a search path changed
-  where tenancy cannot see it (a raw driver cursor) makes queries fail, and never reach
-  other rows.
+  ``atomic()`` or by hand, or a ``BEGIN``), it owns it: no other tenant's statement,
+  commit or rollback runs on it (``TenancyError``), and the other tenants' connection
+  objects are detached so that their next cursor is lent another connection. A nested
+  ``tenant_context`` inside ``atomic()`` thus gets a connection of its own, and a second
+  transaction.
+- A statement that may change the search path (it mentions ``search_path``,
+  ``set_config``, ``RESET`` or ``DISCARD``) makes tenancy set it again before the next
+  one (inside a transaction with ``SET LOCAL``). What tenancy cannot see (a function of
+  yours that sets ``search_path`` for the session, a raw driver cursor) it cannot undo:
+  do not change the search path on tenant connections. The shared database keeps no
+  tables of tenant apps in ``public``, so a path reset to the default fails rather than
+  reads elsewhere.
+- Server-side cursors (``QuerySet.iterator()``) get names unique on the connection, and
+  the connection is not closed while one of them is open.
+
+Behind a pooler in transaction mode (``TRANSACTION_POOLING``) a session setting would stay
+on a server connection that another client gets next: the path is then set with
+``SET LOCAL`` at the start of each transaction, and a statement outside one gets a
+transaction of its own (``_TransactionPath``).
 
 A connection is closed at a thread's safe points (``close_old``) when no tenant uses it
 any more and the server's ``CONN_MAX_AGE`` says so, or when it is broken.
@@ -34,6 +47,7 @@ any more and the server's ``CONN_MAX_AGE`` says so, or when it is broken.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import threading
 import time
@@ -59,17 +73,31 @@ _IDLE = pq.TransactionStatus.IDLE
 class _Shared:
     """One thread's connection to one shared database."""
 
-    __slots__ = ("__weakref__", "close_at", "isolation_level", "owner", "raw", "schema", "users")
+    __slots__ = (
+        "__weakref__",
+        "close_at",
+        "cursors",
+        "isolation_level",
+        "last_schema",
+        "owner",
+        "raw",
+        "schema",
+        "users",
+    )
 
     def __init__(self, raw: Any, isolation_level: Any, max_age: float | None) -> None:
         self.raw = raw
         self.isolation_level = isolation_level
         self.close_at = None if max_age is None else time.monotonic() + max_age
-        self.schema: str | None = None  # the search path set on it, outside transactions
+        # The search path known to be set on it (for the session, or for the transaction
+        # behind a pooler); None: unknown, set it before the next statement.
+        self.schema: str | None = None
+        self.last_schema: str | None = None  # whose statement ran last: temp tables
         # The connection object whose transaction is open on it.
         self.owner: BaseDatabaseWrapper | None = None
-        # The connection objects it is lent to.
+        # The connection objects it is lent to, and the cursors made on it.
         self.users: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
+        self.cursors: weakref.WeakSet[_SchemaCursor] = weakref.WeakSet()
 
     def is_free(self) -> bool:
         raw = self.raw
@@ -79,6 +107,9 @@ class _Shared:
             and raw.autocommit
             and raw.info.transaction_status == _IDLE
         )
+
+    def has_open_cursors(self) -> bool:
+        return any(not cursor.closed for cursor in list(self.cursors))
 
 
 class _ThreadShared(threading.local):
@@ -103,11 +134,15 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
     shared database, with its schema on the search path for each of its statements."""
     schema = schema_of(wrapper.settings_dict)
     assert schema is not None
-    switch = _switch_per_transaction if wrapper.settings_dict.get(POOLED_KEY) else _switch
+    path: _SessionPath = (
+        _TransactionPath(schema) if wrapper.settings_dict.get(POOLED_KEY) else _SessionPath(schema)
+    )
     key = _database_key(wrapper.settings_dict)
-    open_connection = wrapper.get_new_connection
-    set_raw_autocommit = wrapper._set_autocommit  # type: ignore[attr-defined]
     instrumented = cast(Any, wrapper)
+    open_connection = wrapper.get_new_connection
+    set_raw_autocommit = instrumented._set_autocommit
+    commit, rollback = instrumented._commit, instrumented._rollback
+    create_cursor, chunked_cursor = wrapper.create_cursor, wrapper.chunked_cursor
 
     def get_new_connection(conn_params: dict[str, Any]) -> Any:
         return _lend(wrapper, key, open_connection, conn_params)
@@ -116,6 +151,7 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
         shared = _bound(wrapper)
         if shared is not None and not autocommit:
             _take(shared, wrapper)
+            path.transaction_begins(shared)
         set_raw_autocommit(autocommit)
         if (
             shared is not None
@@ -125,23 +161,65 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
         ):
             shared.owner = None
 
+    def owned(end: Callable[[], None]) -> Callable[[], None]:
+        def end_transaction() -> None:
+            shared = _bound(wrapper)
+            if shared is not None and shared.owner not in (None, wrapper):
+                raise _owned_by_another(shared, wrapper)
+            end()
+
+        return end_transaction
+
     def close() -> None:
         _release(wrapper)
 
-    def use_schema(
-        execute: Callable[..., Any], sql_: Any, params: Any, many: bool, context: Any
-    ) -> Any:
-        raw = context["cursor"].cursor.connection
+    def schema_cursor(name: str | None = None) -> Any:
+        cursor = create_cursor(name)
+        shared = _thread.by_raw.get(id(cursor.connection))
+        wrapped = _SchemaCursor(cursor, lambda: before_driver_call(cursor.connection))
+        if shared is not None:
+            shared.cursors.add(wrapped)
+        return wrapped
+
+    def unique_chunked_cursor() -> Any:
+        # Django numbers a connection object's named cursors from 1; the objects sharing
+        # a connection would reuse the names, and close each other's cursors.
+        instrumented._named_cursor_idx = next(_cursor_numbers)
+        return chunked_cursor()
+
+    def shared_for(raw: Any) -> _Shared:
+        if wrapper.closed_in_transaction:
+            raise TenancyError(
+                f"The connection of {wrapper.alias} was closed inside atomic(); leave the "
+                "atomic block before using the tenant again."
+            )
         shared = _thread.by_raw.get(id(raw))
         if shared is None or shared.raw is not raw:
             raise TenancyError(
                 f"A cursor of schema {schema!r} is used on a connection tenancy no longer "
                 "holds (closed at a safe point); make a new cursor."
             )
+        if shared.owner not in (None, wrapper):
+            raise _owned_by_another(shared, wrapper)
+        return shared
+
+    def before_driver_call(raw: Any) -> None:
+        """callproc(), copy() and stream(): the driver's, without execute wrappers."""
+        shared = shared_for(raw)
+        with wrapper.wrap_database_errors:
+            path.before_driver_call(shared, wrapper)
+        _after(shared, wrapper, "")
+
+    def use_schema(
+        execute: Callable[..., Any], sql_: Any, params: Any, many: bool, context: Any
+    ) -> Any:
+        raw = context["cursor"].cursor.connection
+        shared = shared_for(raw)
+        statement = sql_ if isinstance(sql_, str) else str(sql_)
         ends = False
         try:
             with wrapper.wrap_database_errors:
-                ends = switch(shared, wrapper, schema)
+                ends = path.before(shared, statement)
             result = execute(sql_, params, many, context)
             if ends:
                 with wrapper.wrap_database_errors:
@@ -153,27 +231,182 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
                     raw.execute("ROLLBACK")
             raise
         finally:
-            if _may_change_search_path(sql_):
-                shared.schema = None  # set again before the next statement
-            if raw.info.transaction_status != _IDLE:
-                shared.owner = wrapper  # a transaction begun by hand
-            elif raw.autocommit and shared.owner is wrapper:
-                shared.owner = None
+            _after(shared, wrapper, statement)
+            path.after(shared, statement)
 
     instrumented.get_new_connection = get_new_connection
     instrumented._set_autocommit = set_autocommit
+    instrumented._commit = owned(commit)
+    instrumented._rollback = owned(rollback)
     instrumented._close = close
+    instrumented.create_cursor = schema_cursor
+    instrumented.chunked_cursor = unique_chunked_cursor
     wrapper.execute_wrappers.append(use_schema)
 
 
-_PATH_CHANGING = re.compile(r"\b(?:search_path|reset|discard)\b", re.IGNORECASE)
+_cursor_numbers = itertools.count(1)
 
 
-def _may_change_search_path(statement: Any) -> bool:
+def _after(shared: _Shared, wrapper: BaseDatabaseWrapper, statement: str) -> None:
+    """After a statement of ``wrapper``'s: a transaction it left open (a ``BEGIN`` of its
+    own) makes the connection its own, as ``atomic()`` does."""
+    raw = shared.raw
+    shared.last_schema = schema_of(wrapper.settings_dict)
+    if raw.closed:
+        return
+    if raw.info.transaction_status != _IDLE:
+        if shared.owner is not wrapper:
+            _take(shared, wrapper)
+    elif raw.autocommit and shared.owner is wrapper:
+        shared.owner = None
+
+
+class _SchemaCursor:
+    """A driver cursor whose ``callproc()``, ``copy()`` and ``stream()`` set the search
+    path first; everything else is the driver cursor's."""
+
+    __slots__ = ("__weakref__", "_before", "_cursor")
+
+    def __init__(self, cursor: Any, before: Callable[[], None]) -> None:
+        self._cursor = cursor
+        self._before = before
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._cursor)
+
+    def __enter__(self) -> _SchemaCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cursor.close()
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._cursor.callproc(*args, **kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._cursor.copy(*args, **kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        self._before()
+        return self._cursor.stream(*args, **kwargs)
+
+
+_PATH_CHANGING = re.compile(r"\b(?:search_path|set_config|reset|discard)\b", re.IGNORECASE)
+_BEGINS = re.compile(r"\s*(?:begin|start\s+transaction)\b", re.IGNORECASE)
+_ENDS = re.compile(
+    r"\s*(?:commit|rollback|end|abort|savepoint|release|prepare\s+transaction)\b",
+    re.IGNORECASE,
+)
+
+
+def _may_change_search_path(statement: str) -> bool:
     """Whether a statement may change the search path (``SET search_path``, ``RESET``,
     ``DISCARD ALL``, ``set_config('search_path', ...)``); false alarms cost a round trip."""
-    text = statement if isinstance(statement, str) else str(statement)
-    return _PATH_CHANGING.search(text) is not None
+    return _PATH_CHANGING.search(statement) is not None
+
+
+class _SessionPath:
+    """The search path set for the session, outside any transaction."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.set_path = sql.SQL("SET search_path TO {}, pg_temp").format(sql.Identifier(schema))
+        self.set_local = sql.SQL("SET LOCAL search_path TO {}, pg_temp").format(
+            sql.Identifier(schema)
+        )
+
+    def before(self, shared: _Shared, statement: str) -> bool:
+        """Before a statement: ``True`` when it runs in a transaction begun here, which
+        the caller ends."""
+        self.switch(shared)
+        return False
+
+    def before_driver_call(self, shared: _Shared, wrapper: BaseDatabaseWrapper) -> None:
+        self.switch(shared)
+
+    def transaction_begins(self, shared: _Shared) -> None:
+        """Autocommit is turned off: the next statement begins a transaction."""
+
+    def after(self, shared: _Shared, statement: str) -> None:
+        if _may_change_search_path(statement):
+            shared.schema = None  # set again before the next statement
+
+    def switch(self, shared: _Shared) -> None:
+        raw, schema = shared.raw, self.schema
+        if shared.schema == schema:
+            return
+        if raw.info.transaction_status != _IDLE:
+            # Inside the tenant's own transaction the path was set before it began; a
+            # statement since may have changed it: set it for the rest of the
+            # transaction, and again for the session after it (unknown until then).
+            raw.execute(self.set_local)
+            return
+        autocommit = raw.autocommit
+        shared.schema = None  # unknown until the statement succeeds
+        if not autocommit:
+            raw.autocommit = True  # no transaction is open: this changes no server state
+        try:
+            raw.execute(self._with_discard(shared, self.set_path))
+        finally:
+            if not autocommit:
+                raw.autocommit = False
+        shared.schema = schema
+
+    def _with_discard(self, shared: _Shared, statement: sql.Composable) -> sql.Composable:
+        """``statement``, after dropping another tenant's temporary tables."""
+        if shared.last_schema in (None, self.schema):
+            return statement
+        return sql.SQL("DISCARD TEMP; ") + statement
+
+
+class _TransactionPath(_SessionPath):
+    """Behind a pooler in transaction mode: the path set with ``SET LOCAL`` at the start
+    of each transaction; a statement outside one gets a transaction of its own. Costs a
+    round trip per transaction."""
+
+    def before(self, shared: _Shared, statement: str) -> bool:
+        raw = shared.raw
+        status = raw.info.transaction_status
+        if _ENDS.match(statement):
+            return False  # COMMIT, ROLLBACK, SAVEPOINT...: within or ending a transaction
+        if status == _IDLE and raw.autocommit:
+            if _BEGINS.match(statement):
+                return False  # a transaction of the caller's: the path follows it
+            raw.execute(self._with_discard(shared, sql.SQL("BEGIN; ") + self.set_local))
+            shared.schema = self.schema
+            return True
+        if status == _IDLE or shared.schema != self.schema:
+            raw.execute(self.set_local)  # a transaction begins here (or the path changed)
+            shared.schema = self.schema
+        return False
+
+    def before_driver_call(self, shared: _Shared, wrapper: BaseDatabaseWrapper) -> None:
+        raw = shared.raw
+        if raw.info.transaction_status == _IDLE and raw.autocommit:
+            raise TenancyError(
+                f"{wrapper.alias} is behind a pooler in transaction mode: callproc(), "
+                "copy() and stream() on it need a transaction (tenancy.atomic())."
+            )
+        if raw.info.transaction_status == _IDLE or shared.schema != self.schema:
+            raw.execute(self.set_local)
+            shared.schema = self.schema
+
+    def transaction_begins(self, shared: _Shared) -> None:
+        if shared.last_schema not in (None, self.schema):
+            shared.raw.execute("DISCARD TEMP")  # outside the transaction, before it begins
+            shared.last_schema = None
+
+    def after(self, shared: _Shared, statement: str) -> None:
+        raw = shared.raw
+        if raw.closed or raw.info.transaction_status == _IDLE:
+            shared.schema = None  # SET LOCAL ended with the transaction
+        elif _may_change_search_path(statement):
+            shared.schema = None
 
 
 def _database_key(settings_dict: dict[str, Any]) -> str:
@@ -224,56 +457,6 @@ def _take(shared: _Shared, wrapper: BaseDatabaseWrapper) -> None:
             shared.users.discard(other)
 
 
-def _switch(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> bool:
-    """Set the connection's search path for the session, outside any transaction, before
-    a statement of ``wrapper``'s; ``False``: the statement needs no transaction of ours."""
-    raw = shared.raw
-    if shared.owner not in (None, wrapper):
-        raise _owned_by_another(shared, wrapper)
-    if shared.schema == schema:
-        return False
-    if raw.info.transaction_status != _IDLE:
-        # Inside the tenant's own transaction the path was set before it began; a
-        # statement since may have changed it: set it for the rest of the transaction,
-        # and again for the session after it (the schema stays unknown until then).
-        _set_local(raw, schema)
-        return False
-    autocommit = raw.autocommit
-    shared.schema = None  # unknown until the statement succeeds
-    if not autocommit:
-        raw.autocommit = True  # no transaction is open: this changes no server state
-    try:
-        raw.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-    finally:
-        if not autocommit:
-            raw.autocommit = False
-    shared.schema = schema
-    return False
-
-
-def _switch_per_transaction(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> bool:
-    """Behind a pooler in transaction mode a session setting would stay on a server
-    connection other clients get next: set the search path at the start of each
-    transaction with ``SET LOCAL``. A statement outside a transaction gets one of its
-    own (``True``: the caller commits it). Costs a round trip per transaction."""
-    raw = shared.raw
-    if shared.owner not in (None, wrapper):
-        raise _owned_by_another(shared, wrapper)
-    status = raw.info.transaction_status
-    if status == _IDLE and raw.autocommit:
-        raw.execute(sql.SQL("BEGIN; SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        shared.schema = None
-        return True
-    if status == _IDLE or shared.schema is None:
-        _set_local(raw, schema)  # Django's transaction begins here (or the path changed)
-        shared.schema = schema
-    return False
-
-
-def _set_local(raw: Any, schema: str) -> None:
-    raw.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-
-
 def _owned_by_another(shared: _Shared, wrapper: BaseDatabaseWrapper) -> TenancyError:
     owner = shared.owner
     return TenancyError(
@@ -314,7 +497,7 @@ def close_old(is_busy: Callable[[BaseDatabaseWrapper], bool]) -> None:
             if not broken and not (old and shared.is_free()):
                 continue
             users = list(shared.users)
-            if not broken and any(is_busy(user) for user in users):
+            if not broken and (shared.has_open_cursors() or any(is_busy(u) for u in users)):
                 continue
             for user in users:
                 user.connection = None

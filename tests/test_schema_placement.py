@@ -16,10 +16,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.db import DatabaseError, connections
 from django.test import Client
+from psycopg import sql
 
 from tenancy import NoTenantError, TenantRemoved, atomic, tenant_context
 from tenancy.backends import get_server
-from tenancy.conf import TenancySettings
+from tenancy.conf import TenancySettings, shared_database_name
 from tenancy.connections import (
     close_all,
     close_old_connections,
@@ -68,6 +69,14 @@ def schemas(request, settings, db_access):
     yield request.param
     close_all()
     asyncio.run(_close_in_executor())
+    if BACKEND == "postgresql":
+        # tenancy refuses to drop a database holding tenant schemas: the test does it,
+        # by name (a test may have pointed "shared" at another database meanwhile).
+        database = shared_database_name({"DATABASE": SHARED_DATABASE})
+        for server in ("one", "two"):
+            with get_server(server)._cursor() as cursor:
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                cursor.execute(drop.format(sql.Identifier(database)))
 
 
 async def _close_in_executor() -> None:
@@ -295,7 +304,7 @@ def test_raw_sql_and_a_search_path_changed_by_hand(schemas):
     acme, globex = with_note("acme"), with_note("globex")
     with tenant_context(acme), tenant_connection().cursor() as cursor:
         cursor.execute("SHOW search_path")
-        assert cursor.fetchone()[0] == acme.database_name
+        assert cursor.fetchone()[0] == f"{acme.database_name}, pg_temp"
         cursor.execute("SELECT text FROM tenantapp_note")
         assert cursor.fetchall() == [("acme note",)]
         cursor.execute("SET search_path TO %s" % globex.database_name)  # noqa: UP031
@@ -498,3 +507,145 @@ def test_the_admin_list_shows_each_tenants_placement(schemas, alpha):
         User.objects.all().delete()
     assert page.count("schema in tenancy_shared") == 1
     assert page.count(">database<") == 1  # alpha's
+
+
+# --- what a shared connection must not share (each would show another tenant's rows) --
+
+
+@postgresql_only
+def test_temporary_tables_never_reach_another_tenant(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE tenantapp_note AS SELECT * FROM tenantapp_note")
+        cursor.execute("CREATE TEMP TABLE scratch AS SELECT 'acme secret' AS text")
+        cursor.execute("SELECT text FROM scratch")
+        assert cursor.fetchall() == [("acme secret",)]
+    with tenant_context(globex):
+        assert texts() == ["globex note"]  # its own table, not acme's temporary copy
+        with tenant_connection().cursor() as cursor, pytest.raises(DatabaseError, match="scratch"):
+            cursor.execute("SELECT text FROM scratch")
+
+
+@postgresql_only
+def test_callproc_and_copy_run_in_the_tenants_schema(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex):
+        assert texts() == ["globex note"]  # the connection's path: globex
+    with tenant_context(acme):
+        if schemas:  # per transaction: the driver's calls need one
+            with tenant_connection().cursor() as cursor, pytest.raises(TenancyError):
+                cursor.callproc("current_schema")
+        with atomic(), tenant_connection().cursor() as cursor:
+            cursor.callproc("current_schema")
+            assert cursor.fetchall() == [(acme.database_name,)]
+        with tenant_context(globex):
+            assert texts() == ["globex note"]
+        with (
+            atomic(),
+            tenant_connection().cursor() as cursor,
+            cursor.copy("COPY tenantapp_note (text) FROM STDIN") as copy,
+        ):
+            copy.write_row(["acme, copied"])
+        assert texts() == ["acme note", "acme, copied"]
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
+
+
+@postgresql_only
+@pytest.mark.skipif(PGBOUNCER, reason="server-side cursors are off behind PgBouncer")
+def test_iterators_of_several_tenants_keep_their_own_cursors(schemas):
+    acme, globex, initech = with_note("acme"), with_note("globex"), with_note("initech")
+    with tenant_context(acme):
+        Note.objects.create(text="acme 2")
+        rows = Note.objects.values_list("text", flat=True).iterator(chunk_size=1)
+        first = next(rows)
+        for tenant in (globex, initech):
+            with tenant_context(tenant):
+                inner = list(Note.objects.values_list("text", flat=True).iterator(chunk_size=1))
+                assert inner == [f"{tenant.slug} note"]
+        assert [first, *rows] == ["acme note", "acme 2"]
+
+
+@postgresql_only
+@pytest.mark.skipif(PGBOUNCER, reason="server-side cursors are off behind PgBouncer")
+def test_an_open_iterator_keeps_the_shared_connection_open(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex):
+        Note.objects.create(text="globex 2")
+        rows = Note.objects.values_list("text", flat=True).iterator(chunk_size=1)
+        first = next(rows)
+    with tenant_context(acme), atomic():  # takes the connection: globex's object lets go
+        Note.objects.create(text="acme 2")
+    close_old_connections()  # CONN_MAX_AGE is 0
+    assert [first, *rows] == ["globex note", "globex 2"]
+    with tenant_context(acme):
+        assert texts() == ["acme note", "acme 2"]
+
+
+@postgresql_only
+def test_a_transaction_begun_by_hand_belongs_to_its_tenant(schemas):
+    from django.db import transaction
+
+    from tenancy.connections import alias_for
+
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex):
+        texts()  # globex's object holds the connection too
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("BEGIN")
+        Note.objects.create(text="acme, rolled back")
+        with tenant_context(globex):
+            transaction.commit(using=alias_for(globex))  # not acme's transaction
+            assert texts() == ["globex note"]
+        cursor.execute("ROLLBACK")
+        assert texts() == ["acme note"]
+
+
+@postgresql_only
+def test_a_connection_closed_inside_atomic_runs_nothing_more(schemas):
+    from django.db import transaction
+
+    acme = with_note("acme")
+    closed = pytest.raises(TenancyError, match="closed inside atomic")
+    with tenant_context(acme), closed, atomic():
+        connection = tenant_connection()
+        Note.objects.create(text="acme, rolled back")
+        connection.close()
+        transaction.set_rollback(False, using=connection.alias)
+        Note.objects.create(text="acme, after the close")
+    with tenant_context(acme):
+        assert texts() == ["acme note"]
+
+
+@postgresql_only
+def test_the_shared_database_is_never_a_database_tenants(schemas, alpha, settings):
+    from tenancy.provisioning import adopt_database
+
+    with_note("acme")
+    shared = get_server("shared").database
+    with pytest.raises(ProvisioningError, match="holding the tenant schemas of server"):
+        adopt_database("victim", shared, server="one")
+    assert get_server("one").database_exists(shared)
+    # Nor the other way round: a schema server pointed at a tenant's database (alpha's,
+    # on server "one", which addresses the same cluster as "shared").
+    servers = settings.TENANCY["SERVERS"]
+    taken = {**servers["shared"], "DATABASE": alpha.database_name.removeprefix("test_")}
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "shared": taken}}
+    assert get_server("shared").database == alpha.database_name
+    with pytest.raises(ProvisioningError, match="the database of tenant 'alpha'"):
+        create_tenant("initech", server="shared")
+
+
+@postgresql_only
+def test_a_schema_holding_an_extension_is_not_dropped(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("CREATE EXTENSION citext")  # lands in acme's schema
+    with pytest.raises(ReservedDatabaseError, match="holds the extension"):
+        deprovision_tenant(acme)
+    with get_server("shared")._shared_cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_extension WHERE extname = 'citext'")
+        assert cursor.fetchone()[0] == 1
+        cursor.execute(f"DROP EXTENSION citext")  # noqa: F541
+    with tenant_context(globex):
+        assert texts() == ["globex note"]

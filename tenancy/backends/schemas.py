@@ -17,15 +17,22 @@ from typing import Any
 
 from psycopg import errors, sql
 
+from tenancy.backends import get_server
 from tenancy.backends.postgresql import (
     PostgreSQLServer,
     _unpooled_wrapper,
     advisory_lock,
     server_address,
 )
-from tenancy.conf import SERVER_ONLY_KEYS, shared_database_name
+from tenancy.conf import SERVER_ONLY_KEYS, shared_database_name, tenancy_settings
 from tenancy.exceptions import ReservedDatabaseError
-from tenancy.reserved import check_drop, is_system_schema, protected_reason
+from tenancy.reserved import (
+    check_drop,
+    is_system_schema,
+    protected_reason,
+    registered_tenant,
+    template_reason,
+)
 from tenancy.validators import validate_database_name
 
 SHARED_ALIAS = "tenancy:shared"
@@ -67,13 +74,30 @@ class SchemaServer(PostgreSQLServer):
     def create_shared_database(self) -> bool:
         """Create the shared database unless it exists; ``ReservedDatabaseError`` when it
         is one of the project's databases."""
-        reason = protected_reason(PostgreSQLServer(self.name, self.template), self.database)
+        reason = self._unavailable_reason()
         if reason is not None:
             raise ReservedDatabaseError(
                 f"TENANCY['SERVERS'][{self.name!r}] names DATABASE {self.database!r}, which "
                 f"is {reason}; give the server's tenant schemas a database of their own."
             )
         return super().create_database(self.database)
+
+    def _unavailable_reason(self) -> str | None:
+        """Why the shared database cannot be this server's: the project's, a system or
+        maintenance database, a template or a spare, or a database tenant's."""
+        plain = PostgreSQLServer(self.name, self.template)
+        reason = protected_reason(plain, self.database, shared=False) or template_reason(
+            self.database
+        )
+        if reason is not None:
+            return reason
+        for name in tenancy_settings.SERVERS:
+            other = get_server(name)
+            if not other.holds_schemas and other.address == plain.address:
+                tenant = registered_tenant(name, self.database)
+                if tenant is not None:
+                    return f"the database of tenant {tenant.slug!r}"
+        return None
 
     def shared_database_exists(self) -> bool:
         return super().database_exists(self.database)
@@ -106,9 +130,14 @@ class SchemaServer(PostgreSQLServer):
         if not self.shared_database_exists():
             return False
         with self._shared_cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
-            if cursor.fetchone() is None:
+            cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [name])
+            row = cursor.fetchone()
+            if row is None:
                 return False
+            _refuse_shared_objects(cursor, self.name, name, row[0])
+            # A transaction still open on the tenant's tables would make the drop wait
+            # for ever: it fails instead, and the caller runs it again.
+            cursor.execute("SET lock_timeout = '10s'")
             cursor.execute(_compose(cursor, "DROP SCHEMA IF EXISTS {} CASCADE", name))
         return True
 
@@ -153,6 +182,19 @@ class SchemaServer(PostgreSQLServer):
         self.create_shared_database()
         with advisory_lock(self.shared_settings(), TEMPLATE_LOCK_KEY):
             yield
+
+
+def _refuse_shared_objects(cursor: Any, server: str, name: str, oid: int) -> None:
+    """``ReservedDatabaseError`` when dropping schema ``name`` would take an extension
+    installed in it along, which every schema of the database uses."""
+    cursor.execute("SELECT extname FROM pg_extension WHERE extnamespace = %s", [oid])
+    extensions = [row[0] for row in cursor.fetchall()]
+    if extensions:
+        raise ReservedDatabaseError(
+            f"Schema {name!r} on server {server!r} is not dropped: it holds the extension(s) "
+            f"{', '.join(extensions)}, which every schema of the database shares. Move them "
+            f"first (ALTER EXTENSION ... SET SCHEMA public) or keep the schema."
+        )
 
 
 def _validate_schema_name(name: str) -> None:
