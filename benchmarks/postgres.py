@@ -30,3 +30,17 @@ def maintenance_connection() -> Any:
         dbname="postgres",
         autocommit=True,
     )
+
+
+def drop_databases(prefix: str) -> None:
+    """Drop the cluster's databases whose names start with ``prefix``."""
+    from psycopg import sql
+
+    with maintenance_connection() as connection:
+        names = connection.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
+        ).fetchall()
+        for (name,) in names:
+            connection.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )

@@ -110,18 +110,9 @@ def setup(variant: str) -> None:
 
 
 def drop_databases() -> None:
-    from psycopg import sql
+    from benchmarks.postgres import drop_databases
 
-    from benchmarks.postgres import maintenance_connection
-
-    with maintenance_connection() as connection:
-        names = connection.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'bench_path_%'"
-        ).fetchall()
-        for (name,) in names:
-            connection.execute(
-                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    drop_databases("bench_path_")
 
 
 def create_database(name: str) -> None:

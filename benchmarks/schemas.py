@@ -268,18 +268,13 @@ def run_child(arguments: list[str]) -> None:
 
 
 def drop_databases() -> None:
+    """Drop the run's databases, and make the two main databases again."""
     from psycopg import sql
 
-    from benchmarks.postgres import maintenance_connection
+    from benchmarks.postgres import drop_databases, maintenance_connection
 
+    drop_databases("bench_sc_")
     with maintenance_connection() as connection:
-        names = connection.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'bench_sc_%'"
-        ).fetchall()
-        for (name,) in names:
-            connection.execute(
-                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
-            )
         for name in ("bench_sc_main", "bench_sc_dt"):
             connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 

@@ -4,13 +4,9 @@ contrib apps and a generated app with 30 migrations (``thirty``, its 31st in
 
 import os
 
-host, _, port = os.environ["TENANCY_TEST_PG_1"].rpartition(":")
-SERVER = {
-    "ENGINE": "django.db.backends.postgresql",
-    "HOST": host,
-    "PORT": port,
-    "USER": "postgres",
-}
+from benchmarks.postgres import server
+
+SERVER = server()
 SECRET_KEY = "benchmarks-only"
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
