@@ -216,13 +216,19 @@ def warm_connection(tenants: int, threads: int) -> dict[str, Any]:
 
     peak, done = [0], threading.Event()
 
+    def sessions(connection: Any) -> int:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench_sc_shared'"
+        return int(connection.execute(query).fetchone()[0])
+
+    with maintenance_connection() as connection:  # the closed ones have ended
+        deadline = time.monotonic() + 5
+        while sessions(connection) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def sample() -> None:
         with maintenance_connection() as connection:
             while not done.is_set():
-                row = connection.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench_sc_shared'"
-                ).fetchone()
-                peak[0] = max(peak[0], row[0])
+                peak[0] = max(peak[0], sessions(connection))
                 time.sleep(0.002)
 
     def serve(offset: int) -> None:

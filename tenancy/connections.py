@@ -81,6 +81,9 @@ logger = logging.getLogger("tenancy.connections")
 
 ALIAS_PREFIX = "tenant:"
 
+# The backend of a published test tenant that is a schema (tenancy.testing.schema_engine).
+SCHEMA_TEST_ENGINE = "tenancy.testing.schema_engine"
+
 # How long to wait for another thread's running query before cancelling it, and again
 # for the cancelled query to return, when closing that thread's connection.
 CLOSE_WAIT_SECONDS = 5.0
@@ -223,6 +226,10 @@ def publish(tenant: AbstractTenant, test_settings: dict[str, Any]) -> str:
         if registration is not None or _retirements.get(tenant.slug):
             raise TenancyError(f"Tenant {tenant.slug!r} was registered before being published.")
         database = {**connection_settings(tenant), "TEST": test_settings}
+        if schema_connections.schema_of(database) is not None:
+            # Django's test machinery makes a schema, and Django's connection objects for
+            # it share their thread's connection to the shared database.
+            database["ENGINE"] = SCHEMA_TEST_ENGINE
         database = connections.configure_settings({DEFAULT_DB_ALIAS: {}, alias: database})[alias]
         _registrations[tenant.slug] = _Registration(
             alias, tenant.server, tenant.database_name, database, published=True

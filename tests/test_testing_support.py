@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tenancy.backends import get_server
+from tests.settings import BACKEND
 
 pytest_plugins = ["pytester"]
 
@@ -225,6 +226,54 @@ def test_each_worker_has_its_own_databases(tenant, tenant_factory, number):
 """
 
 
+SCHEMAS = """
+import pytest
+from django.db import connections
+
+from notes.models import Note
+from tenancy import tenant_context
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+def schema_of(alias):
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT current_schema()")
+        return cursor.fetchone()[0]
+
+
+def test_the_test_tenant_is_a_schema_of_the_shared_test_database(tenant):
+    Note.objects.create(text="first")
+    assert Note.objects.count() == 1
+    assert str(connections[TEST_TENANT_ALIAS].settings_dict["NAME"]) == "test_shop_schemas"
+    assert schema_of(TEST_TENANT_ALIAS) == "test_shop_test"
+
+
+def test_writes_of_other_tests_are_rolled_back(tenant):
+    assert Note.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transactional_write(tenant):
+    Note.objects.create(text="committed")
+    assert Note.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_transactional_writes_are_emptied(tenant):
+    assert Note.objects.count() == 0
+
+
+def test_factory_tenants_of_either_placement(tenant, tenant_factory):
+    schema, database = tenant_factory("acme"), tenant_factory("initech", server="main")
+    for other in (schema, database):
+        with tenant_context(other):
+            Note.objects.create(text=other.slug)
+            assert list(Note.objects.values_list("text", flat=True)) == [other.slug]
+    assert schema.server == "schemas"
+    assert Note.objects.count() == 0  # the test tenant's
+"""
+
+
 @pytest.fixture
 def project(
     pytester: pytest.Pytester, db_access: None, monkeypatch: pytest.MonkeyPatch
@@ -246,6 +295,22 @@ def test_tenant_fixture_isolates_tests(project: pytest.Pytester) -> None:
     result.assert_outcomes(passed=10)
 
 
+@pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
+def test_fixtures_on_a_schema_server(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_SCHEMAS", "1")
+    project.makepyfile(check_schemas=SCHEMAS, check_cases=CASES)
+    project.runpytest_subprocess("-p", "no:randomly").assert_outcomes(passed=11)
+    shared = [d for d in get_server("two").list_databases() if d.startswith("test_shop_sch")]
+    assert shared == []  # the shared test database is dropped at the end
+    result = project.run(
+        sys.executable, "-m", "django", "test", "-p", "check_*.py", "--settings=shop.settings"
+    )
+    assert result.ret == 0, result.stderr.str()
+    result.stderr.fnmatch_lines(["Ran 6 tests in *", "OK"])
+
+
 def test_case_classes_under_pytest_and_django(project: pytest.Pytester) -> None:
     project.makepyfile(check_cases=CASES)
     project.runpytest_subprocess().assert_outcomes(passed=6)
@@ -254,6 +319,8 @@ def test_case_classes_under_pytest_and_django(project: pytest.Pytester) -> None:
     )
     assert result.ret == 0, result.stderr.str()
     result.stderr.fnmatch_lines(["Ran 6 tests in *", "OK"])
+    shared = [d for d in get_server("two").list_databases() if d.startswith("test_shop_sch")]
+    assert shared == []
 
 
 def test_reuse_db_keeps_the_tenant_database_between_runs(

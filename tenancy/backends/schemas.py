@@ -24,7 +24,13 @@ from tenancy.backends.postgresql import (
     advisory_lock,
     server_address,
 )
-from tenancy.conf import SERVER_ONLY_KEYS, shared_database_name, tenancy_settings
+from tenancy.conf import (
+    SERVER_ONLY_KEYS,
+    TEST_DATABASE_PREFIX,
+    is_test_run,
+    shared_database_name,
+    tenancy_settings,
+)
 from tenancy.exceptions import ReservedDatabaseError
 from tenancy.reserved import (
     check_drop,
@@ -98,6 +104,20 @@ class SchemaServer(PostgreSQLServer):
                 if tenant is not None:
                     return f"the database of tenant {tenant.slug!r}"
         return None
+
+    def drop_shared_test_database(self) -> None:
+        """Drop the shared database of a test run (``tenancy.testing``), whose name is a
+        test database's; refused for any other."""
+        if not is_test_run() or not self.database.startswith(TEST_DATABASE_PREFIX):
+            raise ReservedDatabaseError(
+                f"Database {self.database!r} of server {self.name!r} is not dropped: only a "
+                "test run's shared database is."
+            )
+        with PostgreSQLServer(self.name, self.template)._cursor() as cursor:
+            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            cursor.execute(
+                query.format(sql.Identifier(self.database)).as_string(cursor.connection)
+            )
 
     def shared_database_exists(self) -> bool:
         return super().database_exists(self.database)

@@ -108,12 +108,16 @@ def _tenancy_test_tenant(
     django_db_setup: None,
     django_db_blocker: Any,
     tenant_fields: dict[str, Any],
-) -> None:
+) -> Iterator[None]:
     """The test tenant's row, committed once, so that tests need not insert it each time."""
-    from tenancy.testing.tenant import ensure_test_tenant
+    from tenancy.testing.tenant import drop_shared_test_databases, ensure_test_tenant
 
     with django_db_blocker.unblock():
         request.config.stash[_committed_tenant] = ensure_test_tenant(tenant_fields)
+    yield
+    if not _reusing_databases(request):
+        with django_db_blocker.unblock():
+            drop_shared_test_databases()
 
 
 @pytest.fixture
@@ -188,8 +192,9 @@ def _tenancy_templates(
     ``--reuse-db``, dropped at the end otherwise."""
     from tenancy.conf import tenancy_settings
     from tenancy.template_databases import drop_template_databases, wait_for_spares
+    from tenancy.testing.tenant import drop_shared_test_databases
 
-    reuse = request.config.getvalue("reuse_db") and not request.config.getvalue("create_db")
+    reuse = _reusing_databases(request)
 
     def drop() -> None:
         wait_for_spares()
@@ -202,6 +207,13 @@ def _tenancy_templates(
     yield
     if not reuse:
         drop()
+        with django_db_blocker.unblock():
+            drop_shared_test_databases()
+
+
+def _reusing_databases(request: pytest.FixtureRequest) -> bool:
+    """``--reuse-db`` without ``--create-db``: test databases are kept between runs."""
+    return bool(request.config.getvalue("reuse_db") and not request.config.getvalue("create_db"))
 
 
 @pytest.fixture

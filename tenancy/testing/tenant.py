@@ -85,6 +85,17 @@ def drop_test_database(server: str, database_name: str) -> bool:
     return get_server(server).drop_database(database_name, allow_template=True)
 
 
+def drop_shared_test_databases() -> None:
+    """Drop the shared test databases of the schema servers (their tenants' schemas with
+    them), which tenancy otherwise refuses to drop: only test databases (``test_...``)."""
+    from tenancy.backends.schemas import SchemaServer
+
+    for name in tenancy_settings.SERVERS:
+        server = get_server(name)
+        if isinstance(server, SchemaServer) and server.database.startswith(TEST_DATABASE_PREFIX):
+            server.drop_shared_test_database()
+
+
 def ensure_test_tenant(fields: dict[str, Any] | None = None) -> AbstractTenant:
     """The test tenant's row in the main database, created if missing (active, with its
     host as primary domain). ``fields``: more values for a custom tenant model."""

@@ -54,3 +54,7 @@ TENANCY = {
     "DEFAULT_SERVER": "main",
     "DATABASE_NAME": "shop_{slug}",
 }
+
+if os.environ.get("SHOP_SCHEMAS"):  # tenants as schemas of a shared database (PostgreSQL)
+    SERVERS["schemas"] = {**SERVERS["second"], "PLACEMENT": "schemas", "DATABASE": "shop_schemas"}
+    TENANCY["DEFAULT_SERVER"] = "schemas"

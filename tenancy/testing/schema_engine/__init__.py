@@ -1,0 +1,1 @@
+"""The database backend of a published test tenant that is a schema (see ``base``)."""
