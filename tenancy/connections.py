@@ -137,6 +137,7 @@ class _ThreadUses(threading.local):
         self.uses: dict[str, _Use] = {}  # alias -> this thread's use of it
 
 
+_handler = cast(Any, connections)
 _lock = threading.Lock()
 _registrations: dict[str, _Registration] = {}  # slug -> registration
 _retirements: dict[str, int] = {}  # slug -> how many aliases of it were removed
@@ -167,6 +168,11 @@ def alias_for(tenant: AbstractTenant) -> str:
     use = _thread.uses.get(registration.alias)
     if use is None:
         use = _attach(registration)
+    elif getattr(_handler._connections, use.alias, None) is not use.wrapper:
+        # Django keeps connection objects per async context, not per thread: code run by
+        # sync_to_async in this thread (QuerySet.aiterator(), say) may come from a context
+        # that has not seen this thread's object yet, or has another thread's.
+        connections[use.alias] = use.wrapper
     use.last_used = time.monotonic()
     use.close_requested = False  # no longer the least recently used
     return registration.alias
@@ -317,9 +323,8 @@ def forget_inherited_connections() -> None:
     end the parent's session. They are kept referenced instead and never used.
     """
     global _lock, _thread, _all_uses
-    handler = cast(Any, connections)
-    _inherited.append((handler._connections, _thread, list(_all_uses)))
-    handler._connections = Local(handler.thread_critical)
+    _inherited.append((_handler._connections, _thread, list(_all_uses)))
+    _handler._connections = Local(_handler.thread_critical)
     _lock = threading.Lock()  # another thread may have held it at the fork
     _thread = _ThreadUses()
     _all_uses = weakref.WeakSet()

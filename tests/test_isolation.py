@@ -1,5 +1,7 @@
 """Each tenant's rows live in its own database, on its own server, and nowhere else."""
 
+import asyncio
+
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
@@ -59,3 +61,27 @@ def test_tenant_queries_never_reach_the_default_database(alpha):
         Note.objects.filter(text="x").update(text="y")
         Note.objects.all().delete()
     assert default_queries.captured_queries == []
+
+
+def test_async_iteration_reads_each_tenants_own_rows(notes):
+    """QuerySet.aiterator() runs its chunks through sync_to_async, in a context that has
+    not seen the thread's connection objects; tenants read at once stay apart."""
+    alpha, beta = notes
+    for tenant in (alpha, beta):
+        with tenant_context(tenant):
+            Note.objects.create(text=f"{tenant.slug} 2")
+
+    async def read(tenant):
+        with tenant_context(tenant):
+            chunked = [n.text async for n in Note.objects.aiterator(chunk_size=1)]
+            whole = [n.text async for n in Note.objects.all()]
+            return chunked, whole
+
+    async def read_all():
+        return await asyncio.gather(*(read(tenant) for tenant in (alpha, beta, alpha, beta)))
+
+    for tenant, (chunked, whole) in zip(
+        (alpha, beta, alpha, beta), asyncio.run(read_all()), strict=True
+    ):
+        expected = [f"{tenant.slug} note", f"{tenant.slug} 2"]
+        assert (chunked, whole) == (expected, expected)

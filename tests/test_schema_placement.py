@@ -262,7 +262,9 @@ def test_threads_and_tasks_each_see_their_tenants_rows(schemas):
     async def read(tenant: Tenant) -> list[str]:
         with tenant_context(tenant):
             await asyncio.sleep(0)
-            return [note.text async for note in Note.objects.all()]
+            chunked = [note.text async for note in Note.objects.aiterator(chunk_size=1)]
+            assert chunked == [note.text async for note in Note.objects.all()]
+            return chunked
 
     async def read_all() -> list[list[str]]:
         return await asyncio.gather(*(read(tenant) for tenant in tenants * 3))
