@@ -97,7 +97,8 @@ def prepare(tenants: int) -> None:
 def sessions() -> int:
     with maintenance_connection() as connection:
         row = connection.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'bench_conn_t%'"
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname LIKE 'bench_conn_t%' AND backend_type = 'client backend'"
         ).fetchone()
         return int(row[0]) if row else 0
 

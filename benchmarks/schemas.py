@@ -217,7 +217,10 @@ def warm_connection(tenants: int, threads: int) -> dict[str, Any]:
     peak, done = [0], threading.Event()
 
     def sessions(connection: Any) -> int:
-        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'bench_sc_shared'"
+        query = (  # clients only: autovacuum works on the database too
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = 'bench_sc_shared' AND backend_type = 'client backend'"
+        )
         return int(connection.execute(query).fetchone()[0])
 
     with maintenance_connection() as connection:  # the closed ones have ended

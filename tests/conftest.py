@@ -187,7 +187,9 @@ def _client_sessions(server: str, database_names: list[str]) -> int:
     if not PGBOUNCER:
         with get_server(server)._cursor() as cursor:
             cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [database_names]
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = ANY(%s) AND backend_type = 'client backend'",
+                [database_names],
             )
             return int(cursor.fetchone()[0])
     with pgbouncer_console(server) as console:
