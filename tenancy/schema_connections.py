@@ -52,7 +52,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from psycopg import pq, sql
@@ -153,6 +153,9 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
             _take(shared, wrapper)
             path.transaction_begins(shared)
         set_raw_autocommit(autocommit)
+        if shared is not None and not autocommit:
+            with wrapper.wrap_database_errors:
+                path.transaction_began(shared)
         if (
             shared is not None
             and autocommit
@@ -167,6 +170,8 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
             if shared is not None and shared.owner not in (None, wrapper):
                 raise _owned_by_another(shared, wrapper)
             end()
+            if shared is not None:
+                path.transaction_ended(shared)
 
         return end_transaction
 
@@ -176,7 +181,7 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
     def schema_cursor(name: str | None = None) -> Any:
         cursor = create_cursor(name)
         shared = _thread.by_raw.get(id(cursor.connection))
-        wrapped = _SchemaCursor(cursor, lambda: before_driver_call(cursor.connection))
+        wrapped = _SchemaCursor(cursor, lambda: holding(cursor.connection))
         if shared is not None:
             shared.cursors.add(wrapped)
         return wrapped
@@ -188,6 +193,12 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
         return chunked_cursor()
 
     def shared_for(raw: Any) -> _Shared:
+        lock = getattr(raw, "lock", None)
+        if lock is not None and lock.locked():
+            raise TenancyError(
+                f"{wrapper.alias} cannot run a statement now: a stream() or copy() of this "
+                "thread is in progress on its connection."
+            )
         if wrapper.closed_in_transaction:
             raise TenancyError(
                 f"The connection of {wrapper.alias} was closed inside atomic(); leave the "
@@ -203,19 +214,37 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
             raise _owned_by_another(shared, wrapper)
         return shared
 
-    def before_driver_call(raw: Any) -> None:
-        """callproc(), copy() and stream(): the driver's, without execute wrappers."""
+    @contextlib.contextmanager
+    def holding(raw: Any) -> Iterator[None]:
+        """Around callproc(), copy() and stream() (the driver's, without execute
+        wrappers): the tenant's path, and the connection its own while the driver holds
+        it (a copy or a stream keeps it busy), so that another tenant's statement in the
+        meantime is lent another connection."""
         shared = shared_for(raw)
         with wrapper.wrap_database_errors:
             path.before_driver_call(shared, wrapper)
-        _after(shared, wrapper, "")
+        took = shared.owner is None
+        if took:
+            _take(shared, wrapper)
+        try:
+            yield
+        finally:
+            if (
+                took
+                and shared.owner is wrapper
+                and not raw.closed
+                and raw.autocommit
+                and raw.info.transaction_status == _IDLE
+            ):
+                shared.owner = None
+            _after(shared, wrapper, "")
 
     def use_schema(
         execute: Callable[..., Any], sql_: Any, params: Any, many: bool, context: Any
     ) -> Any:
         raw = context["cursor"].cursor.connection
         shared = shared_for(raw)
-        statement = sql_ if isinstance(sql_, str) else str(sql_)
+        statement = _text(sql_, raw)
         ends = False
         try:
             with wrapper.wrap_database_errors:
@@ -257,19 +286,22 @@ def _after(shared: _Shared, wrapper: BaseDatabaseWrapper, statement: str) -> Non
     if raw.info.transaction_status != _IDLE:
         if shared.owner is not wrapper:
             _take(shared, wrapper)
-    elif raw.autocommit and shared.owner is wrapper:
+    elif raw.autocommit and shared.owner is wrapper and not raw.lock.locked():
         shared.owner = None
 
 
 class _SchemaCursor:
-    """A driver cursor whose ``callproc()``, ``copy()`` and ``stream()`` set the search
-    path first; everything else is the driver cursor's."""
+    """A driver cursor whose ``callproc()``, ``copy()`` and ``stream()`` run with the
+    tenant's path and connection (``holding``) when they reach the server; everything
+    else is the driver cursor's."""
 
-    __slots__ = ("__weakref__", "_before", "_cursor")
+    __slots__ = ("__weakref__", "_cursor", "_holding")
 
-    def __init__(self, cursor: Any, before: Callable[[], None]) -> None:
+    def __init__(
+        self, cursor: Any, holding: Callable[[], contextlib.AbstractContextManager[None]]
+    ) -> None:
         self._cursor = cursor
-        self._before = before
+        self._holding = holding
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
@@ -284,24 +316,45 @@ class _SchemaCursor:
         self._cursor.close()
 
     def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        self._before()
-        return self._cursor.callproc(*args, **kwargs)
+        with self._holding():
+            return self._cursor.callproc(*args, **kwargs)
 
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        self._before()
-        return self._cursor.copy(*args, **kwargs)
+    @contextlib.contextmanager
+    def copy(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with self._holding(), self._cursor.copy(*args, **kwargs) as copy:
+            yield copy
 
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        self._before()
-        return self._cursor.stream(*args, **kwargs)
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with self._holding():  # when the first row is asked for: the query is sent then
+            yield from self._cursor.stream(*args, **kwargs)
 
 
-_PATH_CHANGING = re.compile(r"\b(?:search_path|set_config|reset|discard)\b", re.IGNORECASE)
-_BEGINS = re.compile(r"\s*(?:begin|start\s+transaction)\b", re.IGNORECASE)
+_PATH_CHANGING = re.compile(r"\b(?:search_path|set_config|reset|discard|schema)\b", re.IGNORECASE)
+# What a statement starts with, after any comments (tenancy's SQL_COMMENT adds one).
+_LEADING = r"\A(?:\s|/\*.*?\*/|--[^\n]*(?:\n|\Z))*"
+_BEGINS = re.compile(_LEADING + r"(?:begin|start\s+transaction)\b", re.IGNORECASE | re.DOTALL)
 _ENDS = re.compile(
-    r"\s*(?:commit|rollback|end|abort|savepoint|release|prepare\s+transaction)\b",
-    re.IGNORECASE,
+    _LEADING + r"(?:commit|rollback|end|abort|release|prepare\s+transaction)\b",
+    re.IGNORECASE | re.DOTALL,
 )
+_ROLLS_BACK = re.compile(_LEADING + r"(?:rollback|abort)\b", re.IGNORECASE | re.DOTALL)
+# Statements PostgreSQL refuses inside a transaction block.
+_NO_TRANSACTION = re.compile(
+    _LEADING + r"(?:vacuum\b|cluster\b|create\s+database\b|alter\s+system\b|"
+    r"(?:create|drop|reindex)\b[^;]*\bconcurrently\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _text(statement: Any, raw: Any) -> str:
+    """The text of a statement as Django passes it: a string, bytes or psycopg SQL."""
+    if isinstance(statement, str):
+        return statement
+    if isinstance(statement, bytes):
+        return statement.decode(errors="replace")
+    if isinstance(statement, sql.Composable):
+        return statement.as_string(raw)
+    return str(statement)
 
 
 def _may_change_search_path(statement: str) -> bool:
@@ -330,7 +383,13 @@ class _SessionPath:
         self.switch(shared)
 
     def transaction_begins(self, shared: _Shared) -> None:
-        """Autocommit is turned off: the next statement begins a transaction."""
+        """Autocommit is about to be turned off: the next statement begins a transaction."""
+
+    def transaction_began(self, shared: _Shared) -> None:
+        """Autocommit was turned off."""
+
+    def transaction_ended(self, shared: _Shared) -> None:
+        """Django committed or rolled back (the driver's call, without execute wrappers)."""
 
     def after(self, shared: _Shared, statement: str) -> None:
         if _may_change_search_path(statement):
@@ -365,23 +424,35 @@ class _SessionPath:
 
 
 class _TransactionPath(_SessionPath):
-    """Behind a pooler in transaction mode: the path set with ``SET LOCAL`` at the start
-    of each transaction; a statement outside one gets a transaction of its own. Costs a
-    round trip per transaction."""
+    """Behind a pooler in transaction mode: the path set with ``SET LOCAL`` as each
+    transaction begins (Django's, when autocommit is turned off, before any savepoint; a
+    ``BEGIN`` of the caller's, right after it); a statement outside a transaction gets one
+    of its own. Costs a round trip per transaction."""
 
     def before(self, shared: _Shared, statement: str) -> bool:
         raw = shared.raw
-        status = raw.info.transaction_status
-        if _ENDS.match(statement):
-            return False  # COMMIT, ROLLBACK, SAVEPOINT...: within or ending a transaction
-        if status == _IDLE and raw.autocommit:
-            if _BEGINS.match(statement):
-                return False  # a transaction of the caller's: the path follows it
+        if _NO_TRANSACTION.match(statement):
+            raise TenancyError(
+                f"{statement.split()[0].upper()} cannot run on schema {self.schema!r} behind "
+                "a pooler in transaction mode: it needs a session of its own. Run it "
+                "against the server directly (a server entry without TRANSACTION_POOLING)."
+            )
+        if raw.info.transaction_status == _IDLE:
+            if not raw.autocommit:  # a transaction of Django's whose path is not set yet
+                raw.execute(self.set_local)
+                shared.schema = self.schema
+                return False
+            if _BEGINS.match(statement):  # the caller's own: its path follows it (after)
+                if shared.last_schema not in (None, self.schema):
+                    raw.execute("DISCARD TEMP")
+                return False
+            if _ENDS.match(statement):
+                return False  # nothing to end: PostgreSQL only warns
             raw.execute(self._with_discard(shared, sql.SQL("BEGIN; ") + self.set_local))
             shared.schema = self.schema
             return True
-        if status == _IDLE or shared.schema != self.schema:
-            raw.execute(self.set_local)  # a transaction begins here (or the path changed)
+        if shared.schema != self.schema:
+            raw.execute(self.set_local)  # begun by the caller, or the path may have changed
             shared.schema = self.schema
         return False
 
@@ -401,11 +472,21 @@ class _TransactionPath(_SessionPath):
             shared.raw.execute("DISCARD TEMP")  # outside the transaction, before it begins
             shared.last_schema = None
 
+    def transaction_began(self, shared: _Shared) -> None:
+        shared.raw.execute(self.set_local)  # the driver begins the transaction with it
+        shared.schema = self.schema
+
+    def transaction_ended(self, shared: _Shared) -> None:
+        shared.schema = None
+
     def after(self, shared: _Shared, statement: str) -> None:
         raw = shared.raw
-        if raw.closed or raw.info.transaction_status == _IDLE:
-            shared.schema = None  # SET LOCAL ended with the transaction
-        elif _may_change_search_path(statement):
+        if (
+            raw.closed
+            or raw.info.transaction_status == _IDLE
+            or _ROLLS_BACK.match(statement)  # a savepoint's rollback undoes a SET LOCAL
+            or _may_change_search_path(statement)
+        ):
             shared.schema = None
 
 

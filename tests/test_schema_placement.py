@@ -651,3 +651,127 @@ def test_a_schema_holding_an_extension_is_not_dropped(schemas):
         cursor.execute(f"DROP EXTENSION citext")  # noqa: F541
     with tenant_context(globex):
         assert texts() == ["globex note"]
+
+
+# --- second review: savepoints, statements as psycopg SQL, streams, drops -------------
+
+
+@postgresql_only
+def test_a_nested_atomic_block_runs_in_the_tenants_schema(schemas):
+    """Per transaction, a transaction whose first statement is a savepoint still gets the
+    path; a savepoint's rollback cannot undo it. The session's own path is another
+    tenant's here, as a pooled server connection's could be."""
+    acme, globex = with_note("acme"), with_note("globex")
+    close_all()
+    with tenant_context(acme):
+        connection_for(acme).ensure_connection()  # a new connection: no path known yet
+        raw = connection_for(acme).connection
+        raw.execute(f'SET search_path TO "{globex.database_name}"')
+        with atomic(), atomic():
+            assert texts() == ["acme note"]
+        with atomic():
+            with pytest.raises(ZeroDivisionError), atomic():
+                Note.objects.create(text="rolled back")
+                raise ZeroDivisionError
+            Note.objects.create(text="acme 2")
+        assert texts() == ["acme note", "acme 2"]
+    with tenant_context(globex):
+        assert texts() == ["globex note"]
+
+
+@postgresql_only
+def test_transaction_statements_as_psycopg_sql_or_after_a_comment(schemas):
+    acme = with_note("acme")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute(sql.SQL("BEGIN"))
+        cursor.execute("/* a comment */ INSERT INTO tenantapp_note (text) VALUES ('gone')")
+        cursor.execute("-- a comment\nROLLBACK")
+        assert texts() == ["acme note"]
+        cursor.execute("SET SCHEMA 'public'")  # SET search_path's other spelling
+        assert texts() == ["acme note"]
+
+
+@postgresql_only
+def test_a_begin_of_the_callers_own_drops_another_tenants_temporary_tables(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE scratch AS SELECT 'acme secret' AS text")
+    with tenant_context(globex), tenant_connection().cursor() as cursor:
+        cursor.execute("BEGIN")
+        with pytest.raises(DatabaseError, match="scratch"):
+            cursor.execute("SELECT text FROM scratch")
+        cursor.execute("ROLLBACK")
+
+
+@postgresql_only
+def test_streams_and_copies_read_their_tenant_when_they_run(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme), atomic(), tenant_connection().cursor() as cursor:
+        rows = cursor.stream("SELECT text FROM tenantapp_note")  # sent on the first row
+        copying = cursor.copy("COPY tenantapp_note (text) TO STDOUT")  # sent on entering
+        with tenant_context(globex):
+            assert texts() == ["globex note"]
+        assert [row[0] for row in rows] == ["acme note"]
+        with copying as copy:
+            assert b"".join(copy) == b"acme note\n"
+
+
+@postgresql_only
+def test_another_tenant_is_read_while_a_stream_is_open(schemas):
+    """Copying one tenant's rows into another: the stream keeps its connection busy, the
+    other tenant is lent another one."""
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme):
+        Note.objects.create(text="acme 2")
+    copied = []
+    with tenant_context(acme), atomic(), tenant_connection().cursor() as cursor:
+        for (text,) in cursor.stream("SELECT text FROM tenantapp_note ORDER BY id"):
+            with tenant_context(globex):
+                Note.objects.create(text=f"from {text}")
+                copied.append(Note.objects.count())
+    assert copied == [2, 3]
+    with tenant_context(globex):
+        assert texts() == ["globex note", "from acme note", "from acme 2"]
+
+
+@postgresql_only
+def test_statements_that_need_a_session_are_refused_behind_a_pooler(schemas):
+    acme = with_note("acme")
+    with tenant_context(acme), tenant_connection().cursor() as cursor:
+        statement = "CREATE INDEX CONCURRENTLY note_text ON tenantapp_note (text)"
+        if schemas:  # per transaction
+            with pytest.raises(TenancyError, match="needs a session of its own"):
+                cursor.execute(statement)
+        else:
+            cursor.execute(statement)
+
+
+@postgresql_only
+def test_a_shared_database_reached_by_another_spelling_is_not_dropped(schemas, settings):
+    from tenancy.provisioning import adopt_database
+
+    with_note("acme")
+    shared = get_server("shared").database
+    servers = settings.TENANCY["SERVERS"]
+    other_spelling = {**servers["one"], "HOST": "127.1"}  # the same cluster as 127.0.0.1
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "alias": other_spelling}}
+    if get_server("alias").address == get_server("one").address:
+        pytest.skip("the suite's servers are not reached as 127.0.0.1")
+    victim, _ = adopt_database("victim", shared, server="alias")
+    with pytest.raises(ReservedDatabaseError, match="holds the tenant schemas of server"):
+        deprovision_tenant(victim)
+    assert get_server("one").database_exists(shared)
+
+
+@postgresql_only
+def test_a_schema_another_tenant_depends_on_is_not_dropped(schemas):
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(globex), tenant_connection().cursor() as cursor:
+        cursor.execute(
+            f'CREATE VIEW report AS SELECT text FROM "{acme.database_name}".tenantapp_note'
+        )
+    with pytest.raises(ReservedDatabaseError, match="depend on it"):
+        deprovision_tenant(acme)
+    with tenant_context(globex), tenant_connection().cursor() as cursor:
+        cursor.execute("SELECT text FROM report")
+        assert cursor.fetchall() == [("acme note",)]

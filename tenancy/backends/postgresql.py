@@ -206,6 +206,32 @@ def _refuse_a_configured_database(server: str, name: str, target: tuple[Any, ...
                 f"Database {name!r} on server {server!r} is not dropped: it is the "
                 f"project's database DATABASES[{alias!r}]."
             )
+    _refuse_a_shared_database(server, name, target)
+
+
+def _refuse_a_shared_database(server: str, name: str, target: tuple[Any, ...]) -> None:
+    """The same question to the shared database of each schema server: a database tenant
+    on an entry that spells the host otherwise must not drop every schema tenant."""
+    from tenancy.backends import get_server
+    from tenancy.conf import tenancy_settings
+
+    for entry in tenancy_settings.SERVERS:
+        schemas = get_server(entry)
+        if not schemas.holds_schemas:
+            continue
+        try:
+            with schemas._shared_cursor() as cursor:  # type: ignore[attr-defined]
+                cursor.execute(
+                    f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = current_database()"
+                )
+                row = cursor.fetchone()
+        except Exception:
+            continue  # missing or unreachable: left to the comparison of names
+        if row is not None and tuple(row) == target:
+            raise ReservedDatabaseError(
+                f"Database {name!r} on server {server!r} is not dropped: it holds the "
+                f"tenant schemas of server {entry!r}."
+            )
 
 
 @contextmanager

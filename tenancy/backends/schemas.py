@@ -205,8 +205,8 @@ class SchemaServer(PostgreSQLServer):
 
 
 def _refuse_shared_objects(cursor: Any, server: str, name: str, oid: int) -> None:
-    """``ReservedDatabaseError`` when dropping schema ``name`` would take an extension
-    installed in it along, which every schema of the database uses."""
+    """``ReservedDatabaseError`` when dropping schema ``name`` would take along what other
+    schemas use: an extension installed in it, or objects elsewhere that depend on it."""
     cursor.execute("SELECT extname FROM pg_extension WHERE extnamespace = %s", [oid])
     extensions = [row[0] for row in cursor.fetchall()]
     if extensions:
@@ -214,6 +214,29 @@ def _refuse_shared_objects(cursor: Any, server: str, name: str, oid: int) -> Non
             f"Schema {name!r} on server {server!r} is not dropped: it holds the extension(s) "
             f"{', '.join(extensions)}, which every schema of the database shares. Move them "
             f"first (ALTER EXTENSION ... SET SCHEMA public) or keep the schema."
+        )
+    # What lives elsewhere (another tenant's view or foreign key) and depends on one of
+    # its tables or types: DROP SCHEMA ... CASCADE would drop it too.
+    cursor.execute(
+        """
+        SELECT DISTINCT dependent.identity
+        FROM pg_depend d
+        CROSS JOIN LATERAL pg_identify_object(d.classid, d.objid, 0) dependent
+        WHERE d.deptype = 'n'
+          AND ((d.refclassid = 'pg_class'::regclass
+                AND d.refobjid IN (SELECT c.oid FROM pg_class c WHERE c.relnamespace = %(ns)s))
+            OR (d.refclassid = 'pg_type'::regclass
+                AND d.refobjid IN (SELECT t.oid FROM pg_type t WHERE t.typnamespace = %(ns)s)))
+          AND dependent.schema IS DISTINCT FROM %(name)s
+        ORDER BY 1 LIMIT 5
+        """,
+        {"ns": oid, "name": name},
+    )
+    dependents = [row[0] for row in cursor.fetchall()]
+    if dependents:
+        raise ReservedDatabaseError(
+            f"Schema {name!r} on server {server!r} is not dropped: objects outside it "
+            f"depend on it ({', '.join(dependents)}); drop them first or keep the schema."
         )
 
 
