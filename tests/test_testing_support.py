@@ -20,22 +20,11 @@ pytest_plugins = ["pytester"]
 
 PROJECT = Path(__file__).parent / "plugin_project"
 
-ISOLATION = """
+# Tests of the test tenant's rollbacks, whatever its placement.
+ROLLBACKS = """
 import pytest
-from django.db import connections
 
 from notes.models import Note
-from tenancy.testing import TEST_TENANT_ALIAS
-
-
-def test_writes_go_to_the_test_tenant(tenant):
-    Note.objects.create(text="first")
-    assert Note.objects.count() == 1
-    assert tenant.slug == "test" and tenant.is_active
-    name = str(connections[TEST_TENANT_ALIAS].settings_dict["NAME"])
-    assert "test_shop_test" in name
-    assert "notes_note" in connections[TEST_TENANT_ALIAS].introspection.table_names()
-    assert "notes_note" not in connections["default"].introspection.table_names()
 
 
 def test_writes_of_other_tests_are_rolled_back(tenant):
@@ -52,6 +41,27 @@ def test_transactional_write(tenant):
 def test_transactional_writes_are_emptied(tenant):
     assert Note.objects.count() == 0
 """
+
+ISOLATION = (
+    """
+import pytest
+from django.db import connections
+
+from notes.models import Note
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+def test_writes_go_to_the_test_tenant(tenant):
+    Note.objects.create(text="first")
+    assert Note.objects.count() == 1
+    assert tenant.slug == "test" and tenant.is_active
+    name = str(connections[TEST_TENANT_ALIAS].settings_dict["NAME"])
+    assert "test_shop_test" in name
+    assert "notes_note" in connections[TEST_TENANT_ALIAS].introspection.table_names()
+    assert "notes_note" not in connections["default"].introspection.table_names()
+"""
+    + ROLLBACKS
+)
 
 CLIENTS = """
 from asgiref.sync import async_to_sync
@@ -226,7 +236,8 @@ def test_each_worker_has_its_own_databases(tenant, tenant_factory, number):
 """
 
 
-SCHEMAS = """
+SCHEMAS = (
+    """
 import pytest
 from django.db import connections
 
@@ -248,21 +259,6 @@ def test_the_test_tenant_is_a_schema_of_the_shared_test_database(tenant):
     assert schema_of(TEST_TENANT_ALIAS) == "test_shop_test"
 
 
-def test_writes_of_other_tests_are_rolled_back(tenant):
-    assert Note.objects.count() == 0
-
-
-@pytest.mark.django_db(transaction=True)
-def test_transactional_write(tenant):
-    Note.objects.create(text="committed")
-    assert Note.objects.count() == 1
-
-
-@pytest.mark.django_db(transaction=True)
-def test_transactional_writes_are_emptied(tenant):
-    assert Note.objects.count() == 0
-
-
 def test_factory_tenants_of_either_placement(tenant, tenant_factory):
     schema, database = tenant_factory("acme"), tenant_factory("initech", server="main")
     for other in (schema, database):
@@ -272,6 +268,8 @@ def test_factory_tenants_of_either_placement(tenant, tenant_factory):
     assert schema.server == "schemas"
     assert Note.objects.count() == 0  # the test tenant's
 """
+    + ROLLBACKS
+)
 
 
 @pytest.fixture
