@@ -437,10 +437,6 @@ class TenancySettings:
         """The name of ``slug``'s database, or of its schema on a schema server."""
         return as_test_database_name(self.DATABASE_NAME.format(slug=slug.replace("-", "_")))
 
-    def holds_schemas(self, server: str) -> bool:
-        """Whether server ``server`` keeps its tenants as schemas of one database."""
-        return is_schema_server(self.server(server))
-
 
 def is_schema_server(template: Mapping[str, Any]) -> bool:
     """Whether the server entry ``template`` keeps its tenants as schemas of one database."""

@@ -237,7 +237,7 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
                 and raw.info.transaction_status == _IDLE
             ):
                 shared.owner = None
-            _after(shared, wrapper, "")
+            _after(shared, wrapper, path.schema)
 
     def use_schema(
         execute: Callable[..., Any], sql_: Any, params: Any, many: bool, context: Any
@@ -260,7 +260,7 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
                     raw.execute("ROLLBACK")
             raise
         finally:
-            _after(shared, wrapper, statement)
+            _after(shared, wrapper, path.schema)
             path.after(shared, statement)
 
     instrumented.get_new_connection = get_new_connection
@@ -276,11 +276,11 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
 _cursor_numbers = itertools.count(1)
 
 
-def _after(shared: _Shared, wrapper: BaseDatabaseWrapper, statement: str) -> None:
-    """After a statement of ``wrapper``'s: a transaction it left open (a ``BEGIN`` of its
-    own) makes the connection its own, as ``atomic()`` does."""
+def _after(shared: _Shared, wrapper: BaseDatabaseWrapper, schema: str) -> None:
+    """After a statement of ``wrapper``'s (on ``schema``): a transaction it left open (a
+    ``BEGIN`` of its own) makes the connection its own, as ``atomic()`` does."""
     raw = shared.raw
-    shared.last_schema = schema_of(wrapper.settings_dict)
+    shared.last_schema = schema
     if raw.closed:
         return
     if raw.info.transaction_status != _IDLE:
@@ -443,8 +443,7 @@ class _TransactionPath(_SessionPath):
                 shared.schema = self.schema
                 return False
             if _BEGINS.match(statement):  # the caller's own: its path follows it (after)
-                if shared.last_schema not in (None, self.schema):
-                    raw.execute("DISCARD TEMP")
+                self.transaction_begins(shared)
                 return False
             if _ENDS.match(statement):
                 return False  # nothing to end: PostgreSQL only warns

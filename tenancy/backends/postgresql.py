@@ -47,8 +47,12 @@ def server_address(config: Mapping[str, Any]) -> tuple[str, str]:
 
 class PostgreSQLServer(DatabaseServer):
     def _maintenance_settings(self) -> dict[str, Any]:
+        return self._settings_for(self.template.get("MAINTENANCE_DB", DEFAULT_MAINTENANCE_DB))
+
+    def _settings_for(self, database_name: str) -> dict[str, Any]:
+        """Connection settings for the server's database ``database_name``."""
         database = {k: v for k, v in self.template.items() if k not in SERVER_ONLY_KEYS}
-        database["NAME"] = self.template.get("MAINTENANCE_DB", DEFAULT_MAINTENANCE_DB)
+        database["NAME"] = database_name
         return database
 
     @property
@@ -63,8 +67,17 @@ class PostgreSQLServer(DatabaseServer):
         )
 
     @contextmanager
-    def _cursor(self) -> Iterator[Any]:
-        wrapper = _unpooled_wrapper(self._maintenance_settings(), MAINTENANCE_ALIAS)
+    def _cursor(
+        self, database_name: str | None = None, alias: str = MAINTENANCE_ALIAS
+    ) -> Iterator[Any]:
+        """A cursor on a connection of tenancy's own to the maintenance database, or to
+        the server's database ``database_name``."""
+        settings = (
+            self._maintenance_settings()
+            if database_name is None
+            else self._settings_for(database_name)
+        )
+        wrapper = _unpooled_wrapper(settings, alias)
         try:
             with wrapper.cursor() as cursor:
                 yield cursor

@@ -12,7 +12,7 @@ project's own tables.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from psycopg import errors, sql
@@ -20,12 +20,11 @@ from psycopg import errors, sql
 from tenancy.backends import get_server
 from tenancy.backends.postgresql import (
     PostgreSQLServer,
-    _unpooled_wrapper,
+    _compose,
     advisory_lock,
     server_address,
 )
 from tenancy.conf import (
-    SERVER_ONLY_KEYS,
     TEST_DATABASE_PREFIX,
     is_test_run,
     shared_database_name,
@@ -63,19 +62,8 @@ class SchemaServer(PostgreSQLServer):
     def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
         return False  # a schema is never a database of settings.DATABASES
 
-    def shared_settings(self) -> dict[str, Any]:
-        database = {k: v for k, v in self.template.items() if k not in SERVER_ONLY_KEYS}
-        database["NAME"] = self.database
-        return database
-
-    @contextmanager
-    def _shared_cursor(self) -> Iterator[Any]:
-        wrapper = _unpooled_wrapper(self.shared_settings(), SHARED_ALIAS)
-        try:
-            with wrapper.cursor() as cursor:
-                yield cursor
-        finally:
-            wrapper.close()
+    def _shared_cursor(self) -> AbstractContextManager[Any]:
+        return self._cursor(self.database, SHARED_ALIAS)
 
     def create_shared_database(self) -> bool:
         """Create the shared database unless it exists; ``ReservedDatabaseError`` when it
@@ -97,12 +85,12 @@ class SchemaServer(PostgreSQLServer):
         )
         if reason is not None:
             return reason
+        # registered_tenant() looks on every entry at the address of the one it is given.
         for name in tenancy_settings.SERVERS:
             other = get_server(name)
             if not other.holds_schemas and other.address == plain.address:
                 tenant = registered_tenant(name, self.database)
-                if tenant is not None:
-                    return f"the database of tenant {tenant.slug!r}"
+                return f"the database of tenant {tenant.slug!r}" if tenant else None
         return None
 
     def drop_shared_test_database(self) -> None:
@@ -113,10 +101,9 @@ class SchemaServer(PostgreSQLServer):
                 f"Database {self.database!r} of server {self.name!r} is not dropped: only a "
                 "test run's shared database is."
             )
-        with PostgreSQLServer(self.name, self.template)._cursor() as cursor:
-            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        with self._cursor() as cursor:
             cursor.execute(
-                query.format(sql.Identifier(self.database)).as_string(cursor.connection)
+                _compose(cursor, "DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database)
             )
 
     def shared_database_exists(self) -> bool:
@@ -200,7 +187,7 @@ class SchemaServer(PostgreSQLServer):
     @contextmanager
     def template_lock(self) -> Iterator[None]:
         self.create_shared_database()
-        with advisory_lock(self.shared_settings(), TEMPLATE_LOCK_KEY):
+        with advisory_lock(self._settings_for(self.database), TEMPLATE_LOCK_KEY):
             yield
 
 
@@ -247,7 +234,3 @@ def _validate_schema_name(name: str) -> None:
             f"Schema {name!r} is PostgreSQL's own or shared by every tenant; it is never "
             "a tenant's."
         )
-
-
-def _compose(cursor: Any, template: str, name: str) -> str:
-    return sql.SQL(template).format(sql.Identifier(name)).as_string(cursor.connection)
