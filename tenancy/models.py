@@ -135,7 +135,9 @@ class AbstractTenant(models.Model):
         self._fill_database_name()
         stored = self._stored()
         self._check_identity(stored)
-        self._check_database(stored)
+        # A form adding a tenant (the admin's) also refuses a database left behind; save()
+        # does not, since adopting one saves a new row for it on purpose.
+        self._check_database(stored, new=stored is None)
 
     @property
     def is_active(self) -> bool:
@@ -182,12 +184,12 @@ class AbstractTenant(models.Model):
                 }
             )
 
-    def _check_database(self, stored: tuple[str, str, str] | None) -> None:
+    def _check_database(self, stored: tuple[str, str, str] | None, *, new: bool = False) -> None:
         # Unchanged, it was checked when it was set: the change form shows the database
         # name read-only, and an error for a field the form lacks would be a crash.
         if stored is not None and stored[1:] == (self.server, self.database_name):
             return
-        check_database_name_available(self)
+        check_database_name_available(self, new=new)
 
 
 class Tenant(AbstractTenant):

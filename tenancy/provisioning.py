@@ -86,7 +86,7 @@ def create_tenant(
         defaults["server"] = server
     existing = model._default_manager.filter(slug=slug).first()
     if existing is None:
-        _refuse_unavailable_database(model(slug=slug, **defaults))
+        _refuse_unavailable_database(model(slug=slug, **defaults), new=True)
     else:
         _refuse_changing_existing(existing, server, hostnames)
     _refuse_taken_domains(slug, hostnames)
@@ -291,9 +291,10 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
         ) from exc
 
 
-def _refuse_unavailable_database(tenant: AbstractTenant) -> None:
-    """``ProvisioningError`` when ``tenant``'s database is reserved or another tenant's."""
-    message = database_name_unavailable(tenant)
+def _refuse_unavailable_database(tenant: AbstractTenant, *, new: bool = False) -> None:
+    """``ProvisioningError`` when ``tenant``'s database is reserved or another tenant's
+    (or, for a tenant not recorded yet, exists already)."""
+    message = database_name_unavailable(tenant, new=new)
     if message is not None:
         raise ProvisioningError(message)
 

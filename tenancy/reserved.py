@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer
@@ -131,10 +131,12 @@ def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | N
     return reason
 
 
-def database_name_unavailable(tenant: AbstractTenant) -> str | None:
+def database_name_unavailable(tenant: AbstractTenant, *, new: bool = False) -> str | None:
     """The one-line message saying why ``tenant`` cannot have its database (a blank name
     is the one derived from its slug), or ``None``. Invalid slugs, names and servers are
-    left to the model's field validation."""
+    left to the model's field validation. ``new``: the tenant is not recorded yet, so a
+    database of that name is no tenant's and may hold a deleted tenant's rows (kept with
+    its database, or restored beside it): refused as well, never handed to a newcomer."""
     name = tenant.database_name
     if not name and is_valid_slug(tenant.slug):
         name = tenancy_settings.database_name_for(tenant.slug)
@@ -145,6 +147,13 @@ def database_name_unavailable(tenant: AbstractTenant) -> str | None:
     if tenant.server not in tenancy_settings.SERVERS:
         return None
     reason = unavailable_reason(tenant.server, name, slug=tenant.slug)
+    if reason is None and new and _exists(tenant.server, name):
+        return (
+            f"Database {name!r} exists already on server {tenant.server!r} and is no "
+            f"tenant's: it may hold a deleted tenant's data, so tenant {tenant.slug!r} is "
+            "not given it. Drop it first, or take it over with `manage.py create_tenant "
+            f"{tenant.slug} --adopt-database {name}`."
+        )
     if reason is None:
         return None
     return (
@@ -153,10 +162,19 @@ def database_name_unavailable(tenant: AbstractTenant) -> str | None:
     )
 
 
-def check_database_name_available(tenant: AbstractTenant) -> None:
+def _exists(server: str, database_name: str) -> bool:
+    """Whether the database exists; ``False`` when the server cannot be asked (provisioning
+    asks again, and reports the server's error on the tenant)."""
+    try:
+        return get_server(server).database_exists(database_name)
+    except DatabaseError:
+        return False
+
+
+def check_database_name_available(tenant: AbstractTenant, *, new: bool = False) -> None:
     """Raise ``ValidationError`` on ``database_name`` when ``tenant``'s database is
-    reserved or registered to another tenant."""
-    message = database_name_unavailable(tenant)
+    reserved or registered to another tenant (or, ``new``, exists already)."""
+    message = database_name_unavailable(tenant, new=new)
     if message is not None:
         raise ValidationError(
             {"database_name": ValidationError(message, code="unavailable_database_name")}

@@ -266,16 +266,28 @@ def test_deprovision_with_sessions_open(db_access):
             outside.close()
 
 
-def test_deprovision_keeping_the_database_then_recreating_reuses_it(db_access):
+def test_a_kept_database_is_never_handed_to_a_new_tenant_of_that_slug(db_access):
     tenant = create_tenant("gamma")
     with tenant_context(tenant):
-        Note.objects.create(text="survives")
+        Note.objects.create(text="the departed customer's")
     deprovision_tenant(tenant, keep_database=True)
     assert database_exists(tenant)
     assert Tenant.objects.count() == 0
-    again = create_tenant("gamma")
-    with tenant_context(again):
-        assert list(Note.objects.values_list("text", flat=True)) == ["survives"]
+    # A newcomer signing up as "gamma" must not see the departed customer's rows.
+    with pytest.raises(ProvisioningError, match=r"exists already on server .* is no tenant's"):
+        create_tenant("gamma", domains=["gamma.example.test"])
+    assert not Tenant.objects.exists()
+    assert not Domain.objects.exists()
+    with pytest.raises(CommandError, match="--adopt-database"):
+        call_command("create_tenant", "gamma")
+    # The admin's add form validates the row the same way.
+    with pytest.raises(ValidationError) as refused:
+        Tenant(slug="gamma", name="gamma").full_clean()
+    assert "is no tenant's" in str(refused.value.message_dict["database_name"])
+    # Taken over on purpose, the data comes back.
+    call_command("create_tenant", "gamma", "--adopt-database", tenant.database_name)
+    with tenant_context("gamma"):
+        assert list(Note.objects.values_list("text", flat=True)) == ["the departed customer's"]
 
 
 def test_create_tenant_command(db_access, capsys):
