@@ -9,7 +9,8 @@ the measuring process, as a WSGI server calls it. Plain Django serves the same v
 its only database; django-tenants finds the tenant by its host in its Domain table and sets
 the schema; tenancy finds it in ``tenancy.Domain`` in the main database and routes to the
 tenant's database; tenancy with schema placement routes to the tenant's schema of a shared
-database instead. All on the one cluster of TENANCY_TEST_PG_1.
+database instead; tenancy with users per tenant keeps users and sessions in the tenant's
+database (auth and sessions in TENANT_APPS). All on the one cluster of TENANCY_TEST_PG_1.
 
 Rows: persistent connections (CONN_MAX_AGE=600) and Django's default (CONN_MAX_AGE=0),
 anonymous and signed in (a session cookie of a user signed in on that tenant; the view
@@ -43,7 +44,9 @@ DJANGO_TENANTS = "4.0.1"  # pinned: the version measured
 BENCH_VENV = ROOT / ".venv-bench"
 HOST = "alpha.localhost"
 USERNAME = "bench"
-VARIANTS = ("plain", "django_tenants", "tenancy", "tenancy_schemas")
+VARIANTS = ("plain", "django_tenants", "tenancy", "tenancy_schemas", "tenancy_users")
+# The tenancy variants, as printed: a database per tenant, a schema per tenant, users per tenant.
+TENANCY_VARIANTS = {"tenancy": "tenancy", "tenancy_schemas": "schemas", "tenancy_users": "users"}
 ROWS = (
     ("persistent connections (CONN_MAX_AGE=600), anonymous", 600, False),
     ("persistent connections (CONN_MAX_AGE=600), signed in", 600, True),
@@ -157,6 +160,10 @@ def prepare(variant: str) -> None:
         tenant = create_tenant("alpha", domains=[HOST])
         with tenant_context(tenant):
             Note.objects.create(pk=1, title="alpha's note")
+            if variant == "tenancy_users":
+                User.objects.create_user(USERNAME)
+        if variant == "tenancy_users":
+            return
     User.objects.create_user(USERNAME)
 
 
@@ -187,14 +194,13 @@ def session_cookie(variant: str) -> str:
     from django.test import Client
 
     client = Client()
-    user = User.objects.get(username=USERNAME)
     if variant.startswith("tenancy"):
         from tenancy import tenant_context
 
         with tenant_context("alpha"):
-            client.force_login(user)
+            client.force_login(User.objects.get(username=USERNAME))
     else:
-        client.force_login(user)
+        client.force_login(User.objects.get(username=USERNAME))
     return f"sessionid={client.cookies['sessionid'].value}"
 
 
@@ -383,23 +389,27 @@ def main() -> None:
         f"median of {args.rounds} runs; statements counted over {COUNTED} more requests."
     )
     print(
-        "\ntenancy: a database per tenant; schemas: tenancy with schema placement\n"
-        f"\n{'':56} {'ms per request':^35} {'statements':^19} {'tenancy /':^15}"
-        f" {'schemas /':^15}\n"
-        f"{'':56} {'plain':>8} {'dj-ten.':>8} {'tenancy':>8} {'schemas':>8} {'pl':>4}"
-        f" {'dt':>4} {'tn':>4} {'sc':>4} {'plain':>7} {'dj-ten.':>7} {'plain':>7} {'dj-ten.':>7}"
+        "\ntenancy: a database per tenant, users and sessions in the main database; schemas: "
+        "the same with schema placement;\nusers: a database per tenant holding its users and "
+        "sessions too. Ratios: each tenancy variant's ms / plain's and / django-tenants'.\n"
+        f"\n{'':56} {'ms per request':^44} {'statements':^24}\n"
+        f"{'':56} {'plain':>8} {'dj-ten.':>8}"
+        + "".join(f" {name:>8}" for name in TENANCY_VARIANTS.values())
+        + f" {'pl':>4} {'dt':>4}"
+        + "".join(f" {name[:2]:>4}" for name in TENANCY_VARIANTS.values())
+        + "".join(f" {name + '/pl':>10} {name + '/dt':>10}" for name in TENANCY_VARIANTS.values())
     )
     for index, (label, _, _) in enumerate(ROWS):
         ms = {v: statistics.median(r["ms"] for r in results[(index, v)]) for v in VARIANTS}
         statements = {v: results[(index, v)][0]["statements"] for v in VARIANTS}
         print(
-            f"{label:56} {ms['plain']:8.3f} {ms['django_tenants']:8.3f} {ms['tenancy']:8.3f} "
-            f"{ms['tenancy_schemas']:8.3f} "
-            f"{statements['plain']:4.1f} {statements['django_tenants']:4.1f} "
-            f"{statements['tenancy']:4.1f} {statements['tenancy_schemas']:4.1f} "
-            f"{ms['tenancy'] / ms['plain']:6.2f}x {ms['tenancy'] / ms['django_tenants']:6.2f}x "
-            f"{ms['tenancy_schemas'] / ms['plain']:6.2f}x "
-            f"{ms['tenancy_schemas'] / ms['django_tenants']:6.2f}x"
+            f"{label:56}"
+            + "".join(f" {ms[v]:8.3f}" for v in VARIANTS)
+            + "".join(f" {statements[v]:4.1f}" for v in VARIANTS)
+            + "".join(
+                f" {ms[v] / ms['plain']:9.2f}x {ms[v] / ms['django_tenants']:9.2f}x"
+                for v in TENANCY_VARIANTS
+            )
         )
     for index in (1, 3):  # the signed-in rows
         print(f"\nStatements of one request, {ROWS[index][0]}:")
