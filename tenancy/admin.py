@@ -62,6 +62,7 @@ STATUS_COLOURS = {
     TenantStatus.SUSPENDED: "#8d6e00",
     TenantStatus.FAILED: "#c62828",
     TenantStatus.DELETING: "#6a1b9a",
+    TenantStatus.MOVING: "#1565c0",
 }
 
 

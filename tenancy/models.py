@@ -37,6 +37,7 @@ class TenantStatus(models.TextChoices):
     SUSPENDED = "suspended", _("suspended")
     FAILED = "failed", _("failed")
     DELETING = "deleting", _("deleting")
+    MOVING = "moving", _("moving")
 
 
 # The tenants whose databases are in use and kept at the current schema (migrate_tenants
@@ -286,6 +287,46 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant}"
+
+
+class MoveStep(models.TextChoices):
+    # The tenant is marked moving (answered 503); the copy is not made yet.
+    PREPARED = "prepared", _("prepared")
+    # The copy is being made; the target database may exist, incomplete.
+    COPYING = "copying", _("copying")
+    # The registry names the target; the source is to be dropped (or kept).
+    SWITCHED = "switched", _("switched")
+
+
+class TenantMove(models.Model):
+    """A move of a tenant's database to another server in progress (``tenancy.moving``).
+
+    Written before each step, so that running the move again after a crash knows which
+    databases are whose: before the switch the source is the tenant's and the target a
+    copy to make again or drop; after it, the other way round. Deleted when the move ends.
+    """
+
+    tenant = models.OneToOneField(
+        getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL),
+        on_delete=models.PROTECT,  # a tenant is not deleted in the middle of its move
+        related_name="+",
+        verbose_name=_("tenant"),
+    )
+    source_server = models.CharField(_("source server"), max_length=63)
+    target_server = models.CharField(_("target server"), max_length=63)
+    database_name = models.CharField(_("database name"), max_length=DATABASE_NAME_MAX_LENGTH)
+    previous_status = models.CharField(_("status before the move"), max_length=16)
+    step = models.CharField(_("step"), max_length=16, choices=MoveStep.choices)
+    keep_source = models.BooleanField(_("keep the source"), default=False)
+    started_at = models.DateTimeField(_("started at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("tenant move")
+        verbose_name_plural = _("tenant moves")
+
+    def __str__(self) -> str:
+        return f"move of tenant {self.tenant_id} to {self.target_server} ({self.step})"
 
 
 def get_tenant_model() -> type[AbstractTenant]:

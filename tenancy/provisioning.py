@@ -262,6 +262,11 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
             "is dropped, and a drop is not rolled back. Delete it outside "
             "transaction.atomic() (a view: mark it transaction.non_atomic_requests)."
         )
+    if tenant.status == TenantStatus.MOVING:
+        raise TenancyError(
+            f"Tenant {tenant.slug!r} is being moved; finish the move (`manage.py move_tenant "
+            f"{tenant.slug} --server NAME`) or undo it (`--abort`), then delete it."
+        )
     if not keep_database:
         check_tenant_drop(tenant)
     status, detail = tenant.status, tenant.status_detail

@@ -106,6 +106,7 @@ def test_unknown_host_is_404_and_touches_no_tenant(client, alpha):
         TenantStatus.PROVISIONING,
         TenantStatus.FAILED,
         TenantStatus.DELETING,
+        TenantStatus.MOVING,
     ],
 )
 def test_tenant_that_is_not_active_is_503(client, alpha, status):

@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a copy of a database is checked against: per table (``schema.table`` on
+    PostgreSQL), its number of rows and a checksum of them; per sequence, its last value."""
+
+    tables: dict[str, tuple[int, int]]
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    def differences(self, copy: Fingerprint) -> list[str]:
+        """What ``copy`` lacks or has otherwise; empty when it holds every row."""
+        problems = [
+            f"table {name} is missing" for name in sorted(self.tables.keys() - copy.tables.keys())
+        ]
+        problems += [
+            f"table {name} is not in the source"
+            for name in sorted(copy.tables.keys() - self.tables.keys())
+        ]
+        for name in sorted(self.tables.keys() & copy.tables.keys()):
+            (rows, checksum), (copied, copied_checksum) = self.tables[name], copy.tables[name]
+            if rows != copied:
+                problems.append(f"table {name} has {copied} rows, the source {rows}")
+            elif checksum != copied_checksum:
+                problems.append(f"table {name} has rows that differ from the source's")
+        for name, value in sorted(self.sequences.items()):
+            if copy.sequences.get(name, -1) < value:
+                problems.append(
+                    f"sequence {name} is at {copy.sequences.get(name)}, below the source's {value}"
+                )
+        return problems
 
 
 class DatabaseServer:
@@ -50,6 +82,31 @@ class DatabaseServer:
         raise NotImplementedError
 
     def list_databases(self) -> list[str]:
+        raise NotImplementedError
+
+    # -- moving a tenant (tenancy.moving) ----------------------------------------------
+
+    def database_size(self, name: str) -> int:
+        """Bytes the database takes on the server."""
+        raise NotImplementedError
+
+    def writes_stopped(
+        self, name: str, lock_key: int
+    ) -> AbstractContextManager[Callable[[], None]]:
+        """Hold the database's migration lock, and keep writes out of it where the server
+        can (it stays so after the block; ``allow_writes`` undoes it). Yields a function
+        that ends the database's other sessions."""
+        raise NotImplementedError
+
+    def end_sessions(self, name: str, keep: int | None = None) -> None:
+        """End the sessions on the database (but the one of pid ``keep``)."""
+        raise NotImplementedError
+
+    def allow_writes(self, name: str) -> None:
+        raise NotImplementedError
+
+    def fingerprint(self, name: str) -> Fingerprint:
+        """The database's tables (rows and a checksum of them) and sequences."""
         raise NotImplementedError
 
     def clone_database(self, template: str, name: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,7 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
 from psycopg import errors, sql
 
-from tenancy.backends.base import DatabaseServer, TemplateInUse, TemplateMissing
+from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateInUse, TemplateMissing
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
 from tenancy.exceptions import ReservedDatabaseError
 from tenancy.reserved import (
@@ -28,6 +28,32 @@ LOCK_ALIAS = "tenancy:lock"
 
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
+
+# Connection parameters (Django's settings and OPTIONS) as libpq's environment variables.
+_LIBPQ_ENVIRONMENT = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "passfile": "PGPASSFILE",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "gssencmode": "PGGSSENCMODE",
+    "channel_binding": "PGCHANNELBINDING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
+
+# A database every new session of which starts read-only, and back.
+_READ_ONLY = "ALTER DATABASE {} SET default_transaction_read_only = on"
+_WRITABLE = "ALTER DATABASE {} RESET default_transaction_read_only"
 
 # Hosts that reach a server on this machine. The socket directory ("" or a path) and the
 # loopback names may lead to one cluster or to two; taken as one, a database name of the
@@ -188,6 +214,106 @@ class PostgreSQLServer(DatabaseServer):
             )
             return [row[0] for row in cursor.fetchall()]
 
+    # -- moving a tenant (tenancy.moving) ----------------------------------------------
+
+    def client_environment(self, database_name: str) -> dict[str, str]:
+        """The environment in which PostgreSQL's client programs (``pg_dump``,
+        ``pg_restore``) reach ``database_name`` on this server: libpq's variables from the
+        server's settings, the password among them, never on a command line (``ps``)."""
+        settings = self._settings_for(database_name)
+        values: dict[str, object] = {
+            "host": settings.get("HOST"),
+            "port": settings.get("PORT"),
+            "user": settings.get("USER"),
+            "password": settings.get("PASSWORD"),
+            "dbname": database_name,
+        }
+        values.update(settings.get("OPTIONS") or {})
+        environment = dict(os.environ)
+        for keyword, variable in _LIBPQ_ENVIRONMENT.items():
+            if values.get(keyword) not in (None, ""):
+                environment[variable] = str(values[keyword])
+        return environment
+
+    def database_size(self, database_name: str) -> int:
+        with self._cursor() as cursor:
+            cursor.execute("SELECT pg_database_size(%s)", [database_name])
+            return int(cursor.fetchone()[0])
+
+    @contextmanager
+    def writes_stopped(self, database_name: str, lock_key: int) -> Iterator[Callable[[], None]]:
+        """Hold advisory lock ``lock_key`` in ``database_name`` (a migrator holding it is
+        waited for), make the database read-only for every new session and end the other
+        sessions on it, whose transactions roll back. It stays read-only after the block:
+        ``allow_writes`` undoes it. Yields a function that ends the other sessions again
+        (those of ``pg_dump``, whose settings a pooler would hand on)."""
+        validate_database_name(database_name)
+        wrapper = _unpooled_wrapper(self._settings_for(database_name), LOCK_ALIAS)
+        try:
+            wrapper.ensure_connection()
+            raw = wrapper.connection
+            raw.autocommit = False
+            # The pid as the server knows it (a pooler announces one of its own at login).
+            row = raw.execute(
+                "SELECT pg_backend_pid() FROM (SELECT pg_advisory_xact_lock(%s)) AS locked",
+                [lock_key],
+            ).fetchone()
+            with self._cursor() as cursor:
+                cursor.execute(_compose(cursor, _READ_ONLY, database_name))
+            self.end_sessions(database_name, keep=row[0])
+            yield lambda: self.end_sessions(database_name, keep=row[0])
+        finally:
+            wrapper.close()
+
+    def allow_writes(self, database_name: str) -> None:
+        validate_database_name(database_name)
+        with self._cursor() as cursor:
+            cursor.execute(_compose(cursor, _WRITABLE, database_name))
+        # Sessions opened meanwhile (a pooler's) started read-only; new ones start writable.
+        self.end_sessions(database_name)
+
+    def end_sessions(self, database_name: str, keep: int | None = None) -> None:
+        """End the sessions on ``database_name`` but the one of pid ``keep``: their
+        transactions roll back, and a pooler such as PgBouncer, which hands a server
+        connection's session settings on to its next client, opens fresh ones."""
+        with self._cursor() as cursor:
+            _end_sessions(cursor, database_name, keep=keep)
+
+    def fingerprint(self, database_name: str) -> Fingerprint:
+        """Per table of ``database_name``: its rows and a checksum of them (the sum of a
+        hash of each row's text, whatever the order); per sequence: its last value."""
+        tables: dict[str, tuple[int, int]] = {}
+        with self._cursor(database_name) as cursor:
+            # One snapshot; the text of a row depends on these settings, so both sides are
+            # read alike (SET LOCAL: nothing stays on a pooler's server connection).
+            cursor.execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
+                "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
+                "SET LOCAL bytea_output = 'hex'"
+            )
+            cursor.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' "
+                "AND left(n.nspname, 3) <> 'pg_' ORDER BY 1, 2"
+            )
+            for schema, table in cursor.fetchall():
+                query = sql.SQL(
+                    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)"
+                    "::bigint), 0) FROM {}.{} AS t"
+                ).format(sql.Identifier(schema), sql.Identifier(table))
+                cursor.execute(query.as_string(cursor.connection))
+                rows, checksum = cursor.fetchone()
+                tables[f"{schema}.{table}"] = (int(rows), int(checksum))
+            cursor.execute(
+                "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) "
+                "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' ORDER BY 1"
+            )
+            sequences = {name: int(value) for name, value in cursor.fetchall()}
+            cursor.execute("COMMIT")
+        return Fingerprint(tables, sequences)
+
 
 # What tells one cluster from another: no two clusters on a port started at the same
 # microsecond.
@@ -284,7 +410,9 @@ def _compose(cursor: Any, template: str, name: str) -> str:
     return query.as_string(cursor.connection)
 
 
-def _end_sessions(cursor: Any, database: str, timeout: float = 1.0) -> None:
+def _end_sessions(
+    cursor: Any, database: str, timeout: float = 1.0, keep: int | None = None
+) -> None:
     """End the sessions on the template ``database`` (ours, just closed; a connection pool's
     such as PgBouncer's, which keeps server connections open), and wait briefly for them to
     exit: CREATE DATABASE ... TEMPLATE refuses a template in use. Sessions that cannot be
@@ -292,15 +420,18 @@ def _end_sessions(cursor: Any, database: str, timeout: float = 1.0) -> None:
     try:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            [database],
+            "WHERE datname = %s AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s",
+            [database, keep],
         )
     except Exception as exc:
         if not isinstance(exc.__cause__, errors.InsufficientPrivilege):
             raise
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database])
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid IS DISTINCT FROM %s",
+            [database, keep],
+        )
         if cursor.fetchone()[0] == 0:
             return
         time.sleep(0.005)

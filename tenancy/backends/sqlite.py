@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from tenancy.backends.base import DatabaseServer, TemplateMissing
+from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateMissing
 from tenancy.conf import server_vendor
 from tenancy.reserved import check_drop
 from tenancy.validators import validate_database_name
@@ -84,33 +85,66 @@ class SQLiteServer(DatabaseServer):
         return existed
 
     def clone_database(self, template: str, name: str) -> bool:
-        source, target = self.path(template), self.path(name)
-        # Copy through SQLite's backup API into a private file, then link it into place:
-        # a crash never leaves a half-copied database under the tenant's name. What a
-        # killed process left of its private file is removed first.
-        _remove_partial_copies_of_dead_processes(target)
-        if target.exists():
-            return False
-        partial = _private_path(target)
         try:
+            return _copy_file(self.path(template), self.path(name))
+        except FileNotFoundError as exc:
+            raise TemplateMissing(str(exc)) from exc
+
+    def copy_database_from(self, source: SQLiteServer, name: str) -> bool:
+        """Copy database ``name`` of server ``source`` here; ``False`` when it exists here."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return _copy_file(source.path(name), self.path(name))
+
+    @contextlib.contextmanager
+    def writes_stopped(self, database_name: str, lock_key: int) -> Iterator[Callable[[], None]]:
+        """Hold the migration lock of ``database_name`` (a migrator holding it is waited
+        for). SQLite has no read-only mode a server enforces: writes of a process that
+        still has the database open are left to the copy's verification to detect."""
+        path = self.path(database_name)
+        with path.with_name(f"{path.name}.migrate-lock").open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                # Read-only: a missing template must not be created empty.
-                src_connection = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
-            except sqlite3.OperationalError as exc:
-                raise TemplateMissing(f"{source}: {exc}") from exc
-            with (
-                contextlib.closing(src_connection) as src,
-                contextlib.closing(sqlite3.connect(partial)) as copy,
-            ):
-                src.backup(copy)
-            try:
-                os.link(partial, target)
-            except FileExistsError:
-                return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
-        return True
+                yield lambda: None
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def end_sessions(self, database_name: str, keep: int | None = None) -> None:
+        return None  # no server, no sessions
+
+    def allow_writes(self, database_name: str) -> None:
+        return None
+
+    def database_size(self, database_name: str) -> int:
+        return self.path(database_name).stat().st_size
+
+    def fingerprint(self, database_name: str) -> Fingerprint:
+        """Per table: its rows and a checksum of them (a sum of a hash of each row,
+        whatever the order); per AUTOINCREMENT table, its ``sqlite_sequence`` value."""
+        path = self.path(database_name)
+        tables: dict[str, tuple[int, int]] = {}
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as connection:
+            names = [
+                name
+                for (name,) in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+                )
+            ]
+            for name in names:
+                rows, checksum = 0, 0
+                quoted = '"' + name.replace('"', '""') + '"'
+                for row in connection.execute(f"SELECT * FROM {quoted}"):
+                    digest = hashlib.blake2b(repr(row).encode(), digest_size=8).digest()
+                    rows, checksum = rows + 1, (checksum + int.from_bytes(digest, "big")) % 2**64
+                tables[name] = (rows, checksum)
+            sequences: dict[str, int] = {}
+            if connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+            ).fetchone():
+                sequences = dict(connection.execute("SELECT name, seq FROM sqlite_sequence"))
+        return Fingerprint(tables, sequences)
 
     def claim_database(self, candidates: list[str], name: str) -> bool:
         target = self.path(name)
@@ -147,6 +181,36 @@ class SQLiteServer(DatabaseServer):
         if not self.directory.is_dir():
             return []
         return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+
+def _copy_file(source: Path, target: Path) -> bool:
+    """Copy the database ``source`` to ``target`` through SQLite's backup API into a private
+    file, then link it into place: a crash never leaves a half-copied database under the
+    target's name. What a killed process left of its private file is removed first.
+    ``False`` when ``target`` exists; ``FileNotFoundError`` when ``source`` does not."""
+    _remove_partial_copies_of_dead_processes(target)
+    if target.exists():
+        return False
+    partial = _private_path(target)
+    try:
+        try:
+            # Read-only: a missing source must not be created empty.
+            src_connection = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.OperationalError as exc:
+            raise FileNotFoundError(f"{source}: {exc}") from exc
+        with (
+            contextlib.closing(src_connection) as src,
+            contextlib.closing(sqlite3.connect(partial)) as copy,
+        ):
+            src.backup(copy)
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return True
 
 
 def _private_path(target: Path) -> Path:

@@ -1,0 +1,465 @@
+"""Moving a tenant's database to another server: copied, verified, switched, every step
+recorded so that running the move again after a crash finishes it or undoes it.
+
+The steps of ``move_tenant`` (each written to a ``TenantMove`` row before it starts):
+
+1. **prepared**: the tenant is marked ``moving`` (its requests are answered 503 with
+   Retry-After) and every process is waited for to see it (``RESOLUTION_CACHE_TTL``);
+2. **copying**: under the source's migration lock (a migrator at work is waited for), the
+   source is made read-only and its other sessions ended (PostgreSQL), then copied to the
+   target (``pg_dump | pg_restore`` in one transaction; SQLite's backup API into a private
+   file linked into place) and the copy compared with the source: per table its rows and
+   a checksum of them, per sequence its value at least the source's;
+3. **switched**: the registry row names the target server and gets its status back, in
+   the same transaction that records the step; every process finds the tenant on its new
+   server at its next lookup;
+4. the source is dropped, or kept read-only (``keep_source``), and the row deleted.
+
+A failure before the switch (unapplied migrations, a copy that differs, a tool that
+fails) drops the copy and leaves the tenant serving from its source as before. A crash
+leaves the row: ``move_tenant`` again continues (making the copy again, or finishing after
+the switch), ``abort_move`` undoes a move that has not switched.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from django.db import DEFAULT_DB_ALIAS, router, transaction
+
+from tenancy.backends import get_server
+from tenancy.backends.base import DatabaseServer
+from tenancy.backends.postgresql import PostgreSQLServer
+from tenancy.backends.sqlite import SQLiteServer
+from tenancy.conf import tenancy_settings
+from tenancy.connections import unregister
+from tenancy.exceptions import TenancyError
+from tenancy.migration import LOCK_KEY, migrate_tenant
+from tenancy.models import AbstractTenant, MoveStep, TenantMove, TenantStatus, get_tenant_model
+from tenancy.registry_cache import wait_for_other_processes
+from tenancy.reserved import registered_tenant, unavailable_reason
+
+logger = logging.getLogger("tenancy.moving")
+
+# Statuses a tenant may be moved from: its database is complete and in use.
+MOVABLE_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
+
+# Objects owned by the target's user, as provisioning makes them; grants not copied (the
+# roles may not exist there). One transaction: a failure or a crash restores nothing.
+_DUMP_OPTIONS = ("--format=custom", "--compress=0", "--no-owner", "--no-acl")
+_RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transaction")
+
+Progress = Callable[[str, int, int], None]  # (step, done, total): bytes copied of about total
+
+
+class MoveError(TenancyError):
+    """A move that was refused or undone; the message says where the tenant serves."""
+
+
+@dataclass
+class MoveReport:
+    """What a move did, step by step (seconds each), for the command's output."""
+
+    slug: str
+    source_server: str
+    target_server: str
+    database_name: str
+    steps: dict[str, float] = field(default_factory=dict)
+    bytes_copied: int = 0
+    tables: int = 0
+    rows: int = 0
+    sequences: int = 0
+    source_kept: bool = False
+    resumed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def move_tenant(
+    tenant: AbstractTenant | str,
+    server: str,
+    *,
+    keep_source: bool = False,
+    progress: Progress | None = None,
+) -> MoveReport:
+    """Move ``tenant`` (or the tenant with that slug) to ``server``; see the module's
+    docstring. Running it again after a crash continues the recorded move (to the same
+    server). Raises ``MoveError`` when the move is refused or undone."""
+    tenant = _current(tenant)
+    move = TenantMove.objects.filter(tenant_id=tenant.pk).first()
+    if move is None:
+        _refuse_move(tenant, server)
+        report = MoveReport(tenant.slug, tenant.server, server, tenant.database_name)
+        if get_server(tenant.server).address == get_server(server).address:
+            # Two entries for one server (another user, or through a pooler): the database
+            # is the same; only the registry changes.
+            with _step(report, "switched"):
+                type(tenant)._default_manager.filter(pk=tenant.pk).update(server=server)
+            unregister(tenant)
+            return report
+        with _step(report, "prepared"):
+            move = _prepare(tenant, server, keep_source)
+    else:
+        if move.target_server != server:
+            raise MoveError(
+                f"Tenant {tenant.slug!r} is being moved to server {move.target_server!r}: run "
+                f"`manage.py move_tenant {tenant.slug} --server {move.target_server}` to finish "
+                f"that move, or `manage.py move_tenant {tenant.slug} --abort` to undo it."
+            )
+        report = MoveReport(
+            tenant.slug, move.source_server, move.target_server, move.database_name, resumed=True
+        )
+    if move.step != MoveStep.SWITCHED:
+        _copy_and_switch(tenant, move, report, progress)
+    _finish(tenant, move, report)
+    return report
+
+
+def abort_move(tenant: AbstractTenant | str) -> None:
+    """Undo ``tenant``'s move that has not switched yet: drop the copy, make the source
+    writable and give the tenant its status back. ``MoveError`` when there is no move to
+    undo, or it switched already (then run the move again to finish it)."""
+    tenant = _current(tenant)
+    move = TenantMove.objects.filter(tenant_id=tenant.pk).first()
+    if move is None:
+        raise MoveError(f"Tenant {tenant.slug!r} is not being moved; nothing to undo.")
+    if move.step == MoveStep.SWITCHED:
+        raise MoveError(
+            f"Tenant {tenant.slug!r} serves from server {move.target_server!r} already; run "
+            f"`manage.py move_tenant {tenant.slug} --server {move.target_server}` to finish "
+            "the move."
+        )
+    _undo(tenant, move)
+
+
+# -- the steps -----------------------------------------------------------------------------
+
+
+def _refuse_move(tenant: AbstractTenant, server: str) -> None:
+    """``MoveError`` for a move that cannot start; nothing is changed."""
+    slug = tenant.slug
+    if server not in tenancy_settings.SERVERS:
+        raise MoveError(
+            f"Tenant {slug!r} cannot be moved to server {server!r}: TENANCY['SERVERS'] does "
+            f"not define it (defined: {', '.join(sorted(tenancy_settings.SERVERS))})."
+        )
+    if server == tenant.server:
+        raise MoveError(f"Tenant {slug!r} is on server {server!r} already.")
+    if tenant.status not in MOVABLE_STATUSES:
+        raise MoveError(
+            f"Tenant {slug!r} is {tenant.status}; only an active or suspended tenant is moved. "
+            "Finish what it is in first (create_tenant or delete_tenant)."
+        )
+    source, target = get_server(tenant.server), get_server(server)
+    if source.holds_schemas or target.holds_schemas:
+        raise MoveError(
+            f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
+            "moving to or from a server whose tenants are schemas is not supported yet."
+        )
+    if type(source) is not type(target):
+        raise MoveError(
+            f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
+            "they are not the same kind of database server."
+        )
+    name = tenant.database_name
+    if source.address == target.address:
+        return  # the same database: only the registry changes
+    reason = unavailable_reason(server, name, slug=slug)
+    if reason is None and target.database_exists(name):
+        reason = "a database that exists there already"
+    if reason is not None:
+        raise MoveError(
+            f"Tenant {slug!r} cannot be moved to server {server!r}: its database {name!r} "
+            f"there is {reason}. Nothing was changed; the tenant serves from server "
+            f"{tenant.server!r}."
+        )
+    pending = migrate_tenant(tenant, check_only=True)
+    if pending.failed or pending.pending:
+        detail = pending.error or f"{len(pending.pending)} unapplied, first {pending.pending[0]}"
+        raise MoveError(
+            f"Tenant {slug!r} is not moved: its migrations are not current ({detail}). Run "
+            f"`manage.py migrate_tenants --tenant {slug}` first."
+        )
+
+
+def _prepare(tenant: AbstractTenant, server: str, keep_source: bool) -> TenantMove:
+    with transaction.atomic(using=_registry_database(tenant)):
+        move = TenantMove.objects.create(
+            tenant_id=tenant.pk,
+            source_server=tenant.server,
+            target_server=server,
+            database_name=tenant.database_name,
+            previous_status=tenant.status,
+            step=MoveStep.PREPARED,
+            keep_source=keep_source,
+        )
+        _set_status(tenant, TenantStatus.MOVING)
+    return move
+
+
+def _copy_and_switch(
+    tenant: AbstractTenant, move: TenantMove, report: MoveReport, progress: Progress | None
+) -> None:
+    source, target = get_server(move.source_server), get_server(move.target_server)
+    name = move.database_name
+    with _step(report, "waited"):
+        # Every process answers 503 from now on; this one's connections close.
+        wait_for_other_processes()
+        unregister(tenant)
+    try:
+        with source.writes_stopped(name, LOCK_KEY) as end_source_sessions:
+            _refuse_pending_migrations(tenant)
+            _set_step(move, MoveStep.COPYING)
+            with _step(report, "copied"):
+                _drop_copy(tenant, move, target)  # what a crashed run left
+                try:
+                    report.bytes_copied = _copy(source, target, name, progress)
+                finally:
+                    # Behind a pooler, the sessions of pg_dump and pg_restore would hand
+                    # their settings (an empty search_path) to the tenant's connections.
+                    end_source_sessions()
+                    target.end_sessions(name)
+            with _step(report, "verified"):
+                expected = source.fingerprint(name)
+                differences = expected.differences(target.fingerprint(name))
+                if differences:
+                    raise MoveError(
+                        f"the copy differs from the source: {'; '.join(differences[:3])}"
+                    )
+                report.tables = len(expected.tables)
+                report.rows = sum(rows for rows, _ in expected.tables.values())
+                report.sequences = len(expected.sequences)
+            with _step(report, "switched"):
+                _switch(tenant, move)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, MoveError) else f"{type(exc).__name__}: {exc}"
+        try:
+            _undo(tenant, move)
+        except Exception as undo_exc:
+            logger.exception("Tenant %s: undoing the move failed", tenant.slug)
+            raise MoveError(
+                f"Tenant {tenant.slug!r} was not moved ({reason}), and undoing it failed "
+                f"({type(undo_exc).__name__}: {undo_exc}). It stays marked moving; run "
+                f"`manage.py move_tenant {tenant.slug} --abort` once the servers answer."
+            ) from exc
+        raise MoveError(
+            f"Tenant {tenant.slug!r} was not moved ({reason}). It serves from server "
+            f"{move.source_server!r} as before."
+        ) from exc
+
+
+def _refuse_pending_migrations(tenant: AbstractTenant) -> None:
+    """Under the source's migration lock: a migration that ran meanwhile finished, and
+    one deployed meanwhile is not applied."""
+    result = migrate_tenant(tenant, check_only=True)
+    unregister(tenant)
+    if result.failed or result.pending:
+        detail = result.error or f"{len(result.pending)} unapplied, first {result.pending[0]}"
+        raise MoveError(
+            f"its migrations are not current ({detail}); run "
+            f"`manage.py migrate_tenants --tenant {tenant.slug}` first"
+        )
+
+
+def _switch(tenant: AbstractTenant, move: TenantMove) -> None:
+    """The registry names the target, and the step says so, in one transaction."""
+    with transaction.atomic(using=_registry_database(tenant)):
+        type(tenant)._default_manager.filter(pk=tenant.pk).update(
+            server=move.target_server, status=move.previous_status, status_detail=""
+        )
+        _set_step(move, MoveStep.SWITCHED)
+    tenant.server, tenant.status, tenant.status_detail = (
+        move.target_server,
+        move.previous_status,
+        "",
+    )
+
+
+def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> None:
+    unregister(tenant)  # this process's connections to the source
+    source = get_server(move.source_server)
+    name = move.database_name
+    if registered_tenant(move.source_server, name) is not None:
+        # Never drop what the registry gives a tenant (none of this move's doing).
+        move.keep_source = True
+    with _step(report, "source kept" if move.keep_source else "source dropped"):
+        if move.keep_source:
+            report.source_kept = True
+        elif source.database_exists(name):
+            source.drop_database(name)
+        move.delete()
+
+
+def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
+    """Before the switch: drop the copy, make the source writable, give the status back."""
+    if move.step == MoveStep.COPYING:
+        _drop_copy(tenant, move, get_server(move.target_server))
+    unregister(tenant)  # its sessions on the source end next
+    get_server(move.source_server).allow_writes(move.database_name)
+    with transaction.atomic(using=_registry_database(tenant)):
+        _set_status(tenant, move.previous_status)
+        move.delete()
+
+
+def _drop_copy(tenant: AbstractTenant, move: TenantMove, target: DatabaseServer) -> None:
+    """Drop the target database a move made (before the switch it is no tenant's)."""
+    other = registered_tenant(move.target_server, move.database_name, other_than=tenant.slug)
+    if other is not None or _registered_there(tenant, move):
+        raise MoveError(
+            f"database {move.database_name!r} on server {move.target_server!r} is a "
+            "registered tenant's; it is not dropped"
+        )
+    if target.database_exists(move.database_name):
+        target.drop_database(move.database_name)
+
+
+def _registered_there(tenant: AbstractTenant, move: TenantMove) -> bool:
+    row = type(tenant)._default_manager.filter(pk=tenant.pk).values_list("server", flat=True)
+    return row.first() == move.target_server
+
+
+# -- copying -------------------------------------------------------------------------------
+
+
+def _copy(
+    source: DatabaseServer, target: DatabaseServer, name: str, progress: Progress | None
+) -> int:
+    """Copy database ``name`` from ``source`` to ``target`` (which must not have it); the
+    bytes copied."""
+    total = source.database_size(name)
+    if isinstance(source, SQLiteServer) and isinstance(target, SQLiteServer):
+        target.copy_database_from(source, name)
+        if progress is not None:
+            progress("copied", total, total)
+        return total
+    assert isinstance(source, PostgreSQLServer)
+    assert isinstance(target, PostgreSQLServer)
+    return _dump_and_restore(source, target, name, total, progress)
+
+
+def _dump_and_restore(
+    source: PostgreSQLServer,
+    target: PostgreSQLServer,
+    name: str,
+    total: int,
+    progress: Progress | None,
+) -> int:
+    """``pg_dump`` from the source piped to ``pg_restore`` into a new, empty database on the
+    target, restored in one transaction (a failure or a crash leaves it empty). Objects are
+    owned by the target's user, as provisioning makes them; grants are not copied."""
+    dump_program, restore_program = _client_program("pg_dump"), _client_program("pg_restore")
+    target.create_database(name)
+    with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as restore_errors:
+        dump = subprocess.Popen(
+            [dump_program, *_DUMP_OPTIONS],
+            stdout=subprocess.PIPE,
+            stderr=dump_errors,
+            env=source.client_environment(name),
+        )
+        restore = subprocess.Popen(
+            [restore_program, *_RESTORE_OPTIONS, "--dbname", name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=restore_errors,
+            env=target.client_environment(name),
+        )
+        copied = 0
+        with _reaped(dump), _reaped(restore):
+            assert dump.stdout is not None
+            assert restore.stdin is not None
+            try:
+                while chunk := dump.stdout.read(1 << 20):
+                    restore.stdin.write(chunk)
+                    copied += len(chunk)
+                    if progress is not None:
+                        progress("copied", copied, total)
+                restore.stdin.close()
+            except BrokenPipeError:
+                dump.kill()  # pg_restore ended; its errors say why
+            dump.wait()
+            restore.wait()
+        for program, process, errors in (
+            ("pg_dump", dump, dump_errors),
+            ("pg_restore", restore, restore_errors),
+        ):
+            if process.returncode:
+                raise MoveError(f"{program} failed: {_first_lines(errors)}")
+    return copied
+
+
+@contextmanager
+def _reaped(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """End ``process`` if the block leaves before it ended."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _first_lines(errors: IO[bytes], lines: int = 3) -> str:
+    errors.seek(0)
+    text = errors.read().decode(errors="replace").strip().splitlines()
+    return " / ".join(text[:lines]) or "no message"
+
+
+def _client_program(name: str) -> str:
+    """PostgreSQL's client program ``name``: from PATH, else the newest of Debian's
+    ``/usr/lib/postgresql/<version>/bin``."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
+    )
+    if versions:
+        return str(versions[-1])
+    raise MoveError(
+        f"{name} was not found: install PostgreSQL's client programs (Debian: "
+        "postgresql-client) of the servers' version or newer, or put them on PATH"
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _current(tenant: AbstractTenant | str) -> AbstractTenant:
+    """The registry's row as it is now."""
+    slug = tenant if isinstance(tenant, str) else tenant.slug
+    found: AbstractTenant | None = get_tenant_model()._default_manager.filter(slug=slug).first()
+    if found is None:
+        raise MoveError(f"There is no tenant {slug[:80]!r}.")
+    return found
+
+
+def _registry_database(tenant: AbstractTenant) -> str:
+    return router.db_for_write(type(tenant)) or DEFAULT_DB_ALIAS
+
+
+def _set_status(tenant: AbstractTenant, status: str) -> None:
+    tenant.status, tenant.status_detail = status, ""
+    type(tenant)._default_manager.filter(pk=tenant.pk).update(status=status, status_detail="")
+
+
+def _set_step(move: TenantMove, step: str) -> None:
+    move.step = step
+    move.save(update_fields=["step", "updated_at"])
+
+
+@contextmanager
+def _step(report: MoveReport, name: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    report.steps[name] = round(time.monotonic() - started, 3)

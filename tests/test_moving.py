@@ -1,0 +1,277 @@
+"""move_tenant: a tenant's database copied to another server, verified and switched; every
+refusal and failure leaves it serving from its source, and a crashed move is finished or
+undone by running it again."""
+
+import json
+import sqlite3
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tenancy import moving as moving_module
+from tenancy import tenant_context
+from tenancy.backends import get_server
+from tenancy.connections import connection_for
+from tenancy.exceptions import TenancyError
+from tenancy.models import MoveStep, Tenant, TenantMove, TenantStatus
+from tenancy.moving import MoveError, abort_move, move_tenant
+from tenancy.provisioning import create_tenant, deprovision_tenant
+from tests.settings import BACKEND
+from tests.tenantapp.models import Note, Tag
+
+
+def exists(server, tenant):
+    return get_server(server).database_exists(tenant.database_name)
+
+
+def texts(tenant):
+    with tenant_context(tenant):
+        return sorted(Note.objects.values_list("text", flat=True))
+
+
+def write_to_source_behind_the_mover(database_name):
+    """A writer that ignores the tenant's status (a stray job, a psql session) adds a row
+    to the source: on PostgreSQL it has to switch off the read-only default first."""
+    server = get_server("one")
+    if BACKEND == "sqlite":
+        with sqlite3.connect(server.path(database_name)) as raw:
+            raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written during the copy')")
+        return
+    settings = server.template
+    with psycopg.connect(
+        host=settings["HOST"],
+        port=settings["PORT"],
+        user=settings["USER"],
+        dbname=database_name,
+        autocommit=True,
+    ) as raw:
+        raw.execute("SET default_transaction_read_only = off")
+        raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written during the copy')")
+
+
+@pytest.fixture
+def gamma(db_access):
+    tenant = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(tenant):
+        for number in range(25):
+            Note.objects.create(text=f"note {number:02}")
+        Tag.objects.create(note=Note.objects.first(), label="first")
+    return tenant
+
+
+def test_move_copies_every_row_switches_and_drops_the_source(gamma, beta, client):
+    before = texts(gamma)
+    with tenant_context(beta):
+        Note.objects.create(text="beta's own")
+    report = move_tenant(gamma, "two")
+
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("two", TenantStatus.ACTIVE)
+    assert not TenantMove.objects.exists()
+    assert not exists("one", tenant)
+    assert exists("two", tenant)
+    assert texts(tenant) == before
+    assert report.rows >= 26
+    assert report.tables >= 3
+    assert set(report.steps) == {
+        "prepared",
+        "waited",
+        "copied",
+        "verified",
+        "switched",
+        "source dropped",
+    }
+    # This process serves it from the new server at once, new rows included, and beta's
+    # database (on the same server now) is untouched.
+    response = client.get("/notes/", HTTP_HOST="gamma.example.test")
+    assert response.status_code == 200
+    assert "note 00" in response.content.decode()
+    assert "beta's own" not in response.content.decode()
+    with tenant_context(tenant):
+        Note.objects.create(text="after the move")
+        assert Note.objects.latest("pk").pk > 25  # the sequence came along
+    assert texts(beta) == ["beta's own"]
+    assert "after the move" not in texts(beta)
+
+
+def test_keep_source_keeps_it_read_only_and_no_newcomer_gets_it(gamma):
+    move_tenant(gamma, "two", keep_source=True)
+    assert exists("one", gamma)
+    assert exists("two", gamma)
+    if BACKEND == "postgresql":
+        server = get_server("one")
+        settings = server.template
+        with (
+            psycopg.connect(
+                host=settings["HOST"],
+                port=settings["PORT"],
+                user=settings["USER"],
+                dbname=gamma.database_name,
+            ) as raw,
+            pytest.raises(psycopg.errors.ReadOnlySqlTransaction),
+        ):
+            raw.execute("INSERT INTO tenantapp_note (text) VALUES ('late')")
+    # Moving back is refused while the kept source is there: never over a database.
+    with pytest.raises(MoveError, match="exists there already"):
+        move_tenant("gamma", "one")
+    assert Tenant.objects.get(slug="gamma").server == "two"
+
+
+def test_a_database_on_the_target_is_never_overwritten_or_dropped(gamma):
+    target = get_server("two")
+    target.create_database(gamma.database_name)  # someone else's, by that name
+    with pytest.raises(MoveError, match=r"exists there already. Nothing was changed"):
+        move_tenant(gamma, "two")
+    assert target.database_exists(gamma.database_name)
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+    assert not TenantMove.objects.exists()
+    target.drop_database(gamma.database_name)
+
+
+def test_unapplied_migrations_stop_the_move_before_anything_changes(gamma, migrations):
+    migrations("tests.migrations_v2")  # the project now has a migration gamma lacks
+    with pytest.raises(
+        MoveError, match=r"migrations are not current.*migrate_tenants --tenant gamma"
+    ):
+        move_tenant(gamma, "two")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+    assert not exists("two", tenant)
+
+
+def test_a_row_written_to_the_source_during_the_copy_fails_verification(gamma, monkeypatch):
+    copy = moving_module._copy
+
+    def copy_then_write(source, target, name, progress):
+        copied = copy(source, target, name, progress)
+        write_to_source_behind_the_mover(name)
+        return copied
+
+    monkeypatch.setattr(moving_module, "_copy", copy_then_write)
+    with pytest.raises(MoveError, match=r"tenantapp_note has 25 rows, the source 26.*as before"):
+        move_tenant(gamma, "two")
+    # Undone: the copy is dropped, the tenant serves (and writes) from its source.
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+    assert not TenantMove.objects.exists()
+    assert not exists("two", tenant)
+    with tenant_context(tenant):
+        Note.objects.create(text="writable again")
+    assert "written during the copy" in texts(tenant)
+    assert "writable again" in texts(tenant)
+
+
+def test_while_moving_requests_get_503_and_deleting_is_refused(gamma, client, monkeypatch):
+    seen = {}
+
+    def copy_and_look(source, target, name, progress):
+        seen["status"] = client.get("/notes/", HTTP_HOST="gamma.example.test").status_code
+        seen["retry"] = client.get("/notes/", HTTP_HOST="gamma.example.test")["Retry-After"]
+        with pytest.raises(TenancyError, match="is being moved"):
+            deprovision_tenant(Tenant.objects.get(slug="gamma"))
+        return copy(source, target, name, progress)
+
+    copy = moving_module._copy
+    monkeypatch.setattr(moving_module, "_copy", copy_and_look)
+    move_tenant(gamma, "two")
+    assert seen == {"status": 503, "retry": "120"}
+    assert client.get("/notes/", HTTP_HOST="gamma.example.test").status_code == 200
+
+
+def crashed_while_copying(tenant):
+    """What a move killed during the copy leaves: the row, the tenant marked moving, a
+    partial target database."""
+    TenantMove.objects.create(
+        tenant=tenant,
+        source_server="one",
+        target_server="two",
+        database_name=tenant.database_name,
+        previous_status=TenantStatus.ACTIVE,
+        step=MoveStep.COPYING,
+    )
+    Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus.MOVING)
+    get_server("two").create_database(tenant.database_name)
+
+
+def test_a_crashed_move_is_finished_by_running_it_again(gamma, capsys):
+    before = texts(gamma)
+    crashed_while_copying(gamma)
+    with pytest.raises(CommandError, match=r"being moved to server 'two'.*--abort"):
+        call_command("move_tenant", "gamma", "--server", "one")
+    call_command("move_tenant", "gamma", "--server", "two")
+    out = capsys.readouterr().out
+    assert "continuing the move recorded before" in out
+    assert "Tenant gamma is on server two" in out
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("two", TenantStatus.ACTIVE)
+    assert texts(tenant) == before
+    assert not exists("one", tenant)
+
+
+def test_a_crashed_move_is_undone_with_abort(gamma):
+    before = texts(gamma)
+    crashed_while_copying(gamma)
+    call_command("move_tenant", "gamma", "--abort")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+    assert not exists("two", tenant)
+    assert texts(tenant) == before
+    with pytest.raises(MoveError, match="not being moved"):
+        abort_move("gamma")
+
+
+def test_a_move_that_switched_is_finished_not_undone(gamma):
+    move_tenant(gamma, "two", keep_source=True)  # then pretend it crashed before the drop
+    TenantMove.objects.create(
+        tenant=gamma,
+        source_server="one",
+        target_server="two",
+        database_name=gamma.database_name,
+        previous_status=TenantStatus.ACTIVE,
+        step=MoveStep.SWITCHED,
+    )
+    with pytest.raises(MoveError, match="serves from server 'two' already"):
+        abort_move("gamma")
+    move_tenant("gamma", "two")
+    assert not exists("one", gamma)
+    assert exists("two", gamma)
+    assert Tenant.objects.get(slug="gamma").server == "two"
+
+
+def test_command_json_and_refusals(gamma, capsys):
+    call_command("move_tenant", "gamma", "--server", "two", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert (report["source_server"], report["target_server"]) == ("one", "two")
+    assert report["bytes_copied"] > 0
+    assert "verified" in report["steps"]
+    with pytest.raises(CommandError, match="on server 'two' already"):
+        call_command("move_tenant", "gamma", "--server", "two")
+    with pytest.raises(CommandError, match="does not define it"):
+        call_command("move_tenant", "gamma", "--server", "three")
+    with pytest.raises(CommandError, match="no tenant 'nobody'"):
+        call_command("move_tenant", "nobody", "--server", "one")
+
+
+def test_a_suspended_tenant_stays_suspended(gamma):
+    Tenant.objects.filter(pk=gamma.pk).update(status=TenantStatus.SUSPENDED)
+    move_tenant("gamma", "two")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("two", TenantStatus.SUSPENDED)
+
+
+def test_two_entries_for_one_server_switch_the_registry_only(gamma, settings):
+    from tenancy.conf import tenancy_settings
+
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**settings.TENANCY["SERVERS"], "one-again": tenancy_settings.SERVERS["one"]},
+    }
+    report = move_tenant(gamma, "one-again")
+    assert set(report.steps) == {"switched"}
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.server == "one-again"
+    assert len(texts(tenant)) == 25
+    assert gamma.database_name in str(connection_for(tenant).settings_dict["NAME"])
