@@ -84,6 +84,13 @@ else:
             "DIRECTORY": DATA_DIR / "tenants",
             "OPTIONS": SQLITE_OPTIONS,
         },
+        # Another directory stands in for another server: `manage.py move_tenant SLUG
+        # --server second` moves a tenant there.
+        "second": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "DIRECTORY": DATA_DIR / "tenants-second",
+            "OPTIONS": SQLITE_OPTIONS,
+        },
     }
     DATABASES = {
         "default": {

@@ -76,6 +76,11 @@ def test_demo_set_up_serves_each_tenant_its_own_tasks(tmp_path):
         "example_tenant__spare_1.sqlite3",  # a copy of it, made ahead for the next tenant
         "example_tenant__template.sqlite3",  # new tenants are copies of it
         "example_tenant_alpha.sqlite3",
+    ]
+    # beta is on the second server (directory), with a template and spare of its own.
+    assert sorted(p.name for p in (tmp_path / "tenants-second").glob("*.sqlite3")) == [
+        "example_tenant__spare_1.sqlite3",
+        "example_tenant__template.sqlite3",
         "example_tenant_beta.sqlite3",
     ]
 

@@ -194,3 +194,65 @@ def test_migrate_tenants_killed_at_random_points_is_finished_by_a_rerun(example)
     assert kills > 0
     registry = assert_registry_matches_servers(example)
     assert {status for status, _, _ in registry.values()} == {"active"}
+
+
+MOVE_KILLS = int(os.environ.get("TENANCY_CRASH_KILLS", "4"))
+COUNT_TASKS = "from example_project.projects.models import Task; print(Task.objects.count())"
+
+
+def test_moves_killed_at_random_points_are_finished_or_undone_by_a_rerun(example):
+    """move_tenant back and forth between the two servers, each killed at a random point,
+    then run again (to finish it) or with --abort (to undo it): the tenant ends up active
+    on exactly one server, with every row, and no database is left that the registry does
+    not name."""
+    rng = random.Random(SEED + 1)
+    slug = "mover"
+    example.manage("create_tenant", slug, "--domain", "mover.x")
+    example.manage(
+        "tenant_command",
+        "--tenant",
+        slug,
+        "shell",
+        "-c",
+        "from example_project.projects.models import Project, Task\n"
+        "project = Project.objects.create(name='moving')\n"
+        "Task.objects.bulk_create(Task(project=project, title=f't{n}') for n in range(500))",
+    )
+    rows = example.manage("tenant_command", "--tenant", slug, "shell", "-c", COUNT_TASKS).split()[
+        -1
+    ]
+
+    # How long a whole move takes: the window to kill in.
+    started = time.monotonic()
+    example.manage("move_tenant", slug, "--server", "second")
+    window = time.monotonic() - started
+    example.manage("move_tenant", slug, "--server", "main")
+
+    left_as = Counter()
+    for number in range(MOVE_KILLS):
+        _, source, _ = example.registry()[slug]
+        target = "second" if source == "main" else "main"
+        process = example.popen("move_tenant", slug, "--server", target)
+        killed = bool(kill_at(process, rng.uniform(0.2, window)))
+        status, server, _ = example.registry()[slug]
+        left_as[(killed, status, server)] += 1
+        if status == "moving" and rng.random() < 0.5:
+            aborting = example.popen("move_tenant", slug, "--abort", capture=True)
+            output = "".join(aborting.communicate(timeout=120))
+            if aborting.returncode:
+                # Killed after the switch: it is finished, not undone.
+                assert "already" in output, output
+                example.manage("move_tenant", slug, "--server", target)
+        elif status == "moving" or server == source:
+            example.manage("move_tenant", slug, "--server", target)
+        status, server, _ = example.registry()[slug]
+        assert status == "active", (number, status)
+        assert_registry_matches_servers(example)
+        counted = example.manage(
+            "tenant_command", "--tenant", slug, "shell", "-c", COUNT_TASKS
+        ).split()
+        assert counted[-1] == rows, (number, server, counted)
+
+    print(f"\nkilled moves left (killed, status, server): {dict(left_as)}")
+    assert any(killed and status == "moving" for killed, status, _ in left_as), left_as
+    example.manage("delete_tenant", slug, "--noinput")
