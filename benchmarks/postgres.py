@@ -6,9 +6,9 @@ import os
 from typing import Any
 
 
-def server(**extra: Any) -> dict[str, Any]:
-    """Django connection settings for the cluster, without NAME."""
-    host, _, port = os.environ["TENANCY_TEST_PG_1"].rpartition(":")
+def server(cluster: int = 1, **extra: Any) -> dict[str, Any]:
+    """Django connection settings for the cluster (TENANCY_TEST_PG_<cluster>), without NAME."""
+    host, _, port = os.environ[f"TENANCY_TEST_PG_{cluster}"].rpartition(":")
     return {
         "ENGINE": "django.db.backends.postgresql",
         "HOST": host,
@@ -18,11 +18,11 @@ def server(**extra: Any) -> dict[str, Any]:
     }
 
 
-def maintenance_connection() -> Any:
+def maintenance_connection(cluster: int = 1) -> Any:
     """An autocommit psycopg connection to the cluster's ``postgres`` database."""
     import psycopg
 
-    address = server()
+    address = server(cluster)
     return psycopg.connect(
         host=address["HOST"],
         port=address["PORT"],
@@ -32,11 +32,11 @@ def maintenance_connection() -> Any:
     )
 
 
-def drop_databases(prefix: str) -> None:
+def drop_databases(prefix: str, cluster: int = 1) -> None:
     """Drop the cluster's databases whose names start with ``prefix``."""
     from psycopg import sql
 
-    with maintenance_connection() as connection:
+    with maintenance_connection(cluster) as connection:
         names = connection.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
         ).fetchall()

@@ -24,6 +24,7 @@ the switch), ``abort_move`` undoes a move that has not switched.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import shutil
 import subprocess
 import tempfile
@@ -230,8 +231,11 @@ def _copy_and_switch(
                     end_source_sessions()
                     target.end_sessions(name)
             with _step(report, "verified"):
-                expected = source.fingerprint(name)
-                differences = expected.differences(target.fingerprint(name))
+                # Both servers read at once: each scans its own copy.
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    copied = pool.submit(target.fingerprint, name)
+                    expected = source.fingerprint(name)
+                    differences = expected.differences(copied.result())
                 if differences:
                     raise MoveError(
                         f"the copy differs from the source: {'; '.join(differences[:3])}"
