@@ -24,12 +24,12 @@ the switch), ``abort_move`` undoes a move that has not switched.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
