@@ -49,6 +49,7 @@ from tenancy.models import (
     TenantStatus,
     get_tenant_model,
 )
+from tenancy.moving import move_tenant
 from tenancy.provisioning import deprovision_tenant, provision_tenant
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "suspend_selected",
         "activate_selected",
         "retry_provisioning",
+        "move_selected_tenants",
         "delete_selected_tenants",
     ]
 
@@ -287,9 +289,36 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     ) -> HttpResponse | None:
         return self._delete_confirmation(request, list(queryset.order_by("slug")))
 
-    # Deleting a tenant must not run inside ATOMIC_REQUESTS' transaction on the main
-    # database (deprovision_tenant refuses): other processes must see it marked deleting
-    # before its database is dropped. The delete action runs from the changelist.
+    @admin.action(
+        description=_("Move selected tenants to another server"), permissions=["provision"]
+    )
+    def move_selected_tenants(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
+        """A page to choose the server; moves the tenants on a confirming POST."""
+        tenants = list(queryset.order_by("slug"))
+        form = MoveTenantsForm(request.POST if "confirm" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            server, keep = form.cleaned_data["server"], form.cleaned_data["keep_source"]
+            for tenant in tenants:
+                try:
+                    report = move_tenant(tenant, server, keep_source=keep)
+                except TenancyError as exc:
+                    messages.error(request, str(exc))
+                else:
+                    seconds = sum(report.steps.values())
+                    messages.success(
+                        request,
+                        f"Tenant {tenant.slug}: moved to server {server} in {seconds:.1f}s.",
+                    )
+            return None
+        return self._confirmation_page(
+            request, tenants, form, _("Move tenants"), "admin/tenancy/move_tenants.html"
+        )
+
+    # Deleting or moving a tenant must not run inside ATOMIC_REQUESTS' transaction on the
+    # main database (deprovision_tenant and move_tenant refuse): other processes must see
+    # it marked deleting (moving) first. Both actions run from the changelist.
     @method_decorator(transaction.non_atomic_requests)
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -325,9 +354,21 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     kept = _(" (database kept)") if keep else ""
                     messages.success(request, f"Tenant {tenant.slug}: deleted{kept}.")
             return None
+        return self._confirmation_page(
+            request, tenants, form, _("Delete tenants"), "admin/tenancy/delete_tenants.html"
+        )
+
+    def _confirmation_page(
+        self,
+        request: HttpRequest,
+        tenants: list[AbstractTenant],
+        form: forms.Form,
+        title: Any,
+        template: str,
+    ) -> TemplateResponse:
         context = {
             **self.admin_site.each_context(request),
-            "title": _("Delete tenants"),
+            "title": title,
             "opts": self.opts,
             "tenants": tenants,
             "form": form,
@@ -336,7 +377,23 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             # Django 6 marks breadcrumbs up as a list, and styles only that.
             "breadcrumbs_as_list": django.VERSION >= (6,),
         }
-        return TemplateResponse(request, "admin/tenancy/delete_tenants.html", context)
+        return TemplateResponse(request, template, context)
+
+
+class MoveTenantsForm(forms.Form):
+    server = forms.ChoiceField(
+        label=_("Server"),
+        help_text=_("Where the tenants' databases go (a server of TENANCY['SERVERS'])."),
+    )
+    keep_source = forms.BooleanField(
+        required=False,
+        label=_("Keep the source databases"),
+        help_text=_("Keep each old database, read-only, instead of dropping it."),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["server"].choices = [(name, name) for name in sorted(tenancy_settings.SERVERS)]  # type: ignore[attr-defined]
 
 
 class DeleteTenantsForm(forms.Form):

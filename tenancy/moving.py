@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import DEFAULT_DB_ALIAS, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer
@@ -46,7 +46,7 @@ from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
 from tenancy.migration import LOCK_KEY, migrate_tenant
 from tenancy.models import AbstractTenant, MoveStep, TenantMove, TenantStatus, get_tenant_model
-from tenancy.registry_cache import wait_for_other_processes
+from tenancy.registry_cache import in_own_transaction, wait_for_other_processes
 from tenancy.reserved import registered_tenant, unavailable_reason
 
 logger = logging.getLogger("tenancy.moving")
@@ -97,6 +97,13 @@ def move_tenant(
     docstring. Running it again after a crash continues the recorded move (to the same
     server). Raises ``MoveError`` when the move is refused or undone."""
     tenant = _current(tenant)
+    if in_own_transaction(connections[_registry_database(tenant)]):
+        raise MoveError(
+            f"Tenant {tenant.slug!r} cannot be moved inside a transaction on the main "
+            "database: other processes must see it marked moving before its database is "
+            "copied. Move it outside transaction.atomic() (a view: mark it "
+            "transaction.non_atomic_requests)."
+        )
     move = TenantMove.objects.filter(tenant_id=tenant.pk).first()
     if move is None:
         _refuse_move(tenant, server)

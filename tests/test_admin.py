@@ -12,6 +12,7 @@ from tenancy import tenant_context
 from tenancy.backends import get_server
 from tenancy.models import Domain, Membership, Tenant, TenantStatus
 from tenancy.signals import tenant_provisioned
+from tests.tenantapp.models import Note
 
 ADMIN = "admin.example.test"
 CHANGELIST = "/admin/tenancy/tenant/"
@@ -212,11 +213,36 @@ def test_delete_button_of_one_tenant_drops_its_database(superuser, users):
     assert not get_server("one").database_exists(gamma.database_name)
 
 
+def test_moving_asks_for_the_server_then_moves_every_row(superuser):
+    superuser.post(f"{CHANGELIST}add/", add_form("gamma"))
+    gamma = Tenant.objects.get(slug="gamma")
+    with tenant_context(gamma):
+        Note.objects.create(text="gamma's")
+    page = act(superuser, "move_selected_tenants", gamma)
+    assert 'name="server"' in page.content.decode()
+    assert Tenant.objects.get(slug="gamma").server == "one"  # nothing before confirming
+    done = act(superuser, "move_selected_tenants", gamma, confirm="yes", server="two")
+    [message] = texts(done)
+    assert message.startswith("Tenant gamma: moved to server two in ")
+    gamma.refresh_from_db()
+    assert (gamma.server, gamma.status) == ("two", TenantStatus.ACTIVE)
+    assert not get_server("one").database_exists(gamma.database_name)
+    with tenant_context(gamma):
+        assert list(Note.objects.values_list("text", flat=True)) == ["gamma's"]
+    refused = act(superuser, "move_selected_tenants", gamma, confirm="yes", server="two")
+    assert texts(refused) == ["Tenant 'gamma' is on server 'two' already."]
+
+
 def test_database_changes_need_the_provision_permission(users, alpha):
     viewer = client_for("view_tenant", "change_tenant", "add_tenant", "delete_tenant")
     page = viewer.get(CHANGELIST).content.decode()
     assert "suspend_selected" in page
-    for action in ("migrate_selected", "retry_provisioning", "delete_selected_tenants"):
+    for action in (
+        "migrate_selected",
+        "retry_provisioning",
+        "move_selected_tenants",
+        "delete_selected_tenants",
+    ):
         assert action not in page
     assert viewer.get(f"{CHANGELIST}add/").status_code == 403
     assert viewer.get(f"{CHANGELIST}{alpha.pk}/delete/").status_code == 403
@@ -269,7 +295,6 @@ def test_tenant_models_belong_on_a_tenant_admin_site(db_access):
 
     import tests.urls  # noqa: F401  (the sites the URLs use)
     from tenancy.checks import check_admin_sites
-    from tests.tenantapp.models import Note
 
     assert check_admin_sites() == []
     wrong = AdminSite(name="wrong")

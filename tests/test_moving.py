@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import transaction
 
 from tenancy import moving as moving_module
 from tenancy import tenant_context
@@ -275,3 +276,11 @@ def test_two_entries_for_one_server_switch_the_registry_only(gamma, settings):
     assert tenant.server == "one-again"
     assert len(texts(tenant)) == 25
     assert gamma.database_name in str(connection_for(tenant).settings_dict["NAME"])
+
+
+def test_a_move_inside_a_transaction_on_the_main_database_is_refused(gamma):
+    # Other processes would not see the tenant marked moving before its copy is made.
+    with transaction.atomic(), pytest.raises(MoveError, match="inside a transaction"):
+        move_tenant(gamma, "two")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
