@@ -23,6 +23,8 @@ the switch), ``abort_move`` undoes a move that has not switched.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -35,12 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer
-from tenancy.backends.postgresql import PostgreSQLServer
-from tenancy.backends.sqlite import SQLiteServer
+from tenancy.backends.postgresql import PostgreSQLServer, advisory_lock
+from tenancy.backends.sqlite import SQLiteServer, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
@@ -96,21 +98,40 @@ def move_tenant(
     """Move ``tenant`` (or the tenant with that slug) to ``server``; see the module's
     docstring. Running it again after a crash continues the recorded move (to the same
     server). Raises ``MoveError`` when the move is refused or undone."""
-    tenant = _current(tenant)
-    if in_own_transaction(connections[_registry_database(tenant)]):
-        raise MoveError(
-            f"Tenant {tenant.slug!r} cannot be moved inside a transaction on the main "
-            "database: other processes must see it marked moving before its database is "
-            "copied. Move it outside transaction.atomic() (a view: mark it "
-            "transaction.non_atomic_requests)."
-        )
+    slug = tenant if isinstance(tenant, str) else tenant.slug
+    with _one_run(slug):
+        return _move(_current(slug), server, keep_source, progress)
+
+
+def abort_move(tenant: AbstractTenant | str) -> None:
+    """Undo ``tenant``'s move that has not switched yet: drop the copy, make the source
+    writable and give the tenant its status back. ``MoveError`` when there is no move to
+    undo, or it switched already (then run the move again to finish it)."""
+    slug = tenant if isinstance(tenant, str) else tenant.slug
+    with _one_run(slug):
+        current = _current(slug)
+        move = TenantMove.objects.filter(tenant_id=current.pk).first()
+        if move is None:
+            raise MoveError(f"Tenant {slug!r} is not being moved; nothing to undo.")
+        if move.step == MoveStep.SWITCHED:
+            raise MoveError(
+                f"Tenant {slug!r} serves from server {move.target_server!r} already; run "
+                f"`manage.py move_tenant {slug} --server {move.target_server}` to finish "
+                "the move."
+            )
+        _undo(current, move)
+
+
+def _move(
+    tenant: AbstractTenant, server: str, keep_source: bool, progress: Progress | None
+) -> MoveReport:
     move = TenantMove.objects.filter(tenant_id=tenant.pk).first()
     if move is None:
         _refuse_move(tenant, server)
         report = MoveReport(tenant.slug, tenant.server, server, tenant.database_name)
-        if get_server(tenant.server).address == get_server(server).address:
-            # Two entries for one server (another user, or through a pooler): the database
-            # is the same; only the registry changes.
+        if _same_database(tenant.server, server, tenant.database_name):
+            # Two entries for one server (another user, or through a pooler) that reach
+            # the very same database: only the registry changes.
             with _step(report, "switched"):
                 type(tenant)._default_manager.filter(pk=tenant.pk).update(server=server)
             unregister(tenant)
@@ -124,6 +145,9 @@ def move_tenant(
                 f"`manage.py move_tenant {tenant.slug} --server {move.target_server}` to finish "
                 f"that move, or `manage.py move_tenant {tenant.slug} --abort` to undo it."
             )
+        if keep_source and not move.keep_source:
+            move.keep_source = True
+            move.save(update_fields=["keep_source", "updated_at"])
         report = MoveReport(
             tenant.slug, move.source_server, move.target_server, move.database_name, resumed=True
         )
@@ -133,21 +157,90 @@ def move_tenant(
     return report
 
 
-def abort_move(tenant: AbstractTenant | str) -> None:
-    """Undo ``tenant``'s move that has not switched yet: drop the copy, make the source
-    writable and give the tenant its status back. ``MoveError`` when there is no move to
-    undo, or it switched already (then run the move again to finish it)."""
-    tenant = _current(tenant)
-    move = TenantMove.objects.filter(tenant_id=tenant.pk).first()
-    if move is None:
-        raise MoveError(f"Tenant {tenant.slug!r} is not being moved; nothing to undo.")
-    if move.step == MoveStep.SWITCHED:
+@contextmanager
+def _one_run(slug: str) -> Iterator[None]:
+    """One move (or undo) of a tenant at a time, across processes: a second run waits for
+    the first, then reads the state it left. Errors of the servers (one unreachable, say)
+    become a ``MoveError`` that says where the tenant is and what to run next."""
+    database = _registry_database(get_tenant_model())
+    if in_own_transaction(connections[database]):
         raise MoveError(
-            f"Tenant {tenant.slug!r} serves from server {move.target_server!r} already; run "
-            f"`manage.py move_tenant {tenant.slug} --server {move.target_server}` to finish "
-            "the move."
+            f"Tenant {slug!r} cannot be moved inside a transaction on the main database: "
+            "other processes must see it marked moving before its database is copied. "
+            "Move it outside transaction.atomic() (a view: mark it "
+            "transaction.non_atomic_requests)."
         )
-    _undo(tenant, move)
+    try:
+        with _registry_lock(database, slug):
+            yield
+    except MoveError:
+        raise
+    except (DatabaseError, OSError, TenancyError) as exc:
+        raise MoveError(
+            f"Tenant {slug!r}: the move stopped ({_reason(exc)}). {_where(slug)}"
+        ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """An error on one line (a server's message may take several)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, MoveError) else f"{type(exc).__name__}: {text}"
+
+
+def _where(slug: str) -> str:
+    """Where the tenant is after a move stopped, and what to run."""
+    try:
+        move = TenantMove.objects.filter(tenant__slug=slug).first()
+        server = (
+            get_tenant_model()._default_manager.filter(slug=slug).values_list("server", flat=True)
+        )
+        current = server.first()
+    except DatabaseError:
+        return "Run the same command again once the main database answers."
+    if move is None:
+        return f"Nothing was changed; it serves from server {current!r}."
+    return (
+        f"It is recorded as moving to server {move.target_server!r}: run `manage.py "
+        f"move_tenant {slug} --server {move.target_server}` again once the servers answer, "
+        f"or `manage.py move_tenant {slug} --abort` to undo it."
+    )
+
+
+@contextmanager
+def _registry_lock(database: str, slug: str) -> Iterator[None]:
+    """A lock per tenant in the main database (PostgreSQL: an advisory lock; SQLite: a
+    file lock beside it, one for every tenant), held for the whole run."""
+    settings = connections[database].settings_dict
+    key = (
+        int.from_bytes(
+            hashlib.blake2b(slug.encode(), digest_size=8, person=b"tenancy-move").digest(), "big"
+        )
+        >> 1
+    )
+    if connections[database].vendor == "postgresql":
+        with advisory_lock(settings, key):
+            yield
+        return
+    if connections[database].is_in_memory_db():  # type: ignore[attr-defined]
+        yield  # no other process can reach it
+        return
+    path = sqlite_path(str(settings["NAME"]))
+    with path.with_name(f"{path.name}.move-lock").open("a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _same_database(source: str, target: str, name: str) -> bool:
+    """Whether two server entries reach the same database ``name``: asked of the servers
+    (its oid and the cluster's start), not taken from the entries' addresses, which a
+    socket directory or a name for the host can make look alike."""
+    if get_server(source).address != get_server(target).address:
+        return False
+    identity = get_server(source).database_identity(name)
+    return identity is not None and identity == get_server(target).database_identity(name)
 
 
 # -- the steps -----------------------------------------------------------------------------
@@ -180,7 +273,7 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
             "they are not the same kind of database server."
         )
     name = tenant.database_name
-    if source.address == target.address:
+    if _same_database(tenant.server, server, name):
         return  # the same database: only the registry changes
     reason = unavailable_reason(server, name, slug=slug)
     if reason is None and target.database_exists(name):
@@ -201,7 +294,7 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
 
 
 def _prepare(tenant: AbstractTenant, server: str, keep_source: bool) -> TenantMove:
-    with transaction.atomic(using=_registry_database(tenant)):
+    with transaction.atomic(using=_registry_database(type(tenant))):
         move = TenantMove.objects.create(
             tenant_id=tenant.pk,
             source_server=tenant.server,
@@ -229,7 +322,7 @@ def _copy_and_switch(
             _refuse_pending_migrations(tenant)
             _set_step(move, MoveStep.COPYING)
             with _step(report, "copied"):
-                _drop_copy(tenant, move, target)  # what a crashed run left
+                _drop_copy(tenant, move)  # what a crashed run left
                 try:
                     report.bytes_copied = _copy(source, target, name, progress)
                 finally:
@@ -253,14 +346,14 @@ def _copy_and_switch(
             with _step(report, "switched"):
                 _switch(tenant, move)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, MoveError) else f"{type(exc).__name__}: {exc}"
+        reason = _reason(exc)
         try:
             _undo(tenant, move)
         except Exception as undo_exc:
             logger.exception("Tenant %s: undoing the move failed", tenant.slug)
             raise MoveError(
                 f"Tenant {tenant.slug!r} was not moved ({reason}), and undoing it failed "
-                f"({type(undo_exc).__name__}: {undo_exc}). It stays marked moving; run "
+                f"({_reason(undo_exc)}). It stays marked moving; run "
                 f"`manage.py move_tenant {tenant.slug} --abort` once the servers answer."
             ) from exc
         raise MoveError(
@@ -284,7 +377,7 @@ def _refuse_pending_migrations(tenant: AbstractTenant) -> None:
 
 def _switch(tenant: AbstractTenant, move: TenantMove) -> None:
     """The registry names the target, and the step says so, in one transaction."""
-    with transaction.atomic(using=_registry_database(tenant)):
+    with transaction.atomic(using=_registry_database(type(tenant))):
         type(tenant)._default_manager.filter(pk=tenant.pk).update(
             server=move.target_server, status=move.previous_status, status_detail=""
         )
@@ -303,9 +396,24 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
     if registered_tenant(move.source_server, name) is not None:
         # Never drop what the registry gives a tenant (none of this move's doing).
         move.keep_source = True
+    if not move.keep_source and source.database_exists(name) and not source.fences_writers:
+        # Nothing kept a writer out of the source (SQLite): rows written to it after the
+        # copy was verified are kept there, never dropped.
+        target_fingerprint = get_server(move.target_server).fingerprint(name)
+        if source.fingerprint(name).differences(target_fingerprint):
+            logger.warning(
+                "Tenant %s: its source database %s on server %s changed after the copy was "
+                "verified (a process that had it open wrote to it); it is kept, read-only",
+                tenant.slug,
+                name,
+                move.source_server,
+            )
+            move.keep_source = True
     with _step(report, "source kept" if move.keep_source else "source dropped"):
         if move.keep_source:
             report.source_kept = True
+            if source.database_exists(name):
+                source.keep_read_only(name)
         elif source.database_exists(name):
             source.drop_database(name)
         move.delete()
@@ -314,24 +422,46 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
 def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
     """Before the switch: drop the copy, make the source writable, give the status back."""
     if move.step == MoveStep.COPYING:
-        _drop_copy(tenant, move, get_server(move.target_server))
+        _drop_copy(tenant, move, undoing=True)
     unregister(tenant)  # its sessions on the source end next
     get_server(move.source_server).allow_writes(move.database_name)
-    with transaction.atomic(using=_registry_database(tenant)):
+    with transaction.atomic(using=_registry_database(type(tenant))):
         _set_status(tenant, move.previous_status)
         move.delete()
 
 
-def _drop_copy(tenant: AbstractTenant, move: TenantMove, target: DatabaseServer) -> None:
-    """Drop the target database a move made (before the switch it is no tenant's)."""
-    other = registered_tenant(move.target_server, move.database_name, other_than=tenant.slug)
-    if other is not None or _registered_there(tenant, move):
+def _drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = False) -> None:
+    """Drop the target database a move made (before the switch it is no tenant's). Never
+    the source itself (the target entry changed to reach it), nor a database the registry
+    gives a tenant: undoing leaves such a database alone, continuing the move stops."""
+    source, target = get_server(move.source_server), get_server(move.target_server)
+    name = move.database_name
+    identity = target.database_identity(name)
+    if identity is None:
+        return
+    if identity == source.database_identity(name):
         raise MoveError(
-            f"database {move.database_name!r} on server {move.target_server!r} is a "
-            "registered tenant's; it is not dropped"
+            f"server {move.target_server!r} now reaches the source database {name!r} itself "
+            "(its settings changed); it is not dropped: set the server back"
         )
-    if target.database_exists(move.database_name):
-        target.drop_database(move.database_name)
+    other = registered_tenant(move.target_server, name, other_than=tenant.slug)
+    if other is not None or _registered_there(tenant, move):
+        owner = other.slug if other is not None else tenant.slug
+        if undoing:
+            logger.warning(
+                "Tenant %s: database %s on server %s is tenant %s's now; it is left alone",
+                tenant.slug,
+                name,
+                move.target_server,
+                owner,
+            )
+            return
+        raise MoveError(
+            f"database {name!r} on server {move.target_server!r} is tenant {owner!r}'s now; "
+            f"it is not dropped. Undo this move with `manage.py move_tenant {tenant.slug} "
+            "--abort`"
+        )
+    target.drop_database(name)
 
 
 def _registered_there(tenant: AbstractTenant, move: TenantMove) -> bool:
@@ -446,17 +576,16 @@ def _client_program(name: str) -> str:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _current(tenant: AbstractTenant | str) -> AbstractTenant:
+def _current(slug: str) -> AbstractTenant:
     """The registry's row as it is now."""
-    slug = tenant if isinstance(tenant, str) else tenant.slug
     found: AbstractTenant | None = get_tenant_model()._default_manager.filter(slug=slug).first()
     if found is None:
         raise MoveError(f"There is no tenant {slug[:80]!r}.")
     return found
 
 
-def _registry_database(tenant: AbstractTenant) -> str:
-    return router.db_for_write(type(tenant)) or DEFAULT_DB_ALIAS
+def _registry_database(model: type[AbstractTenant]) -> str:
+    return router.db_for_write(model) or DEFAULT_DB_ALIAS
 
 
 def _set_status(tenant: AbstractTenant, status: str) -> None:

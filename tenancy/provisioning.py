@@ -22,7 +22,7 @@ from tenancy.connections import connection_for, unregister
 from tenancy.context import tenant_context
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
-from tenancy.models import AbstractTenant, Domain, TenantStatus, get_tenant_model
+from tenancy.models import AbstractTenant, Domain, TenantMove, TenantStatus, get_tenant_model
 from tenancy.registry_cache import (
     in_own_transaction,
     wait_for_other_processes,
@@ -262,7 +262,10 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
             "is dropped, and a drop is not rolled back. Delete it outside "
             "transaction.atomic() (a view: mark it transaction.non_atomic_requests)."
         )
-    if tenant.status == TenantStatus.MOVING:
+    if (
+        tenant.status == TenantStatus.MOVING
+        or TenantMove.objects.filter(tenant_id=tenant.pk).exists()
+    ):
         raise TenancyError(
             f"Tenant {tenant.slug!r} is being moved; finish the move (`manage.py move_tenant "
             f"{tenant.slug} --server NAME`) or undo it (`--abort`), then delete it."

@@ -128,7 +128,26 @@ def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | N
         other = registered_tenant(server, database_name, other_than=slug)
         if other is not None:
             reason = f"the database of tenant {other.slug!r}"
+    if reason is None:
+        mover = moving_to(server, database_name, other_than=slug)
+        if mover is not None:
+            reason = f"where tenant {mover!r} is being moved"
     return reason
+
+
+def moving_to(server: str, database_name: str, *, other_than: str = "") -> str | None:
+    """The slug of the tenant, other than ``other_than``, whose move in progress copies
+    its database to ``database_name`` on ``server`` (or an entry of the same server)."""
+    from tenancy.models import TenantMove
+
+    address = get_server(server).address
+    same_server = [
+        name for name in tenancy_settings.SERVERS if get_server(name).address == address
+    ]
+    moves = TenantMove.objects.filter(target_server__in=same_server, database_name=database_name)
+    if other_than:
+        moves = moves.exclude(tenant__slug=other_than)
+    return moves.values_list("tenant__slug", flat=True).first()
 
 
 def database_name_unavailable(tenant: AbstractTenant, *, new: bool = False) -> str | None:

@@ -26,7 +26,7 @@ from tenancy.conf import is_test_run, tenancy_settings
 from tenancy.connections import alias_for, unregister_all
 from tenancy.connections import close_all as close_tenant_connections
 from tenancy.context import tenant_context
-from tenancy.models import Domain, Tenant, TenantStatus
+from tenancy.models import Domain, Tenant, TenantMove, TenantStatus
 from tenancy.testing.tenant import drop_test_database
 from tests.settings import PGBOUNCER
 from tests.sharedapp.models import Plan
@@ -128,6 +128,7 @@ def db_access(tenant_databases: None, django_db_blocker: object) -> Iterator[Non
                 Note.objects.all().delete()
         unregister_all()
         Domain.objects.all().delete()
+        TenantMove.objects.all().delete()
         Tenant.objects.all().delete()
         drop_test_databases_except(TEST_TENANTS)
         unregister_all()

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from tenancy import moving as moving_module
 from tenancy import tenant_context
@@ -18,7 +18,7 @@ from tenancy.connections import connection_for
 from tenancy.exceptions import TenancyError
 from tenancy.models import MoveStep, Tenant, TenantMove, TenantStatus
 from tenancy.moving import MoveError, abort_move, move_tenant
-from tenancy.provisioning import create_tenant, deprovision_tenant
+from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note, Tag
 
@@ -284,3 +284,132 @@ def test_a_move_inside_a_transaction_on_the_main_database_is_refused(gamma):
         move_tenant(gamma, "two")
     tenant = Tenant.objects.get(slug="gamma")
     assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+
+
+def run_sql(server, database_name, *statements):
+    """Statements in a database of a test server, outside tenancy's connections."""
+    if BACKEND == "sqlite":
+        with sqlite3.connect(get_server(server).path(database_name)) as raw:
+            for statement in statements:
+                raw.execute(statement)
+        return
+    with get_server(server)._cursor(database_name) as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def test_the_checksum_covers_a_column_named_like_the_row(db_access):
+    server = get_server("two")
+    for name, body in (("test_tenancy_fp_a", "one"), ("test_tenancy_fp_b", "two")):
+        server.create_database(name)
+        run_sql(
+            "two",
+            name,
+            "CREATE TABLE x (id integer PRIMARY KEY, t integer, body text)",
+            f"INSERT INTO x VALUES (1, 1, '{body}')",
+        )
+    first, second = (
+        server.fingerprint("test_tenancy_fp_a"),
+        server.fingerprint("test_tenancy_fp_b"),
+    )
+    assert first.differences(second) == [
+        f"table {'public.' if BACKEND == 'postgresql' else ''}x has rows that differ from "
+        "the source's"
+    ]
+
+
+def test_entries_that_look_alike_are_asked_whether_they_are_one_database(gamma, monkeypatch):
+    # Two entries whose addresses compare equal (a socket directory and a host name can)
+    # but that reach two servers: the move copies, never just repoints the registry.
+    kind = type(get_server("one"))
+    monkeypatch.setattr(kind, "address", property(lambda self: ("alike",)))
+    report = move_tenant(gamma, "two")
+    assert "copied" in report.steps
+    assert texts(Tenant.objects.get(slug="gamma"))[:1] == ["note 00"]
+
+
+def test_an_abort_never_drops_the_source_when_the_target_entry_now_reaches_it(gamma, settings):
+    before = texts(gamma)
+    crashed_while_copying(gamma)
+    get_server("two").drop_database(gamma.database_name)
+    servers = settings.TENANCY["SERVERS"]
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "two": servers["one"]}}
+    with pytest.raises(MoveError, match=r"reaches the source database .* not dropped"):
+        abort_move("gamma")
+    assert exists("one", gamma)
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": servers}
+    abort_move("gamma")
+    assert texts(Tenant.objects.get(slug="gamma")) == before
+
+
+def test_the_target_of_a_move_is_no_other_tenants_meanwhile(gamma):
+    crashed_while_copying(gamma)
+    with pytest.raises(ProvisioningError, match="where tenant 'gamma' is being moved"):
+        create_tenant("delta", server="two", fields={"database_name": gamma.database_name})
+    abort_move("gamma")
+
+
+def test_a_tenant_whose_move_has_switched_is_not_deleted_before_it_finishes(gamma):
+    move_tenant(gamma, "two", keep_source=True)
+    TenantMove.objects.create(
+        tenant=gamma,
+        source_server="one",
+        target_server="two",
+        database_name=gamma.database_name,
+        previous_status=TenantStatus.ACTIVE,
+        step=MoveStep.SWITCHED,
+    )
+    with pytest.raises(TenancyError, match="is being moved"):
+        deprovision_tenant(Tenant.objects.get(slug="gamma"))
+    assert exists("two", gamma)
+
+
+def test_keep_source_given_to_the_run_that_finishes_is_honoured(gamma):
+    crashed_while_copying(gamma)
+    report = move_tenant("gamma", "two", keep_source=True)
+    assert report.source_kept
+    assert exists("one", gamma)
+
+
+def test_a_late_write_to_the_source_is_never_dropped(gamma, monkeypatch):
+    switch = moving_module._switch
+
+    def write_then_switch(tenant, move):
+        # A process that still has the source open writes to it after the verification.
+        statement = "INSERT INTO tenantapp_note (text) VALUES ('late')"
+        if BACKEND == "sqlite":
+            run_sql("one", move.database_name, statement)
+        else:  # the server keeps it out
+            with pytest.raises(DatabaseError, match="read-only transaction"):
+                run_sql("one", move.database_name, statement)
+        switch(tenant, move)
+
+    monkeypatch.setattr(moving_module, "_switch", write_then_switch)
+    report = move_tenant(gamma, "two")
+    if BACKEND == "sqlite":  # nothing keeps a writer out: the source is kept, with the row
+        assert report.source_kept
+        assert "late" in [
+            row[0]
+            for row in sqlite3.connect(get_server("one").path(gamma.database_name)).execute(
+                "SELECT text FROM tenantapp_note"
+            )
+        ]
+    else:
+        assert not report.source_kept
+        assert not exists("one", gamma)
+
+
+def test_an_unreachable_target_stops_the_move_with_one_line(gamma, settings):
+    servers = settings.TENANCY["SERVERS"]
+    if BACKEND == "sqlite":
+        broken = {**servers["two"], "DIRECTORY": "/proc/tenancy-cannot-write-here"}
+    else:
+        broken = {**servers["two"], "PORT": "1", "OPTIONS": {"connect_timeout": 2}}
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "two": broken}}
+    with pytest.raises(CommandError) as stopped:
+        call_command("move_tenant", "gamma", "--server", "two")
+    assert "Tenant 'gamma'" in str(stopped.value)
+    assert "\n" not in str(stopped.value)
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
+    assert not TenantMove.objects.exists()

@@ -86,6 +86,18 @@ class DatabaseServer:
 
     # -- moving a tenant (tenancy.moving) ----------------------------------------------
 
+    # Whether ``writes_stopped`` keeps every other writer out (a server that enforces it).
+    fences_writers = True
+
+    def database_identity(self, name: str) -> tuple[Any, ...] | None:
+        """What tells the database ``name`` from any other, asked of the server itself;
+        ``None`` when it does not exist."""
+        raise NotImplementedError
+
+    def keep_read_only(self, name: str) -> None:
+        """Leave the database so that nothing writes to it (a source kept after a move)."""
+        raise NotImplementedError
+
     def database_size(self, name: str) -> int:
         """Bytes the database takes on the server."""
         raise NotImplementedError

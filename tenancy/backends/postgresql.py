@@ -14,7 +14,7 @@ from psycopg import errors, sql
 
 from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateInUse, TemplateMissing
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
-from tenancy.exceptions import ReservedDatabaseError
+from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.reserved import (
     DEFAULT_MAINTENANCE_DB,
     check_drop,
@@ -235,6 +235,19 @@ class PostgreSQLServer(DatabaseServer):
                 environment[variable] = str(values[keyword])
         return environment
 
+    def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+        with self._cursor() as cursor:
+            cursor.execute(
+                f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = %s", [database_name]
+            )
+            row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    def keep_read_only(self, database_name: str) -> None:
+        validate_database_name(database_name)
+        with self._cursor() as cursor:
+            cursor.execute(_compose(cursor, _READ_ONLY, database_name))
+
     def database_size(self, database_name: str) -> int:
         with self._cursor() as cursor:
             cursor.execute("SELECT pg_database_size(%s)", [database_name])
@@ -259,8 +272,22 @@ class PostgreSQLServer(DatabaseServer):
                 [lock_key],
             ).fetchone()
             with self._cursor() as cursor:
+                cursor.execute("SELECT clock_timestamp()")
+                (read_only_since,) = cursor.fetchone()
                 cursor.execute(_compose(cursor, _READ_ONLY, database_name))
-            self.end_sessions(database_name, keep=row[0])
+                _end_sessions(cursor, database_name, keep=row[0])
+                # A session from before (another role's, which this user may not end)
+                # could still write.
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND pid <> %s AND backend_start < %s",
+                    [database_name, row[0], read_only_since],
+                )
+                if cursor.fetchone()[0]:
+                    raise TenancyError(
+                        f"sessions on database {database_name!r} could not be ended (another "
+                        "role's?); end them, or move as a user that may"
+                    )
             yield lambda: self.end_sessions(database_name, keep=row[0])
         finally:
             wrapper.close()
@@ -299,13 +326,21 @@ class PostgreSQLServer(DatabaseServer):
                 "AND left(n.nspname, 3) <> 'pg_' ORDER BY 1, 2"
             )
             for schema, table in cursor.fetchall():
+                # ROW(t.*): the whole row, even where a column is named t.
                 query = sql.SQL(
-                    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)"
-                    "::bigint), 0) FROM {}.{} AS t"
+                    "SELECT count(*), coalesce(sum(('x' || left(md5(ROW(t.*)::text), 15))"
+                    "::bit(60)::bigint), 0) FROM {}.{} AS t"
                 ).format(sql.Identifier(schema), sql.Identifier(table))
                 cursor.execute(query.as_string(cursor.connection))
                 rows, checksum = cursor.fetchone()
                 tables[f"{schema}.{table}"] = (int(rows), int(checksum))
+            cursor.execute(
+                "SELECT count(*), coalesce(sum(('x' || left(md5(oid::text), 15))::bit(60)"
+                "::bigint), 0) FROM pg_largeobject_metadata"
+            )
+            rows, checksum = cursor.fetchone()
+            if rows:
+                tables["large objects"] = (int(rows), int(checksum))
             cursor.execute(
                 "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) "
                 "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' ORDER BY 1"

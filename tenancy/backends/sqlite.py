@@ -8,6 +8,7 @@ import glob
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -76,6 +77,7 @@ class SQLiteServer(DatabaseServer):
     def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
         path = self.path(name)
         check_drop(self, name, allow_template=allow_template)
+        _remove_partial_copies_of_dead_processes(path)
         existed = path.exists()
         for companion in _COMPANIONS:
             with contextlib.suppress(FileNotFoundError):
@@ -111,8 +113,25 @@ class SQLiteServer(DatabaseServer):
     def end_sessions(self, database_name: str, keep: int | None = None) -> None:
         return None  # no server, no sessions
 
+    # Nothing keeps a process that has the file open from writing to it.
+    fences_writers = False
+
     def allow_writes(self, database_name: str) -> None:
-        return None
+        path = self.path(database_name)
+        if path.exists():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+    def keep_read_only(self, database_name: str) -> None:
+        """The file read-only: a new connection cannot write (one that has it open can)."""
+        path = self.path(database_name)
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+    def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+        try:
+            found = self.path(database_name).stat()
+        except FileNotFoundError:
+            return None
+        return (found.st_dev, found.st_ino)
 
     def database_size(self, database_name: str) -> int:
         return self.path(database_name).stat().st_size

@@ -212,7 +212,13 @@ class Command(BaseCommand):
     def selected_tenants(self) -> Any:
         tenants = get_tenant_model()._default_manager.order_by("slug")
         slugs = self.options["tenants"]
+        moving = list(tenants.filter(status=TenantStatus.MOVING).values_list("slug", flat=True))
         if slugs:
+            if set(slugs) & set(moving):
+                raise CommandError(
+                    f"Tenant {sorted(set(slugs) & set(moving))[0]!r} is being moved; migrate "
+                    "it once the move has finished (its database is read-only meanwhile)."
+                )
             tenants = tenants.filter(slug__in=slugs).exclude(status=TenantStatus.DELETING)
             missing = sorted(set(slugs) - set(tenants.values_list("slug", flat=True)))
             if missing:
@@ -221,6 +227,12 @@ class Command(BaseCommand):
                 )
         else:
             tenants = tenants.filter(status__in=MIGRATED_STATUSES)
+            if moving and not self.options["json"]:
+                self.stderr.write(
+                    f"Left out, being moved: {', '.join(moving[:10])}"
+                    f"{' and more' if len(moving) > 10 else ''}; run migrate_tenants again "
+                    "once the moves have finished."
+                )
         if self.options["servers"]:
             tenants = tenants.filter(server__in=self.options["servers"])
         if not self.options["json"] and not self.read_only:
