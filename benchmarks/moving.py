@@ -63,19 +63,23 @@ def by_hand(name: str) -> float:
     one, two = get_server("one"), get_server("two")
     copy = f"{name}_by_hand"
     two.create_database(copy)
-    started = time.perf_counter()
-    dump = subprocess.Popen(
-        [_client_program("pg_dump"), *_DUMP_OPTIONS],
-        stdout=subprocess.PIPE,
-        env=one.client_environment(name),
-    )
-    subprocess.run(
-        [_client_program("pg_restore"), *_RESTORE_OPTIONS, "--dbname", copy],
-        stdin=dump.stdout,
-        env=two.client_environment(copy),
-        check=True,
-    )
-    assert dump.wait() == 0
+    with (
+        one.client_connection(name) as (dump_dsn, dump_environment),
+        two.client_connection(copy) as (restore_dsn, restore_environment),
+    ):
+        started = time.perf_counter()
+        dump = subprocess.Popen(
+            [_client_program("pg_dump"), *_DUMP_OPTIONS, "--dbname", dump_dsn],
+            stdout=subprocess.PIPE,
+            env=dump_environment,
+        )
+        subprocess.run(
+            [_client_program("pg_restore"), *_RESTORE_OPTIONS, "--dbname", restore_dsn],
+            stdin=dump.stdout,
+            env=restore_environment,
+            check=True,
+        )
+        assert dump.wait() == 0
     seconds = time.perf_counter() - started
     two.drop_database(copy)
     return seconds

@@ -500,19 +500,24 @@ def _dump_and_restore(
     owned by the target's user, as provisioning makes them; grants are not copied."""
     dump_program, restore_program = _client_program("pg_dump"), _client_program("pg_restore")
     target.create_database(name)
-    with tempfile.TemporaryFile() as dump_errors, tempfile.TemporaryFile() as restore_errors:
+    with (
+        source.client_connection(name) as (source_dsn, source_environment),
+        target.client_connection(name) as (target_dsn, target_environment),
+        tempfile.TemporaryFile() as dump_errors,
+        tempfile.TemporaryFile() as restore_errors,
+    ):
         dump = subprocess.Popen(
-            [dump_program, *_DUMP_OPTIONS],
+            [dump_program, *_DUMP_OPTIONS, "--dbname", source_dsn],
             stdout=subprocess.PIPE,
             stderr=dump_errors,
-            env=source.client_environment(name),
+            env=source_environment,
         )
         restore = subprocess.Popen(
-            [restore_program, *_RESTORE_OPTIONS, "--dbname", name],
+            [restore_program, *_RESTORE_OPTIONS, "--dbname", target_dsn],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=restore_errors,
-            env=target.client_environment(name),
+            env=target_environment,
         )
         copied = 0
         with _reaped(dump), _reaped(restore):

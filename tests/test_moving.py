@@ -413,3 +413,19 @@ def test_an_unreachable_target_stops_the_move_with_one_line(gamma, settings):
     tenant = Tenant.objects.get(slug="gamma")
     assert (tenant.server, tenant.status) == ("one", TenantStatus.ACTIVE)
     assert not TenantMove.objects.exists()
+
+
+def test_an_inherited_libpq_service_does_not_redirect_the_copy(gamma, monkeypatch, tmp_path):
+    # libpq lets PGSERVICE outrank PGHOST/PGDATABASE: the copy must still read the tenant's
+    # database, not the one such a service names (here the main database).
+    main = get_server("one").template
+    (tmp_path / "services.conf").write_text(
+        f"[elsewhere]\nhost={main.get('HOST', '')}\nport={main.get('PORT', '')}\n"
+        "dbname=test_tenancy\n"
+    )
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "services.conf"))
+    monkeypatch.setenv("PGSERVICE", "elsewhere")
+    monkeypatch.setenv("PGDATABASE", "test_tenancy")
+    before = texts(gamma)
+    move_tenant(gamma, "two")
+    assert texts(Tenant.objects.get(slug="gamma")) == before

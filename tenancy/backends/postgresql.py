@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
-from psycopg import errors, sql
+from psycopg import errors, pq, sql
 
 from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateInUse, TemplateMissing
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
@@ -28,28 +30,6 @@ LOCK_ALIAS = "tenancy:lock"
 
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
-
-# Connection parameters (Django's settings and OPTIONS) as libpq's environment variables.
-_LIBPQ_ENVIRONMENT = {
-    "host": "PGHOST",
-    "port": "PGPORT",
-    "user": "PGUSER",
-    "password": "PGPASSWORD",
-    "dbname": "PGDATABASE",
-    "passfile": "PGPASSFILE",
-    "service": "PGSERVICE",
-    "options": "PGOPTIONS",
-    "application_name": "PGAPPNAME",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "sslmode": "PGSSLMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "sslcrl": "PGSSLCRL",
-    "gssencmode": "PGGSSENCMODE",
-    "channel_binding": "PGCHANNELBINDING",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-}
 
 # A database every new session of which starts read-only, and back.
 _READ_ONLY = "ALTER DATABASE {} SET default_transaction_read_only = on"
@@ -216,24 +196,36 @@ class PostgreSQLServer(DatabaseServer):
 
     # -- moving a tenant (tenancy.moving) ----------------------------------------------
 
-    def client_environment(self, database_name: str) -> dict[str, str]:
-        """The environment in which PostgreSQL's client programs (``pg_dump``,
-        ``pg_restore``) reach ``database_name`` on this server: libpq's variables from the
-        server's settings, the password among them, never on a command line (``ps``)."""
+    @contextmanager
+    def client_connection(self, database_name: str) -> Iterator[tuple[str, dict[str, str]]]:
+        """The ``--dbname`` argument and the environment with which PostgreSQL's client
+        programs (``pg_dump``, ``pg_restore``) reach ``database_name`` on this server as
+        Django does: every connection setting (the password among them) in a service file
+        of its own, readable by this user only and removed after the block, never on a
+        command line (``ps``); given as ``service=``, it outranks a PGSERVICE or PGHOST
+        inherited from the environment."""
         settings = self._settings_for(database_name)
+        keywords = {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
         values: dict[str, object] = {
-            "host": settings.get("HOST"),
-            "port": settings.get("PORT"),
-            "user": settings.get("USER"),
-            "password": settings.get("PASSWORD"),
-            "dbname": database_name,
+            key: value
+            for key, value in (settings.get("OPTIONS") or {}).items()
+            if key in keywords and key != "service"
         }
-        values.update(settings.get("OPTIONS") or {})
-        environment = dict(os.environ)
-        for keyword, variable in _LIBPQ_ENVIRONMENT.items():
-            if values.get(keyword) not in (None, ""):
-                environment[variable] = str(values[keyword])
-        return environment
+        values.update(
+            host=settings.get("HOST"),
+            port=settings.get("PORT"),
+            user=settings.get("USER"),
+            password=settings.get("PASSWORD"),
+            dbname=database_name,
+        )
+        lines = [f"{key}={value}" for key, value in values.items() if value not in (None, "")]
+        if any("\n" in line or "\r" in line for line in lines):
+            raise TenancyError(f"Server {self.name!r}: a connection setting has a line break.")
+        with tempfile.TemporaryDirectory(prefix="tenancy-") as directory:  # mode 0700
+            service_file = Path(directory) / "pg_service.conf"
+            service_file.touch(mode=0o600)
+            service_file.write_text("[tenancy]\n" + "\n".join(lines) + "\n")
+            yield "service=tenancy", {**os.environ, "PGSERVICEFILE": str(service_file)}
 
     def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
         with self._cursor() as cursor:
