@@ -182,17 +182,22 @@ def test_while_moving_requests_get_503_and_deleting_is_refused(gamma, client, mo
     assert client.get("/notes/", HTTP_HOST="gamma.example.test").status_code == 200
 
 
-def crashed_while_copying(tenant):
-    """What a move killed during the copy leaves: the row, the tenant marked moving, a
-    partial target database."""
+def record_move(tenant, step):
+    """The row a move from server one to two writes before STEP."""
     TenantMove.objects.create(
         tenant=tenant,
         source_server="one",
         target_server="two",
         database_name=tenant.database_name,
         previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.COPYING,
+        step=step,
     )
+
+
+def crashed_while_copying(tenant):
+    """What a move killed during the copy leaves: the row, the tenant marked moving, a
+    partial target database."""
+    record_move(tenant, MoveStep.COPYING)
     Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus.MOVING)
     get_server("two").create_database(tenant.database_name)
 
@@ -225,15 +230,8 @@ def test_a_crashed_move_is_undone_with_abort(gamma):
 
 
 def test_a_move_that_switched_is_finished_not_undone(gamma):
-    move_tenant(gamma, "two", keep_source=True)  # then pretend it crashed before the drop
-    TenantMove.objects.create(
-        tenant=gamma,
-        source_server="one",
-        target_server="two",
-        database_name=gamma.database_name,
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.SWITCHED,
-    )
+    move_tenant(gamma, "two", keep_source=True)
+    record_move(gamma, MoveStep.SWITCHED)  # then pretend it crashed before the drop
     with pytest.raises(MoveError, match="serves from server 'two' already"):
         abort_move("gamma")
     move_tenant("gamma", "two")
@@ -351,14 +349,7 @@ def test_the_target_of_a_move_is_no_other_tenants_meanwhile(gamma):
 
 def test_a_tenant_whose_move_has_switched_is_not_deleted_before_it_finishes(gamma):
     move_tenant(gamma, "two", keep_source=True)
-    TenantMove.objects.create(
-        tenant=gamma,
-        source_server="one",
-        target_server="two",
-        database_name=gamma.database_name,
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.SWITCHED,
-    )
+    record_move(gamma, MoveStep.SWITCHED)  # then pretend it crashed before the drop
     with pytest.raises(TenancyError, match="is being moved"):
         deprovision_tenant(Tenant.objects.get(slug="gamma"))
     assert exists("two", gamma)
