@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.example import ExampleProject, example_project
-from tests.reliability.load import LoadClient, create_fleet
+from tests.reliability.load import LoadClient, create_fleet, tasks_of
 
 pytestmark = pytest.mark.reliability
 
@@ -23,7 +23,7 @@ PROCESSES = 3
 def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExampleProject, str]]:
     with example_project(tmp_path_factory.mktemp("concurrency")) as example:
         example.set_up()
-        session_key = example.shell(create_fleet(2)).split()[-1]
+        session_key = example.shell(create_fleet(3)).split()[-1]
         yield example, session_key
 
 
@@ -44,6 +44,71 @@ def test_one_slug_provisioned_by_several_processes_at_once_is_one_tenant(example
         assert database in example.tenant_databases()[server]
     twins = [slug for slug in example.registry() if slug.startswith("twin-")]
     assert sorted(twins) == [f"twin-{number}" for number in range(ROUNDS)]
+
+
+def test_a_tenant_moved_while_it_is_being_served(example):
+    """Reads and writes for the moved tenant and for another during move_tenant: the other
+    sees no error, the moved one only 503 while it moves, and every write acknowledged
+    before, during or after the move is in its database afterwards."""
+    example, session_key = example
+    moved, other = "load-02", "load-00"  # both on "main" at first
+    answers: dict[str, Counter[int | str]] = {moved: Counter(), other: Counter()}
+    written: set[str] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    with example.serve("gunicorn") as port:
+        client = LoadClient(port, session_key)
+
+        def load(slug: str, worker: int) -> None:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                title = f"{slug}/{worker}/{number}"
+                try:
+                    if number % 2:
+                        data = f"project=Load&title={title}"
+                        status, _ = client.request("POST", slug, "/", data)
+                        if status == 302 and slug == moved:  # the task was saved
+                            with lock:
+                                written.add(title)
+                    else:
+                        status, _ = client.request("GET", slug, "/api/tasks/")
+                except Exception as exc:
+                    status = type(exc).__name__
+                with lock:
+                    answers[slug][status] += 1
+
+        threads = [
+            threading.Thread(target=load, args=(slug, worker))
+            for slug in (moved, other)
+            for worker in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while sum(answers[moved].values()) < 30:  # requests are in flight
+                stop.wait(0.05)
+            example.manage("move_tenant", moved, "--server", "second")
+            moved_at = sum(answers[moved].values())
+            # Served from the new server: answered 200 again, by every server process.
+            while sum(answers[moved].values()) < moved_at + 60:
+                stop.wait(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        status, data = tasks_of(client, moved)
+
+    print(f"\nanswers while {moved} was moved: {answers}")
+    assert set(answers[other]) <= {200, 302}, answers[other]
+    assert set(answers[moved]) <= {200, 302, 503}, answers[moved]
+    assert answers[moved][503] > 0  # it did stop serving during the copy
+    assert (status, example.registry()[moved][:2]) == (200, ("active", "second"))
+    assert data is not None
+    titles = {task["title"] for task in data["tasks"]}
+    assert written <= titles, sorted(written - titles)[:5]
+    assert not any("load_02" in db for db in example.tenant_databases()["main"])
 
 
 def test_a_tenant_deleted_while_it_is_being_served(example):
