@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     "CHECK_TRANSACTIONS": None,
     # Start every query on a tenant database with /* tenant=<slug> */.
     "SQL_COMMENT": False,
+    # Serve GET, HEAD and OPTIONS requests of a tenant being moved from its source, which
+    # is read-only meanwhile; other requests get 503. False: 503 for every request.
+    "READ_ONLY_WHILE_MOVING": True,
     # Who may use a session signed in on one site (a tenant, or the main site) on another:
     # None (nobody), or a function (user, tenant) -> bool or its dotted path.
     "CROSS_TENANT_LOGIN": None,
@@ -323,6 +326,10 @@ class TenancySettings:
     @cached_property
     def SQL_COMMENT(self) -> bool:
         return self._boolean("SQL_COMMENT")
+
+    @cached_property
+    def READ_ONLY_WHILE_MOVING(self) -> bool:
+        return self._boolean("READ_ONLY_WHILE_MOVING")
 
     @cached_property
     def CROSS_TENANT_LOGIN(self) -> Callable[[Any, Any], Any] | None:

@@ -174,17 +174,34 @@ class TenantMiddleware:
 
     @staticmethod
     def _refuse(request: HttpRequest, resolution: Resolution) -> HttpResponseBase | None:
-        if resolution.not_found or (
-            resolution.tenant is not None and not resolution.tenant.is_active
-        ):
+        tenant = resolution.tenant
+        unavailable = (
+            tenant is not None
+            and not tenant.is_active
+            and not _served_while_moving(request, tenant)
+        )
+        if resolution.not_found or unavailable:
             # Answered for no tenant: links on the page lead to the main site.
             _use_urlconf(request, None)
         if resolution.not_found:
             return tenant_not_found(request, resolution.key or "")
-        tenant = resolution.tenant
-        if tenant is not None and not tenant.is_active:
-            return tenant_unavailable(request, tenant)
+        if unavailable:
+            return tenant_unavailable(request, tenant)  # type: ignore[arg-type]
         return None
+
+
+def _served_while_moving(request: HttpRequest, tenant: AbstractTenant) -> bool:
+    """A read of a tenant being moved, served from its source (read-only meanwhile)."""
+    return (
+        tenant.status == TenantStatus.MOVING
+        and request.method in _READS
+        and tenancy_settings.READ_ONLY_WHILE_MOVING
+    )
+
+
+_READS = ("GET", "HEAD", "OPTIONS")
+# PostgreSQL's SQLSTATE for a write in a read-only transaction.
+_READ_ONLY_TRANSACTION = "25006"
 
 
 def tenant_error_response(
@@ -202,6 +219,12 @@ def tenant_error_response(
     if isinstance(exception, TenantRemoved):
         if exception.slug != tenant.slug:
             return None
+    elif (
+        tenant.status == TenantStatus.MOVING
+        and getattr(exception.__cause__, "sqlstate", None) == _READ_ONLY_TRANSACTION
+    ):
+        # A read served while the tenant moves that wrote after all.
+        return tenant_unavailable(request, tenant)
     elif not isinstance(exception, DatabaseError) or not connection_failed(tenant):
         return None
     status = (

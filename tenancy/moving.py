@@ -3,8 +3,9 @@ recorded so that running the move again after a crash finishes it or undoes it.
 
 The steps of ``move_tenant`` (each written to a ``TenantMove`` row before it starts):
 
-1. **prepared**: the tenant is marked ``moving`` (its requests are answered 503 with
-   Retry-After) and every process is waited for to see it (``RESOLUTION_CACHE_TTL``);
+1. **prepared**: the tenant is marked ``moving`` (its reads are served from the source,
+   other requests answered 503 with Retry-After; ``READ_ONLY_WHILE_MOVING``) and every
+   process is waited for to see it (``RESOLUTION_CACHE_TTL``);
 2. **copying**: under the source's migration lock (a migrator at work is waited for), the
    source is made read-only and its other sessions ended (PostgreSQL), then copied to the
    target (``pg_dump | pg_restore`` in one transaction; SQLite's backup API into a private
@@ -13,7 +14,8 @@ The steps of ``move_tenant`` (each written to a ``TenantMove`` row before it sta
 3. **switched**: the registry row names the target server and gets its status back, in
    the same transaction that records the step; every process finds the tenant on its new
    server at its next lookup;
-4. the source is dropped, or kept read-only (``keep_source``), and the row deleted.
+4. the source is dropped once every process has seen the switch, or kept read-only
+   (``keep_source``), and the row deleted.
 
 A failure before the switch (unapplied migrations, a copy that differs, a tool that
 fails) drops the copy and leaves the tenant serving from its source as before. A crash
@@ -41,7 +43,6 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, tran
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer
-from tenancy.backends.postgresql import PostgreSQLServer, advisory_lock
 from tenancy.backends.sqlite import SQLiteServer, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
@@ -218,6 +219,8 @@ def _registry_lock(database: str, slug: str) -> Iterator[None]:
         >> 1
     )
     if connections[database].vendor == "postgresql":
+        from tenancy.backends.postgresql import advisory_lock  # psycopg is optional
+
         with advisory_lock(settings, key):
             yield
         return
@@ -415,6 +418,8 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
             if source.database_exists(name):
                 source.keep_read_only(name)
         elif source.database_exists(name):
+            # Processes that have not seen the switch yet serve reads from the source.
+            wait_for_other_processes()
             source.drop_database(name)
         move.delete()
 
@@ -483,14 +488,16 @@ def _copy(
         if progress is not None:
             progress("copied", total, total)
         return total
+    from tenancy.backends.postgresql import PostgreSQLServer
+
     assert isinstance(source, PostgreSQLServer)
     assert isinstance(target, PostgreSQLServer)
     return _dump_and_restore(source, target, name, total, progress)
 
 
 def _dump_and_restore(
-    source: PostgreSQLServer,
-    target: PostgreSQLServer,
+    source: Any,
+    target: Any,
     name: str,
     total: int,
     progress: Progress | None,

@@ -55,7 +55,10 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from psycopg import pq, sql
+try:  # schema servers need psycopg; a project on SQLite alone may not have it
+    from psycopg import sql
+except ImportError:  # pragma: no cover - tested in a subprocess without psycopg
+    sql = None  # type: ignore[assignment]
 
 from tenancy.exceptions import TenancyError
 
@@ -67,7 +70,7 @@ if TYPE_CHECKING:
 SCHEMA_KEY = "TENANCY_SCHEMA"
 POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 
-_IDLE = pq.TransactionStatus.IDLE
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 class _Shared:

@@ -2,10 +2,11 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 
-from tests.example import ExampleProject, example_project
+from tests.example import ROOT, ExampleProject, example_project
 from tests.settings import BACKEND
 
 REQUESTS = """
@@ -112,3 +113,35 @@ def test_demo_on_two_postgresql_servers(tmp_path):
             "main": {*TEMPLATE_AND_SPARE, "example_tenant_alpha"},
             "second": {*TEMPLATE_AND_SPARE, "example_tenant_beta"},
         }
+
+
+WITHOUT_PSYCOPG = """
+import sys
+sys.modules["psycopg"] = None  # as if the postgres extra were not installed
+sys.argv = ["manage.py", *sys.argv[1:]]
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+"""
+
+
+def test_a_project_on_sqlite_alone_needs_no_psycopg(tmp_path):
+    """`pip install tenancy` without the postgres extra: every command of a SQLite project
+    works, moving a tenant between two directories included."""
+    example = ExampleProject(tmp_path, postgres=False)
+
+    def manage(*args):
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT_PSYCOPG, *args],
+            cwd=ROOT,
+            env={**example.env, "DJANGO_SETTINGS_MODULE": "example_project.settings"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    manage("migrate", "--verbosity", "0")
+    manage("create_tenant", "acme", "--domain", "acme.localhost")
+    assert "is on server second" in manage("move_tenant", "acme", "--server", "second")
+    assert "up to date" in manage("migrate_tenants")

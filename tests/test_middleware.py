@@ -106,7 +106,6 @@ def test_unknown_host_is_404_and_touches_no_tenant(client, alpha):
         TenantStatus.PROVISIONING,
         TenantStatus.FAILED,
         TenantStatus.DELETING,
-        TenantStatus.MOVING,
     ],
 )
 def test_tenant_that_is_not_active_is_503(client, alpha, status):
@@ -117,6 +116,17 @@ def test_tenant_that_is_not_active_is_503(client, alpha, status):
     assert response["Retry-After"] == "120"
     assert b"alpha is not available" in response.content
     assert registered_aliases() == {}
+
+
+def test_a_moving_tenant_serves_reads_and_answers_503_to_the_rest(client, notes):
+    alpha, _ = notes
+    alpha.status = TenantStatus.MOVING
+    alpha.save()
+    read = client.get("/notes/", HTTP_HOST="alpha.example.test")
+    assert (read.status_code, read.json()) == (200, {"notes": ["alpha note"]})
+    for method in (client.post, client.put, client.delete, client.patch):
+        refused = method("/notes/", HTTP_HOST="alpha.example.test")
+        assert (refused.status_code, refused["Retry-After"]) == (503, "120")
 
 
 def test_public_host_is_the_main_site_without_tenant(client, alpha, settings):

@@ -165,12 +165,19 @@ def test_a_row_written_to_the_source_during_the_copy_fails_verification(gamma, m
     assert "writable again" in texts(tenant)
 
 
-def test_while_moving_requests_get_503_and_deleting_is_refused(gamma, client, monkeypatch):
+def test_while_moving_reads_are_served_and_writes_get_503(gamma, client, monkeypatch):
     seen = {}
 
     def copy_and_look(source, target, name, progress):
-        seen["status"] = client.get("/notes/", HTTP_HOST="gamma.example.test").status_code
-        seen["retry"] = client.get("/notes/", HTTP_HOST="gamma.example.test")["Retry-After"]
+        # The source is read-only now and the copy under way.
+        read = client.get("/notes/", HTTP_HOST="gamma.example.test")
+        seen["read"] = (read.status_code, "note 00" in read.content.decode())
+        write = client.post("/notes/", HTTP_HOST="gamma.example.test")
+        seen["write"] = (write.status_code, write["Retry-After"])
+        if BACKEND == "postgresql":  # a read that writes after all: the server refuses it
+            seen["read that writes"] = client.get(
+                "/write-ok/", HTTP_HOST="gamma.example.test"
+            ).status_code
         with pytest.raises(TenancyError, match="is being moved"):
             deprovision_tenant(Tenant.objects.get(slug="gamma"))
         return copy(source, target, name, progress)
@@ -178,8 +185,27 @@ def test_while_moving_requests_get_503_and_deleting_is_refused(gamma, client, mo
     copy = moving_module._copy
     monkeypatch.setattr(moving_module, "_copy", copy_and_look)
     move_tenant(gamma, "two")
-    assert seen == {"status": 503, "retry": "120"}
+    assert seen.pop("read") == (200, True)
+    assert seen.pop("write") == (503, "120")
+    assert seen == ({"read that writes": 503} if BACKEND == "postgresql" else {})
     assert client.get("/notes/", HTTP_HOST="gamma.example.test").status_code == 200
+    assert "whole order" not in texts(Tenant.objects.get(slug="gamma"))
+
+
+def test_every_request_gets_503_while_moving_when_reads_are_not_served(
+    gamma, client, monkeypatch, settings
+):
+    settings.TENANCY = {**settings.TENANCY, "READ_ONLY_WHILE_MOVING": False}
+    seen = []
+
+    def copy_and_look(source, target, name, progress):
+        seen.append(client.get("/notes/", HTTP_HOST="gamma.example.test").status_code)
+        return copy(source, target, name, progress)
+
+    copy = moving_module._copy
+    monkeypatch.setattr(moving_module, "_copy", copy_and_look)
+    move_tenant(gamma, "two")
+    assert seen == [503]
 
 
 def record_move(tenant, step):
