@@ -15,11 +15,12 @@ from django.template import TemplateDoesNotExist, loader
 from django.urls import get_script_prefix, set_script_prefix, set_urlconf
 from django.utils.html import escape
 
+from tenancy.backends import get_server
 from tenancy.cache import keep_space_for_response
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_failed
 from tenancy.context import tenant_context
-from tenancy.exceptions import TenantRemoved
+from tenancy.exceptions import TenancyError, TenantRemoved
 from tenancy.models import AbstractTenant, TenantStatus
 from tenancy.resolvers import HostResolver, Resolution, get_resolver
 from tenancy.sessions import guard_session
@@ -191,12 +192,29 @@ class TenantMiddleware:
 
 
 def _served_while_moving(request: HttpRequest, tenant: AbstractTenant) -> bool:
-    """A read of a tenant being moved, served from its source (read-only meanwhile)."""
-    return (
+    """A read of a tenant being moved, served from its source: only where the server keeps
+    every write out of it meanwhile (PostgreSQL), so that no write can land in a database
+    about to be dropped. Such a read does not save a session kept in the tenant's
+    database (it would fail there)."""
+    if not (
         tenant.status == TenantStatus.MOVING
         and request.method in _READS
         and tenancy_settings.READ_ONLY_WHILE_MOVING
-    )
+    ):
+        return False
+    try:
+        if not get_server(tenant.server).fences_writers:
+            return False
+    except TenancyError:
+        return False  # its server left the settings: not served
+    session = getattr(request, "session", None)
+    if session is not None and "sessions" in tenancy_settings.tenant_app_labels:
+        session.save = _no_save
+    return True
+
+
+def _no_save(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 _READS = ("GET", "HEAD", "OPTIONS")

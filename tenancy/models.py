@@ -290,7 +290,8 @@ class Membership(models.Model):
 
 
 class MoveStep(models.TextChoices):
-    # The tenant is marked moving (answered 503); the copy is not made yet.
+    # The tenant is marked moving (reads served from the source, the rest 503); the copy
+    # is not made yet.
     PREPARED = "prepared", _("prepared")
     # The copy is being made; the target database may exist, incomplete.
     COPYING = "copying", _("copying")

@@ -3,9 +3,10 @@ recorded so that running the move again after a crash finishes it or undoes it.
 
 The steps of ``move_tenant`` (each written to a ``TenantMove`` row before it starts):
 
-1. **prepared**: the tenant is marked ``moving`` (its reads are served from the source,
-   other requests answered 503 with Retry-After; ``READ_ONLY_WHILE_MOVING``) and every
-   process is waited for to see it (``RESOLUTION_CACHE_TTL``);
+1. **prepared**: the tenant is marked ``moving`` (on PostgreSQL its reads are served from
+   the source, read-only from step 2; other requests are answered 503 with Retry-After;
+   ``READ_ONLY_WHILE_MOVING``) and every process is waited for to see it
+   (``RESOLUTION_CACHE_TTL``);
 2. **copying**: under the source's migration lock (a migrator at work is waited for), the
    source is made read-only and its other sessions ended (PostgreSQL), then copied to the
    target (``pg_dump | pg_restore`` in one transaction; SQLite's backup API into a private
@@ -14,7 +15,8 @@ The steps of ``move_tenant`` (each written to a ``TenantMove`` row before it sta
 3. **switched**: the registry row names the target server and gets its status back, in
    the same transaction that records the step; every process finds the tenant on its new
    server at its next lookup;
-4. the source is dropped once every process has seen the switch, or kept read-only
+4. the source is dropped once every process has seen the switch and the queries still
+   running on it have ended (``SOURCE_QUERIES_TIMEOUT`` at most), or kept read-only
    (``keep_source``), and the row deleted.
 
 A failure before the switch (unapplied migrations, a copy that differs, a tool that
@@ -25,8 +27,6 @@ the switch), ``abort_move`` undoes a move that has not switched.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
 import shutil
 import subprocess
@@ -43,7 +43,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, tran
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer
-from tenancy.backends.sqlite import SQLiteServer, sqlite_path
+from tenancy.backends.sqlite import SQLiteServer
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
@@ -51,8 +51,13 @@ from tenancy.migration import LOCK_KEY, migrate_tenant
 from tenancy.models import AbstractTenant, MoveStep, TenantMove, TenantStatus, get_tenant_model
 from tenancy.registry_cache import in_own_transaction, wait_for_other_processes
 from tenancy.reserved import registered_tenant, unavailable_reason
+from tenancy.tenant_locks import tenant_lock
 
 logger = logging.getLogger("tenancy.moving")
+
+# How long the source's drop waits for queries still running on it (a long export that
+# began before the switch, say) before ending them.
+SOURCE_QUERIES_TIMEOUT = 30.0
 
 # Statuses a tenant may be moved from: its database is complete and in use.
 MOVABLE_STATUSES = (TenantStatus.ACTIVE, TenantStatus.SUSPENDED)
@@ -172,7 +177,7 @@ def _one_run(slug: str) -> Iterator[None]:
             "transaction.non_atomic_requests)."
         )
     try:
-        with _registry_lock(database, slug):
+        with tenant_lock(slug):
             yield
     except MoveError:
         raise
@@ -200,40 +205,16 @@ def _where(slug: str) -> str:
         return "Run the same command again once the main database answers."
     if move is None:
         return f"Nothing was changed; it serves from server {current!r}."
+    if move.step == MoveStep.SWITCHED:
+        return (
+            f"It serves from server {move.target_server!r} already: run `manage.py "
+            f"move_tenant {slug} --server {move.target_server}` again to finish the move."
+        )
     return (
         f"It is recorded as moving to server {move.target_server!r}: run `manage.py "
         f"move_tenant {slug} --server {move.target_server}` again once the servers answer, "
         f"or `manage.py move_tenant {slug} --abort` to undo it."
     )
-
-
-@contextmanager
-def _registry_lock(database: str, slug: str) -> Iterator[None]:
-    """A lock per tenant in the main database (PostgreSQL: an advisory lock; SQLite: a
-    file lock beside it, one for every tenant), held for the whole run."""
-    settings = connections[database].settings_dict
-    key = (
-        int.from_bytes(
-            hashlib.blake2b(slug.encode(), digest_size=8, person=b"tenancy-move").digest(), "big"
-        )
-        >> 1
-    )
-    if connections[database].vendor == "postgresql":
-        from tenancy.backends.postgresql import advisory_lock  # psycopg is optional
-
-        with advisory_lock(settings, key):
-            yield
-        return
-    if connections[database].is_in_memory_db():  # type: ignore[attr-defined]
-        yield  # no other process can reach it
-        return
-    path = sqlite_path(str(settings["NAME"]))
-    with path.with_name(f"{path.name}.move-lock").open("a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _same_database(source: str, target: str, name: str) -> bool:
@@ -307,7 +288,17 @@ def _prepare(tenant: AbstractTenant, server: str, keep_source: bool) -> TenantMo
             step=MoveStep.PREPARED,
             keep_source=keep_source,
         )
-        _set_status(tenant, TenantStatus.MOVING)
+        marked = (
+            type(tenant)
+            ._default_manager.filter(pk=tenant.pk, status=tenant.status)
+            .update(status=TenantStatus.MOVING, status_detail="")
+        )
+        if not marked:
+            raise MoveError(
+                f"Tenant {tenant.slug!r} changed while the move started (deleted or "
+                "suspended meanwhile?); nothing was changed. Run the command again."
+            )
+        tenant.status = TenantStatus.MOVING
     return move
 
 
@@ -350,6 +341,12 @@ def _copy_and_switch(
                 _switch(tenant, move)
     except Exception as exc:
         reason = _reason(exc)
+        if move.step == MoveStep.SWITCHED:
+            raise MoveError(
+                f"Tenant {tenant.slug!r} serves from server {move.target_server!r} already, "
+                f"but the move stopped ({reason}); run `manage.py move_tenant {tenant.slug} "
+                f"--server {move.target_server}` again to finish it."
+            ) from exc
         try:
             _undo(tenant, move)
         except Exception as undo_exc:
@@ -399,29 +396,34 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
     if registered_tenant(move.source_server, name) is not None:
         # Never drop what the registry gives a tenant (none of this move's doing).
         move.keep_source = True
-    if not move.keep_source and source.database_exists(name) and not source.fences_writers:
-        # Nothing kept a writer out of the source (SQLite): rows written to it after the
-        # copy was verified are kept there, never dropped.
-        target_fingerprint = get_server(move.target_server).fingerprint(name)
-        if source.fingerprint(name).differences(target_fingerprint):
-            logger.warning(
-                "Tenant %s: its source database %s on server %s changed after the copy was "
-                "verified (a process that had it open wrote to it); it is kept, read-only",
-                tenant.slug,
-                name,
-                move.source_server,
-            )
-            move.keep_source = True
     with _step(report, "source kept" if move.keep_source else "source dropped"):
+        if not move.keep_source and source.database_exists(name):
+            # Processes that have not seen the switch yet may still read the source.
+            wait_for_other_processes()
+            source.wait_for_queries(name, timeout=SOURCE_QUERIES_TIMEOUT)
+            if not source.fences_writers and _changed_since_the_copy(source, move):
+                logger.warning(
+                    "Tenant %s: its source database %s on server %s changed after the copy "
+                    "was verified (a process that had it open wrote to it); it is kept, "
+                    "read-only",
+                    tenant.slug,
+                    name,
+                    move.source_server,
+                )
+                move.keep_source = True
         if move.keep_source:
             report.source_kept = True
             if source.database_exists(name):
                 source.keep_read_only(name)
         elif source.database_exists(name):
-            # Processes that have not seen the switch yet serve reads from the source.
-            wait_for_other_processes()
             source.drop_database(name)
         move.delete()
+
+
+def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
+    """Whether rows reached the source (a server that keeps no writer out) after the copy."""
+    copied = get_server(move.target_server).fingerprint(move.database_name)
+    return bool(source.fingerprint(move.database_name).differences(copied))
 
 
 def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
@@ -447,7 +449,8 @@ def _drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = Fals
     if identity == source.database_identity(name):
         raise MoveError(
             f"server {move.target_server!r} now reaches the source database {name!r} itself "
-            "(its settings changed); it is not dropped: set the server back"
+            f"(TENANCY['SERVERS'][{move.target_server!r}] changed), which is not dropped: "
+            "put the server's settings back, then run the command again"
         )
     other = registered_tenant(move.target_server, name, other_than=tenant.slug)
     if other is not None or _registered_there(tenant, move):

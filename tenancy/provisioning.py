@@ -34,6 +34,7 @@ from tenancy.template_databases import (
     create_database_from_template,
     refill_spares,
 )
+from tenancy.tenant_locks import tenant_lock
 from tenancy.validators import (
     validate_database_name,
     validate_slug,
@@ -262,14 +263,33 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
             "is dropped, and a drop is not rolled back. Delete it outside "
             "transaction.atomic() (a view: mark it transaction.non_atomic_requests)."
         )
-    if (
-        tenant.status == TenantStatus.MOVING
-        or TenantMove.objects.filter(tenant_id=tenant.pk).exists()
-    ):
-        raise TenancyError(
-            f"Tenant {tenant.slug!r} is being moved; finish the move (`manage.py move_tenant "
-            f"{tenant.slug} --server NAME`) or undo it (`--abort`), then delete it."
-        )
+    with tenant_lock(tenant.slug, wait=False) as locked:
+        if not locked:
+            raise TenancyError(
+                f"Tenant {tenant.slug!r} is being moved or deleted by another run; try again "
+                "when it has finished."
+            )
+        # As it is now: a move that ended meanwhile may have changed its server.
+        try:
+            tenant.refresh_from_db()
+        except type(tenant).DoesNotExist:
+            raise TenancyError(f"Tenant {tenant.slug!r} does not exist any more.") from None
+        if (
+            tenant.status == TenantStatus.MOVING
+            or TenantMove.objects.filter(tenant_id=tenant.pk).exists()
+        ):
+            raise _being_moved(tenant)
+        _deprovision(tenant, keep_database)
+
+
+def _being_moved(tenant: AbstractTenant) -> TenancyError:
+    return TenancyError(
+        f"Tenant {tenant.slug!r} is being moved; finish the move (`manage.py move_tenant "
+        f"{tenant.slug} --server NAME`) or undo it (`--abort`), then delete it."
+    )
+
+
+def _deprovision(tenant: AbstractTenant, keep_database: bool) -> None:
     if not keep_database:
         check_tenant_drop(tenant)
     status, detail = tenant.status, tenant.status_detail

@@ -114,6 +114,10 @@ class DatabaseServer:
         """End the sessions on the database (but the one of pid ``keep``)."""
         raise NotImplementedError
 
+    def wait_for_queries(self, name: str, timeout: float) -> None:
+        """Wait (``timeout`` seconds at most) until nothing runs on the database."""
+        raise NotImplementedError
+
     def allow_writes(self, name: str) -> None:
         raise NotImplementedError
 

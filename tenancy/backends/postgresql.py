@@ -264,9 +264,10 @@ class PostgreSQLServer(DatabaseServer):
                 [lock_key],
             ).fetchone()
             with self._cursor() as cursor:
+                cursor.execute(_compose(cursor, _READ_ONLY, database_name))
+                # Sessions that start from now on are read-only.
                 cursor.execute("SELECT clock_timestamp()")
                 (read_only_since,) = cursor.fetchone()
-                cursor.execute(_compose(cursor, _READ_ONLY, database_name))
                 _end_sessions(cursor, database_name, keep=row[0])
                 # A session from before (another role's, which this user may not end)
                 # could still write.
@@ -290,6 +291,21 @@ class PostgreSQLServer(DatabaseServer):
             cursor.execute(_compose(cursor, _WRITABLE, database_name))
         # Sessions opened meanwhile (a pooler's) started read-only; new ones start writable.
         self.end_sessions(database_name)
+
+    def wait_for_queries(self, database_name: str, timeout: float) -> None:
+        """Wait, ``timeout`` seconds at most, until no session on ``database_name`` runs a
+        query or holds a transaction open (idle sessions do not count)."""
+        deadline = time.monotonic() + timeout
+        with self._cursor() as cursor:
+            while time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'",
+                    [database_name],
+                )
+                if cursor.fetchone()[0] == 0:
+                    return
+                time.sleep(0.05)
 
     def end_sessions(self, database_name: str, keep: int | None = None) -> None:
         """End the sessions on ``database_name`` but the one of pid ``keep``: their

@@ -113,6 +113,9 @@ class SQLiteServer(DatabaseServer):
     def end_sessions(self, database_name: str, keep: int | None = None) -> None:
         return None  # no server, no sessions
 
+    def wait_for_queries(self, database_name: str, timeout: float) -> None:
+        return None  # no server to ask; reads are not served from a source (see fences_writers)
+
     # Nothing keeps a process that has the file open from writing to it.
     fences_writers = False
 

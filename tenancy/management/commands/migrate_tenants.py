@@ -41,7 +41,14 @@ from tenancy.migration import (
     migrate_tenant,
     migration_lock,
 )
-from tenancy.models import MIGRATED_STATUSES, AbstractTenant, TenantStatus, get_tenant_model
+from tenancy.models import (
+    MIGRATED_STATUSES,
+    AbstractTenant,
+    MoveStep,
+    TenantMove,
+    TenantStatus,
+    get_tenant_model,
+)
 
 
 class Command(BaseCommand):
@@ -227,6 +234,18 @@ class Command(BaseCommand):
                 )
         else:
             tenants = tenants.filter(status__in=MIGRATED_STATUSES)
+            unfinished = list(
+                TenantMove.objects.filter(step=MoveStep.SWITCHED).values_list(
+                    "tenant__slug", "target_server"
+                )
+            )
+            if unfinished and not self.options["json"]:
+                slug, server = unfinished[0]
+                self.stderr.write(
+                    f"Moves that switched but did not finish (their source databases are "
+                    f"still there): {', '.join(s for s, _ in unfinished[:10])}; run `manage.py "
+                    f"move_tenant {slug} --server {server}` (and so on) to finish them."
+                )
             if moving and not self.options["json"]:
                 self.stderr.write(
                     f"Left out, being moved: {', '.join(moving[:10])}"

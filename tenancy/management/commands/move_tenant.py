@@ -13,7 +13,7 @@ from tenancy.exceptions import TenancyError
 from tenancy.moving import MoveReport, abort_move, move_tenant
 
 _STEPS = {
-    "prepared": "marked moving (answered 503)",
+    "prepared": "marked moving (reads served from the source, the rest 503)",
     "waited": "waited for every process to see it",
     "copied": "copied",
     "verified": "verified the copy",
@@ -25,9 +25,10 @@ _STEPS = {
 
 class Command(BaseCommand):
     help = (
-        "Move a tenant's database to another server: the tenant answers 503 while its data "
-        "is copied and verified, then serves from the new server. Run it again after an "
-        "interruption to finish the move, or with --abort to undo it."
+        "Move a tenant's database to another server: while its data is copied and verified "
+        "the tenant serves reads from the old server (PostgreSQL) and answers 503 to the "
+        "rest, then it serves from the new server. Run it again after an interruption to "
+        "finish the move, or with --abort to undo it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

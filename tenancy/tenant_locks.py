@@ -1,0 +1,58 @@
+"""One operation at a time on a tenant's database, across processes: moving it and deleting
+it take this lock (held in the main database) for their whole run."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import DEFAULT_DB_ALIAS, connections, router
+
+from tenancy.backends.sqlite import sqlite_path
+
+_local_locks: dict[str, threading.Lock] = {}
+_local_locks_lock = threading.Lock()
+
+
+@contextmanager
+def tenant_lock(slug: str, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of tenant ``slug``; yields whether it was taken (always True when
+    ``wait``). PostgreSQL: an advisory lock in the main database, on a connection of its
+    own; SQLite: a file lock beside the main database (one for every tenant)."""
+    from tenancy.models import get_tenant_model
+
+    database = router.db_for_write(get_tenant_model()) or DEFAULT_DB_ALIAS
+    connection = connections[database]
+    digest = hashlib.blake2b(slug.encode(), digest_size=8, person=b"tenancy-lock").digest()
+    key = int.from_bytes(digest, "big") >> 1  # a positive bigint
+    if connection.vendor == "postgresql":
+        from tenancy.backends.postgresql import advisory_lock  # psycopg is optional
+
+        with advisory_lock(connection.settings_dict, key, wait=wait) as acquired:
+            yield acquired
+        return
+    if connection.is_in_memory_db():  # type: ignore[attr-defined]
+        # No other process can reach it: a lock of this process's threads.
+        with _local_locks_lock:
+            lock = _local_locks.setdefault(slug, threading.Lock())
+        acquired = lock.acquire(blocking=wait)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                lock.release()
+        return
+    path = sqlite_path(str(connection.settings_dict["NAME"]))
+    with path.with_name(f"{path.name}.tenant-lock").open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
