@@ -319,6 +319,10 @@ class TenantMove(models.Model):
     previous_status = models.CharField(_("status before the move"), max_length=16)
     step = models.CharField(_("step"), max_length=16, choices=MoveStep.choices)
     keep_source = models.BooleanField(_("keep the source"), default=False)
+    # The source as it was verified against the copy (tables and sequences), recorded at
+    # the switch: a source no server keeps writers out of is compared with it again
+    # before it is dropped.
+    verified = models.JSONField(_("verified fingerprint"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 

@@ -42,7 +42,7 @@ from typing import IO, Any
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
 
 from tenancy.backends import get_server
-from tenancy.backends.base import DatabaseServer
+from tenancy.backends.base import DatabaseServer, Fingerprint
 from tenancy.backends.sqlite import SQLiteServer
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
@@ -338,7 +338,7 @@ def _copy_and_switch(
                 report.rows = sum(rows for rows, _ in expected.tables.values())
                 report.sequences = len(expected.sequences)
             with _step(report, "switched"):
-                _switch(tenant, move)
+                _switch(tenant, move, expected)
     except Exception as exc:
         reason = _reason(exc)
         if move.step == MoveStep.SWITCHED:
@@ -375,13 +375,15 @@ def _refuse_pending_migrations(tenant: AbstractTenant) -> None:
         )
 
 
-def _switch(tenant: AbstractTenant, move: TenantMove) -> None:
+def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> None:
     """The registry names the target, and the step says so, in one transaction."""
     with transaction.atomic(using=_registry_database(type(tenant))):
         type(tenant)._default_manager.filter(pk=tenant.pk).update(
             server=move.target_server, status=move.previous_status, status_detail=""
         )
-        _set_step(move, MoveStep.SWITCHED)
+        move.verified = verified.as_json()
+        move.step = MoveStep.SWITCHED
+        move.save(update_fields=["step", "verified", "updated_at"])
     tenant.server, tenant.status, tenant.status_detail = (
         move.target_server,
         move.previous_status,
@@ -421,9 +423,13 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
 
 
 def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
-    """Whether rows reached the source (a server that keeps no writer out) after the copy."""
-    copied = get_server(move.target_server).fingerprint(move.database_name)
-    return bool(source.fingerprint(move.database_name).differences(copied))
+    """Whether rows reached the source (a server that keeps no writer out) after it was
+    verified against the copy (the copy itself takes writes once switched to)."""
+    if not move.verified:
+        return True  # nothing to compare with: keep it
+    verified = Fingerprint.from_json(move.verified)
+    now = source.fingerprint(move.database_name)
+    return bool(verified.differences(now) or now.differences(verified))
 
 
 def _undo(tenant: AbstractTenant, move: TenantMove) -> None:

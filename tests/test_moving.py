@@ -210,7 +210,11 @@ def test_every_request_gets_503_while_moving_when_reads_are_not_served(
 
 
 def record_move(tenant, step):
-    """The row a move from server one to two writes before STEP."""
+    """The row a move from server one to two writes before STEP (at the switch, with the
+    source's fingerprint as verified)."""
+    verified = None
+    if step == MoveStep.SWITCHED:
+        verified = get_server("one").fingerprint(tenant.database_name).as_json()
     TenantMove.objects.create(
         tenant=tenant,
         source_server="one",
@@ -218,6 +222,7 @@ def record_move(tenant, step):
         database_name=tenant.database_name,
         previous_status=TenantStatus.ACTIVE,
         step=step,
+        verified=verified,
     )
 
 
@@ -392,7 +397,7 @@ def test_keep_source_given_to_the_run_that_finishes_is_honoured(gamma):
 def test_a_late_write_to_the_source_is_never_dropped(gamma, monkeypatch):
     switch = moving_module._switch
 
-    def write_then_switch(tenant, move):
+    def write_then_switch(tenant, move, verified):
         # A process that still has the source open writes to it after the verification.
         statement = "INSERT INTO tenantapp_note (text) VALUES ('late')"
         if BACKEND == "sqlite":
@@ -400,7 +405,7 @@ def test_a_late_write_to_the_source_is_never_dropped(gamma, monkeypatch):
         else:  # the server keeps it out
             with pytest.raises(DatabaseError, match="read-only transaction"):
                 run_sql("one", move.database_name, statement)
-        switch(tenant, move)
+        switch(tenant, move, verified)
 
     monkeypatch.setattr(moving_module, "_switch", write_then_switch)
     report = move_tenant(gamma, "two")

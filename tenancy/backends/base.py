@@ -16,6 +16,19 @@ class Fingerprint:
     tables: dict[str, tuple[int, int]]
     sequences: dict[str, int] = field(default_factory=dict)
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "tables": {k: list(v) for k, v in self.tables.items()},
+            "sequences": self.sequences,
+        }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> Fingerprint:
+        tables = {
+            name: (int(rows), int(checksum)) for name, (rows, checksum) in value["tables"].items()
+        }
+        return cls(tables, {name: int(last) for name, last in value["sequences"].items()})
+
     def differences(self, copy: Fingerprint) -> list[str]:
         """What ``copy`` lacks or has otherwise; empty when it holds every row."""
         problems = [
