@@ -27,6 +27,7 @@ the switch), ``abort_move`` undoes a move that has not switched.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -381,7 +382,7 @@ def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> 
         type(tenant)._default_manager.filter(pk=tenant.pk).update(
             server=move.target_server, status=move.previous_status, status_detail=""
         )
-        move.verified = verified.as_json()
+        move.verified = json.dumps(verified.as_json())
         move.step = MoveStep.SWITCHED
         move.save(update_fields=["step", "verified", "updated_at"])
     tenant.server, tenant.status, tenant.status_detail = (
@@ -427,7 +428,7 @@ def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
     verified against the copy (the copy itself takes writes once switched to)."""
     if not move.verified:
         return True  # nothing to compare with: keep it
-    verified = Fingerprint.from_json(move.verified)
+    verified = Fingerprint.from_json(json.loads(move.verified))
     now = source.fingerprint(move.database_name)
     return bool(verified.differences(now) or now.differences(verified))
 

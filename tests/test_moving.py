@@ -212,9 +212,9 @@ def test_every_request_gets_503_while_moving_when_reads_are_not_served(
 def record_move(tenant, step):
     """The row a move from server one to two writes before STEP (at the switch, with the
     source's fingerprint as verified)."""
-    verified = None
+    verified = ""
     if step == MoveStep.SWITCHED:
-        verified = get_server("one").fingerprint(tenant.database_name).as_json()
+        verified = json.dumps(get_server("one").fingerprint(tenant.database_name).as_json())
     TenantMove.objects.create(
         tenant=tenant,
         source_server="one",
