@@ -14,7 +14,6 @@ context.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import threading
@@ -38,7 +37,7 @@ from django.db.migrations.operations.base import Operation
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
-from tenancy.backends.sqlite import sqlite_path
+from tenancy.backends.sqlite import file_lock, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
@@ -233,17 +232,8 @@ def migration_lock(connection: BaseDatabaseWrapper, *, wait: bool = True) -> Ite
         return
     # SQLite: an exclusive lock on a file beside the database.
     database = sqlite_path(str(connection.settings_dict["NAME"]))
-    path = database.with_name(f"{database.name}.migrate-lock")
-    with path.open("a") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with file_lock(database.with_name(f"{database.name}.migrate-lock"), wait=wait) as acquired:
+        yield acquired
 
 
 UP_TO_DATE = "up-to-date"

@@ -269,11 +269,10 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
             f"there is {reason}. Nothing was changed; the tenant serves from server "
             f"{tenant.server!r}."
         )
-    pending = migrate_tenant(tenant, check_only=True)
-    if pending.failed or pending.pending:
-        detail = pending.error or f"{len(pending.pending)} unapplied, first {pending.pending[0]}"
+    pending = _pending_migrations(tenant)
+    if pending:
         raise MoveError(
-            f"Tenant {slug!r} is not moved: its migrations are not current ({detail}). Run "
+            f"Tenant {slug!r} is not moved: its migrations are not current ({pending}). Run "
             f"`manage.py migrate_tenants --tenant {slug}` first."
         )
 
@@ -366,14 +365,21 @@ def _copy_and_switch(
 def _refuse_pending_migrations(tenant: AbstractTenant) -> None:
     """Under the source's migration lock: a migration that ran meanwhile finished, and
     one deployed meanwhile is not applied."""
+    pending = _pending_migrations(tenant)
+    if pending:
+        raise MoveError(
+            f"its migrations are not current ({pending}); run "
+            f"`manage.py migrate_tenants --tenant {tenant.slug}` first"
+        )
+
+
+def _pending_migrations(tenant: AbstractTenant) -> str:
+    """What keeps the tenant's migrations from being current; empty when they are."""
     result = migrate_tenant(tenant, check_only=True)
     unregister(tenant)
     if result.failed or result.pending:
-        detail = result.error or f"{len(result.pending)} unapplied, first {result.pending[0]}"
-        raise MoveError(
-            f"its migrations are not current ({detail}); run "
-            f"`manage.py migrate_tenants --tenant {tenant.slug}` first"
-        )
+        return result.error or f"{len(result.pending)} unapplied, first {result.pending[0]}"
+    return ""
 
 
 def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> None:

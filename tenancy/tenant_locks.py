@@ -3,7 +3,6 @@ it take this lock (held in the main database) for their whole run."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
-from tenancy.backends.sqlite import sqlite_path
+from tenancy.backends.sqlite import file_lock, sqlite_path
 
 _local_locks: dict[str, threading.Lock] = {}
 _local_locks_lock = threading.Lock()
@@ -46,13 +45,5 @@ def tenant_lock(slug: str, *, wait: bool = True) -> Iterator[bool]:
                 lock.release()
         return
     path = sqlite_path(str(connection.settings_dict["NAME"]))
-    with path.with_name(f"{path.name}.tenant-lock").open("a") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with file_lock(path.with_name(f"{path.name}.tenant-lock"), wait=wait) as acquired:
+        yield acquired

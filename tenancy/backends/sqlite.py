@@ -103,12 +103,8 @@ class SQLiteServer(DatabaseServer):
         for). SQLite has no read-only mode a server enforces: writes of a process that
         still has the database open are left to the copy's verification to detect."""
         path = self.path(database_name)
-        with path.with_name(f"{path.name}.migrate-lock").open("a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield lambda: None
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        with file_lock(path.with_name(f"{path.name}.migrate-lock")):
+            yield lambda: None
 
     def end_sessions(self, database_name: str, keep: int | None = None) -> None:
         return None  # no server, no sessions
@@ -192,17 +188,29 @@ class SQLiteServer(DatabaseServer):
     @contextlib.contextmanager
     def template_lock(self) -> Iterator[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / ".template-lock").open("a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        with file_lock(self.directory / ".template-lock"):
+            yield
 
     def list_databases(self) -> list[str]:
         if not self.directory.is_dir():
             return []
         return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on the file ``path`` (made if missing) between processes;
+    yields whether it was taken (always True when ``wait``)."""
+    with path.open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _copy_file(source: Path, target: Path) -> bool:
