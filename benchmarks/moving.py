@@ -17,8 +17,9 @@ this order, each once:
   ``pg_dump | pg_restore``; the copy verified table by table; the registry switched; the
   source dropped).
 
-Printed: each step's seconds, the time the tenant answers 503 (from being marked moving
-to the switch; other processes see the switch within one more RESOLUTION_CACHE_TTL), the
+Printed: each step's seconds, the time the tenant takes no writes (from being marked moving
+to the switch; its reads are served from the source meanwhile, and other processes see
+the switch within one more RESOLUTION_CACHE_TTL), the
 copy step (the same tools plus tenancy's work around them) against the copy by hand, and
 the copy with its verification against the copy by hand.
 """
@@ -115,7 +116,7 @@ def main() -> None:
         "one run per size.\n"
     )
     header = (
-        f"{'size':>6} {'on disk':>8} {'by hand':>8} {'move':>7} {'503 for':>8} "
+        f"{'size':>6} {'on disk':>8} {'by hand':>8} {'move':>7} {'no writes':>9} "
         f"{'copy':>7} {'/ by hand':>9} {'verify':>7} {'copy+verify':>11} {'/ by hand':>9}"
         "   steps"
     )
@@ -134,7 +135,7 @@ def main() -> None:
         ours = steps["copied"] + steps["verified"]
         print(
             f"{megabytes:>4}MB {on_disk:>6.1f}MB {hand:>7.2f}s {move:>6.2f}s "
-            f"{unavailable:>7.2f}s {steps['copied']:>6.2f}s {steps['copied'] / hand:>8.2f}x "
+            f"{unavailable:>8.2f}s {steps['copied']:>6.2f}s {steps['copied'] / hand:>8.2f}x "
             f"{steps['verified']:>6.2f}s "
             f"{ours:>10.2f}s {ours / hand:>8.2f}x   "
             + ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
