@@ -188,14 +188,15 @@ class TenantMiddleware:
             return tenant_not_found(request, resolution.key or "")
         if unavailable:
             return tenant_unavailable(request, tenant)  # type: ignore[arg-type]
+        if tenant is not None and not tenant.is_active:
+            _keep_session_unsaved(request)  # a read served while the tenant moves
         return None
 
 
 def _served_while_moving(request: HttpRequest, tenant: AbstractTenant) -> bool:
     """A read of a tenant being moved, served from its source: only where the server keeps
     every write out of it meanwhile (PostgreSQL), so that no write can land in a database
-    about to be dropped. Such a read does not save a session kept in the tenant's
-    database (it would fail there)."""
+    about to be dropped."""
     if not (
         tenant.status == TenantStatus.MOVING
         and request.method in _READS
@@ -207,10 +208,14 @@ def _served_while_moving(request: HttpRequest, tenant: AbstractTenant) -> bool:
             return False
     except TenancyError:
         return False  # its server left the settings: not served
+    return True
+
+
+def _keep_session_unsaved(request: HttpRequest) -> None:
+    """A session kept in the tenant's database is not saved: it is read-only meanwhile."""
     session = getattr(request, "session", None)
     if session is not None and "sessions" in tenancy_settings.tenant_app_labels:
         session.save = _no_save
-    return True
 
 
 def _no_save(*args: Any, **kwargs: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, models, router
 from django.db.models import Q
 from django.utils.translation import gettext_lazy as _
 
@@ -333,6 +333,11 @@ class TenantMove(models.Model):
 
     def __str__(self) -> str:
         return f"move of tenant {self.tenant_id} to {self.target_server} ({self.step})"
+
+
+def registry_database() -> str:
+    """The alias of the database the registry (tenants, their moves) is written to."""
+    return router.db_for_write(get_tenant_model()) or DEFAULT_DB_ALIAS
 
 
 def get_tenant_model() -> type[AbstractTenant]:

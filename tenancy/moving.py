@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, router, transaction
+from django.db import DatabaseError, connections, transaction
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer, Fingerprint
@@ -49,7 +49,15 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
 from tenancy.migration import LOCK_KEY, migrate_tenant
-from tenancy.models import AbstractTenant, MoveStep, TenantMove, TenantStatus, get_tenant_model
+from tenancy.models import (
+    AbstractTenant,
+    MoveStep,
+    TenantMove,
+    TenantStatus,
+    get_tenant_model,
+    registry_database,
+)
+from tenancy.provisioning import set_status
 from tenancy.registry_cache import in_own_transaction, wait_for_other_processes
 from tenancy.reserved import registered_tenant, unavailable_reason
 from tenancy.tenant_locks import tenant_lock
@@ -169,7 +177,7 @@ def _one_run(slug: str) -> Iterator[None]:
     """One move (or undo) of a tenant at a time, across processes: a second run waits for
     the first, then reads the state it left. Errors of the servers (one unreachable, say)
     become a ``MoveError`` that says where the tenant is and what to run next."""
-    database = _registry_database(get_tenant_model())
+    database = registry_database()
     if in_own_transaction(connections[database]):
         raise MoveError(
             f"Tenant {slug!r} cannot be moved inside a transaction on the main database: "
@@ -278,7 +286,7 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
 
 
 def _prepare(tenant: AbstractTenant, server: str, keep_source: bool) -> TenantMove:
-    with transaction.atomic(using=_registry_database(type(tenant))):
+    with transaction.atomic(using=registry_database()):
         move = TenantMove.objects.create(
             tenant_id=tenant.pk,
             source_server=tenant.server,
@@ -384,7 +392,7 @@ def _pending_migrations(tenant: AbstractTenant) -> str:
 
 def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> None:
     """The registry names the target, and the step says so, in one transaction."""
-    with transaction.atomic(using=_registry_database(type(tenant))):
+    with transaction.atomic(using=registry_database()):
         type(tenant)._default_manager.filter(pk=tenant.pk).update(
             server=move.target_server, status=move.previous_status, status_detail=""
         )
@@ -405,8 +413,9 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
     if registered_tenant(move.source_server, name) is not None:
         # Never drop what the registry gives a tenant (none of this move's doing).
         move.keep_source = True
+    exists = source.database_exists(name)
     with _step(report, "source kept" if move.keep_source else "source dropped"):
-        if not move.keep_source and source.database_exists(name):
+        if not move.keep_source and exists:
             # Processes that have not seen the switch yet may still read the source.
             wait_for_other_processes()
             source.wait_for_queries(name, timeout=SOURCE_QUERIES_TIMEOUT)
@@ -422,9 +431,9 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
                 move.keep_source = True
         if move.keep_source:
             report.source_kept = True
-            if source.database_exists(name):
+            if exists:
                 source.keep_read_only(name)
-        elif source.database_exists(name):
+        elif exists:
             source.drop_database(name)
         move.delete()
 
@@ -445,8 +454,8 @@ def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
         _drop_copy(tenant, move, undoing=True)
     unregister(tenant)  # its sessions on the source end next
     get_server(move.source_server).allow_writes(move.database_name)
-    with transaction.atomic(using=_registry_database(type(tenant))):
-        _set_status(tenant, move.previous_status)
+    with transaction.atomic(using=registry_database()):
+        set_status(tenant, move.previous_status)
         move.delete()
 
 
@@ -610,15 +619,6 @@ def _current(slug: str) -> AbstractTenant:
     if found is None:
         raise MoveError(f"There is no tenant {slug[:80]!r}.")
     return found
-
-
-def _registry_database(model: type[AbstractTenant]) -> str:
-    return router.db_for_write(model) or DEFAULT_DB_ALIAS
-
-
-def _set_status(tenant: AbstractTenant, status: str) -> None:
-    tenant.status, tenant.status_detail = status, ""
-    type(tenant)._default_manager.filter(pk=tenant.pk).update(status=status, status_detail="")
 
 
 def _set_step(move: TenantMove, step: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, router, transaction
+from django.db import IntegrityError, connections, transaction
 
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
@@ -22,7 +22,14 @@ from tenancy.connections import connection_for, unregister
 from tenancy.context import tenant_context
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
-from tenancy.models import AbstractTenant, Domain, TenantMove, TenantStatus, get_tenant_model
+from tenancy.models import (
+    AbstractTenant,
+    Domain,
+    TenantMove,
+    TenantStatus,
+    get_tenant_model,
+    registry_database,
+)
 from tenancy.registry_cache import (
     in_own_transaction,
     wait_for_other_processes,
@@ -183,9 +190,9 @@ def adopt_database(
     add_domains(tenant, hostnames)
     report = compare_migrations(tenant)
     if report.matches:
-        _set_status(tenant, TenantStatus.ACTIVE)
+        set_status(tenant, TenantStatus.ACTIVE)
     else:
-        _set_status(tenant, TenantStatus.FAILED, f"Adopted database differs: {report}")
+        set_status(tenant, TenantStatus.FAILED, f"Adopted database differs: {report}")
     return tenant, report
 
 
@@ -230,7 +237,7 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
     _refuse_unavailable_database(tenant)
-    _set_status(tenant, TenantStatus.PROVISIONING)
+    set_status(tenant, TenantStatus.PROVISIONING)
     try:
         _create_database(tenant)
         result = migrate_tenant(tenant)  # one query when the copy is up to date
@@ -241,12 +248,12 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     except Exception as exc:
         unregister(tenant)
         reason = f"{type(exc).__name__}: {exc}"
-        _set_status(tenant, TenantStatus.FAILED, reason)
+        set_status(tenant, TenantStatus.FAILED, reason)
         raise ProvisioningError(
             f"Provisioning tenant {tenant.slug!r} failed ({reason}). It is marked failed; "
             f"fix the cause and run `manage.py create_tenant {tenant.slug}` again to finish."
         ) from exc
-    _set_status(tenant, TenantStatus.ACTIVE)
+    set_status(tenant, TenantStatus.ACTIVE)
     if tenancy_settings.USE_TEMPLATE_DATABASES:
         refill_spares(tenant.server)  # in the background, for the next tenant
     return tenant
@@ -256,7 +263,7 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
     """Remove ``tenant``: close its connections everywhere in this process, drop its
     database (unless ``keep_database``) and delete its row and domains. A database that
     is reserved or another tenant's is never dropped: ``ReservedDatabaseError``."""
-    if in_own_transaction(connections[router.db_for_write(type(tenant)) or DEFAULT_DB_ALIAS]):
+    if in_own_transaction(connections[registry_database()]):
         raise TenancyError(
             f"Tenant {tenant.slug!r} cannot be deleted inside a transaction on the main "
             "database: other processes must see it marked deleting before its database "
@@ -293,7 +300,7 @@ def _deprovision(tenant: AbstractTenant, keep_database: bool) -> None:
     if not keep_database:
         check_tenant_drop(tenant)
     status, detail = tenant.status, tenant.status_detail
-    _set_status(tenant, TenantStatus.DELETING)
+    set_status(tenant, TenantStatus.DELETING)
     # Until every process has seen "deleting" (a process may still know the tenant as
     # active, even when it was suspended just before), one may send a request to the
     # database; after it none does, nor reaches a database made later under its name.
@@ -308,11 +315,11 @@ def _deprovision(tenant: AbstractTenant, keep_database: bool) -> None:
             )
         tenant.delete()
     except ReservedDatabaseError:
-        _set_status(tenant, status, detail)  # refused before anything was dropped
+        set_status(tenant, status, detail)  # refused before anything was dropped
         raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-        _set_status(tenant, TenantStatus.DELETING, reason)
+        set_status(tenant, TenantStatus.DELETING, reason)
         raise TenancyError(
             f"Deleting tenant {tenant.slug!r} failed ({reason}). It stays marked deleting; "
             f"run `manage.py delete_tenant {tenant.slug}` again to finish."
@@ -339,6 +346,7 @@ def _create_database(tenant: AbstractTenant) -> None:
     get_server(tenant.server).create_database(tenant.database_name)
 
 
-def _set_status(tenant: AbstractTenant, status: str, detail: str = "") -> None:
+def set_status(tenant: AbstractTenant, status: str, detail: str = "") -> None:
+    """Give ``tenant`` (the instance and its row) ``status`` and ``detail``."""
     tenant.status, tenant.status_detail = status, detail
     type(tenant)._default_manager.filter(pk=tenant.pk).update(status=status, status_detail=detail)

@@ -108,16 +108,18 @@ def registered_tenant(
     addresses the same server."""
     from tenancy.models import get_tenant_model  # the model validates with this module
 
-    address = get_server(server).address
-    same_server = [
-        name for name in tenancy_settings.SERVERS if get_server(name).address == address
-    ]
     tenants = get_tenant_model()._default_manager.filter(
-        server__in=same_server, database_name=database_name
+        server__in=_entries_of(server), database_name=database_name
     )
     if other_than:
         tenants = tenants.exclude(slug=other_than)
     return tenants.order_by("slug").first()
+
+
+def _entries_of(server: str) -> list[str]:
+    """The entries of TENANCY['SERVERS'] that address the same server as ``server``."""
+    address = get_server(server).address
+    return [name for name in tenancy_settings.SERVERS if get_server(name).address == address]
 
 
 def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | None:
@@ -143,10 +145,7 @@ def moving_to(server: str, database_name: str, *, other_than: str = "") -> str |
 
     from tenancy.models import TenantMove
 
-    address = get_server(server).address
-    same_server = [
-        name for name in tenancy_settings.SERVERS if get_server(name).address == address
-    ]
+    same_server = _entries_of(server)
     moves = TenantMove.objects.filter(
         Q(target_server__in=same_server) | Q(source_server__in=same_server),
         database_name=database_name,

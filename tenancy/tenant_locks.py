@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db import connections
 
 from tenancy.backends.sqlite import file_lock, sqlite_path
 
@@ -21,10 +21,9 @@ def tenant_lock(slug: str, *, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of tenant ``slug``; yields whether it was taken (always True when
     ``wait``). PostgreSQL: an advisory lock in the main database, on a connection of its
     own; SQLite: a file lock beside the main database (one for every tenant)."""
-    from tenancy.models import get_tenant_model
+    from tenancy.models import registry_database
 
-    database = router.db_for_write(get_tenant_model()) or DEFAULT_DB_ALIAS
-    connection = connections[database]
+    connection = connections[registry_database()]
     digest = hashlib.blake2b(slug.encode(), digest_size=8, person=b"tenancy-lock").digest()
     key = int.from_bytes(digest, "big") >> 1  # a positive bigint
     if connection.vendor == "postgresql":

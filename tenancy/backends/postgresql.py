@@ -114,7 +114,7 @@ class PostgreSQLServer(DatabaseServer):
         validate_database_name(name)
         check_drop(self, name, allow_template=allow_template)
         with self._cursor() as cursor:
-            cursor.execute(f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = %s", [name])
+            cursor.execute(_IDENTITY, [name])
             row = cursor.fetchone()
             if row is None:
                 return False
@@ -229,9 +229,7 @@ class PostgreSQLServer(DatabaseServer):
 
     def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
         with self._cursor() as cursor:
-            cursor.execute(
-                f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = %s", [database_name]
-            )
+            cursor.execute(_IDENTITY, [database_name])
             row = cursor.fetchone()
         return None if row is None else tuple(row)
 
@@ -361,6 +359,8 @@ class PostgreSQLServer(DatabaseServer):
 # What tells one cluster from another: no two clusters on a port started at the same
 # microsecond.
 _CLUSTER = "pg_postmaster_start_time(), current_setting('port')"
+# A database's identity: its oid in its cluster.
+_IDENTITY = f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = %s"
 
 
 def _refuse_a_configured_database(server: str, name: str, target: tuple[Any, ...]) -> None:
