@@ -38,6 +38,11 @@ class TenantStatus(models.TextChoices):
     FAILED = "failed", _("failed")
     DELETING = "deleting", _("deleting")
     MOVING = "moving", _("moving")
+    # Being made from a backup (``restore_tenant``): its database is not complete yet.
+    RESTORING = "restoring", _("restoring")
+    # Deleted with retention: not served, its data kept until ``retained_until``
+    # (``purge_tenants`` removes it then; ``reactivate_tenant`` brings it back before).
+    ARCHIVED = "archived", _("archived")
 
 
 # The tenants whose databases are in use and kept at the current schema (migrate_tenants
@@ -84,6 +89,12 @@ class AbstractTenant(models.Model):
         blank=True,
         validators=[validate_database_name],
         help_text=_("Derived from the slug when left blank."),
+    )
+    retained_until = models.DateTimeField(
+        _("retained until"),
+        null=True,
+        blank=True,
+        help_text=_("An archived tenant's data is removed after this (purge_tenants)."),
     )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -299,8 +310,16 @@ class MoveStep(models.TextChoices):
     SWITCHED = "switched", _("switched")
 
 
+class MoveKind(models.TextChoices):
+    # To another server, under the same database name (``tenancy.moving``).
+    MOVE = "move", _("move")
+    # From a backup into a new database that replaces the tenant's (``tenancy.backups``).
+    RESTORE = "restore", _("restore")
+
+
 class TenantMove(models.Model):
-    """A move of a tenant's database to another server in progress (``tenancy.moving``).
+    """A move of a tenant's database to another server in progress (``tenancy.moving``),
+    or its replacement by a database restored from a backup (``tenancy.backups``).
 
     Written before each step, so that running the move again after a crash knows which
     databases are whose: before the switch the source is the tenant's and the target a
@@ -316,6 +335,13 @@ class TenantMove(models.Model):
     source_server = models.CharField(_("source server"), max_length=63)
     target_server = models.CharField(_("target server"), max_length=63)
     database_name = models.CharField(_("database name"), max_length=DATABASE_NAME_MAX_LENGTH)
+    kind = models.CharField(
+        _("kind"), max_length=16, choices=MoveKind.choices, default=MoveKind.MOVE
+    )
+    # The new database's name, when it differs from the source's (a restore's).
+    target_database = models.CharField(
+        _("target database"), max_length=DATABASE_NAME_MAX_LENGTH, blank=True
+    )
     previous_status = models.CharField(_("status before the move"), max_length=16)
     step = models.CharField(_("step"), max_length=16, choices=MoveStep.choices)
     keep_source = models.BooleanField(_("keep the source"), default=False)
@@ -332,7 +358,12 @@ class TenantMove(models.Model):
         verbose_name_plural = _("tenant moves")
 
     def __str__(self) -> str:
-        return f"move of tenant {self.tenant_id} to {self.target_server} ({self.step})"
+        return f"{self.kind} of tenant {self.tenant_id} to {self.target_server} ({self.step})"
+
+    @property
+    def target_name(self) -> str:
+        """The database the tenant gets: ``target_database``, else the source's name."""
+        return self.target_database or self.database_name
 
 
 def registry_database() -> str:
