@@ -89,6 +89,10 @@ DEFAULTS: dict[str, Any] = {
     # Serve GET, HEAD and OPTIONS requests of a tenant being moved from its source, which
     # is read-only meanwhile; other requests get 503. False: 503 for every request.
     "READ_ONLY_WHILE_MOVING": True,
+    # Days a deleted tenant's data is kept (the tenant archived, not served) before
+    # purge_tenants drops it; delete_tenant --retain DAYS chooses per tenant. 0: dropped
+    # at once.
+    "RETENTION_DAYS": 0,
     # Who may use a session signed in on one site (a tenant, or the main site) on another:
     # None (nobody), or a function (user, tenant) -> bool or its dotted path.
     "CROSS_TENANT_LOGIN": None,
@@ -330,6 +334,17 @@ class TenancySettings:
     @cached_property
     def READ_ONLY_WHILE_MOVING(self) -> bool:
         return self._boolean("READ_ONLY_WHILE_MOVING")
+
+    @cached_property
+    def RETENTION_DAYS(self) -> int:
+        value = self._raw["RETENTION_DAYS"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _error(
+                "RETENTION_DAYS",
+                f"must be a whole number of days, 0 to drop a deleted tenant at once, not "
+                f"{value!r}.",
+            )
+        return value
 
     @cached_property
     def CROSS_TENANT_LOGIN(self) -> Callable[[Any, Any], Any] | None:

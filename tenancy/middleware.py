@@ -111,10 +111,10 @@ def _use_urlconf(request: HttpRequest, tenant: AbstractTenant | None) -> None:
 class TenantMiddleware:
     """Resolve the tenant (see ``TENANCY['RESOLVER']``) and run the view inside its context.
 
-    Sets ``request.tenant`` (``None`` on the main site). A key that names no tenant is
-    answered with 404, a tenant that is not active with 503, before any view runs. The
-    tenant is reset when the response is returned, and a streaming response produces each
-    chunk inside the tenant's context.
+    Sets ``request.tenant`` (``None`` on the main site). A key that names no tenant (or an
+    archived one) is answered with 404, a tenant that is not active with 503, before any
+    view runs. The tenant is reset when the response is returned, and a streaming response
+    produces each chunk inside the tenant's context.
     """
 
     sync_capable = True
@@ -165,9 +165,9 @@ class TenantMiddleware:
     ) -> HttpResponseBase | None:
         """A tenant whose database cannot be reached (its server is down, say) is answered
         with 503 rather than 500; the other tenants are not affected. A request whose
-        tenant was deleted while it ran is answered with 404, as if it had been deleted
-        before, and one whose tenant is being deleted (or was suspended) meanwhile with
-        503. See ``tenant_error_response``."""
+        tenant was deleted or archived while it ran is answered with 404, as if that had
+        happened before, and one whose tenant is being deleted (or was suspended)
+        meanwhile with 503. See ``tenant_error_response``."""
         tenant = getattr(request, "tenant", None)
         if tenant is None:
             return None
@@ -236,8 +236,8 @@ def tenant_error_response(
     Only errors of the tenant's own connections count: Django marks a connection on
     which an error other than a data or integrity error occurred, and tenancy raises
     ``TenantRemoved`` for a connection of a tenant removed from the process meanwhile.
-    The registry decides the answer: 404 when the tenant is gone, 503 when it is not
-    active (being deleted, say) or its database cannot be reached.
+    The registry decides the answer: 404 when the tenant is gone or archived, 503 when it
+    is not active (being deleted, say) or its database cannot be reached.
     """
     if isinstance(exception, TenantRemoved):
         if exception.slug != tenant.slug:
@@ -253,8 +253,10 @@ def tenant_error_response(
     status = (
         type(tenant)._default_manager.filter(pk=tenant.pk).values_list("status", flat=True).first()
     )
-    if status is None:
-        logger.warning("Tenant %s was deleted while a request for it ran", tenant.slug)
+    if status is None or status == TenantStatus.ARCHIVED:
+        logger.warning(
+            "Tenant %s was %s while a request for it ran", tenant.slug, status or "deleted"
+        )
         return tenant_not_found(request, _tenant_key(request, tenant))
     if status != TenantStatus.ACTIVE:
         return tenant_unavailable(request, tenant)

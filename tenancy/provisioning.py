@@ -10,10 +10,12 @@ tenant's connections, drops (or keeps) its database and deletes the row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, connections, transaction
 
 from tenancy.backends import get_server
@@ -25,6 +27,7 @@ from tenancy.migration import applied_migrations, migrate_tenant, migration_stat
 from tenancy.models import (
     AbstractTenant,
     Domain,
+    MoveKind,
     TenantMove,
     TenantStatus,
     get_tenant_model,
@@ -43,6 +46,7 @@ from tenancy.template_databases import (
 )
 from tenancy.tenant_locks import tenant_lock
 from tenancy.validators import (
+    is_valid_slug,
     validate_database_name,
     validate_slug,
     validate_tenant_hostname,
@@ -124,6 +128,7 @@ def _refuse_changing_existing(
     tenant: AbstractTenant, server: str | None, hostnames: list[str]
 ) -> None:
     """Running ``create_tenant`` again finishes a provisioning; it changes nothing else."""
+    _refuse_archived(tenant)
     if server is not None and tenant.server != server:
         raise ProvisioningError(
             f"Tenant {tenant.slug!r} exists on server {tenant.server!r}, not {server!r}; "
@@ -139,6 +144,19 @@ def _refuse_changing_existing(
             f"Tenant {tenant.slug!r} exists already ({tenant.status}); nothing was changed. "
             f"Add domain {new[0]!r} in the admin's tenant page, or with "
             f"Domain.objects.create(tenant=..., domain={new[0]!r})."
+        )
+
+
+def _refuse_archived(tenant: AbstractTenant) -> None:
+    """An archived tenant keeps its slug, database and domains until it is purged."""
+    if tenant.status == TenantStatus.ARCHIVED:
+        slug = tenant.slug
+        raise ProvisioningError(
+            f"Tenant {slug!r} is archived (not served, its data kept until it is purged); "
+            f"nothing was changed. `manage.py reactivate_tenant {slug}` brings it back; "
+            f"`manage.py purge_tenants` removes it once its retention has ended "
+            f"(`manage.py delete_tenant {slug} --retain 0` removes it now), and then the "
+            "slug can be used again."
         )
 
 
@@ -182,6 +200,7 @@ def adopt_database(
         slug=slug,
         defaults={"name": name or slug, "server": server, "database_name": database_name},
     )
+    _refuse_archived(tenant)
     if (tenant.server, tenant.database_name) != (server, database_name):
         raise ProvisioningError(
             f"Tenant {slug!r} exists already, with database {tenant.database_name!r} on "
@@ -236,6 +255,7 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
 
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
+    _refuse_archived(tenant)
     _refuse_unavailable_database(tenant)
     set_status(tenant, TenantStatus.PROVISIONING)
     try:
@@ -263,36 +283,56 @@ def deprovision_tenant(tenant: AbstractTenant, *, keep_database: bool = False) -
     """Remove ``tenant``: close its connections everywhere in this process, drop its
     database (unless ``keep_database``) and delete its row and domains. A database that
     is reserved or another tenant's is never dropped: ``ReservedDatabaseError``."""
+    with locked_tenant(tenant, "deleted") as current:
+        _deprovision(current, keep_database)
+
+
+@contextmanager
+def locked_tenant(tenant: AbstractTenant | str, action: str) -> Iterator[AbstractTenant]:
+    """Hold ``tenant``'s lock (``tenancy.tenant_locks``, taken by moves and deletions) and
+    yield its row as it is now: a move that ended meanwhile may have changed its server.
+    ``TenancyError`` inside a transaction on the main database, when another run holds the
+    lock, and for a tenant gone or being moved or restored. ``action`` says what is done
+    to the tenant, for the messages ("deleted")."""
+    slug = tenant if isinstance(tenant, str) else tenant.slug
+    if not is_valid_slug(slug):
+        raise TenancyError(f"{slug[:80]!r} is not a valid tenant slug, so no tenant has it.")
     if in_own_transaction(connections[registry_database()]):
         raise TenancyError(
-            f"Tenant {tenant.slug!r} cannot be deleted inside a transaction on the main "
-            "database: other processes must see it marked deleting before its database "
-            "is dropped, and a drop is not rolled back. Delete it outside "
+            f"Tenant {slug!r} cannot be {action} inside a transaction on the main "
+            "database: other processes must see its new status before its database "
+            "changes, and that change is not rolled back. Do it outside "
             "transaction.atomic() (a view: mark it transaction.non_atomic_requests)."
         )
-    with tenant_lock(tenant.slug, wait=False) as locked:
+    with tenant_lock(slug, wait=False) as locked:
         if not locked:
             raise TenancyError(
-                f"Tenant {tenant.slug!r} is being moved or deleted by another run; try again "
-                "when it has finished."
+                f"Tenant {slug!r} is being moved or deleted by another run; try again when "
+                "it has finished."
             )
-        # As it is now: a move that ended meanwhile may have changed its server.
         try:
-            tenant.refresh_from_db()
-        except type(tenant).DoesNotExist:
-            raise TenancyError(f"Tenant {tenant.slug!r} does not exist any more.") from None
-        if (
-            tenant.status == TenantStatus.MOVING
-            or TenantMove.objects.filter(tenant_id=tenant.pk).exists()
-        ):
-            raise _being_moved(tenant)
-        _deprovision(tenant, keep_database)
+            if isinstance(tenant, AbstractTenant):
+                tenant.refresh_from_db()
+                current = tenant
+            else:
+                current = get_tenant_model()._default_manager.get(slug=slug)
+        except ObjectDoesNotExist:
+            raise TenancyError(f"Tenant {slug[:80]!r} does not exist (any more).") from None
+        move = TenantMove.objects.filter(tenant_id=current.pk).first()
+        if current.status in (TenantStatus.MOVING, TenantStatus.RESTORING) or move is not None:
+            raise _being_moved(current, move, action)
+        yield current
 
 
-def _being_moved(tenant: AbstractTenant) -> TenancyError:
+def _being_moved(tenant: AbstractTenant, move: TenantMove | None, action: str) -> TenancyError:
+    if tenant.status == TenantStatus.RESTORING or (move and move.kind == MoveKind.RESTORE):
+        return TenancyError(
+            f"Tenant {tenant.slug!r} is being restored from a backup; it can be {action} "
+            "once the restore has finished or been undone."
+        )
     return TenancyError(
         f"Tenant {tenant.slug!r} is being moved; finish the move (`manage.py move_tenant "
-        f"{tenant.slug} --server NAME`) or undo it (`--abort`), then delete it."
+        f"{tenant.slug} --server NAME`) or undo it (`--abort`), then it can be {action}."
     )
 
 

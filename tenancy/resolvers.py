@@ -1,9 +1,9 @@
 """How a request names its tenant: by host, subdomain, header, path prefix or a callable.
 
 A resolver returns a ``Resolution``: no tenant (the request is for the main site), a
-tenant, or a key that names no tenant (the middleware answers 404). Lookups go to the
-main database through ``resolve`` (sync) or ``aresolve`` (async ORM, never blocking
-the event loop). The built-in resolvers' answers are cached in each process
+tenant, or a key that names no tenant or an archived one (the middleware answers 404).
+Lookups go to the main database through ``resolve`` (sync) or ``aresolve`` (async ORM,
+never blocking the event loop). The built-in resolvers' answers are cached in each process
 (``tenancy.registry_cache``): a request for a known tenant costs no query.
 """
 
@@ -26,7 +26,7 @@ from django.utils.module_loading import import_string
 from tenancy import registry_cache
 from tenancy.conf import tenancy_settings
 from tenancy.context import find_by_slug
-from tenancy.models import AbstractTenant, Domain
+from tenancy.models import AbstractTenant, Domain, TenantStatus
 from tenancy.validators import is_valid_hostname, is_valid_slug
 
 if TYPE_CHECKING:
@@ -42,7 +42,11 @@ class Resolution:
 
     @property
     def not_found(self) -> bool:
-        return self.key is not None and self.tenant is None
+        """Whether the key names no tenant, or one that is archived: kept for its data,
+        never served (``tenancy.retention``)."""
+        return self.key is not None and (
+            self.tenant is None or self.tenant.status == TenantStatus.ARCHIVED
+        )
 
 
 MAIN_SITE = Resolution()

@@ -1,5 +1,6 @@
-"""One operation at a time on a tenant's database, across processes: moving it and deleting
-it take this lock (held in the main database) for their whole run."""
+"""One operation at a time on a tenant's database, across processes: moving it, deleting,
+archiving, reactivating and purging it take this lock (held in the main database) for their
+whole run."""
 
 from __future__ import annotations
 

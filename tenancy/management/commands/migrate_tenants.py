@@ -226,6 +226,13 @@ class Command(BaseCommand):
                     f"Tenant {sorted(set(slugs) & set(moving))[0]!r} is being moved; migrate "
                     "it once the move has finished (its database is read-only meanwhile)."
                 )
+            archived = tenants.filter(slug__in=slugs, status=TenantStatus.ARCHIVED).first()
+            if archived is not None:
+                raise CommandError(
+                    f"Tenant {archived.slug!r} is archived (not served, its database kept "
+                    f"read-only); it is migrated when it is brought back: `manage.py "
+                    f"reactivate_tenant {archived.slug}`."
+                )
             tenants = tenants.filter(slug__in=slugs).exclude(status=TenantStatus.DELETING)
             missing = sorted(set(slugs) - set(tenants.values_list("slug", flat=True)))
             if missing:
