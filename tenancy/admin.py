@@ -28,7 +28,9 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
@@ -51,6 +53,7 @@ from tenancy.models import (
 )
 from tenancy.moving import move_tenant
 from tenancy.provisioning import deprovision_tenant, provision_tenant
+from tenancy.retention import archive_tenant, format_when, reactivate_tenant
 
 if TYPE_CHECKING:
     from django.contrib.admin.models import LogEntry
@@ -64,6 +67,8 @@ STATUS_COLOURS = {
     TenantStatus.FAILED: "#c62828",
     TenantStatus.DELETING: "#6a1b9a",
     TenantStatus.MOVING: "#1565c0",
+    TenantStatus.RESTORING: "#1565c0",
+    TenantStatus.ARCHIVED: "#616161",
 }
 
 
@@ -120,6 +125,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "suspend_selected",
         "activate_selected",
         "retry_provisioning",
+        "reactivate_selected",
         "move_selected_tenants",
         "delete_selected_tenants",
     ]
@@ -131,13 +137,19 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, tenant: AbstractTenant) -> str:
+        """The status in its colour, the detail on hover; an archived tenant's with the
+        date its data is kept until."""
         colour = STATUS_COLOURS.get(TenantStatus(tenant.status), "inherit")
-        return format_html(
+        status = format_html(
             '<strong style="color: {}" title="{}">{}</strong>',
             colour,
             tenant.status_detail,
             tenant.get_status_display(),
         )
+        if tenant.status == TenantStatus.ARCHIVED and tenant.retained_until is not None:
+            until = date_format(timezone.localtime(tenant.retained_until), "DATE_FORMAT")
+            return format_html("{} {}", status, _("until %(date)s") % {"date": until})
+        return status
 
     @admin.display(description=_("placement"))
     def placement(self, tenant: AbstractTenant) -> str:
@@ -281,6 +293,16 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 continue
             self._provision(request, tenant)
 
+    @admin.action(description=_("Reactivate selected archived tenants"), permissions=["provision"])
+    def reactivate_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for tenant in queryset.order_by("slug"):
+            try:
+                reactivate_tenant(tenant)
+            except TenancyError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(request, f"Tenant {tenant.slug}: active again.")
+
     @admin.action(
         description=_("Delete selected tenants and their databases"), permissions=["delete"]
     )
@@ -341,22 +363,32 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def _delete_confirmation(
         self, request: HttpRequest, tenants: list[AbstractTenant]
     ) -> HttpResponse | None:
-        """A page where the user types each tenant's slug; deletes on a matching POST."""
+        """A page where the user types each tenant's slug; on a matching POST, archives the
+        tenants for the days asked (``tenancy.retention``) or deletes them."""
         form = DeleteTenantsForm(tenants, request.POST if "confirm" in request.POST else None)
         if form.is_bound and form.is_valid():
-            keep = form.cleaned_data["keep_database"]
+            keep, days = form.cleaned_data["keep_database"], form.cleaned_data["retain_days"]
             for tenant in tenants:
                 try:
-                    deprovision_tenant(tenant, keep_database=keep)
+                    done = self._archive(tenant, days) if days else self._delete(tenant, keep)
                 except TenancyError as exc:
                     messages.error(request, str(exc))
                 else:
-                    kept = _(" (database kept)") if keep else ""
-                    messages.success(request, f"Tenant {tenant.slug}: deleted{kept}.")
+                    messages.success(request, f"Tenant {tenant.slug}: {done}.")
             return None
         return self._confirmation_page(
             request, tenants, form, _("Delete tenants"), "admin/tenancy/delete_tenants.html"
         )
+
+    @staticmethod
+    def _archive(tenant: AbstractTenant, days: int) -> str:
+        until = archive_tenant(tenant, days).retained_until
+        return f"archived, its data kept until {format_when(until)}" if until else "archived"
+
+    @staticmethod
+    def _delete(tenant: AbstractTenant, keep_database: bool) -> str:
+        deprovision_tenant(tenant, keep_database=keep_database)
+        return "deleted (database kept)" if keep_database else "deleted"
 
     def _confirmation_page(
         self,
@@ -397,14 +429,29 @@ class MoveTenantsForm(forms.Form):
 
 
 class DeleteTenantsForm(forms.Form):
+    retain_days = forms.IntegerField(
+        required=False,  # left out: TENANCY["RETENTION_DAYS"], as for delete_tenant
+        min_value=0,
+        max_value=36500,
+        label=_("Keep the data for (days)"),
+        help_text=_(
+            "The tenants are archived: not served, their data kept read-only for this many "
+            "days (they can be reactivated meanwhile), then dropped by purge_tenants. 0: "
+            "drop the databases now."
+        ),
+    )
     keep_database = forms.BooleanField(
         required=False,
         label=_("Keep the databases"),
-        help_text=_("Only remove the tenants from the registry; their data stays on the server."),
+        help_text=_(
+            "With 0 days: only remove the tenants from the registry; their data stays on "
+            "the server."
+        ),
     )
 
     def __init__(self, tenants: list[AbstractTenant], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["retain_days"].initial = tenancy_settings.RETENTION_DAYS
         self.tenants = tenants
         for tenant in tenants:
             self.fields[f"slug_{tenant.pk}"] = forms.CharField(
@@ -413,6 +460,14 @@ class DeleteTenantsForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if cleaned.get("retain_days") is None and "retain_days" not in self.errors:
+            keep = cleaned.get("keep_database")
+            cleaned["retain_days"] = 0 if keep else tenancy_settings.RETENTION_DAYS
+        if cleaned.get("keep_database") and cleaned.get("retain_days"):
+            self.add_error(
+                "keep_database",
+                _("Archiving keeps the data already; keep the databases only with 0 days."),
+            )
         for tenant in self.tenants:
             if cleaned.get(f"slug_{tenant.pk}") != tenant.slug:
                 self.add_error(f"slug_{tenant.pk}", _("This is not the tenant's slug."))
