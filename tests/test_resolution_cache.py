@@ -417,11 +417,17 @@ def test_values_that_change_in_place_are_not_shared_between_requests(db_access):
             class Meta(AbstractTenant.Meta):
                 app_label = "sharedapp"
 
-    loaded = FeatureTenant.from_db(
-        "default",
-        [field.attname for field in FeatureTenant._meta.concrete_fields],
-        [1, "acme", "Acme", "active", "", "one", "tenancy_acme", None, None, {"plan": "free"}],
-    )
+    row = {
+        "id": 1,
+        "slug": "acme",
+        "name": "Acme",
+        "status": "active",
+        "server": "one",
+        "database_name": "tenancy_acme",
+        "features": {"plan": "free"},
+    }
+    fields = [field.attname for field in FeatureTenant._meta.concrete_fields]
+    loaded = FeatureTenant.from_db("default", fields, [row.get(name) for name in fields])
     first = registry_cache.lookup("features", "acme", lambda key: loaded)
     first.features["plan"] = "enterprise (unsaved)"
     second = registry_cache.lookup("features", "acme", lambda key: pytest.fail("not cached"))
