@@ -30,7 +30,18 @@ DEFAULT_TENANT_MODEL = "tenancy.Tenant"
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
 # Keys of a server entry that tenancy reads itself; they never reach Django.
-SERVER_ONLY_KEYS = ("DIRECTORY", "MAINTENANCE_DB", "PLACEMENT", "DATABASE", "TRANSACTION_POOLING")
+SERVER_ONLY_KEYS = (
+    "DIRECTORY",
+    "MAINTENANCE_DB",
+    "PLACEMENT",
+    "DATABASE",
+    "TRANSACTION_POOLING",
+    "DIRECT",
+)
+
+# What a server entry's DIRECT may set: the address of the server itself, for PostgreSQL's
+# client programs (backups, restores, moves), where HOST and PORT lead to a pooler.
+DIRECT_KEYS = ("HOST", "PORT", "OPTIONS")
 
 # Where a server keeps its tenants: a database each, or a schema each in one database.
 DATABASES_PLACEMENT = "databases"
@@ -555,6 +566,7 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             "TENANCY['DATABASE_NAME'].",
         )
     _validate_placement(name, template, vendor)
+    _validate_direct(name, template, vendor)
     server = copy.deepcopy(dict(template))
     if vendor == "sqlite":
         if not template.get("DIRECTORY"):
@@ -563,6 +575,25 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             )
         server["DIRECTORY"] = Path(template["DIRECTORY"])
     return server
+
+
+def _validate_direct(name: object, template: Mapping[str, Any], vendor: str) -> None:
+    direct = template.get("DIRECT")
+    if direct is None:
+        return
+    if vendor != "postgresql":
+        raise _server_error(name, "sets DIRECT, which only a PostgreSQL server uses.")
+    if not isinstance(direct, Mapping) or not set(direct) <= set(DIRECT_KEYS):
+        raise _server_error(
+            name,
+            "has DIRECT, which must be a dict of HOST, PORT and OPTIONS: the server's own "
+            "address where HOST and PORT lead to a pooler, for pg_dump and pg_restore.",
+        )
+    chosen = sorted(set(direct.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
+    if chosen:
+        raise _server_error(
+            name, f"sets DIRECT OPTIONS {', '.join(map(repr, chosen))}; use HOST and PORT."
+        )
 
 
 def _validate_placement(name: object, template: Mapping[str, Any], vendor: str) -> None:

@@ -348,7 +348,9 @@ def connection_failed(tenant: AbstractTenant) -> bool:
 def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
     """The complete ``DATABASES`` entry for ``tenant``, built from its server's template."""
     try:
-        if not getattr(tenant, "is_template", False):
+        # A stand-in (a template database, a database being restored) has a name of
+        # tenancy's own, with a "." no slug has, so that it never shares a tenant's alias.
+        if not getattr(tenant, "is_stand_in", False):
             validate_slug(tenant.slug)
         validate_database_name(tenant.database_name)
     except ValidationError as exc:

@@ -84,3 +84,10 @@ class TenantRemoved(TenancyError, DatabaseError):
             "database was held. Use the tenant again (tenant_context) to reach it as it is "
             "now, if it still exists."
         )
+
+
+def one_line(exc: BaseException) -> str:
+    """An error on one line (a server's message may take several): tenancy's own as it is,
+    any other with its type."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, TenancyError) else f"{type(exc).__name__}: {text}"

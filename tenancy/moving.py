@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import tempfile
 import time
@@ -37,20 +36,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer, Fingerprint
+from tenancy.backends.client_programs import check_exit, client_program, reaped
 from tenancy.backends.sqlite import SQLiteServer
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
-from tenancy.exceptions import TenancyError
+from tenancy.exceptions import TenancyError, one_line
 from tenancy.migration import LOCK_KEY, migrate_tenant
 from tenancy.models import (
     AbstractTenant,
+    MoveKind,
     MoveStep,
     TenantMove,
     TenantStatus,
@@ -128,6 +128,8 @@ def abort_move(tenant: AbstractTenant | str) -> None:
         move = TenantMove.objects.filter(tenant_id=current.pk).first()
         if move is None:
             raise MoveError(f"Tenant {slug!r} is not being moved; nothing to undo.")
+        if move.kind == MoveKind.RESTORE:
+            raise restore_in_progress(slug)
         if move.step == MoveStep.SWITCHED:
             raise MoveError(
                 f"Tenant {slug!r} serves from server {move.target_server!r} already; run "
@@ -147,13 +149,15 @@ def _move(
         if _same_database(tenant.server, server, tenant.database_name):
             # Two entries for one server (another user, or through a pooler) that reach
             # the very same database: only the registry changes.
-            with _step(report, "switched"):
+            with timed_step(report.steps, "switched"):
                 type(tenant)._default_manager.filter(pk=tenant.pk).update(server=server)
             unregister(tenant)
             return report
-        with _step(report, "prepared"):
+        with timed_step(report.steps, "prepared"):
             move = _prepare(tenant, server, keep_source)
     else:
+        if move.kind == MoveKind.RESTORE:
+            raise restore_in_progress(tenant.slug)
         if move.target_server != server:
             raise MoveError(
                 f"Tenant {tenant.slug!r} is being moved to server {move.target_server!r}: run "
@@ -168,8 +172,17 @@ def _move(
         )
     if move.step != MoveStep.SWITCHED:
         _copy_and_switch(tenant, move, report, progress)
-    _finish(tenant, move, report)
+    report.source_kept = finish_switched(tenant, move, report.steps)
     return report
+
+
+def restore_in_progress(slug: str) -> MoveError:
+    """The error for a tenant whose database is being replaced by a restore."""
+    return MoveError(
+        f"Tenant {slug!r} is being restored from a backup: run the same `manage.py "
+        f"restore_tenant` again to finish it, or `manage.py restore_tenant --abort {slug}` "
+        "to undo it."
+    )
 
 
 @contextmanager
@@ -192,14 +205,8 @@ def _one_run(slug: str) -> Iterator[None]:
         raise
     except (DatabaseError, OSError, TenancyError) as exc:
         raise MoveError(
-            f"Tenant {slug!r}: the move stopped ({_reason(exc)}). {_where(slug)}"
+            f"Tenant {slug!r}: the move stopped ({one_line(exc)}). {_where(slug)}"
         ) from exc
-
-
-def _reason(exc: BaseException) -> str:
-    """An error on one line (a server's message may take several)."""
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, MoveError) else f"{type(exc).__name__}: {text}"
 
 
 def _where(slug: str) -> str:
@@ -315,7 +322,7 @@ def _copy_and_switch(
 ) -> None:
     source, target = get_server(move.source_server), get_server(move.target_server)
     name = move.database_name
-    with _step(report, "waited"):
+    with timed_step(report.steps, "waited"):
         # Every process answers 503 from now on; this one's connections close.
         wait_for_other_processes()
         unregister(tenant)
@@ -323,8 +330,8 @@ def _copy_and_switch(
         with source.writes_stopped(name, LOCK_KEY) as end_source_sessions:
             _refuse_pending_migrations(tenant)
             _set_step(move, MoveStep.COPYING)
-            with _step(report, "copied"):
-                _drop_copy(tenant, move)  # what a crashed run left
+            with timed_step(report.steps, "copied"):
+                drop_copy(tenant, move)  # what a crashed run left
                 try:
                     report.bytes_copied = _copy(source, target, name, progress)
                 finally:
@@ -332,7 +339,7 @@ def _copy_and_switch(
                     # their settings (an empty search_path) to the tenant's connections.
                     end_source_sessions()
                     target.end_sessions(name)
-            with _step(report, "verified"):
+            with timed_step(report.steps, "verified"):
                 # Both servers read at once: each scans its own copy.
                 with ThreadPoolExecutor(max_workers=1) as pool:
                     copied = pool.submit(target.fingerprint, name)
@@ -345,10 +352,10 @@ def _copy_and_switch(
                 report.tables = len(expected.tables)
                 report.rows = sum(rows for rows, _ in expected.tables.values())
                 report.sequences = len(expected.sequences)
-            with _step(report, "switched"):
+            with timed_step(report.steps, "switched"):
                 _switch(tenant, move, expected)
     except Exception as exc:
-        reason = _reason(exc)
+        reason = one_line(exc)
         if move.step == MoveStep.SWITCHED:
             raise MoveError(
                 f"Tenant {tenant.slug!r} serves from server {move.target_server!r} already, "
@@ -361,7 +368,7 @@ def _copy_and_switch(
             logger.exception("Tenant %s: undoing the move failed", tenant.slug)
             raise MoveError(
                 f"Tenant {tenant.slug!r} was not moved ({reason}), and undoing it failed "
-                f"({_reason(undo_exc)}). It stays marked moving; run "
+                f"({one_line(undo_exc)}). It stays marked moving; run "
                 f"`manage.py move_tenant {tenant.slug} --abort` once the servers answer."
             ) from exc
         raise MoveError(
@@ -406,7 +413,9 @@ def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> 
     )
 
 
-def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> None:
+def finish_switched(tenant: AbstractTenant, move: TenantMove, steps: dict[str, float]) -> bool:
+    """After the switch (of a move or a restore): drop the source once nothing uses it, or
+    keep it read-only, and delete the record. Whether the source was kept."""
     unregister(tenant)  # this process's connections to the source
     source = get_server(move.source_server)
     name = move.database_name
@@ -414,12 +423,16 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
         # Never drop what the registry gives a tenant (none of this move's doing).
         move.keep_source = True
     exists = source.database_exists(name)
-    with _step(report, "source kept" if move.keep_source else "source dropped"):
+    with timed_step(steps, "source kept" if move.keep_source else "source dropped"):
         if not move.keep_source and exists:
             # Processes that have not seen the switch yet may still read the source.
             wait_for_other_processes()
             source.wait_for_queries(name, timeout=SOURCE_QUERIES_TIMEOUT)
-            if not source.fences_writers and _changed_since_the_copy(source, move):
+            if (
+                move.kind == MoveKind.MOVE
+                and not source.fences_writers
+                and _changed_since_the_copy(source, move)
+            ):
                 logger.warning(
                     "Tenant %s: its source database %s on server %s changed after the copy "
                     "was verified (a process that had it open wrote to it); it is kept, "
@@ -429,13 +442,12 @@ def _finish(tenant: AbstractTenant, move: TenantMove, report: MoveReport) -> Non
                     move.source_server,
                 )
                 move.keep_source = True
-        if move.keep_source:
-            report.source_kept = True
-            if exists:
-                source.keep_read_only(name)
+        if move.keep_source and exists:
+            source.keep_read_only(name)
         elif exists:
             source.drop_database(name)
         move.delete()
+    return move.keep_source
 
 
 def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
@@ -451,7 +463,7 @@ def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
 def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
     """Before the switch: drop the copy, make the source writable, give the status back."""
     if move.step == MoveStep.COPYING:
-        _drop_copy(tenant, move, undoing=True)
+        drop_copy(tenant, move, undoing=True)
     unregister(tenant)  # its sessions on the source end next
     get_server(move.source_server).allow_writes(move.database_name)
     with transaction.atomic(using=registry_database()):
@@ -459,16 +471,17 @@ def _undo(tenant: AbstractTenant, move: TenantMove) -> None:
         move.delete()
 
 
-def _drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = False) -> None:
-    """Drop the target database a move made (before the switch it is no tenant's). Never
-    the source itself (the target entry changed to reach it), nor a database the registry
-    gives a tenant: undoing leaves such a database alone, continuing the move stops."""
+def drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = False) -> None:
+    """Drop the target database a move (or a restore) made: before the switch it is no
+    tenant's. Never the source itself (the target entry changed to reach it), nor a
+    database the registry gives a tenant: undoing leaves such a database alone,
+    continuing stops."""
     source, target = get_server(move.source_server), get_server(move.target_server)
-    name = move.database_name
+    name = move.target_name
     identity = target.database_identity(name)
     if identity is None:
         return
-    if identity == source.database_identity(name):
+    if identity == source.database_identity(move.database_name):
         raise MoveError(
             f"server {move.target_server!r} now reaches the source database {name!r} itself "
             f"(TENANCY['SERVERS'][{move.target_server!r}] changed), which is not dropped: "
@@ -495,8 +508,8 @@ def _drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = Fals
 
 
 def _registered_there(tenant: AbstractTenant, move: TenantMove) -> bool:
-    row = type(tenant)._default_manager.filter(pk=tenant.pk).values_list("server", flat=True)
-    return row.first() == move.target_server
+    row = type(tenant)._default_manager.filter(pk=tenant.pk).values_list("server", "database_name")
+    return row.first() == (move.target_server, move.target_name)
 
 
 # -- copying -------------------------------------------------------------------------------
@@ -530,7 +543,7 @@ def _dump_and_restore(
     """``pg_dump`` from the source piped to ``pg_restore`` into a new, empty database on the
     target, restored in one transaction (a failure or a crash leaves it empty). Objects are
     owned by the target's user, as provisioning makes them; grants are not copied."""
-    dump_program, restore_program = _client_program("pg_dump"), _client_program("pg_restore")
+    dump_program, restore_program = client_program("pg_dump"), client_program("pg_restore")
     target.create_database(name)
     with (
         source.client_connection(name) as (source_dsn, source_environment),
@@ -552,7 +565,7 @@ def _dump_and_restore(
             env=target_environment,
         )
         copied = 0
-        with _reaped(dump), _reaped(restore):
+        with reaped(dump), reaped(restore):
             assert dump.stdout is not None
             assert restore.stdin is not None
             try:
@@ -566,48 +579,9 @@ def _dump_and_restore(
                 dump.kill()  # pg_restore ended; its errors say why
             dump.wait()
             restore.wait()
-        for program, process, errors in (
-            ("pg_dump", dump, dump_errors),
-            ("pg_restore", restore, restore_errors),
-        ):
-            if process.returncode:
-                raise MoveError(f"{program} failed: {_first_lines(errors)}")
+        check_exit("pg_dump", dump, dump_errors)
+        check_exit("pg_restore", restore, restore_errors)
     return copied
-
-
-@contextmanager
-def _reaped(process: subprocess.Popen[bytes]) -> Iterator[None]:
-    """End ``process`` if the block leaves before it ended."""
-    try:
-        yield
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _first_lines(errors: IO[bytes], lines: int = 3) -> str:
-    errors.seek(0)
-    text = errors.read().decode(errors="replace").strip().splitlines()
-    return " / ".join(text[:lines]) or "no message"
-
-
-def _client_program(name: str) -> str:
-    """PostgreSQL's client program ``name``: from PATH, else the newest of Debian's
-    ``/usr/lib/postgresql/<version>/bin``."""
-    found = shutil.which(name)
-    if found:
-        return found
-    versions = sorted(
-        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
-        key=lambda path: int(path.parts[-3]) if path.parts[-3].isdigit() else 0,
-    )
-    if versions:
-        return str(versions[-1])
-    raise MoveError(
-        f"{name} was not found: install PostgreSQL's client programs (Debian: "
-        "postgresql-client) of the servers' version or newer, or put them on PATH"
-    )
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -627,7 +601,8 @@ def _set_step(move: TenantMove, step: str) -> None:
 
 
 @contextmanager
-def _step(report: MoveReport, name: str) -> Iterator[None]:
+def timed_step(steps: dict[str, float], name: str) -> Iterator[None]:
+    """Time the block as step ``name``, in seconds."""
     started = time.monotonic()
     yield
-    report.steps[name] = round(time.monotonic() - started, 3)
+    steps[name] = round(time.monotonic() - started, 3)

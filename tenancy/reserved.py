@@ -138,17 +138,18 @@ def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | N
 
 
 def moving_to(server: str, database_name: str, *, other_than: str = "") -> str | None:
-    """The slug of the tenant, other than ``other_than``, whose move in progress copies
-    its database from or to ``database_name`` on ``server`` (or an entry of the same
-    server): until the move ends, the source and the copy are both that tenant's."""
+    """The slug of the tenant, other than ``other_than``, whose move (or restore) in
+    progress copies its database from or to ``database_name`` on ``server`` (or an entry
+    of the same server): until it ends, the source and the copy are both that tenant's."""
     from django.db.models import Q
 
     from tenancy.models import TenantMove
 
     same_server = _entries_of(server)
     moves = TenantMove.objects.filter(
-        Q(target_server__in=same_server) | Q(source_server__in=same_server),
-        database_name=database_name,
+        Q(source_server__in=same_server, database_name=database_name)
+        | Q(target_server__in=same_server, target_database=database_name)
+        | Q(target_server__in=same_server, target_database="", database_name=database_name)
     )
     if other_than:
         moves = moves.exclude(tenant__slug=other_than)

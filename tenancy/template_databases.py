@@ -52,6 +52,7 @@ class TemplateDatabase:
     server: str
     database_name: str
     is_template: bool = True
+    is_stand_in: bool = True
 
 
 def template_for(server: str) -> TemplateDatabase:

@@ -73,9 +73,19 @@ def _postgres(variable: str) -> dict[str, Any]:
     }
 
 
+def _direct(server: dict[str, Any], variable: str) -> dict[str, Any]:
+    """Behind PgBouncer, the cluster's own address for pg_dump and pg_restore."""
+    if not PGBOUNCER:
+        return server
+    host, _, port = os.environ[variable].rpartition(":")
+    return {**server, "DIRECT": {"HOST": host, "PORT": port}}
+
+
 if BACKEND == "postgresql":
     SERVER_1, SERVER_2 = _postgres("TENANCY_TEST_PG_1"), _postgres("TENANCY_TEST_PG_2")
     DATABASES = {"default": {**SERVER_1, "NAME": "tenancy"}}
+    SERVER_1 = _direct(SERVER_1, "TENANCY_TEST_PG_DIRECT_1")
+    SERVER_2 = _direct(SERVER_2, "TENANCY_TEST_PG_DIRECT_2")
 elif BACKEND == "sqlite":
     _files = Path(tempfile.mkdtemp(prefix="tenancy-tests-"))
     SERVER_1 = {"ENGINE": "django.db.backends.sqlite3", "DIRECTORY": _files / "server1"}

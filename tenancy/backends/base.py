@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,20 @@ class Fingerprint:
                     f"sequence {name} is at {copy.sequences.get(name)}, below the source's {value}"
                 )
         return problems
+
+
+@dataclass(frozen=True)
+class DumpContents:
+    """What a dump holds, read in the snapshot it was taken in: per table its rows (and no
+    checksum), per sequence its value, and the migrations applied (``app.name``)."""
+
+    fingerprint: Fingerprint
+    migrations: list[str]
+    server_version: str
+
+
+# A dump is handed over in chunks of this many bytes.
+CHUNK = 1 << 20
 
 
 class DatabaseServer:
@@ -134,8 +148,21 @@ class DatabaseServer:
     def allow_writes(self, name: str) -> None:
         raise NotImplementedError
 
-    def fingerprint(self, name: str) -> Fingerprint:
-        """The database's tables (rows and a checksum of them) and sequences."""
+    def fingerprint(self, name: str, *, checksums: bool = True) -> Fingerprint:
+        """The database's tables (rows and a checksum of them; 0 without ``checksums``)
+        and sequences."""
+        raise NotImplementedError
+
+    # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
+
+    def dump(self, name: str, sink: Callable[[bytes], None]) -> DumpContents:
+        """Dump the database ``name`` as it is at one moment, handing the dump to ``sink``
+        in chunks while the tenant goes on serving; what it holds is read at that moment."""
+        raise NotImplementedError
+
+    def restore_database(self, name: str, source: IO[bytes]) -> None:
+        """Make database ``name``, which must not exist, from a dump read from ``source``;
+        a failure leaves no database or an empty one, for the caller to drop."""
         raise NotImplementedError
 
     def clone_database(self, template: str, name: str) -> bool:

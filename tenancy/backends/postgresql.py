@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import load_backend
 from psycopg import errors, pq, sql
 
-from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateInUse, TemplateMissing
+from tenancy.backends.base import (
+    CHUNK,
+    DatabaseServer,
+    DumpContents,
+    Fingerprint,
+    TemplateInUse,
+    TemplateMissing,
+)
+from tenancy.backends.client_programs import check_exit, client_program, reaped
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.reserved import (
@@ -27,6 +37,11 @@ from tenancy.validators import validate_database_name
 
 MAINTENANCE_ALIAS = "tenancy:maintenance"
 LOCK_ALIAS = "tenancy:lock"
+BACKUP_ALIAS = "tenancy:backup"
+
+# pg_restore into a new database: objects owned by the server's user, grants left out,
+# one transaction (a failure or a crash restores nothing).
+RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transaction")
 
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
@@ -72,17 +87,39 @@ class PostgreSQLServer(DatabaseServer):
             and name in configured_names(database)
         )
 
+    def _direct_settings_for(self, database_name: str) -> dict[str, Any]:
+        """Settings for ``database_name`` on the server itself: the entry's ``DIRECT``
+        address (where HOST and PORT lead to a pooler) over HOST, PORT and OPTIONS."""
+        settings = self._settings_for(database_name)
+        direct = self.template.get("DIRECT") or {}
+        settings.update({key: value for key, value in direct.items() if key != "OPTIONS"})
+        if "OPTIONS" in direct:
+            settings["OPTIONS"] = {**(settings.get("OPTIONS") or {}), **direct["OPTIONS"]}
+        return settings
+
+    @property
+    def needs_direct_route(self) -> bool:
+        """Whether client programs would reach the tenants through a pooler in transaction
+        mode, whose server connections would keep their session settings (``pg_dump``
+        sets an empty search_path): an entry with TRANSACTION_POOLING and no DIRECT."""
+        return bool(self.template.get("TRANSACTION_POOLING")) and not self.template.get("DIRECT")
+
     @contextmanager
     def _cursor(
-        self, database_name: str | None = None, alias: str = MAINTENANCE_ALIAS
+        self,
+        database_name: str | None = None,
+        alias: str = MAINTENANCE_ALIAS,
+        *,
+        direct: bool = False,
     ) -> Iterator[Any]:
         """A cursor on a connection of tenancy's own to the maintenance database, or to
-        the server's database ``database_name``."""
-        settings = (
-            self._maintenance_settings()
-            if database_name is None
-            else self._settings_for(database_name)
-        )
+        the server's database ``database_name`` (``direct``: not through a pooler)."""
+        if database_name is None:
+            settings = self._maintenance_settings()
+        elif direct:
+            settings = self._direct_settings_for(database_name)
+        else:
+            settings = self._settings_for(database_name)
         wrapper = _unpooled_wrapper(settings, alias)
         try:
             with wrapper.cursor() as cursor:
@@ -204,7 +241,7 @@ class PostgreSQLServer(DatabaseServer):
         of its own, readable by this user only and removed after the block, never on a
         command line (``ps``); given as ``service=``, it outranks a PGSERVICE or PGHOST
         inherited from the environment."""
-        settings = self._settings_for(database_name)
+        settings = self._direct_settings_for(database_name)
         keywords = {option.keyword.decode() for option in pq.Conninfo.get_defaults()}
         values: dict[str, object] = {
             key: value
@@ -312,48 +349,161 @@ class PostgreSQLServer(DatabaseServer):
         with self._cursor() as cursor:
             _end_sessions(cursor, database_name, keep=keep)
 
-    def fingerprint(self, database_name: str) -> Fingerprint:
+    def fingerprint(self, database_name: str, *, checksums: bool = True) -> Fingerprint:
         """Per table of ``database_name``: its rows and a checksum of them (the sum of a
         hash of each row's text, whatever the order); per sequence: its last value."""
-        tables: dict[str, tuple[int, int]] = {}
         with self._cursor(database_name) as cursor:
             # One snapshot; the text of a row depends on these settings, so both sides are
             # read alike (SET LOCAL: nothing stays on a pooler's server connection).
-            cursor.execute(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-                "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
-                "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
-                "SET LOCAL bytea_output = 'hex'"
-            )
-            cursor.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' "
-                "AND left(n.nspname, 3) <> 'pg_' ORDER BY 1, 2"
-            )
-            for schema, table in cursor.fetchall():
-                # ROW(t.*): the whole row, even where a column is named t.
-                query = sql.SQL(
-                    "SELECT count(*), coalesce(sum(('x' || left(md5(ROW(t.*)::text), 15))"
-                    "::bit(60)::bigint), 0) FROM {}.{} AS t"
-                ).format(sql.Identifier(schema), sql.Identifier(table))
-                cursor.execute(query.as_string(cursor.connection))
-                rows, checksum = cursor.fetchone()
-                tables[f"{schema}.{table}"] = (int(rows), int(checksum))
-            cursor.execute(
-                "SELECT count(*), coalesce(sum(('x' || left(md5(oid::text), 15))::bit(60)"
-                "::bigint), 0) FROM pg_largeobject_metadata"
-            )
-            rows, checksum = cursor.fetchone()
-            if rows:
-                tables["large objects"] = (int(rows), int(checksum))
-            cursor.execute(
-                "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) "
-                "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' ORDER BY 1"
-            )
-            sequences = {name: int(value) for name, value in cursor.fetchall()}
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " + _ROW_TEXT)
+            found = _fingerprint(cursor, checksums)
             cursor.execute("COMMIT")
-        return Fingerprint(tables, sequences)
+        return found
+
+    # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
+
+    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+        """``pg_dump`` in custom format (compressed, as by hand) of an exported snapshot,
+        which the row counts and the applied migrations are read in meanwhile; writes go
+        on. Not through a pooler (``DIRECT``): pg_dump's session settings would stay."""
+        validate_database_name(database_name)
+        with self._cursor(database_name, BACKUP_ALIAS, direct=True) as cursor:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cursor.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
+            snapshot, version = cursor.fetchone()
+            with (
+                self.client_connection(database_name) as (dsn, environment),
+                tempfile.TemporaryFile() as errors,
+            ):
+                dump = subprocess.Popen(
+                    [client_program("pg_dump"), "--format=custom", f"--snapshot={snapshot}", dsn],
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    env=environment,
+                )
+                with reaped(dump):
+                    assert dump.stdout is not None
+                    pump = _Pump(dump.stdout, sink)
+                    try:
+                        # Read by PostgreSQL while pg_dump reads: two backends at once.
+                        fingerprint = _fingerprint(cursor, checksums=False)
+                        migrations = _applied_migrations(cursor)
+                    except BaseException:
+                        dump.kill()
+                        raise
+                    finally:
+                        pump.join()
+                    dump.wait()
+                pump.raise_failure()
+                check_exit("pg_dump", dump, errors)
+            cursor.execute("COMMIT")
+        return DumpContents(fingerprint, migrations, str(version))
+
+    def restore_database(self, database_name: str, source: IO[bytes]) -> None:
+        """``pg_restore`` of a custom-format dump read from ``source`` into the new
+        database ``database_name``, in one transaction, objects owned by this server's
+        user (as provisioning makes them), grants not restored (the roles may not exist
+        here)."""
+        if not self.create_database(database_name):
+            raise TenancyError(f"database {database_name!r} exists on server {self.name!r}")
+        with (
+            self.client_connection(database_name) as (dsn, environment),
+            tempfile.TemporaryFile() as errors,
+        ):
+            restore = subprocess.Popen(
+                [client_program("pg_restore"), *RESTORE_OPTIONS, "--dbname", dsn],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                env=environment,
+            )
+            with reaped(restore):
+                assert restore.stdin is not None
+                try:
+                    while chunk := source.read(CHUNK):
+                        restore.stdin.write(chunk)
+                    restore.stdin.close()
+                except BrokenPipeError:
+                    pass  # pg_restore ended; its errors say why
+                restore.wait()
+            check_exit("pg_restore", restore, errors)
+
+
+class _Pump(threading.Thread):
+    """Hands what a program writes to ``sink``, in a thread of its own; a failure of the
+    sink (a full disk) ends the reading and is raised by ``raise_failure``."""
+
+    def __init__(self, stream: IO[bytes], sink: Callable[[bytes], None]) -> None:
+        super().__init__(name="tenancy-dump", daemon=True)
+        self.stream, self.sink = stream, sink
+        self.failure: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while chunk := self.stream.read(CHUNK):
+                self.sink(chunk)
+        except BaseException as exc:
+            self.failure = exc
+            self.stream.close()  # the program gets a broken pipe and ends
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+
+# The text of a row depends on these; fingerprints of two databases are read alike.
+_ROW_TEXT = (
+    "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; "
+    "SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; "
+    "SET LOCAL bytea_output = 'hex'"
+)
+
+
+def _fingerprint(cursor: Any, checksums: bool) -> Fingerprint:
+    """The fingerprint of the database of ``cursor``, in its transaction."""
+    tables: dict[str, tuple[int, int]] = {}
+    cursor.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' "
+        "AND left(n.nspname, 3) <> 'pg_' ORDER BY 1, 2"
+    )
+    # ROW(t.*): the whole row, even where a column is named t.
+    checksum = (
+        "coalesce(sum(('x' || left(md5(ROW(t.*)::text), 15))::bit(60)::bigint), 0)"
+        if checksums
+        else "0"
+    )
+    for schema, table in cursor.fetchall():
+        query = sql.SQL("SELECT count(*), " + checksum + " FROM {}.{} AS t").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        cursor.execute(query.as_string(cursor.connection))
+        rows, total = cursor.fetchone()
+        tables[f"{schema}.{table}"] = (int(rows), int(total))
+    cursor.execute(
+        "SELECT count(*), coalesce(sum(('x' || left(md5(oid::text), 15))::bit(60)"
+        "::bigint), 0) FROM pg_largeobject_metadata"
+    )
+    rows, total = cursor.fetchone()
+    if rows:
+        tables["large objects"] = (int(rows), int(total) if checksums else 0)
+    cursor.execute(
+        "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) "
+        "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' ORDER BY 1"
+    )
+    sequences = {name: int(value) for name, value in cursor.fetchall()}
+    return Fingerprint(tables, sequences)
+
+
+def _applied_migrations(cursor: Any) -> list[str]:
+    """``app.name`` of the migrations recorded in the database of ``cursor``."""
+    cursor.execute("SELECT to_regclass('django_migrations') IS NOT NULL")
+    if not cursor.fetchone()[0]:
+        return []
+    cursor.execute("SELECT app || '.' || name FROM django_migrations ORDER BY app, name")
+    return [name for (name,) in cursor.fetchall()]
 
 
 # What tells one cluster from another: no two clusters on a port started at the same

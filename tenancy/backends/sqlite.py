@@ -7,16 +7,19 @@ import fcntl
 import glob
 import hashlib
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from tenancy.backends.base import DatabaseServer, Fingerprint, TemplateMissing
+from tenancy.backends.base import CHUNK, DatabaseServer, DumpContents, Fingerprint, TemplateMissing
 from tenancy.conf import server_vendor
+from tenancy.exceptions import TenancyError
 from tenancy.reserved import check_drop
 from tenancy.validators import validate_database_name
 
@@ -135,34 +138,60 @@ class SQLiteServer(DatabaseServer):
     def database_size(self, database_name: str) -> int:
         return self.path(database_name).stat().st_size
 
-    def fingerprint(self, database_name: str) -> Fingerprint:
-        """Per table: its rows and a checksum of them (a sum of a hash of each row,
-        whatever the order); per AUTOINCREMENT table, its ``sqlite_sequence`` value."""
-        path = self.path(database_name)
-        tables: dict[str, tuple[int, int]] = {}
-        with contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        ) as connection:
-            names = [
-                name
-                for (name,) in connection.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-                )
-            ]
-            for name in names:
-                rows, checksum = 0, 0
-                quoted = '"' + name.replace('"', '""') + '"'
-                for row in connection.execute(f"SELECT * FROM {quoted}"):
-                    digest = hashlib.blake2b(repr(row).encode(), digest_size=8).digest()
-                    rows, checksum = rows + 1, (checksum + int.from_bytes(digest, "big")) % 2**64
-                tables[name] = (rows, checksum)
-            sequences: dict[str, int] = {}
-            if connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
-            ).fetchone():
-                sequences = dict(connection.execute("SELECT name, seq FROM sqlite_sequence"))
-        return Fingerprint(tables, sequences)
+    def fingerprint(self, database_name: str, *, checksums: bool = True) -> Fingerprint:
+        return fingerprint_file(self.path(database_name), checksums=checksums)
+
+    # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
+
+    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+        """A copy through SQLite's backup API (one consistent state, writes go on), read
+        for what it holds, then handed to ``sink``."""
+        source = self.path(database_name)
+        if not source.exists():
+            raise FileNotFoundError(f"{source} does not exist")
+        with tempfile.TemporaryDirectory(prefix=".tenancy-dump-", dir=self.directory) as scratch:
+            copy = Path(scratch) / "database.sqlite3"
+            with (
+                contextlib.closing(sqlite3.connect(sqlite_uri(source), uri=True)) as src,
+                contextlib.closing(sqlite3.connect(copy)) as target,
+            ):
+                src.backup(target)
+                (version,) = target.execute("SELECT sqlite_version()").fetchone()
+                migrations = _applied_migrations(target)
+            fingerprint = fingerprint_file(copy, checksums=False)
+            with copy.open("rb") as dumped:
+                while chunk := dumped.read(CHUNK):
+                    sink(chunk)
+        return DumpContents(fingerprint, migrations, str(version))
+
+    def restore_database(self, database_name: str, source: IO[bytes]) -> None:
+        """The file read from ``source`` into a private file, checked to be a sound SQLite
+        database, then linked into place (never over an existing one)."""
+        target = self.path(database_name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _remove_partial_copies_of_dead_processes(target)
+        partial = _private_path(target)
+        try:
+            with partial.open("wb") as restored:
+                shutil.copyfileobj(source, restored, CHUNK)
+                restored.flush()
+                os.fsync(restored.fileno())
+            with contextlib.closing(sqlite3.connect(sqlite_uri(partial), uri=True)) as check:
+                (result,) = check.execute("PRAGMA quick_check").fetchone()
+            if result != "ok":
+                raise TenancyError(f"the backup's database file is damaged: {result}")
+            try:
+                os.link(partial, target)
+            except FileExistsError:
+                raise TenancyError(
+                    f"database {database_name!r} exists on server {self.name!r}"
+                ) from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # A damaged file can make even SQLite's messages undecodable.
+            raise TenancyError(f"the backup's database file cannot be read: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
 
     def claim_database(self, candidates: list[str], name: str) -> bool:
         target = self.path(name)
@@ -195,6 +224,52 @@ class SQLiteServer(DatabaseServer):
         if not self.directory.is_dir():
             return []
         return sorted(p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}"))
+
+
+def fingerprint_file(path: Path, *, checksums: bool = True) -> Fingerprint:
+    """Per table of the database file ``path``: its rows and a checksum of them (a sum of
+    a hash of each row, whatever the order; 0 without ``checksums``); per AUTOINCREMENT
+    table, its ``sqlite_sequence`` value."""
+    tables: dict[str, tuple[int, int]] = {}
+    with contextlib.closing(
+        sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    ) as connection:
+        names = [
+            name
+            for (name,) in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+            )
+        ]
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            if not checksums:
+                (rows,) = connection.execute(f"SELECT count(*) FROM {quoted}").fetchone()
+                tables[name] = (int(rows), 0)
+                continue
+            rows, checksum = 0, 0
+            for row in connection.execute(f"SELECT * FROM {quoted}"):
+                digest = hashlib.blake2b(repr(row).encode(), digest_size=8).digest()
+                rows, checksum = rows + 1, (checksum + int.from_bytes(digest, "big")) % 2**64
+            tables[name] = (rows, checksum)
+        sequences: dict[str, int] = {}
+        if connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+        ).fetchone():
+            sequences = dict(connection.execute("SELECT name, seq FROM sqlite_sequence"))
+    return Fingerprint(tables, sequences)
+
+
+def _applied_migrations(connection: sqlite3.Connection) -> list[str]:
+    """``app.name`` of the migrations recorded in the database of ``connection``."""
+    if not connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'django_migrations'"
+    ).fetchone():
+        return []
+    found = connection.execute(
+        "SELECT app || '.' || name FROM django_migrations ORDER BY app, name"
+    )
+    return [name for (name,) in found]
 
 
 @contextlib.contextmanager

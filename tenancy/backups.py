@@ -1,0 +1,758 @@
+"""Backing up a tenant to one file and restoring it from one, verified.
+
+A backup is a tar file holding the tenant's database as the server's own tool dumps it
+(``database.dump``: PostgreSQL's custom format, which ``pg_restore`` reads; or
+``database.sqlite3``: a SQLite database) and ``manifest.json``: the tenant (slug, name,
+server, domains), the migrations applied, the rows of each table and the value of each
+sequence at the moment of the dump (read in the dump's own snapshot), the dump's size and
+SHA-256, and the versions of tenancy, Django and the server. The tenant goes on serving
+while it is dumped. The file is written under a private name and linked into place when
+complete: a file under the final name is always a whole backup.
+
+``restore_tenant`` makes a new database from a backup, checks the dump's digest and its
+rows against the manifest, migrates it forward when the backup is older than the
+project, then gives it to the tenant:
+
+- a tenant that does not exist (deleted, or another installation) is recorded with the
+  manifest's name and domains (those still free), marked ``restoring`` until it is done;
+- ``as_slug`` makes a side copy under another slug, without domains, for inspection;
+- ``replace`` puts the backup in place of a live tenant's database: the tenant serves
+  from its current database until the registry switches to the restored one (in one
+  transaction, recorded as a ``TenantMove`` of kind restore so that a crash is finished
+  or undone by running the restore again), then the replaced database is dropped once no
+  process uses it, or kept read-only (``keep_replaced``).
+
+A failure before the switch drops what the restore made and leaves the tenant as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import django
+from django.db import DatabaseError, connections, transaction
+
+from tenancy.backends import get_server
+from tenancy.backends.base import DatabaseServer, DumpContents, Fingerprint
+from tenancy.backends.sqlite import _private_path, _remove_partial_copies_of_dead_processes
+from tenancy.conf import server_vendor, tenancy_settings
+from tenancy.connections import unregister
+from tenancy.exceptions import TenancyError, one_line
+from tenancy.migration import migrate_tenant, migration_state
+from tenancy.models import (
+    AbstractTenant,
+    Domain,
+    MoveKind,
+    MoveStep,
+    TenantMove,
+    TenantStatus,
+    get_tenant_model,
+    registry_database,
+)
+from tenancy.moving import MOVABLE_STATUSES, drop_copy, finish_switched, timed_step
+from tenancy.provisioning import add_domains, set_status
+from tenancy.registry_cache import in_own_transaction
+from tenancy.reserved import database_name_unavailable, registered_tenant
+from tenancy.tenant_locks import tenant_lock
+from tenancy.validators import DATABASE_NAME_MAX_LENGTH, validate_database_name, validate_slug
+
+logger = logging.getLogger("tenancy.backups")
+
+FORMAT = "tenancy-backup"
+VERSION = 1
+MANIFEST = "manifest.json"
+DUMP_MEMBERS = {"postgresql": "database.dump", "sqlite": "database.sqlite3"}
+SUFFIX = ".tar"
+
+# Tenants whose database is complete: serving, suspended, or kept after a deletion.
+BACKED_UP_STATUSES = (*MOVABLE_STATUSES, TenantStatus.ARCHIVED)
+
+_BLOCK = tarfile.BLOCKSIZE
+
+
+class BackupError(TenancyError):
+    """A backup or a restore that was refused or failed; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a backup holds (``manifest.json``)."""
+
+    slug: str
+    name: str
+    server: str
+    vendor: str
+    database_name: str
+    status: str
+    domains: list[tuple[str, bool]]
+    migrations: list[str]
+    tables: dict[str, int]
+    sequences: dict[str, int]
+    dump_member: str
+    dump_bytes: int
+    dump_sha256: str
+    created_at: str
+    server_version: str
+    tenancy_version: str
+    django_version: str
+    placement: str = "databases"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, value: Any, path: Path) -> Manifest:
+        if not isinstance(value, dict) or value.get("format") != FORMAT:
+            raise BackupError(f"{path} is not a tenant backup (its manifest is not tenancy's).")
+        if value.get("version") != VERSION:
+            raise BackupError(
+                f"{path} is a backup of format version {value.get('version')!r}; this "
+                f"version of tenancy reads version {VERSION}."
+            )
+        fields = {name: value[name] for name in cls.__dataclass_fields__ if name in value}
+        try:
+            manifest = cls(**fields)
+        except TypeError as exc:
+            raise BackupError(f"{path} has an incomplete manifest ({exc}).") from None
+        return manifest.__class__(
+            **{**fields, "domains": [(str(d), bool(p)) for d, p in manifest.domains]}
+        )
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What the restored database must hold: the rows (no checksums) and sequences."""
+        return Fingerprint(
+            {name: (int(rows), 0) for name, rows in self.tables.items()},
+            {name: int(value) for name, value in self.sequences.items()},
+        )
+
+
+@dataclass
+class BackupReport:
+    slug: str
+    path: str
+    bytes: int
+    tables: int
+    rows: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RestoreReport:
+    slug: str
+    server: str
+    database_name: str
+    backup_of: str
+    replaced: str = ""  # "database on server" replaced, when a live tenant's was
+    source_kept: bool = False
+    migrations_applied: int = 0
+    tables: int = 0
+    rows: int = 0
+    domains: list[str] = field(default_factory=list)
+    domains_taken: list[str] = field(default_factory=list)
+    steps: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- backing up ----------------------------------------------------------------------------
+
+
+def backup_file_name(slug: str, when: datetime | None = None) -> str:
+    """``<slug>-<UTC time>.tar``, which sorts by time."""
+    when = when or datetime.now(UTC)
+    return f"{slug}-{when.strftime('%Y%m%dT%H%M%SZ')}{SUFFIX}"
+
+
+def backup_tenant(tenant: AbstractTenant | str, path: str | Path | None = None) -> BackupReport:
+    """Back ``tenant`` (or the tenant with that slug) up to the file ``path``, or to a file
+    named by ``backup_file_name`` in the directory ``path`` (default: the current one).
+    The tenant goes on serving meanwhile. ``BackupError`` when it cannot be backed up; an
+    existing file is never replaced."""
+    started = time.monotonic()
+    slug = tenant if isinstance(tenant, str) else tenant.slug
+    target = Path(path) if path is not None else Path.cwd()
+    if target.is_dir():
+        target = target / backup_file_name(slug)
+    try:
+        with tenant_lock(slug):  # not moved, restored or deleted meanwhile
+            current = _current(slug)
+            server = _backup_server(current)
+            manifest, size = _write_archive(current, server, target)
+    except BackupError:
+        raise
+    except (DatabaseError, OSError, TenancyError) as exc:
+        raise BackupError(f"Tenant {slug!r} was not backed up ({one_line(exc)}).") from exc
+    return BackupReport(
+        slug,
+        str(target),
+        size,
+        len(manifest.tables),
+        sum(manifest.tables.values()),
+        round(time.monotonic() - started, 3),
+    )
+
+
+def _backup_server(tenant: AbstractTenant) -> DatabaseServer:
+    if tenant.status not in BACKED_UP_STATUSES:
+        raise BackupError(
+            f"Tenant {tenant.slug!r} is {tenant.status}: only an active, suspended or "
+            "archived tenant has a complete database to back up. Finish what it is in first."
+        )
+    server = get_server(tenant.server)
+    _refuse_schemas(server, tenant.slug)
+    if getattr(server, "needs_direct_route", False):
+        raise BackupError(
+            f"Tenant {tenant.slug!r}: server {tenant.server!r} is reached through a pooler "
+            "in transaction mode (TRANSACTION_POOLING), where pg_dump's session settings "
+            "would reach the tenants' connections. Give the server entry DIRECT = "
+            "{'HOST': ..., 'PORT': ...}, the server's own address, for backups."
+        )
+    return server
+
+
+def _refuse_schemas(server: DatabaseServer, slug: str) -> None:
+    if server.holds_schemas:
+        raise BackupError(
+            f"Tenant {slug!r} is a schema of server {server.name!r}'s shared database; "
+            "backing up and restoring schema tenants is not supported yet (pg_dump "
+            "--schema of the shared database makes a dump of it by hand)."
+        )
+
+
+def _write_archive(
+    tenant: AbstractTenant, server: DatabaseServer, target: Path
+) -> tuple[Manifest, int]:
+    """Write the tar file: the dump as member one (its header, written last, goes in front
+    of it), the manifest as member two; under a private name, then linked into place."""
+    vendor = server_vendor(tenancy_settings.server(tenant.server))
+    member = DUMP_MEMBERS[vendor]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_partial_copies_of_dead_processes(target)
+    if target.exists():
+        raise BackupError(f"Tenant {tenant.slug!r} was not backed up: {target} exists already.")
+    partial = _private_path(target)
+    now = datetime.now(UTC)
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(bytes(_BLOCK))  # the dump's header, once its size is known
+            digest, size = hashlib.sha256(), 0
+
+            def sink(chunk: bytes) -> None:
+                nonlocal size
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+
+            contents = server.dump(tenant.database_name, sink)
+            out.write(_padding(size))
+            manifest = _manifest(tenant, vendor, contents, member, size, digest.hexdigest(), now)
+            text = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
+            out.write(_header(MANIFEST, len(text), now))
+            out.write(text + _padding(len(text)))
+            out.write(bytes(2 * _BLOCK))  # the end of the archive
+            out.seek(0)
+            out.write(_header(member, size, now))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(partial, target)  # never over a file that appeared meanwhile
+        except FileExistsError:
+            raise BackupError(
+                f"Tenant {tenant.slug!r} was not backed up: {target} exists already."
+            ) from None
+        _sync_directory(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    return manifest, size + len(text) + 3 * _BLOCK
+
+
+def _manifest(
+    tenant: AbstractTenant,
+    vendor: str,
+    contents: DumpContents,
+    member: str,
+    size: int,
+    sha256: str,
+    now: datetime,
+) -> Manifest:
+    domains = Domain.objects.filter(tenant_id=tenant.pk).order_by("domain")
+    return Manifest(
+        slug=tenant.slug,
+        name=tenant.name,
+        server=tenant.server,
+        vendor=vendor,
+        database_name=tenant.database_name,
+        status=tenant.status,
+        domains=[(domain.domain, domain.is_primary) for domain in domains],
+        migrations=contents.migrations,
+        tables={name: rows for name, (rows, _) in contents.fingerprint.tables.items()},
+        sequences=contents.fingerprint.sequences,
+        dump_member=member,
+        dump_bytes=size,
+        dump_sha256=sha256,
+        created_at=now.isoformat(),
+        server_version=contents.server_version,
+        tenancy_version=_version("tenancy"),
+        django_version=django.get_version(),
+    )
+
+
+def _header(name: str, size: int, when: datetime) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(when.timestamp()), 0o600
+    # GNU format: sizes of 8 GiB and more still fit the one block.
+    header = info.tobuf(tarfile.GNU_FORMAT)
+    assert len(header) == _BLOCK
+    return header
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % _BLOCK)
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# -- reading a backup ----------------------------------------------------------------------
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of the backup at ``path``; ``BackupError`` for a file that is not one."""
+    with _open_backup(Path(path)) as (manifest, _):
+        return manifest
+
+
+@contextmanager
+def _open_backup(path: Path) -> Iterator[tuple[Manifest, _Checked]]:
+    """The backup's manifest and a stream of its dump, checked against the manifest's
+    size and digest as it is read (``_Checked``)."""
+    try:
+        archive = tarfile.open(path, "r:")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise BackupError(f"There is no backup {path}.") from None
+    except (tarfile.TarError, OSError) as exc:
+        raise BackupError(f"{path} is not a tenant backup ({exc}).") from None
+    with archive:
+        try:
+            text = archive.extractfile(MANIFEST)
+            manifest = Manifest.from_json(json.load(text) if text else None, path)
+            dump = archive.extractfile(manifest.dump_member)
+        except (KeyError, ValueError, tarfile.TarError) as exc:
+            raise BackupError(f"{path} is not a whole tenant backup ({exc}).") from None
+        if dump is None:
+            raise BackupError(f"{path} is not a whole tenant backup (no dump in it).")
+        yield manifest, _Checked(dump, manifest, path)
+
+
+class _Checked(io.RawIOBase):
+    """Reads the dump, and at its end compares what was read with the manifest's size
+    and SHA-256: a damaged file fails the restore before the database is given out."""
+
+    def __init__(self, stream: IO[bytes], manifest: Manifest, path: Path) -> None:
+        self.stream, self.manifest, self.path = stream, manifest, path
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.digest.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def check(self) -> None:
+        while self.read(1 << 20):
+            pass  # what the tool left unread
+        if (self.size, self.digest.hexdigest()) != (
+            self.manifest.dump_bytes,
+            self.manifest.dump_sha256,
+        ):
+            raise BackupError(
+                f"{self.path} is damaged: its dump differs from the one its manifest "
+                "describes (size or SHA-256)."
+            )
+
+
+# -- restoring -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoredDatabase:
+    """Stands in for the tenant while its restored database is migrated (its own
+    connection alias: the tenant's live one is left alone)."""
+
+    slug: str
+    server: str
+    database_name: str
+    is_template: bool = False
+    is_stand_in: bool = True
+
+
+def restore_tenant(
+    path: str | Path,
+    *,
+    as_slug: str | None = None,
+    server: str | None = None,
+    replace: bool = False,
+    keep_replaced: bool = False,
+) -> RestoreReport:
+    """Restore the backup at ``path``; see the module's docstring. Running it again after
+    a crash finishes or redoes the restore. ``BackupError`` when it is refused or fails
+    (the tenant is then as it was)."""
+    path = Path(path)
+    with _open_backup(path) as (manifest, _):
+        pass  # refused early, before any lock, when the file is not a backup
+    slug = as_slug or manifest.slug
+    validate_slug(slug)
+    if in_own_transaction(connections[registry_database()]):
+        raise BackupError(
+            f"Tenant {slug!r} cannot be restored inside a transaction on the main database; "
+            "restore it outside transaction.atomic()."
+        )
+    try:
+        with tenant_lock(slug):
+            existing = get_tenant_model()._default_manager.filter(slug=slug).first()
+            record = (
+                TenantMove.objects.filter(tenant_id=existing.pk).first()
+                if existing is not None
+                else None
+            )
+            if existing is not None and record is not None:
+                return _continue_recorded(existing, record, path, manifest, replace)
+            if existing is None or existing.status == TenantStatus.RESTORING:
+                return _restore_new(existing, slug, path, manifest, server, as_slug is not None)
+            return _restore_replacing(existing, path, manifest, server, replace, keep_replaced)
+    except BackupError:
+        raise
+    except (DatabaseError, OSError, TenancyError) as exc:
+        raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+
+
+def abort_restore(slug: str) -> None:
+    """Undo a restore in place of a live tenant's database that has not switched: drop
+    the restored database, keep the tenant on its own. ``BackupError`` when there is none."""
+    with tenant_lock(slug):
+        tenant = _current(slug)
+        record = TenantMove.objects.filter(tenant_id=tenant.pk, kind=MoveKind.RESTORE).first()
+        if record is None:
+            raise BackupError(f"Tenant {slug!r} is not being restored; nothing to undo.")
+        if record.step == MoveStep.SWITCHED:
+            raise BackupError(
+                f"Tenant {slug!r} serves from its restored database already; run the same "
+                "`manage.py restore_tenant` again to finish."
+            )
+        drop_copy(tenant, record, undoing=True)
+        record.delete()
+
+
+def _continue_recorded(
+    tenant: AbstractTenant, record: TenantMove, path: Path, manifest: Manifest, replace: bool
+) -> RestoreReport:
+    """A restore that a crash interrupted: finished after the switch, else made again."""
+    if record.kind != MoveKind.RESTORE:
+        raise BackupError(
+            f"Tenant {tenant.slug!r} is being moved to server {record.target_server!r}; "
+            "finish or undo the move first (`manage.py move_tenant`)."
+        )
+    report = _report(tenant.slug, record.target_server, record.target_name, manifest)
+    report.replaced, report.resumed = f"{record.database_name} on {record.source_server}", True
+    if record.step == MoveStep.SWITCHED:
+        report.source_kept = finish_switched(tenant, record, report.steps)
+        return report
+    drop_copy(tenant, record)  # what the interrupted run made
+    record.delete()
+    report = _restore_replacing(
+        tenant, path, manifest, record.target_server, replace, record.keep_source
+    )
+    report.resumed = True
+    return report
+
+
+def _restore_new(
+    tenant: AbstractTenant | None,
+    slug: str,
+    path: Path,
+    manifest: Manifest,
+    server: str | None,
+    side_copy: bool,
+) -> RestoreReport:
+    """A tenant recorded from the backup, ``restoring`` until its database is complete."""
+    if tenant is not None:
+        # A restore of it was interrupted: its database is incomplete, made again.
+        server_name = tenant.server
+        if server is not None and server != server_name:
+            raise BackupError(
+                f"Tenant {slug!r} is being restored to server {server_name!r}; leave "
+                "--server out to finish that restore, or delete it first."
+            )
+        if tenant.database_name and get_server(server_name).database_exists(tenant.database_name):
+            get_server(server_name).drop_database(tenant.database_name)
+    else:
+        server_name = server or (
+            manifest.server
+            if manifest.server in tenancy_settings.SERVERS
+            else tenancy_settings.DEFAULT_SERVER
+        )
+        _refuse_target(slug, server_name, manifest)
+        tenant = get_tenant_model()(
+            slug=slug,
+            name=manifest.name if not side_copy else f"{manifest.name} (copy of {manifest.slug})",
+            server=server_name,
+            status=TenantStatus.RESTORING,
+        )
+        message = database_name_unavailable(tenant, new=True)
+        if message is not None:
+            raise BackupError(message)
+    report = _report(slug, server_name, "", manifest)
+    free, taken = ([], []) if side_copy else _free_domains(manifest, slug)
+    with transaction.atomic(using=registry_database()):
+        if tenant.pk is None:
+            tenant.save()
+        add_domains(tenant, free)
+    report.database_name, report.domains, report.domains_taken = (
+        tenant.database_name,
+        free,
+        taken,
+    )
+    database = get_server(server_name)
+    try:
+        _restore_database(database, tenant.database_name, slug, path, manifest, report)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            database.drop_database(tenant.database_name)
+        with contextlib.suppress(Exception):
+            unregister(tenant)
+            tenant.delete()  # nothing half-made is left
+        raise
+    set_status(tenant, TenantStatus.ACTIVE)
+    return report
+
+
+def _restore_replacing(
+    tenant: AbstractTenant,
+    path: Path,
+    manifest: Manifest,
+    server: str | None,
+    replace: bool,
+    keep_replaced: bool,
+) -> RestoreReport:
+    """The backup in place of a live tenant's database, switched to in one transaction."""
+    slug = tenant.slug
+    if not replace:
+        raise BackupError(
+            f"Tenant {slug!r} exists; nothing was changed. Restore with --replace to put the "
+            "backup in place of its data (its current data is dropped), or with --as OTHER "
+            "for a copy beside it."
+        )
+    if tenant.status not in MOVABLE_STATUSES:
+        raise BackupError(
+            f"Tenant {slug!r} is {tenant.status}; only an active or suspended tenant's "
+            "database is replaced. Finish what it is in first."
+        )
+    server_name = server or tenant.server
+    _refuse_target(slug, server_name, manifest)
+    name = _new_database_name(tenant, server_name)
+    report = _report(slug, server_name, name, manifest)
+    report.replaced = f"{tenant.database_name} on {tenant.server}"
+    record = TenantMove.objects.create(
+        tenant_id=tenant.pk,
+        kind=MoveKind.RESTORE,
+        source_server=tenant.server,
+        database_name=tenant.database_name,
+        target_server=server_name,
+        target_database=name,
+        previous_status=tenant.status,
+        step=MoveStep.COPYING,
+        keep_source=keep_replaced,
+    )
+    try:
+        _restore_database(get_server(server_name), name, slug, path, manifest, report)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            drop_copy(tenant, record, undoing=True)
+            record.delete()
+        raise
+    with timed_step(report.steps, "switched"), transaction.atomic(using=registry_database()):
+        type(tenant)._default_manager.filter(pk=tenant.pk).update(
+            server=server_name, database_name=name
+        )
+        record.step = MoveStep.SWITCHED
+        record.save(update_fields=["step", "updated_at"])
+    report.source_kept = finish_switched(tenant, record, report.steps)
+    tenant.server, tenant.database_name = server_name, name
+    return report
+
+
+def _restore_database(
+    server: DatabaseServer,
+    name: str,
+    slug: str,
+    path: Path,
+    manifest: Manifest,
+    report: RestoreReport,
+) -> None:
+    """Make database ``name`` from the backup, check it, migrate it forward."""
+    with timed_step(report.steps, "restored"), _open_backup(path) as (_, dump):
+        server.restore_database(name, dump)  # type: ignore[arg-type]
+        dump.check()
+    with timed_step(report.steps, "verified"):
+        differences = manifest.fingerprint.differences(server.fingerprint(name, checksums=False))
+        if differences:
+            raise BackupError(
+                f"Tenant {slug!r} was not restored: the restored database differs from the "
+                f"backup's manifest ({'; '.join(differences[:3])})."
+            )
+        report.tables = len(manifest.tables)
+        report.rows = sum(manifest.tables.values())
+    with timed_step(report.steps, "migrated"):
+        stand_in = RestoredDatabase(f"_restore.{slug}", server.name, name)
+        try:
+            result = migrate_tenant(stand_in)  # type: ignore[arg-type]
+        finally:
+            unregister(stand_in.slug)
+        if result.failed:
+            raise BackupError(
+                f"Tenant {slug!r} was not restored: migrating the restored database forward "
+                f"failed ({result.error})."
+            )
+        report.migrations_applied = result.applied
+
+
+def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
+    """``BackupError`` when the backup cannot be restored to ``server_name``."""
+    if server_name not in tenancy_settings.SERVERS:
+        raise BackupError(
+            f"Tenant {slug!r} cannot be restored to server {server_name!r}: TENANCY['SERVERS'] "
+            f"does not define it (defined: {', '.join(sorted(tenancy_settings.SERVERS))})."
+        )
+    server = get_server(server_name)
+    _refuse_schemas(server, slug)
+    vendor = server_vendor(tenancy_settings.server(server_name))
+    if vendor != manifest.vendor:
+        raise BackupError(
+            f"Tenant {slug!r} cannot be restored to server {server_name!r}: the backup is of "
+            f"a {manifest.vendor} database, the server is {vendor}."
+        )
+    if getattr(server, "needs_direct_route", False):
+        raise BackupError(
+            f"Tenant {slug!r}: server {server_name!r} is reached through a pooler in "
+            "transaction mode (TRANSACTION_POOLING); give the server entry DIRECT = "
+            "{'HOST': ..., 'PORT': ...}, the server's own address, for restores."
+        )
+    unknown = _unknown_migrations(manifest)
+    if unknown:
+        raise BackupError(
+            f"Tenant {slug!r} cannot be restored: the backup has migrations this project "
+            f"does not have ({', '.join(unknown[:3])}). Restore it with the code it was "
+            "made with."
+        )
+
+
+def _unknown_migrations(manifest: Manifest) -> list[str]:
+    state = migration_state()
+    known = {f"{app}.{name}" for app, name in state.nodes | state.replaced}
+    labels = tenancy_settings.tenant_app_labels
+    return [
+        migration
+        for migration in manifest.migrations
+        if migration.split(".", 1)[0] in labels and migration not in known
+    ]
+
+
+def _new_database_name(tenant: AbstractTenant, server_name: str) -> str:
+    """A name for the restored database that no database on the server has: the one
+    derived from the slug when it is free, else that with the time appended."""
+    server = get_server(server_name)
+    base = tenancy_settings.database_name_for(tenant.slug)
+    stamp = datetime.now(UTC).strftime("_%Y%m%d%H%M%S")
+    for name in (base, base[: DATABASE_NAME_MAX_LENGTH - len(stamp)] + stamp):
+        validate_database_name(name)
+        if (
+            (server_name, name) != (tenant.server, tenant.database_name)
+            and registered_tenant(server_name, name) is None
+            and not server.database_exists(name)
+        ):
+            return name
+    raise BackupError(
+        f"Tenant {tenant.slug!r}: no free database name on server {server_name!r} "
+        "(a restore of this second exists); run it again."
+    )
+
+
+def _free_domains(manifest: Manifest, slug: str) -> tuple[list[str], list[str]]:
+    """The manifest's domains that no other tenant has (primary first), and those taken."""
+    ordered = sorted(manifest.domains, key=lambda domain: (not domain[1], domain[0]))
+    names = [domain for domain, _ in ordered]
+    taken = set(
+        Domain.objects.filter(domain__in=names)
+        .exclude(tenant__slug=slug)
+        .values_list("domain", flat=True)
+    )
+    return [name for name in names if name not in taken], sorted(taken)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _report(slug: str, server: str, name: str, manifest: Manifest) -> RestoreReport:
+    return RestoreReport(slug, server, name, backup_of=f"{manifest.slug} at {manifest.created_at}")
+
+
+def _current(slug: str) -> AbstractTenant:
+    found: AbstractTenant | None = get_tenant_model()._default_manager.filter(slug=slug).first()
+    if found is None:
+        raise BackupError(f"There is no tenant {slug[:80]!r}.")
+    return found
+
+
+__all__ = [
+    "BackupError",
+    "BackupReport",
+    "Manifest",
+    "RestoreReport",
+    "abort_restore",
+    "backup_file_name",
+    "backup_tenant",
+    "read_manifest",
+    "restore_tenant",
+]

@@ -1,0 +1,362 @@
+"""backup_tenant and restore_tenant: one file per tenant with a manifest, written whole or
+not at all; restored into a new database, checked against the manifest, migrated forward,
+then given to the tenant; a failure leaves every tenant and database as it was."""
+
+import builtins
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tenancy import tenant_context
+from tenancy.backends import get_server
+from tenancy.backups import (
+    BackupError,
+    abort_restore,
+    backup_tenant,
+    read_manifest,
+    restore_tenant,
+)
+from tenancy.models import Domain, MoveKind, MoveStep, Tenant, TenantMove, TenantStatus
+from tenancy.provisioning import create_tenant, deprovision_tenant
+from tests.settings import BACKEND
+from tests.tenantapp.models import Note, Tag
+
+
+def texts(tenant):
+    with tenant_context(tenant):
+        return sorted(Note.objects.values_list("text", flat=True))
+
+
+def databases(server="one"):
+    return set(get_server(server).list_databases())
+
+
+def rewrite_manifest(path, change):
+    """The backup at ``path`` with its manifest changed by ``change`` (the dump as it was)."""
+    with tarfile.open(path) as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive}
+    manifest = json.loads(members["manifest.json"])
+    change(manifest)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    path.unlink()
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def gamma(db_access):
+    tenant = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(tenant):
+        for number in range(20):
+            Note.objects.create(text=f"note {number:02}")
+        Tag.objects.create(note=Note.objects.first(), label="first")
+    return tenant
+
+
+@pytest.fixture
+def backup(gamma, tmp_path):
+    return backup_tenant(gamma, tmp_path)
+
+
+def test_a_backup_is_one_tar_file_with_the_dump_and_a_manifest(backup, gamma, tmp_path):
+    path = tmp_path / backup.path.rsplit("/", 1)[1]
+    assert path.name.startswith("gamma-")
+    assert path.name.endswith(".tar")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left
+    assert path.stat().st_mode & 0o077 == 0  # customer data: the owner's only
+    with tarfile.open(path) as archive:
+        names = archive.getnames()
+        dump = archive.extractfile(names[0]).read()
+    assert names == [
+        "database.dump" if BACKEND == "postgresql" else "database.sqlite3",
+        "manifest.json",
+    ]
+    # The server's own format, which its tools read.
+    assert dump.startswith(b"PGDMP" if BACKEND == "postgresql" else b"SQLite format 3\0")
+    manifest = read_manifest(path)
+    assert (manifest.slug, manifest.server, manifest.status) == ("gamma", "one", "active")
+    assert manifest.domains == [("gamma.example.test", True)]
+    assert "tenantapp.0002_label_attachment" in manifest.migrations
+    note_table = next(name for name in manifest.tables if name.endswith("tenantapp_note"))
+    assert manifest.tables[note_table] == 20
+    assert sum(manifest.tables.values()) == backup.rows
+    assert manifest.dump_bytes == len(dump)
+    assert manifest.django_version
+    assert manifest.server_version
+
+
+def test_round_trip_restores_the_rows_of_backup_time_in_place(gamma, backup, beta, client):
+    with tenant_context(beta):
+        Note.objects.create(text="beta's own")
+    with tenant_context(gamma):
+        Note.objects.filter(text__in=["note 00", "note 01"]).delete()
+        Note.objects.create(text="written after the backup")
+    before_restore = Tenant.objects.get(slug="gamma")
+
+    report = restore_tenant(backup.path, replace=True)
+
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.status == TenantStatus.ACTIVE
+    assert tenant.database_name == report.database_name != before_restore.database_name
+    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    with tenant_context(tenant):
+        assert Tag.objects.get().note.text == "note 00"
+        # The sequences came along: a new row gets a new key.
+        assert Note.objects.create(text="new").pk > 20
+    # The replaced database is gone, and no record is left.
+    assert not get_server("one").database_exists(before_restore.database_name)
+    assert not TenantMove.objects.exists()
+    # Requests read the restored database; the other tenant is untouched.
+    response = client.get("/notes/", HTTP_HOST="gamma.example.test")
+    assert "note 00" in response.content.decode()
+    assert "written after the backup" not in response.content.decode()
+    assert texts(beta) == ["beta's own"]
+
+
+def test_keep_replaced_keeps_the_old_database_read_only(gamma, backup):
+    old_name = gamma.database_name
+    report = restore_tenant(backup.path, replace=True, keep_replaced=True)
+    assert report.source_kept
+    assert get_server("one").database_exists(old_name)
+    # Kept, but nobody's: a new tenant is not given it.
+    assert not Tenant.objects.filter(database_name=old_name).exists()
+
+
+def test_a_live_tenant_is_never_replaced_without_replace(gamma, backup):
+    with tenant_context(gamma):
+        Note.objects.create(text="newer")
+    before = databases()
+    with pytest.raises(BackupError, match="--replace"):
+        restore_tenant(backup.path)
+    assert databases() == before
+    assert "newer" in texts(Tenant.objects.get(slug="gamma"))
+
+
+def test_a_deleted_tenant_comes_back_with_its_domains(gamma, backup, client):
+    deprovision_tenant(gamma)
+    assert not Tenant.objects.filter(slug="gamma").exists()
+
+    report = restore_tenant(backup.path)
+
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.status == TenantStatus.ACTIVE
+    assert report.domains == ["gamma.example.test"]
+    assert Domain.objects.get(domain="gamma.example.test").tenant == tenant
+    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    response = client.get("/notes/", HTTP_HOST="gamma.example.test")
+    assert "note 19" in response.content.decode()
+
+
+def test_a_domain_taken_meanwhile_stays_with_its_new_owner(gamma, backup, beta):
+    deprovision_tenant(gamma)
+    Domain.objects.create(domain="gamma.example.test", tenant=beta)
+    report = restore_tenant(backup.path)
+    assert report.domains_taken == ["gamma.example.test"]
+    assert Domain.objects.get(domain="gamma.example.test").tenant == beta
+
+
+def test_a_side_copy_is_a_tenant_of_its_own_without_domains(gamma, backup):
+    report = restore_tenant(backup.path, as_slug="gamma-copy", server="two")
+    copy = Tenant.objects.get(slug="gamma-copy")
+    assert (copy.server, copy.status) == ("two", TenantStatus.ACTIVE)
+    assert not Domain.objects.filter(tenant=copy).exists()
+    assert report.domains == []
+    assert texts(copy) == texts(gamma)
+    with tenant_context(copy):
+        Note.objects.all().delete()
+    # Two databases: emptying the copy leaves the original whole.
+    assert len(texts(gamma)) == 20
+
+
+def test_a_damaged_backup_is_refused_and_leaves_nothing(gamma, backup, tmp_path):
+    path = tmp_path / "damaged.tar"
+    data = bytearray(Path(backup.path).read_bytes())
+    data[512 + 4000] ^= 0xFF  # a byte inside the dump
+    path.write_bytes(bytes(data))
+    with tenant_context(gamma):
+        Note.objects.create(text="kept")
+    before = databases()
+    with pytest.raises(BackupError) as error:
+        restore_tenant(path, replace=True)
+    assert "gamma" in str(error.value)
+    assert databases() == before
+    assert not TenantMove.objects.exists()
+    tenant = Tenant.objects.get(slug="gamma")
+    assert tenant.database_name == gamma.database_name
+    assert "kept" in texts(tenant)
+    # A new tenant from it is not left half made either.
+    with pytest.raises(BackupError):
+        restore_tenant(path, as_slug="damaged")
+    assert not Tenant.objects.filter(slug="damaged").exists()
+    assert databases() == before
+
+
+def test_rows_that_differ_from_the_manifest_are_refused(gamma, backup):
+    def one_more_note(manifest):
+        name = next(name for name in manifest["tables"] if name.endswith("tenantapp_note"))
+        manifest["tables"][name] += 1
+
+    rewrite_manifest(Path(backup.path), one_more_note)
+    before = databases()
+    with pytest.raises(BackupError, match="differs from the backup's manifest"):
+        restore_tenant(backup.path, as_slug="gamma-copy")
+    assert databases() == before
+    assert not Tenant.objects.filter(slug="gamma-copy").exists()
+
+
+def test_a_backup_from_newer_code_is_refused(gamma, backup):
+    rewrite_manifest(
+        Path(backup.path), lambda manifest: manifest["migrations"].append("tenantapp.9999_future")
+    )
+    with pytest.raises(BackupError, match=r"tenantapp\.9999_future"):
+        restore_tenant(backup.path, as_slug="gamma-copy")
+    assert not Tenant.objects.filter(slug="gamma-copy").exists()
+
+
+def test_an_older_backup_is_migrated_forward(gamma, backup, migrations):
+    migrations("tests.migrations_v3")
+    report = restore_tenant(backup.path, as_slug="gamma-copy")
+    assert report.migrations_applied == 1
+    assert "welcome" in texts(Tenant.objects.get(slug="gamma-copy"))
+
+
+def test_a_file_that_is_not_a_backup_is_refused(db_access, tmp_path):
+    path = tmp_path / "notes.tar"
+    path.write_bytes(b"not a tar file" * 100)
+    with pytest.raises(BackupError, match="not a tenant backup"):
+        restore_tenant(path)
+    with pytest.raises(BackupError, match="There is no backup"):
+        restore_tenant(tmp_path / "missing.tar")
+
+
+def test_an_existing_file_is_never_replaced(gamma, tmp_path):
+    path = tmp_path / "gamma.tar"
+    path.write_bytes(b"an older backup")
+    with pytest.raises(BackupError, match="exists already"):
+        backup_tenant(gamma, path)
+    assert path.read_bytes() == b"an older backup"
+    assert [p.name for p in tmp_path.iterdir()] == ["gamma.tar"]
+
+
+def test_a_tenant_without_a_complete_database_is_not_backed_up(gamma, tmp_path):
+    Tenant.objects.filter(pk=gamma.pk).update(status=TenantStatus.PROVISIONING)
+    with pytest.raises(BackupError, match="provisioning"):
+        backup_tenant("gamma", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_replacement_is_redone_by_running_it_again(gamma, backup):
+    # What a crash after the restored database was made, before the switch, leaves.
+    server = get_server("one")
+    server.create_database("test_tenancy_gamma_leftover")
+    TenantMove.objects.create(
+        tenant=gamma,
+        kind=MoveKind.RESTORE,
+        source_server="one",
+        database_name=gamma.database_name,
+        target_server="one",
+        target_database="test_tenancy_gamma_leftover",
+        previous_status=TenantStatus.ACTIVE,
+        step=MoveStep.COPYING,
+    )
+    with pytest.raises(CommandError, match="being restored"):
+        call_command("move_tenant", "gamma", "--server", "two")
+    report = restore_tenant(backup.path, replace=True)
+    assert report.resumed
+    assert not server.database_exists("test_tenancy_gamma_leftover")
+    assert not TenantMove.objects.exists()
+    assert len(texts(Tenant.objects.get(slug="gamma"))) == 20
+
+
+def test_abort_restore_drops_what_the_restore_made(gamma):
+    server = get_server("one")
+    server.create_database("test_tenancy_gamma_leftover")
+    TenantMove.objects.create(
+        tenant=gamma,
+        kind=MoveKind.RESTORE,
+        source_server="one",
+        database_name=gamma.database_name,
+        target_server="one",
+        target_database="test_tenancy_gamma_leftover",
+        previous_status=TenantStatus.ACTIVE,
+        step=MoveStep.COPYING,
+    )
+    abort_restore("gamma")
+    assert not server.database_exists("test_tenancy_gamma_leftover")
+    assert server.database_exists(gamma.database_name)
+    assert len(texts(Tenant.objects.get(slug="gamma"))) == 20
+    with pytest.raises(BackupError, match="not being restored"):
+        abort_restore("gamma")
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def test_commands_back_up_every_tenant_and_restore_one(gamma, tmp_path, capsys):
+    delta = create_tenant("delta")
+    with tenant_context(delta):
+        Note.objects.create(text="delta's own")
+    call_command("backup_tenant", "--all-tenants", "-o", str(tmp_path))
+    out = capsys.readouterr().out
+    assert "Tenant delta:" in out
+    assert "Tenant gamma:" in out
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert [name.split("-")[0] for name in files] == ["delta", "gamma"]
+
+    with tenant_context(delta):
+        Note.objects.all().delete()
+    call_command("restore_tenant", str(tmp_path / files[0]), "--replace", "--noinput", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["slug"] == "delta"
+    assert report["rows"] >= 1
+    assert texts(Tenant.objects.get(slug="delta")) == ["delta's own"]
+    assert len(texts(gamma)) == 20  # the other tenant is untouched
+
+
+def test_command_errors_are_one_line(gamma, backup, tmp_path, monkeypatch):
+    with pytest.raises(CommandError, match="--replace"):
+        call_command("restore_tenant", backup.path, "--noinput")
+    with pytest.raises(CommandError, match="There is no tenant 'nobody'"):
+        call_command("backup_tenant", "nobody", "-o", str(tmp_path))
+    monkeypatch.setattr(builtins, "input", lambda prompt: "no")
+    with pytest.raises(CommandError, match="Cancelled"):
+        call_command("restore_tenant", backup.path, "--replace")
+    assert Tenant.objects.get(slug="gamma").database_name == gamma.database_name
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="a pooler is PostgreSQL's")
+def test_a_server_behind_a_transaction_pooler_needs_a_direct_route(gamma, settings, tmp_path):
+    servers = dict(settings.TENANCY["SERVERS"])
+    pooled = {k: v for k, v in servers["one"].items() if k != "DIRECT"}
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**servers, "one": {**pooled, "TRANSACTION_POOLING": True}},
+    }
+    with pytest.raises(BackupError, match="DIRECT"):
+        backup_tenant(gamma, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("direct", "message"),
+    [
+        ({"NAME": "x"}, "must be a dict of HOST, PORT and OPTIONS"),
+        ({"OPTIONS": {"dbname": "x"}}, "DIRECT OPTIONS 'dbname'"),
+    ],
+)
+def test_direct_settings_are_validated(direct, message):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from tenancy.conf import _validated_server
+
+    server = {"ENGINE": "django.db.backends.postgresql", "HOST": "pooler", "DIRECT": direct}
+    with pytest.raises(ImproperlyConfigured, match=message):
+        _validated_server("one", server)
