@@ -60,7 +60,8 @@ def fill(tenant: object, megabytes: int) -> None:
 def by_hand(name: str) -> float:
     """``pg_dump | pg_restore`` of database NAME from server one into a new database on two."""
     from tenancy.backends import get_server
-    from tenancy.moving import _DUMP_OPTIONS, _RESTORE_OPTIONS, _client_program
+    from tenancy.backends.client_programs import client_program as _client_program
+    from tenancy.moving import _DUMP_OPTIONS, _RESTORE_OPTIONS
 
     one, two = get_server("one"), get_server("two")
     copy = f"{name}_by_hand"

@@ -578,6 +578,12 @@ def _restore_replacing(
 ) -> RestoreReport:
     """The backup in place of a live tenant's database, switched to in one transaction."""
     slug = tenant.slug
+    if tenant.status == TenantStatus.ARCHIVED:
+        raise BackupError(
+            f"Tenant {slug!r} is archived; nothing was changed. Reactivate it first "
+            f"(`manage.py reactivate_tenant {slug}`), then restore with --replace, or "
+            "restore the backup beside it with --as OTHER."
+        )
     if not replace:
         raise BackupError(
             f"Tenant {slug!r} exists; nothing was changed. Restore with --replace to put the "

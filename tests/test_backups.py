@@ -360,3 +360,24 @@ def test_direct_settings_are_validated(direct, message):
     server = {"ENGINE": "django.db.backends.postgresql", "HOST": "pooler", "DIRECT": direct}
     with pytest.raises(ImproperlyConfigured, match=message):
         _validated_server("one", server)
+
+
+def test_an_archived_tenant_is_not_replaced_until_reactivated(gamma, backup):
+    from tenancy.retention import archive_tenant
+
+    archive_tenant(gamma, days=30)
+    before = databases()
+    with pytest.raises(BackupError, match="reactivate_tenant gamma"):
+        restore_tenant(backup.path, replace=True)
+    assert databases() == before
+    assert Tenant.objects.get(slug="gamma").status == TenantStatus.ARCHIVED
+
+
+def test_an_archived_tenant_is_backed_up_from_its_read_only_database(gamma, tmp_path):
+    from tenancy.retention import archive_tenant
+
+    archive_tenant(gamma, days=30)
+    report = backup_tenant("gamma", tmp_path)
+    assert read_manifest(report.path).status == TenantStatus.ARCHIVED
+    restore_tenant(report.path, as_slug="gamma-copy")
+    assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 20

@@ -152,7 +152,10 @@ class SQLiteServer(DatabaseServer):
         with tempfile.TemporaryDirectory(prefix=".tenancy-dump-", dir=self.directory) as scratch:
             copy = Path(scratch) / "database.sqlite3"
             with (
-                contextlib.closing(sqlite3.connect(sqlite_uri(source), uri=True)) as src,
+                # Read-only: an archived tenant's file is.
+                contextlib.closing(
+                    sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+                ) as src,
                 contextlib.closing(sqlite3.connect(copy)) as target,
             ):
                 src.backup(target)
