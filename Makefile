@@ -23,6 +23,8 @@ bench:
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/routing.py
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/tenant_tests.py
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/request_path.py  # makes .venv-bench
+	scripts/with-postgres -n 2 .venv/bin/python benchmarks/moving.py
+	scripts/with-postgres -n 2 .venv/bin/python benchmarks/backups.py
 
 lint:
 	.venv/bin/ruff check .

@@ -266,3 +266,70 @@ def test_moves_killed_at_random_points_are_finished_or_undone_by_a_rerun(example
     print(f"\nkilled moves left (killed, status, server): {dict(left_as)}")
     assert any(killed and status == "moving" for killed, status, _ in left_as), left_as
     example.manage("delete_tenant", slug, "--noinput")
+
+
+def test_restores_killed_at_random_points_are_finished_or_undone_by_a_rerun(example, tmp_path):
+    """restore_tenant --replace, killed at a random point, then run again (to finish it)
+    or with --abort (to undo it): the tenant ends up active with the backup's rows (or,
+    undone, its own), and no database is left that the registry does not name."""
+    rng = random.Random(SEED + 2)
+    slug = "restorer"
+    example.manage("create_tenant", slug, "--domain", "restorer.x")
+    add_tasks = (
+        "from example_project.projects.models import Project, Task\n"
+        "project, _ = Project.objects.get_or_create(name='restoring')\n"
+        "Task.objects.bulk_create(Task(project=project, title=f't{{n}}') for n in range({}))"
+    )
+    example.manage("tenant_command", "--tenant", slug, "shell", "-c", add_tasks.format(300))
+    backup = tmp_path / "restorer.tar"
+    example.manage("backup_tenant", slug, "-o", str(backup))
+
+    def count() -> str:
+        output = example.manage("tenant_command", "--tenant", slug, "shell", "-c", COUNT_TASKS)
+        return output.split()[-1]
+
+    backed_up = count()
+    restore = ("restore_tenant", str(backup), "--replace", "--noinput")
+
+    # How long a whole restore takes: the window to kill in.
+    started = time.monotonic()
+    example.manage(*restore)
+    window = time.monotonic() - started
+    assert count() == backed_up
+
+    left_as = Counter()
+    for number in range(MOVE_KILLS):
+        # Rows written after the backup: a finished restore takes them away.
+        example.manage("tenant_command", "--tenant", slug, "shell", "-c", add_tasks.format(7))
+        live = count()
+        database_before = example.registry()[slug][2]
+        killed = bool(kill_at(example.popen(*restore), rng.uniform(0.05, window)))
+        recorded = example.shell(
+            f"from tenancy.models import TenantMove\n"
+            f"print(TenantMove.objects.filter(tenant__slug={slug!r}).count())"
+        ).split()[-1]
+        left_as[(killed, recorded)] += 1
+        expected = backed_up
+        if killed and rng.random() < 0.5:
+            aborting = example.popen("restore_tenant", "--abort", slug, capture=True)
+            output = "".join(aborting.communicate(timeout=120))
+            if aborting.returncode == 0:
+                expected = live  # undone: the tenant keeps its own database
+            else:
+                # Killed after the switch (finished by running it again), or before it was
+                # recorded or after it ended (nothing to undo).
+                assert "already" in output or "not being restored" in output, output
+                if "already" in output:
+                    example.manage(*restore)
+                elif example.registry()[slug][2] == database_before:
+                    expected = live  # killed before it was recorded: nothing happened
+        elif killed:  # as an operator does after a crash: the same command again
+            example.manage(*restore)
+        status = example.registry()[slug][0]
+        assert status == "active", (number, status)
+        assert_registry_matches_servers(example)
+        assert count() == expected, (number, left_as)
+
+    print(f"\nkilled restores left (killed, records): {dict(left_as)}")
+    assert any(killed and recorded == "1" for killed, recorded in left_as), left_as
+    example.manage("delete_tenant", slug, "--noinput")
