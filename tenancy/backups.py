@@ -188,16 +188,22 @@ def backup_tenant(tenant: AbstractTenant | str, path: str | Path | None = None) 
     named by ``backup_file_name`` in the directory ``path`` (default: the current one).
     The tenant goes on serving meanwhile. ``BackupError`` when it cannot be backed up; an
     existing file is never replaced."""
-    started = time.monotonic()
     slug = tenant if isinstance(tenant, str) else tenant.slug
+    with tenant_lock(slug):  # not moved, restored or deleted meanwhile
+        return backup_locked(_current(slug), path)
+
+
+def backup_locked(tenant: AbstractTenant, path: str | Path | None = None) -> BackupReport:
+    """``backup_tenant`` for a caller that holds the tenant's lock
+    (``tenancy.tenant_locks``) and has read the tenant under it."""
+    started = time.monotonic()
+    slug = tenant.slug
     target = Path(path) if path is not None else Path.cwd()
     if target.is_dir():
         target = target / backup_file_name(slug)
     try:
-        with tenant_lock(slug):  # not moved, restored or deleted meanwhile
-            current = _current(slug)
-            server = _backup_server(current)
-            manifest, size = _write_archive(current, server, target)
+        server = _backup_server(tenant)
+        manifest, size = _write_archive(tenant, server, target)
     except BackupError:
         raise
     except (DatabaseError, OSError, TenancyError) as exc:
@@ -466,6 +472,37 @@ def restore_tenant(
         raise
     except (DatabaseError, OSError, TenancyError) as exc:
         raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+
+
+def restore_locked(tenant: AbstractTenant, path: str | Path) -> RestoreReport:
+    """Make ``tenant``'s own database (its name, on its server) again from its backup at
+    ``path``, for a caller that holds the tenant's lock and serves the tenant nowhere
+    meanwhile (an archived tenant being reactivated): a database of that name, which a
+    restore interrupted before may have left incomplete, is dropped first."""
+    path = Path(path)
+    with _open_backup(path) as (manifest, _):
+        pass
+    slug = tenant.slug
+    if manifest.slug != slug:
+        raise BackupError(f"{path} is a backup of tenant {manifest.slug!r}, not of {slug!r}.")
+    report = _report(slug, tenant.server, tenant.database_name, manifest)
+    try:
+        _refuse_target(slug, tenant.server, manifest)
+        server = get_server(tenant.server)
+        unregister(tenant)
+        if server.database_exists(tenant.database_name):
+            server.drop_database(tenant.database_name)
+        try:
+            _restore_database(server, tenant.database_name, slug, path, manifest, report)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                server.drop_database(tenant.database_name)
+            raise
+    except BackupError:
+        raise
+    except (DatabaseError, OSError, TenancyError) as exc:
+        raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+    return report
 
 
 def abort_restore(slug: str) -> None:
@@ -758,7 +795,9 @@ __all__ = [
     "RestoreReport",
     "abort_restore",
     "backup_file_name",
+    "backup_locked",
     "backup_tenant",
     "read_manifest",
+    "restore_locked",
     "restore_tenant",
 ]

@@ -8,6 +8,7 @@ and name the key to fix.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections.abc import Callable, Mapping
 from functools import cached_property
@@ -104,6 +105,10 @@ DEFAULTS: dict[str, Any] = {
     # purge_tenants drops it; delete_tenant --retain DAYS chooses per tenant. 0: dropped
     # at once.
     "RETENTION_DAYS": 0,
+    # Set, an archived tenant's database is backed up into this directory and dropped
+    # (the server's space freed), and restored from it when the tenant is reactivated.
+    # None: the database itself is kept, read-only.
+    "RETENTION_BACKUP_DIRECTORY": None,
     # Who may use a session signed in on one site (a tenant, or the main site) on another:
     # None (nobody), or a function (user, tenant) -> bool or its dotted path.
     "CROSS_TENANT_LOGIN": None,
@@ -356,6 +361,18 @@ class TenancySettings:
                 f"{value!r}.",
             )
         return value
+
+    @cached_property
+    def RETENTION_BACKUP_DIRECTORY(self) -> Path | None:
+        value = self._raw["RETENTION_BACKUP_DIRECTORY"]
+        if value is None:
+            return None
+        if not isinstance(value, str | os.PathLike) or not str(value):
+            raise _error(
+                "RETENTION_BACKUP_DIRECTORY",
+                f"must be None or the path of a directory, not {value!r}.",
+            )
+        return Path(value)
 
     @cached_property
     def CROSS_TENANT_LOGIN(self) -> Callable[[Any, Any], Any] | None:

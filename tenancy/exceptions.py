@@ -86,8 +86,10 @@ class TenantRemoved(TenancyError, DatabaseError):
         )
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(error: BaseException | str) -> str:
     """An error on one line (a server's message may take several): tenancy's own as it is,
     any other with its type."""
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, TenancyError) else f"{type(exc).__name__}: {text}"
+    text = " ".join(str(error).split())
+    if isinstance(error, str | TenancyError):
+        return text
+    return f"{type(error).__name__}: {text}"

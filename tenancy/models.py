@@ -96,6 +96,12 @@ class AbstractTenant(models.Model):
         blank=True,
         help_text=_("An archived tenant's data is removed after this (purge_tenants)."),
     )
+    retained_backup = models.CharField(
+        _("retained backup"),
+        max_length=1000,
+        blank=True,
+        help_text=_("The backup file an archived tenant's data is kept in, its database dropped."),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 

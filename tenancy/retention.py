@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from tenancy.backends import get_server
+from tenancy.backups import BackupError, backup_locked, restore_locked
+from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
-from tenancy.exceptions import TenancyError
+from tenancy.exceptions import TenancyError, one_line
 from tenancy.migration import migrate_tenant
 from tenancy.models import AbstractTenant, TenantStatus, get_tenant_model
-from tenancy.provisioning import _deprovision, locked_tenant
+from tenancy.provisioning import _deprovision, locked_tenant, set_status
 from tenancy.registry_cache import wait_for_other_processes
 
 logger = logging.getLogger("tenancy.retention")
@@ -92,6 +95,10 @@ def archive_tenant(tenant: AbstractTenant | str, days: int) -> AbstractTenant:
         # Every process answers 404 from now on, and this one's connections close.
         wait_for_other_processes()
         unregister(current)
+        directory = tenancy_settings.RETENTION_BACKUP_DIRECTORY
+        if directory is not None and not get_server(current.server).holds_schemas:
+            _retain_as_backup(current, directory, previous)
+            return current
         try:
             _keep_read_only(current)
         except Exception as exc:
@@ -99,7 +106,7 @@ def archive_tenant(tenant: AbstractTenant | str, days: int) -> AbstractTenant:
                 f"Tenant {slug!r} is archived (not served, its data kept until "
                 f"{format_when(until)}), but its database {current.database_name!r} on "
                 f"server {current.server!r} could not be made read-only "
-                f"({_one_line(exc)}); make it read-only by hand, or run `manage.py "
+                f"({one_line(exc)}); make it read-only by hand, or run `manage.py "
                 f"reactivate_tenant {slug}` and archive it again once the server answers."
             ) from exc
     return current
@@ -121,6 +128,8 @@ def reactivate_tenant(tenant: AbstractTenant | str) -> AbstractTenant:
                 "is reactivated."
             )
         server = get_server(current.server)
+        if current.retained_backup:
+            return _reactivate_from_backup(current)
         if not server.database_exists(current.database_name):
             raise RetentionError(
                 f"Tenant {slug!r} cannot be reactivated: its database "
@@ -134,7 +143,7 @@ def reactivate_tenant(tenant: AbstractTenant | str) -> AbstractTenant:
         except (DatabaseError, OSError) as exc:
             raise RetentionError(
                 f"Tenant {slug!r} stays archived: its database could not be made writable "
-                f"({_one_line(exc)}). Run `manage.py reactivate_tenant {slug}` again once "
+                f"({one_line(exc)}). Run `manage.py reactivate_tenant {slug}` again once "
                 f"server {current.server!r} answers."
             ) from exc
         # migrate_tenants leaves archived tenants out: it may be behind.
@@ -147,7 +156,7 @@ def reactivate_tenant(tenant: AbstractTenant | str) -> AbstractTenant:
                 logger.exception("Tenant %s: its database stays writable", slug)
             raise RetentionError(
                 f"Tenant {slug!r} stays archived: migrating its database failed "
-                f"({_one_line(result.error)}). Fix the cause and run `manage.py "
+                f"({one_line(result.error)}). Fix the cause and run `manage.py "
                 f"reactivate_tenant {slug}` again."
             )
         type(current)._default_manager.filter(pk=current.pk).update(
@@ -187,6 +196,8 @@ def purge_tenant(tenant: AbstractTenant | str, now: datetime | None = None) -> N
                 f"Tenant {current.slug!r} is not purged: it is {current.status}{kept}."
             )
         _deprovision(current, keep_database=False)
+        if current.retained_backup:
+            Path(current.retained_backup).unlink(missing_ok=True)
 
 
 def purge_tenants(now: datetime | None = None, *, dry_run: bool = False) -> list[str]:
@@ -208,7 +219,7 @@ def purge_tenants(now: datetime | None = None, *, dry_run: bool = False) -> list
             purge_tenant(slug, now)
         except Exception as exc:
             logger.error("Tenant %s could not be purged: %s", slug, exc)
-            failures[slug] = _one_line(exc)
+            failures[slug] = one_line(exc)
         else:
             purged.append(slug)
     if failures:
@@ -223,14 +234,6 @@ def format_when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
-def _one_line(error: BaseException | str) -> str:
-    """An error on one line (a server's message may take several)."""
-    if isinstance(error, str):
-        return " ".join(error.split())
-    text = " ".join(str(error).split())
-    return text if isinstance(error, TenancyError) else f"{type(error).__name__}: {text}"
-
-
 def _keep_read_only(tenant: AbstractTenant) -> None:
     """Nothing writes to the tenant's retained data: new sessions are read-only, and the
     sessions opened before end (PostgreSQL), or the file is read-only (SQLite). A schema
@@ -240,6 +243,55 @@ def _keep_read_only(tenant: AbstractTenant) -> None:
         return
     server.keep_read_only(tenant.database_name)
     server.end_sessions(tenant.database_name)
+
+
+def _retain_as_backup(tenant: AbstractTenant, directory: Path, previous: str) -> None:
+    """Keep the archived tenant's data as a backup in ``directory`` (its path recorded on
+    the tenant), then drop its database. A backup that fails gives the tenant its status
+    back: nothing was archived."""
+    slug, server = tenant.slug, get_server(tenant.server)
+    if not server.database_exists(tenant.database_name):
+        return  # nothing to keep (a provisioning that failed before making it)
+    try:
+        report = backup_locked(tenant, directory)
+    except BackupError as exc:
+        set_status(tenant, previous)
+        type(tenant)._default_manager.filter(pk=tenant.pk).update(retained_until=None)
+        tenant.retained_until = None
+        raise RetentionError(
+            f"Tenant {slug!r} is not archived, it is {previous} as before: its backup into "
+            f"{directory} failed ({exc})."
+        ) from exc
+    type(tenant)._default_manager.filter(pk=tenant.pk).update(retained_backup=report.path)
+    tenant.retained_backup = report.path
+    # The backup is linked into place and synced, and recorded: the database can go. A
+    # crash before the drop leaves both; reactivating or purging handles either.
+    server.drop_database(tenant.database_name)
+
+
+def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
+    """The archived tenant's database made again from its backup (migrated forward), the
+    tenant active, the backup file removed."""
+    slug = tenant.slug
+    try:
+        restore_locked(tenant, tenant.retained_backup)
+    except BackupError as exc:
+        raise RetentionError(
+            f"Tenant {slug!r} stays archived: restoring its backup {tenant.retained_backup} "
+            f"failed ({exc}). Fix the cause and run `manage.py reactivate_tenant {slug}` again."
+        ) from exc
+    backup = Path(tenant.retained_backup)
+    type(tenant)._default_manager.filter(pk=tenant.pk).update(
+        status=TenantStatus.ACTIVE, status_detail="", retained_until=None, retained_backup=""
+    )
+    tenant.status, tenant.status_detail, tenant.retained_until, tenant.retained_backup = (
+        TenantStatus.ACTIVE,
+        "",
+        None,
+        "",
+    )
+    backup.unlink(missing_ok=True)
+    return tenant
 
 
 def _not_archivable(tenant: AbstractTenant) -> RetentionError:

@@ -381,3 +381,63 @@ def test_an_archived_tenant_is_backed_up_from_its_read_only_database(gamma, tmp_
     assert read_manifest(report.path).status == TenantStatus.ARCHIVED
     restore_tenant(report.path, as_slug="gamma-copy")
     assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 20
+
+
+# -- retention as a backup (RETENTION_BACKUP_DIRECTORY) ------------------------------------
+
+
+@pytest.fixture
+def backup_retention(settings, tmp_path):
+    settings.TENANCY = {**settings.TENANCY, "RETENTION_BACKUP_DIRECTORY": str(tmp_path)}
+    return tmp_path
+
+
+def test_an_archived_tenant_is_kept_as_a_backup_and_restored_on_reactivation(
+    gamma, beta, backup_retention, client
+):
+    from tenancy.retention import archive_tenant, reactivate_tenant
+
+    with tenant_context(beta):
+        Note.objects.create(text="beta's own")
+    archived = archive_tenant(gamma, days=30)
+    backup_file = Path(archived.retained_backup)
+    assert backup_file.parent == backup_retention
+    assert read_manifest(backup_file).slug == "gamma"
+    # The server's space is freed; the tenant is not served.
+    assert not get_server("one").database_exists(gamma.database_name)
+    assert client.get("/notes/", HTTP_HOST="gamma.example.test").status_code == 404
+
+    reactivate_tenant("gamma")
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.status, tenant.retained_backup) == (TenantStatus.ACTIVE, "")
+    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    assert not backup_file.exists()
+    assert texts(beta) == ["beta's own"]
+    response = client.get("/notes/", HTTP_HOST="gamma.example.test")
+    assert "note 05" in response.content.decode()
+
+
+def test_purging_an_archived_tenant_removes_its_backup(gamma, backup_retention):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenancy.retention import archive_tenant, purge_tenants
+
+    backup_file = Path(archive_tenant(gamma, days=1).retained_backup)
+    assert purge_tenants(timezone.now() + timedelta(days=2)) == ["gamma"]
+    assert not backup_file.exists()
+    assert not Tenant.objects.filter(slug="gamma").exists()
+
+
+def test_an_archive_whose_backup_fails_leaves_the_tenant_as_it_was(gamma, settings, tmp_path):
+    from tenancy.retention import RetentionError, archive_tenant
+
+    taken = tmp_path / "not-a-directory"
+    taken.write_text("a file")
+    settings.TENANCY = {**settings.TENANCY, "RETENTION_BACKUP_DIRECTORY": str(taken)}
+    with pytest.raises(RetentionError, match="active as before"):
+        archive_tenant(gamma, days=30)
+    tenant = Tenant.objects.get(slug="gamma")
+    assert (tenant.status, tenant.retained_until) == (TenantStatus.ACTIVE, None)
+    assert len(texts(tenant)) == 20
