@@ -8,6 +8,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
     dependencies = [
@@ -16,124 +17,40 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name="Tenant",
+            name='Tenant',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "slug",
-                    models.CharField(
-                        help_text="Lowercase letters, digits and hyphens. Cannot be changed later.",
-                        max_length=63,
-                        unique=True,
-                        validators=[tenancy.validators.validate_slug],
-                        verbose_name="slug",
-                    ),
-                ),
-                ("name", models.CharField(max_length=200, verbose_name="name")),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("provisioning", "provisioning"),
-                            ("active", "active"),
-                            ("suspended", "suspended"),
-                            ("failed", "failed"),
-                            ("deleting", "deleting"),
-                        ],
-                        default="provisioning",
-                        max_length=16,
-                        verbose_name="status",
-                    ),
-                ),
-                (
-                    "status_detail",
-                    models.TextField(
-                        blank=True,
-                        help_text="Why provisioning or deletion failed, for the operator.",
-                        verbose_name="status detail",
-                    ),
-                ),
-                (
-                    "server",
-                    models.CharField(
-                        default=tenancy.models.default_server,
-                        help_text="A key of TENANCY['SERVERS'] in the settings.",
-                        max_length=63,
-                        verbose_name="server",
-                    ),
-                ),
-                (
-                    "database_name",
-                    models.CharField(
-                        blank=True,
-                        help_text="Derived from the slug when left blank.",
-                        max_length=63,
-                        validators=[tenancy.validators.validate_database_name],
-                        verbose_name="database name",
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
-                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('slug', models.CharField(help_text='Lowercase letters, digits and hyphens. Cannot be changed later.', max_length=63, unique=True, validators=[tenancy.validators.validate_slug], verbose_name='slug')),
+                ('name', models.CharField(max_length=200, verbose_name='name')),
+                ('status', models.CharField(choices=[('provisioning', 'provisioning'), ('active', 'active'), ('suspended', 'suspended'), ('failed', 'failed'), ('deleting', 'deleting')], default='provisioning', max_length=16, verbose_name='status')),
+                ('status_detail', models.TextField(blank=True, help_text='Why provisioning or deletion failed, for the operator.', verbose_name='status detail')),
+                ('server', models.CharField(default=tenancy.models.default_server, help_text="A key of TENANCY['SERVERS'] in the settings.", max_length=63, verbose_name='server')),
+                ('database_name', models.CharField(blank=True, help_text='Derived from the slug when left blank.', max_length=63, validators=[tenancy.validators.validate_database_name], verbose_name='database name')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
             ],
             options={
-                "verbose_name": "tenant",
-                "verbose_name_plural": "tenants",
-                "ordering": ["slug"],
-                "abstract": False,
-                "swappable": "TENANCY_TENANT_MODEL",
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("server", "database_name"), name="tenancy_tenant_unique_database"
-                    )
-                ],
+                'verbose_name': 'tenant',
+                'verbose_name_plural': 'tenants',
+                'ordering': ['slug'],
+                'abstract': False,
+                'swappable': 'TENANCY_TENANT_MODEL',
+                'constraints': [models.UniqueConstraint(fields=('server', 'database_name'), name='tenancy_tenant_unique_database')],
             },
         ),
         migrations.CreateModel(
-            name="Domain",
+            name='Domain',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "domain",
-                    models.CharField(
-                        help_text="A hostname without port, e.g. acme.example.com.",
-                        max_length=253,
-                        unique=True,
-                        validators=[tenancy.validators.validate_hostname],
-                        verbose_name="domain",
-                    ),
-                ),
-                ("is_primary", models.BooleanField(default=False, verbose_name="primary")),
-                (
-                    "tenant",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="domains",
-                        to=settings.TENANCY_TENANT_MODEL,
-                        verbose_name="tenant",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('domain', models.CharField(help_text='A hostname without port, e.g. acme.example.com.', max_length=253, unique=True, validators=[tenancy.validators.validate_hostname], verbose_name='domain')),
+                ('is_primary', models.BooleanField(default=False, verbose_name='primary')),
+                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='domains', to=settings.TENANCY_TENANT_MODEL, verbose_name='tenant')),
             ],
             options={
-                "verbose_name": "domain",
-                "verbose_name_plural": "domains",
-                "ordering": ["domain"],
-                "constraints": [
-                    models.UniqueConstraint(
-                        condition=models.Q(("is_primary", True)),
-                        fields=("tenant",),
-                        name="tenancy_domain_one_primary_per_tenant",
-                    )
-                ],
+                'verbose_name': 'domain',
+                'verbose_name_plural': 'domains',
+                'ordering': ['domain'],
+                'constraints': [models.UniqueConstraint(condition=models.Q(('is_primary', True)), fields=('tenant',), name='tenancy_domain_one_primary_per_tenant')],
             },
         ),
     ]

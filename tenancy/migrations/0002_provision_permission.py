@@ -4,20 +4,14 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("tenancy", "0001_initial"),
+        ('tenancy', '0001_initial'),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name="tenant",
-            options={
-                "ordering": ["slug"],
-                "permissions": [
-                    ("provision_tenant", "Can create, migrate and remove tenant databases")
-                ],
-                "verbose_name": "tenant",
-                "verbose_name_plural": "tenants",
-            },
+            name='tenant',
+            options={'ordering': ['slug'], 'permissions': [('provision_tenant', 'Can create, migrate and remove tenant databases')], 'verbose_name': 'tenant', 'verbose_name_plural': 'tenants'},
         ),
     ]

@@ -6,58 +6,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("tenancy", "0002_provision_permission"),
+        ('tenancy', '0002_provision_permission'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="Membership",
+            name='Membership',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "is_admin",
-                    models.BooleanField(
-                        default=False,
-                        help_text="May manage the tenant's data in its admin site.",
-                        verbose_name="tenant admin",
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
-                (
-                    "tenant",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="memberships",
-                        to=settings.TENANCY_TENANT_MODEL,
-                        verbose_name="tenant",
-                    ),
-                ),
-                (
-                    "user",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="tenant_memberships",
-                        to=settings.AUTH_USER_MODEL,
-                        verbose_name="user",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('is_admin', models.BooleanField(default=False, help_text="May manage the tenant's data in its admin site.", verbose_name='tenant admin')),
+                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
+                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='memberships', to=settings.TENANCY_TENANT_MODEL, verbose_name='tenant')),
+                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tenant_memberships', to=settings.AUTH_USER_MODEL, verbose_name='user')),
             ],
             options={
-                "verbose_name": "membership",
-                "verbose_name_plural": "memberships",
-                "ordering": ["tenant", "user"],
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("user", "tenant"), name="tenancy_membership_unique"
-                    )
-                ],
+                'verbose_name': 'membership',
+                'verbose_name_plural': 'memberships',
+                'ordering': ['tenant', 'user'],
+                'constraints': [models.UniqueConstraint(fields=('user', 'tenant'), name='tenancy_membership_unique')],
             },
         ),
     ]

@@ -6,35 +6,23 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("tenancy", "0003_membership"),
+        ('tenancy', '0003_membership'),
         migrations.swappable_dependency(settings.TENANCY_TENANT_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="TenantLogEntry",
+            name='TenantLogEntry',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("log_entry_id", models.BigIntegerField(unique=True, verbose_name="log entry")),
-                (
-                    "tenant",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to=settings.TENANCY_TENANT_MODEL,
-                        verbose_name="tenant",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('log_entry_id', models.BigIntegerField(unique=True, verbose_name='log entry')),
+                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.TENANCY_TENANT_MODEL, verbose_name='tenant')),
             ],
             options={
-                "verbose_name": "tenant log entry",
-                "verbose_name_plural": "tenant log entries",
+                'verbose_name': 'tenant log entry',
+                'verbose_name_plural': 'tenant log entries',
             },
         ),
     ]

@@ -4,25 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("tenancy", "0004_tenantlogentry"),
+        ('tenancy', '0004_tenantlogentry'),
     ]
 
     operations = [
         migrations.CreateModel(
-            name="RegistryStamp",
+            name='RegistryStamp',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("stamp", models.BigIntegerField(verbose_name="stamp")),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('stamp', models.BigIntegerField(verbose_name='stamp')),
             ],
             options={
-                "verbose_name": "registry stamp",
-                "db_table": "tenancy_registrystamp",
+                'verbose_name': 'registry stamp',
+                'db_table': 'tenancy_registrystamp',
             },
         ),
     ]

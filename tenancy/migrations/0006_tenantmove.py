@@ -6,77 +6,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("tenancy", "0005_registrystamp"),
+        ('tenancy', '0005_registrystamp'),
         migrations.swappable_dependency(settings.TENANCY_TENANT_MODEL),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name="tenant",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("provisioning", "provisioning"),
-                    ("active", "active"),
-                    ("suspended", "suspended"),
-                    ("failed", "failed"),
-                    ("deleting", "deleting"),
-                    ("moving", "moving"),
-                ],
-                default="provisioning",
-                max_length=16,
-                verbose_name="status",
-            ),
+            model_name='tenant',
+            name='status',
+            field=models.CharField(choices=[('provisioning', 'provisioning'), ('active', 'active'), ('suspended', 'suspended'), ('failed', 'failed'), ('deleting', 'deleting'), ('moving', 'moving')], default='provisioning', max_length=16, verbose_name='status'),
         ),
         migrations.CreateModel(
-            name="TenantMove",
+            name='TenantMove',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("source_server", models.CharField(max_length=63, verbose_name="source server")),
-                ("target_server", models.CharField(max_length=63, verbose_name="target server")),
-                ("database_name", models.CharField(max_length=63, verbose_name="database name")),
-                (
-                    "previous_status",
-                    models.CharField(max_length=16, verbose_name="status before the move"),
-                ),
-                (
-                    "step",
-                    models.CharField(
-                        choices=[
-                            ("prepared", "prepared"),
-                            ("copying", "copying"),
-                            ("switched", "switched"),
-                        ],
-                        max_length=16,
-                        verbose_name="step",
-                    ),
-                ),
-                (
-                    "keep_source",
-                    models.BooleanField(default=False, verbose_name="keep the source"),
-                ),
-                ("verified", models.TextField(blank=True, verbose_name="verified fingerprint")),
-                ("started_at", models.DateTimeField(auto_now_add=True, verbose_name="started at")),
-                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated at")),
-                (
-                    "tenant",
-                    models.OneToOneField(
-                        on_delete=django.db.models.deletion.PROTECT,
-                        related_name="+",
-                        to=settings.TENANCY_TENANT_MODEL,
-                        verbose_name="tenant",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('source_server', models.CharField(max_length=63, verbose_name='source server')),
+                ('target_server', models.CharField(max_length=63, verbose_name='target server')),
+                ('database_name', models.CharField(max_length=63, verbose_name='database name')),
+                ('previous_status', models.CharField(max_length=16, verbose_name='status before the move')),
+                ('step', models.CharField(choices=[('prepared', 'prepared'), ('copying', 'copying'), ('switched', 'switched')], max_length=16, verbose_name='step')),
+                ('keep_source', models.BooleanField(default=False, verbose_name='keep the source')),
+                ('verified', models.TextField(blank=True, verbose_name='verified fingerprint')),
+                ('started_at', models.DateTimeField(auto_now_add=True, verbose_name='started at')),
+                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated at')),
+                ('tenant', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.TENANCY_TENANT_MODEL, verbose_name='tenant')),
             ],
             options={
-                "verbose_name": "tenant move",
-                "verbose_name_plural": "tenant moves",
+                'verbose_name': 'tenant move',
+                'verbose_name_plural': 'tenant moves',
             },
         ),
     ]
