@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.moving_settings"
 
-from benchmarks.moving import fill  # noqa: E402
+from benchmarks.moving import fill, set_up, tear_down  # noqa: E402
 
 
 def dump_by_hand(name: str, path: Path) -> float:
@@ -119,25 +119,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
 
-    from benchmarks.postgres import drop_databases, maintenance_connection
-
     started = time.perf_counter()
-    for cluster in (1, 2):
-        drop_databases("bench_move_", cluster)
-    with maintenance_connection() as connection:
-        connection.execute("CREATE DATABASE bench_move_main")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
+    versions = set_up()
     from tenancy.backends import get_server
     from tenancy.provisioning import create_tenant
 
-    call_command("migrate", verbosity=0)
     print(
-        f"Django {django.get_version()}, Python {sys.version.split()[0]}; PostgreSQL "
-        f"{os.environ['TENANCY_TEST_PG_1']}; medians of {args.runs} runs.\n"
+        f"{versions}; PostgreSQL {os.environ['TENANCY_TEST_PG_1']}; medians of {args.runs} runs.\n"
     )
     print(
         f"{'size':>6} {'on disk':>8} {'file':>7} | {'pg_dump':>8} {'backup':>8} {'ratio':>6} | "
@@ -161,11 +149,7 @@ def main() -> None:
                 f"{backup:>7.2f}s {backup / dump:>5.2f}x | {restore_hand:>9.2f}s "
                 f"{restore:>7.2f}s {restore / restore_hand:>5.2f}x"
             )
-    from django.db import connections
-
-    connections.close_all()
-    for cluster in (1, 2):
-        drop_databases("bench_move_", cluster)
+    tear_down()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

@@ -88,15 +88,11 @@ def by_hand(name: str) -> float:
     return seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1,10,100", help="MB per tenant (default 1,10,100)")
-    args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes.split(",")]
-
+def set_up() -> str:
+    """Fresh benchmark databases on both clusters, Django set up and the main database
+    migrated; a line naming the versions."""
     from benchmarks.postgres import drop_databases, maintenance_connection
 
-    started = time.perf_counter()
     for cluster in (1, 2):
         drop_databases("bench_move_", cluster)
     with maintenance_connection() as connection:
@@ -106,13 +102,34 @@ def main() -> None:
     django.setup()
     from django.core.management import call_command
 
+    call_command("migrate", verbosity=0)
+    return f"Django {django.get_version()}, Python {sys.version.split()[0]}"
+
+
+def tear_down() -> None:
+    from django.db import connections
+
+    from benchmarks.postgres import drop_databases
+
+    connections.close_all()
+    for cluster in (1, 2):
+        drop_databases("bench_move_", cluster)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1,10,100", help="MB per tenant (default 1,10,100)")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+
+    started = time.perf_counter()
+    versions = set_up()
     from tenancy.backends import get_server
     from tenancy.moving import move_tenant
     from tenancy.provisioning import create_tenant
 
-    call_command("migrate", verbosity=0)
     print(
-        f"Django {django.get_version()}, Python {sys.version.split()[0]}; PostgreSQL "
+        f"{versions}; PostgreSQL "
         f"{os.environ['TENANCY_TEST_PG_1']} -> {os.environ['TENANCY_TEST_PG_2']}; "
         "one run per size.\n"
     )
@@ -141,11 +158,7 @@ def main() -> None:
             f"{ours:>10.2f}s {ours / hand:>8.2f}x   "
             + ", ".join(f"{step} {seconds:.2f}" for step, seconds in steps.items())
         )
-    from django.db import connections
-
-    connections.close_all()
-    for cluster in (1, 2):
-        drop_databases("bench_move_", cluster)
+    tear_down()
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

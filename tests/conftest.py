@@ -241,3 +241,17 @@ def migrations(settings: object) -> Iterator[object]:
     reset_state()
     # Template databases migrated with these packages must not serve later tests.
     drop_template_databases()
+
+
+@pytest.fixture
+def gamma(db_access: None) -> Tenant:
+    """A tenant provisioned for the test on server "one", reached at gamma.example.test,
+    with 25 notes ("note 00" to "note 24") and a tag on the first."""
+    from tenancy.provisioning import create_tenant
+
+    tenant = create_tenant("gamma", domains=["gamma.example.test"])
+    with tenant_context(tenant):
+        for number in range(25):
+            Note.objects.create(text=f"note {number:02}")
+        Tag.objects.create(note=Note.objects.first(), label="first")
+    return tenant

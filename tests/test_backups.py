@@ -23,6 +23,7 @@ from tenancy.backups import (
 )
 from tenancy.models import Domain, MoveKind, MoveStep, Tenant, TenantMove, TenantStatus
 from tenancy.provisioning import create_tenant, deprovision_tenant
+from tests.helpers import recorded_move
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note, Tag
 
@@ -51,14 +52,17 @@ def rewrite_manifest(path, change):
             archive.addfile(info, io.BytesIO(data))
 
 
-@pytest.fixture
-def gamma(db_access):
-    tenant = create_tenant("gamma", domains=["gamma.example.test"])
-    with tenant_context(tenant):
-        for number in range(20):
-            Note.objects.create(text=f"note {number:02}")
-        Tag.objects.create(note=Note.objects.first(), label="first")
-    return tenant
+def leftover_restore(tenant):
+    """What a restore in place of TENANT's database leaves when it is killed after making
+    the new database, before the switch."""
+    get_server("one").create_database("test_tenancy_gamma_leftover")
+    recorded_move(
+        tenant,
+        MoveStep.COPYING,
+        kind=MoveKind.RESTORE,
+        target_server="one",
+        target_database="test_tenancy_gamma_leftover",
+    )
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def test_a_backup_is_one_tar_file_with_the_dump_and_a_manifest(backup, gamma, tm
     assert manifest.domains == [("gamma.example.test", True)]
     assert "tenantapp.0002_label_attachment" in manifest.migrations
     note_table = next(name for name in manifest.tables if name.endswith("tenantapp_note"))
-    assert manifest.tables[note_table] == 20
+    assert manifest.tables[note_table] == 25
     assert sum(manifest.tables.values()) == backup.rows
     assert manifest.dump_bytes == len(dump)
     assert manifest.django_version
@@ -106,11 +110,11 @@ def test_round_trip_restores_the_rows_of_backup_time_in_place(gamma, backup, bet
     tenant = Tenant.objects.get(slug="gamma")
     assert tenant.status == TenantStatus.ACTIVE
     assert tenant.database_name == report.database_name != before_restore.database_name
-    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    assert texts(tenant) == [f"note {n:02}" for n in range(25)]
     with tenant_context(tenant):
         assert Tag.objects.get().note.text == "note 00"
         # The sequences came along: a new row gets a new key.
-        assert Note.objects.create(text="new").pk > 20
+        assert Note.objects.create(text="new").pk > 25
     # The replaced database is gone, and no record is left.
     assert not get_server("one").database_exists(before_restore.database_name)
     assert not TenantMove.objects.exists()
@@ -150,7 +154,7 @@ def test_a_deleted_tenant_comes_back_with_its_domains(gamma, backup, client):
     assert tenant.status == TenantStatus.ACTIVE
     assert report.domains == ["gamma.example.test"]
     assert Domain.objects.get(domain="gamma.example.test").tenant == tenant
-    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    assert texts(tenant) == [f"note {n:02}" for n in range(25)]
     response = client.get("/notes/", HTTP_HOST="gamma.example.test")
     assert "note 19" in response.content.decode()
 
@@ -173,7 +177,7 @@ def test_a_side_copy_is_a_tenant_of_its_own_without_domains(gamma, backup):
     with tenant_context(copy):
         Note.objects.all().delete()
     # Two databases: emptying the copy leaves the original whole.
-    assert len(texts(gamma)) == 20
+    assert len(texts(gamma)) == 25
 
 
 def test_a_damaged_backup_is_refused_and_leaves_nothing(gamma, backup, tmp_path):
@@ -256,43 +260,23 @@ def test_a_tenant_without_a_complete_database_is_not_backed_up(gamma, tmp_path):
 def test_an_interrupted_replacement_is_redone_by_running_it_again(gamma, backup):
     # What a crash after the restored database was made, before the switch, leaves.
     server = get_server("one")
-    server.create_database("test_tenancy_gamma_leftover")
-    TenantMove.objects.create(
-        tenant=gamma,
-        kind=MoveKind.RESTORE,
-        source_server="one",
-        database_name=gamma.database_name,
-        target_server="one",
-        target_database="test_tenancy_gamma_leftover",
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.COPYING,
-    )
+    leftover_restore(gamma)
     with pytest.raises(CommandError, match="being restored"):
         call_command("move_tenant", "gamma", "--server", "two")
     report = restore_tenant(backup.path, replace=True)
     assert report.resumed
     assert not server.database_exists("test_tenancy_gamma_leftover")
     assert not TenantMove.objects.exists()
-    assert len(texts(Tenant.objects.get(slug="gamma"))) == 20
+    assert len(texts(Tenant.objects.get(slug="gamma"))) == 25
 
 
 def test_abort_restore_drops_what_the_restore_made(gamma):
     server = get_server("one")
-    server.create_database("test_tenancy_gamma_leftover")
-    TenantMove.objects.create(
-        tenant=gamma,
-        kind=MoveKind.RESTORE,
-        source_server="one",
-        database_name=gamma.database_name,
-        target_server="one",
-        target_database="test_tenancy_gamma_leftover",
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.COPYING,
-    )
+    leftover_restore(gamma)
     abort_restore("gamma")
     assert not server.database_exists("test_tenancy_gamma_leftover")
     assert server.database_exists(gamma.database_name)
-    assert len(texts(Tenant.objects.get(slug="gamma"))) == 20
+    assert len(texts(Tenant.objects.get(slug="gamma"))) == 25
     with pytest.raises(BackupError, match="not being restored"):
         abort_restore("gamma")
 
@@ -318,7 +302,7 @@ def test_commands_back_up_every_tenant_and_restore_one(gamma, tmp_path, capsys):
     assert report["slug"] == "delta"
     assert report["rows"] >= 1
     assert texts(Tenant.objects.get(slug="delta")) == ["delta's own"]
-    assert len(texts(gamma)) == 20  # the other tenant is untouched
+    assert len(texts(gamma)) == 25  # the other tenant is untouched
 
 
 def test_command_errors_are_one_line(gamma, backup, tmp_path, monkeypatch):
@@ -380,7 +364,7 @@ def test_an_archived_tenant_is_backed_up_from_its_read_only_database(gamma, tmp_
     report = backup_tenant("gamma", tmp_path)
     assert read_manifest(report.path).status == TenantStatus.ARCHIVED
     restore_tenant(report.path, as_slug="gamma-copy")
-    assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 20
+    assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 25
 
 
 # -- retention as a backup (RETENTION_BACKUP_DIRECTORY) ------------------------------------
@@ -410,7 +394,7 @@ def test_an_archived_tenant_is_kept_as_a_backup_and_restored_on_reactivation(
     reactivate_tenant("gamma")
     tenant = Tenant.objects.get(slug="gamma")
     assert (tenant.status, tenant.retained_backup) == (TenantStatus.ACTIVE, "")
-    assert texts(tenant) == [f"note {n:02}" for n in range(20)]
+    assert texts(tenant) == [f"note {n:02}" for n in range(25)]
     assert not backup_file.exists()
     assert texts(beta) == ["beta's own"]
     response = client.get("/notes/", HTTP_HOST="gamma.example.test")
@@ -440,4 +424,4 @@ def test_an_archive_whose_backup_fails_leaves_the_tenant_as_it_was(gamma, settin
         archive_tenant(gamma, days=30)
     tenant = Tenant.objects.get(slug="gamma")
     assert (tenant.status, tenant.retained_until) == (TenantStatus.ACTIVE, None)
-    assert len(texts(tenant)) == 20
+    assert len(texts(tenant)) == 25

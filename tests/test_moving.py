@@ -19,8 +19,9 @@ from tenancy.exceptions import TenancyError
 from tenancy.models import MoveStep, Tenant, TenantMove, TenantStatus
 from tenancy.moving import MoveError, abort_move, move_tenant
 from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
+from tests.helpers import recorded_move, write_behind_tenancy
 from tests.settings import BACKEND
-from tests.tenantapp.models import Note, Tag
+from tests.tenantapp.models import Note
 
 
 def exists(server, tenant):
@@ -30,36 +31,6 @@ def exists(server, tenant):
 def texts(tenant):
     with tenant_context(tenant):
         return sorted(Note.objects.values_list("text", flat=True))
-
-
-def write_to_source_behind_the_mover(database_name):
-    """A writer that ignores the tenant's status (a stray job, a psql session) adds a row
-    to the source: on PostgreSQL it has to switch off the read-only default first."""
-    server = get_server("one")
-    if BACKEND == "sqlite":
-        with sqlite3.connect(server.path(database_name)) as raw:
-            raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written during the copy')")
-        return
-    settings = server.template
-    with psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        dbname=database_name,
-        autocommit=True,
-    ) as raw:
-        raw.execute("SET default_transaction_read_only = off")
-        raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written during the copy')")
-
-
-@pytest.fixture
-def gamma(db_access):
-    tenant = create_tenant("gamma", domains=["gamma.example.test"])
-    with tenant_context(tenant):
-        for number in range(25):
-            Note.objects.create(text=f"note {number:02}")
-        Tag.objects.create(note=Note.objects.first(), label="first")
-    return tenant
 
 
 def test_move_copies_every_row_switches_and_drops_the_source(gamma, beta, client):
@@ -148,7 +119,7 @@ def test_a_row_written_to_the_source_during_the_copy_fails_verification(gamma, m
 
     def copy_then_write(source, target, name, progress):
         copied = copy(source, target, name, progress)
-        write_to_source_behind_the_mover(name)
+        write_behind_tenancy("one", name, "written during the copy", past_read_only=True)
         return copied
 
     monkeypatch.setattr(moving_module, "_copy", copy_then_write)
@@ -215,15 +186,7 @@ def record_move(tenant, step):
     verified = ""
     if step == MoveStep.SWITCHED:
         verified = json.dumps(get_server("one").fingerprint(tenant.database_name).as_json())
-    TenantMove.objects.create(
-        tenant=tenant,
-        source_server="one",
-        target_server="two",
-        database_name=tenant.database_name,
-        previous_status=TenantStatus.ACTIVE,
-        step=step,
-        verified=verified,
-    )
+    recorded_move(tenant, step, verified=verified)
 
 
 def crashed_while_copying(tenant):

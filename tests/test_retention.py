@@ -39,6 +39,7 @@ from tenancy.retention import (
     tenants_due,
 )
 from tenancy.tenant_locks import tenant_lock
+from tests.helpers import recorded_move, write_behind_tenancy
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note
 from tests.test_admin import CHANGELIST, act, client_for, texts
@@ -58,25 +59,6 @@ def exists(tenant):
 
 def served(client, host):
     return client.get("/notes/", HTTP_HOST=host, HTTP_ACCEPT="application/json")
-
-
-def write_behind_tenancy(tenant):
-    """A writer that ignores the registry (a stray job, a shell) adds a row to the tenant's
-    database directly."""
-    server = get_server(tenant.server)
-    if BACKEND == "sqlite":
-        with sqlite3.connect(server.path(tenant.database_name)) as raw:
-            raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written behind')")
-        return
-    settings = server.template
-    with psycopg.connect(
-        host=settings["HOST"],
-        port=settings["PORT"],
-        user=settings["USER"],
-        dbname=tenant.database_name,
-        autocommit=True,
-    ) as raw:
-        raw.execute("INSERT INTO tenantapp_note (text) VALUES ('written behind')")
 
 
 def make(slug, **kwargs):
@@ -145,7 +127,7 @@ def assert_read_only(tenant):
         Note.objects.create(text="late")
     unregister(tenant)
     with pytest.raises((sqlite3.OperationalError, psycopg.errors.ReadOnlySqlTransaction)):
-        write_behind_tenancy(tenant)
+        write_behind_tenancy(tenant.server, tenant.database_name, "written behind")
 
 
 def test_an_archived_tenants_database_takes_no_writes(gamma):
@@ -352,14 +334,7 @@ def test_one_tenant_failing_does_not_stop_the_purge(db_access):
     stuck, due = make("delta"), make("gamma")
     for tenant in (stuck, due):
         archived_days_ago(tenant, 1)
-    TenantMove.objects.create(
-        tenant=stuck,
-        source_server="one",
-        target_server="two",
-        database_name=stuck.database_name,
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.PREPARED,
-    )
+    recorded_move(stuck)
     with pytest.raises(PurgeError) as failed:
         purge_tenants()
     assert failed.value.purged == ["gamma"]
@@ -480,14 +455,7 @@ def test_purge_tenants_command_reports_a_failure_and_goes_on(db_access):
     stuck, due = make("delta"), make("gamma")
     for tenant in (stuck, due):
         archived_days_ago(tenant, 1)
-    TenantMove.objects.create(
-        tenant=stuck,
-        source_server="one",
-        target_server="two",
-        database_name=stuck.database_name,
-        previous_status=TenantStatus.ACTIVE,
-        step=MoveStep.PREPARED,
-    )
+    recorded_move(stuck)
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(CommandError, match="1 of 2 tenant\\(s\\) were not removed: delta"):
         call_command("purge_tenants", "--noinput", stdout=out, stderr=err, no_color=True)
