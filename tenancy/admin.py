@@ -207,8 +207,17 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         if obj is None:
-            return ["status", "status_detail"]
-        return ["slug", "server", "database_name", "status", "status_detail"]
+            return ["status", "status_detail", "retained_until", "retained_backup"]
+        # Retention is changed by its commands: a backup's path is deleted by a purge.
+        return [
+            "slug",
+            "server",
+            "database_name",
+            "status",
+            "status_detail",
+            "retained_until",
+            "retained_backup",
+        ]
 
     # -- adding provisions -------------------------------------------------------------
 

@@ -28,11 +28,12 @@ A failure before the switch drops what the restore made and leaves the tenant as
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
-import io
 import json
 import logging
 import os
+import re
 import tarfile
 import time
 from collections.abc import Iterator
@@ -44,11 +45,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import django
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
+from django.utils.crypto import constant_time_compare, salted_hmac
 
 from tenancy.backends import get_server
-from tenancy.backends.base import DatabaseServer, DumpContents, Fingerprint
-from tenancy.backends.sqlite import _private_path, _remove_partial_copies_of_dead_processes
+from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
 from tenancy.conf import server_vendor, tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
@@ -64,17 +67,27 @@ from tenancy.models import (
     registry_database,
 )
 from tenancy.moving import MOVABLE_STATUSES, drop_copy, finish_switched, timed_step
+from tenancy.private_files import private_path, remove_partial_files_of_dead_processes
 from tenancy.provisioning import add_domains, set_status
 from tenancy.registry_cache import in_own_transaction
-from tenancy.reserved import database_name_unavailable, registered_tenant
+from tenancy.reserved import database_name_unavailable, registered_tenant, unavailable_reason
 from tenancy.tenant_locks import tenant_lock
-from tenancy.validators import DATABASE_NAME_MAX_LENGTH, validate_database_name, validate_slug
+from tenancy.validators import (
+    DATABASE_NAME_MAX_LENGTH,
+    is_valid_slug,
+    validate_database_name,
+    validate_tenant_hostname,
+)
 
 logger = logging.getLogger("tenancy.backups")
 
 FORMAT = "tenancy-backup"
 VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+_SIGNATURE_SALT = "tenancy.backups.manifest"
+# The most a manifest (or its signature) is read of: a backup file is untrusted input.
+MANIFEST_LIMIT = 1 << 20
 DUMP_MEMBERS = {"postgresql": "database.dump", "sqlite": "database.sqlite3"}
 SUFFIX = ".tar"
 
@@ -116,21 +129,21 @@ class Manifest:
 
     @classmethod
     def from_json(cls, value: Any, path: Path) -> Manifest:
+        """The manifest read from a file, every value checked: a backup file is untrusted
+        input once it has left the machine."""
         if not isinstance(value, dict) or value.get("format") != FORMAT:
             raise BackupError(f"{path} is not a tenant backup (its manifest is not tenancy's).")
         if value.get("version") != VERSION:
             raise BackupError(
-                f"{path} is a backup of format version {value.get('version')!r}; this "
-                f"version of tenancy reads version {VERSION}."
+                f"{path} is a backup of format version {str(value.get('version'))[:20]!r}; "
+                f"this version of tenancy reads version {VERSION}."
             )
+        problem = _manifest_problem(value)
+        if problem:
+            raise BackupError(f"{path} has a manifest that tenancy did not write ({problem}).")
         fields = {name: value[name] for name in cls.__dataclass_fields__ if name in value}
-        try:
-            manifest = cls(**fields)
-        except TypeError as exc:
-            raise BackupError(f"{path} has an incomplete manifest ({exc}).") from None
-        return manifest.__class__(
-            **{**fields, "domains": [(str(d), bool(p)) for d, p in manifest.domains]}
-        )
+        fields["domains"] = [(str(domain), bool(primary)) for domain, primary in value["domains"]]
+        return cls(**fields)
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -139,6 +152,60 @@ class Manifest:
             {name: (int(rows), 0) for name, rows in self.tables.items()},
             {name: int(value) for name, value in self.sequences.items()},
         )
+
+
+# What each value of a manifest is: a backup file is untrusted input.
+_FIELD_TYPES: dict[str, type] = {
+    "slug": str,
+    "name": str,
+    "server": str,
+    "vendor": str,
+    "database_name": str,
+    "status": str,
+    "domains": list,
+    "migrations": list,
+    "tables": dict,
+    "sequences": dict,
+    "dump_member": str,
+    "dump_bytes": int,
+    "dump_sha256": str,
+    "created_at": str,
+    "server_version": str,
+    "tenancy_version": str,
+    "django_version": str,
+}
+
+
+def _manifest_problem(value: dict[str, Any]) -> str:
+    """What is wrong with a manifest's values; empty when nothing is."""
+    for name, kind in _FIELD_TYPES.items():
+        if type(value.get(name)) is not kind:
+            return f"{name} is not a {kind.__name__}"
+    if not is_valid_slug(value["slug"]):
+        return "its slug is not a valid tenant slug"
+    if len(value["name"]) > 200 or any(len(value[k]) > 100 for k in ("server", "status")):
+        return "a name is too long"
+    if DUMP_MEMBERS.get(value["vendor"]) != value["dump_member"]:
+        return f"a {value['vendor'][:20]!r} dump named {value['dump_member'][:40]!r}"
+    if not re.fullmatch(r"[0-9a-f]{64}", value["dump_sha256"]) or value["dump_bytes"] < 0:
+        return "its dump's digest or size is not one"
+    if not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and isinstance(pair[0], str)
+        and isinstance(pair[1], bool)
+        for pair in value["domains"]
+    ):
+        return "domains are not pairs of a hostname and whether it is primary"
+    if not all(isinstance(name, str) and "." in name for name in value["migrations"]):
+        return "migrations are not app.name"
+    for field_name in ("tables", "sequences"):
+        if not all(
+            isinstance(name, str) and type(number) is int and number >= 0
+            for name, number in value[field_name].items()
+        ):
+            return f"{field_name} are not names with counts"
+    return ""
 
 
 @dataclass
@@ -166,7 +233,7 @@ class RestoreReport:
     tables: int = 0
     rows: int = 0
     domains: list[str] = field(default_factory=list)
-    domains_taken: list[str] = field(default_factory=list)
+    domains_skipped: list[str] = field(default_factory=list)  # another's, or not valid
     steps: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
 
@@ -249,14 +316,17 @@ def _write_archive(
     tenant: AbstractTenant, server: DatabaseServer, target: Path
 ) -> tuple[Manifest, int]:
     """Write the tar file: the dump as member one (its header, written last, goes in front
-    of it), the manifest as member two; under a private name, then linked into place."""
+    of it), the manifest as member two, its signature as member three; under a private
+    name, then linked into place."""
     vendor = server_vendor(tenancy_settings.server(tenant.server))
     member = DUMP_MEMBERS[vendor]
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_partial_copies_of_dead_processes(target)
+    # What killed backups of this tenant left (their names have other times).
+    remove_partial_files_of_dead_processes(target, f"{glob.escape(tenant.slug)}-*{SUFFIX}")
+    remove_partial_files_of_dead_processes(target)
     if target.exists():
         raise BackupError(f"Tenant {tenant.slug!r} was not backed up: {target} exists already.")
-    partial = _private_path(target)
+    partial = private_path(target)
     now = datetime.now(UTC)
     try:
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -276,6 +346,9 @@ def _write_archive(
             text = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
             out.write(_header(MANIFEST, len(text), now))
             out.write(text + _padding(len(text)))
+            signature = _sign(text)
+            out.write(_header(SIGNATURE, len(signature), now))
+            out.write(signature + _padding(len(signature)))
             out.write(bytes(2 * _BLOCK))  # the end of the archive
             out.seek(0)
             out.write(_header(member, size, now))
@@ -291,7 +364,7 @@ def _write_archive(
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-    return manifest, size + len(text) + 3 * _BLOCK
+    return manifest, target.stat().st_size
 
 
 def _manifest(
@@ -357,66 +430,111 @@ def _version(distribution: str) -> str:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """The manifest of the backup at ``path``; ``BackupError`` for a file that is not one."""
-    with _open_backup(Path(path)) as (manifest, _):
-        return manifest
+    """The manifest of the backup at ``path``; ``BackupError`` for a file that is not one.
+    Whether the file is signed is not asked: this is for looking at it."""
+    with _open_backup(Path(path)) as backup:
+        return backup.manifest
+
+
+@dataclass
+class _Backup:
+    """An open backup file: its manifest, checked, and its dump member."""
+
+    path: Path
+    archive: tarfile.TarFile
+    manifest: Manifest
+    member: tarfile.TarInfo
+    signed: bool
+
+    def dump(self) -> IO[bytes]:
+        stream = self.archive.extractfile(self.member)
+        assert stream is not None  # a regular file
+        return stream
+
+    def check_digest(self) -> None:
+        """``BackupError`` unless the dump is the one the manifest describes: read whole
+        before anything is restored from it."""
+        digest, stream = hashlib.sha256(), self.dump()
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+        if digest.hexdigest() != self.manifest.dump_sha256:
+            raise BackupError(
+                f"{self.path}, a backup of tenant {self.manifest.slug!r}, is damaged: its "
+                "dump differs from the one its manifest describes (SHA-256); nothing was "
+                "restored."
+            )
+
+    def refuse_unsigned(self, trust: bool) -> None:
+        if not self.signed and not trust:
+            raise BackupError(
+                f"{self.path} is not signed with this project's SECRET_KEY (it was made by "
+                "another project, under a key since rotated away, or changed): restoring "
+                "runs what it holds as SQL. Restore it only if you trust the file, with "
+                "--trust; nothing was changed."
+            )
 
 
 @contextmanager
-def _open_backup(path: Path) -> Iterator[tuple[Manifest, _Checked]]:
-    """The backup's manifest and a stream of its dump, checked against the manifest's
-    size and digest as it is read (``_Checked``)."""
+def _open_backup(path: Path) -> Iterator[_Backup]:
+    """The backup file opened once (a file put in its place meanwhile is not read), its
+    manifest read and checked, its dump member found (a regular file of the size the
+    manifest gives), and whether this project signed it."""
     try:
-        archive = tarfile.open(path, "r:")  # noqa: SIM115 (closed below)
+        handle = path.open("rb")
     except FileNotFoundError:
         raise BackupError(f"There is no backup {path}.") from None
-    except (tarfile.TarError, OSError) as exc:
-        raise BackupError(f"{path} is not a tenant backup ({exc}).") from None
-    with archive:
+    except OSError as exc:
+        raise BackupError(f"{path} cannot be read ({exc.strerror}).") from None
+    with handle:
         try:
-            text = archive.extractfile(MANIFEST)
-            manifest = Manifest.from_json(json.load(text) if text else None, path)
-            dump = archive.extractfile(manifest.dump_member)
-        except (KeyError, ValueError, tarfile.TarError) as exc:
-            raise BackupError(f"{path} is not a whole tenant backup ({exc}).") from None
-        if dump is None:
-            raise BackupError(f"{path} is not a whole tenant backup (no dump in it).")
-        yield manifest, _Checked(dump, manifest, path)
+            archive = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115 (closed below)
+        except tarfile.TarError as exc:
+            raise BackupError(f"{path} is not a tenant backup ({exc}).") from None
+        with archive:
+            try:
+                text = _small_member(archive, MANIFEST)
+                manifest = Manifest.from_json(json.loads(text), path)
+                signature = _small_member(archive, SIGNATURE) if _has(archive, SIGNATURE) else b""
+                member = archive.getmember(manifest.dump_member)
+            except (KeyError, ValueError, RecursionError, tarfile.TarError) as exc:
+                reason = one_line(exc)[:200]
+                raise BackupError(f"{path} is not a whole tenant backup ({reason}).") from None
+            if not member.isreg() or member.issparse() or member.size != manifest.dump_bytes:
+                raise BackupError(
+                    f"{path} is damaged: its dump is not the one its manifest describes."
+                )
+            signed = _signed(text, signature)
+            yield _Backup(path, archive, manifest, member, signed)
 
 
-class _Checked(io.RawIOBase):
-    """Reads the dump, and at its end compares what was read with the manifest's size
-    and SHA-256: a damaged file fails the restore before the database is given out."""
+def _has(archive: tarfile.TarFile, name: str) -> bool:
+    return name in archive.getnames()
 
-    def __init__(self, stream: IO[bytes], manifest: Manifest, path: Path) -> None:
-        self.stream, self.manifest, self.path = stream, manifest, path
-        self.digest, self.size = hashlib.sha256(), 0
 
-    def readable(self) -> bool:
-        return True
+def _small_member(archive: tarfile.TarFile, name: str) -> bytes:
+    """The bytes of member ``name``: a regular file of at most ``MANIFEST_LIMIT``."""
+    member = archive.getmember(name)
+    if not member.isreg() or member.issparse() or member.size > MANIFEST_LIMIT:
+        raise ValueError(f"{name} is not a small file")
+    stream = archive.extractfile(member)
+    assert stream is not None
+    return stream.read(MANIFEST_LIMIT)
 
-    def read(self, size: int = -1) -> bytes:
-        chunk = self.stream.read(size)
-        self.digest.update(chunk)
-        self.size += len(chunk)
-        return chunk
 
-    def readinto(self, buffer: Any) -> int:
-        chunk = self.read(len(buffer))
-        buffer[: len(chunk)] = chunk
-        return len(chunk)
+def _sign(data: bytes, secret: str | bytes | None = None) -> bytes:
+    """The manifest's signature: an HMAC of it under the project's SECRET_KEY. The
+    manifest holds the dump's SHA-256, so the signature covers the dump too."""
+    return (
+        salted_hmac(_SIGNATURE_SALT, data, secret=secret, algorithm="sha256").hexdigest().encode()
+    )
 
-    def check(self) -> None:
-        while self.read(1 << 20):
-            pass  # what the tool left unread
-        if (self.size, self.digest.hexdigest()) != (
-            self.manifest.dump_bytes,
-            self.manifest.dump_sha256,
-        ):
-            raise BackupError(
-                f"{self.path} is damaged: its dump differs from the one its manifest "
-                "describes (size or SHA-256)."
-            )
+
+def _signed(data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is the manifest's under SECRET_KEY or one of its fallbacks."""
+    if not signature:
+        return False
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return any(constant_time_compare(_sign(data, key), signature) for key in keys)
 
 
 # -- restoring -----------------------------------------------------------------------------
@@ -441,76 +559,97 @@ def restore_tenant(
     server: str | None = None,
     replace: bool = False,
     keep_replaced: bool = False,
+    trust: bool = False,
 ) -> RestoreReport:
     """Restore the backup at ``path``; see the module's docstring. Running it again after
     a crash finishes or redoes the restore. ``BackupError`` when it is refused or fails
-    (the tenant is then as it was)."""
+    (the tenant is then as it was). ``trust``: restore a file this project did not sign
+    (its SQL is run)."""
     path = Path(path)
-    with _open_backup(path) as (manifest, _):
-        pass  # refused early, before any lock, when the file is not a backup
-    slug = as_slug or manifest.slug
-    validate_slug(slug)
-    if in_own_transaction(connections[registry_database()]):
-        raise BackupError(
-            f"Tenant {slug!r} cannot be restored inside a transaction on the main database; "
-            "restore it outside transaction.atomic()."
-        )
-    try:
-        with tenant_lock(slug):
-            existing = get_tenant_model()._default_manager.filter(slug=slug).first()
-            record = (
-                TenantMove.objects.filter(tenant_id=existing.pk).first()
-                if existing is not None
-                else None
+    with _open_backup(path) as backup:
+        manifest = backup.manifest
+        backup.refuse_unsigned(trust)
+        slug = as_slug or manifest.slug
+        if not is_valid_slug(slug):
+            raise BackupError(f"{slug[:80]!r} is not a valid tenant slug; nothing was restored.")
+        if replace and slug != manifest.slug:
+            raise BackupError(
+                f"{path} is a backup of tenant {manifest.slug!r}: --replace puts a tenant's "
+                f"own backup back, never another's into tenant {slug!r}. Restore it beside "
+                "with --as instead."
             )
-            if existing is not None and record is not None:
-                return _continue_recorded(existing, record, path, manifest, replace)
-            if existing is None or existing.status == TenantStatus.RESTORING:
-                return _restore_new(existing, slug, path, manifest, server, as_slug is not None)
-            return _restore_replacing(existing, path, manifest, server, replace, keep_replaced)
-    except BackupError:
-        raise
-    except (DatabaseError, OSError, TenancyError) as exc:
-        raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+        if in_own_transaction(connections[registry_database()]):
+            raise BackupError(
+                f"Tenant {slug!r} cannot be restored inside a transaction on the main "
+                "database; restore it outside transaction.atomic()."
+            )
+        backup.check_digest()  # before anything runs what the dump holds
+        try:
+            with tenant_lock(slug):
+                existing = get_tenant_model()._default_manager.filter(slug=slug).first()
+                record = (
+                    TenantMove.objects.filter(tenant_id=existing.pk).first()
+                    if existing is not None
+                    else None
+                )
+                if existing is not None and record is not None:
+                    return _continue_recorded(existing, record, backup, replace)
+                if existing is None or existing.status == TenantStatus.RESTORING:
+                    return _restore_new(existing, slug, backup, server, as_slug is not None)
+                return _restore_replacing(existing, backup, server, replace, keep_replaced)
+        except BackupError:
+            raise
+        except (DatabaseError, OSError, TenancyError) as exc:
+            raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
 
 
 def restore_locked(tenant: AbstractTenant, path: str | Path) -> RestoreReport:
     """Make ``tenant``'s own database (its name, on its server) again from its backup at
-    ``path``, for a caller that holds the tenant's lock and serves the tenant nowhere
-    meanwhile (an archived tenant being reactivated): a database of that name, which a
-    restore interrupted before may have left incomplete, is dropped first."""
+    ``path``, which this project must have signed, for a caller that holds the tenant's
+    lock and serves the tenant nowhere meanwhile (an archived tenant being reactivated):
+    a database of that name, which a restore interrupted before may have left
+    incomplete, is dropped first."""
     path = Path(path)
-    with _open_backup(path) as (manifest, _):
-        pass
     slug = tenant.slug
-    if manifest.slug != slug:
-        raise BackupError(f"{path} is a backup of tenant {manifest.slug!r}, not of {slug!r}.")
-    report = _report(slug, tenant.server, tenant.database_name, manifest)
-    try:
-        _refuse_target(slug, tenant.server, manifest)
-        server = get_server(tenant.server)
-        unregister(tenant)
-        if server.database_exists(tenant.database_name):
-            server.drop_database(tenant.database_name)
+    with _open_backup(path) as backup:
+        backup.refuse_unsigned(trust=False)
+        if backup.manifest.slug != slug:
+            raise BackupError(
+                f"{path} is a backup of tenant {backup.manifest.slug!r}, not of {slug!r}."
+            )
+        backup.check_digest()
+        report = _report(slug, tenant.server, tenant.database_name, backup.manifest)
         try:
-            _restore_database(server, tenant.database_name, slug, path, manifest, report)
-        except BaseException:
-            with contextlib.suppress(Exception):
+            _refuse_target(slug, tenant.server, backup.manifest)
+            server = get_server(tenant.server)
+            unregister(tenant)
+            if server.database_exists(tenant.database_name):
                 server.drop_database(tenant.database_name)
+            try:
+                _restore_database(server, tenant.database_name, slug, backup, report)
+            except BaseException as exc:
+                if not isinstance(exc, DatabaseExists):
+                    with contextlib.suppress(Exception):
+                        server.drop_database(tenant.database_name)
+                raise
+        except BackupError:
             raise
-    except BackupError:
-        raise
-    except (DatabaseError, OSError, TenancyError) as exc:
-        raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+        except (DatabaseError, OSError, TenancyError) as exc:
+            raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
     return report
 
 
 def abort_restore(slug: str) -> None:
-    """Undo a restore in place of a live tenant's database that has not switched: drop
-    the restored database, keep the tenant on its own. ``BackupError`` when there is none."""
+    """Undo a restore that has not finished: in place of a live tenant's database and not
+    switched, the restored database is dropped and the tenant keeps its own; of a new
+    tenant that was killed (``restoring``), its incomplete database and its row go.
+    ``BackupError`` when there is none."""
     with tenant_lock(slug):
         tenant = _current(slug)
         record = TenantMove.objects.filter(tenant_id=tenant.pk, kind=MoveKind.RESTORE).first()
+        if record is None and tenant.status == TenantStatus.RESTORING:
+            _undo_new(tenant, get_server(tenant.server), made=True)
+            return
         if record is None:
             raise BackupError(f"Tenant {slug!r} is not being restored; nothing to undo.")
         if record.step == MoveStep.SWITCHED:
@@ -523,7 +662,7 @@ def abort_restore(slug: str) -> None:
 
 
 def _continue_recorded(
-    tenant: AbstractTenant, record: TenantMove, path: Path, manifest: Manifest, replace: bool
+    tenant: AbstractTenant, record: TenantMove, backup: _Backup, replace: bool
 ) -> RestoreReport:
     """A restore that a crash interrupted: finished after the switch, else made again."""
     if record.kind != MoveKind.RESTORE:
@@ -531,16 +670,14 @@ def _continue_recorded(
             f"Tenant {tenant.slug!r} is being moved to server {record.target_server!r}; "
             "finish or undo the move first (`manage.py move_tenant`)."
         )
-    report = _report(tenant.slug, record.target_server, record.target_name, manifest)
+    report = _report(tenant.slug, record.target_server, record.target_name, backup.manifest)
     report.replaced, report.resumed = f"{record.database_name} on {record.source_server}", True
     if record.step == MoveStep.SWITCHED:
         report.source_kept = finish_switched(tenant, record, report.steps)
         return report
     drop_copy(tenant, record)  # what the interrupted run made
     record.delete()
-    report = _restore_replacing(
-        tenant, path, manifest, record.target_server, replace, record.keep_source
-    )
+    report = _restore_replacing(tenant, backup, record.target_server, replace, record.keep_source)
     report.resumed = True
     return report
 
@@ -548,22 +685,26 @@ def _continue_recorded(
 def _restore_new(
     tenant: AbstractTenant | None,
     slug: str,
-    path: Path,
-    manifest: Manifest,
+    backup: _Backup,
     server: str | None,
     side_copy: bool,
 ) -> RestoreReport:
-    """A tenant recorded from the backup, ``restoring`` until its database is complete."""
+    """A tenant recorded from the backup, ``restoring`` until its database is complete;
+    a side copy is suspended (not served, no jobs: it is for looking at)."""
+    manifest = backup.manifest
     if tenant is not None:
-        # A restore of it was interrupted: its database is incomplete, made again.
+        # A restore of it was killed: its database is incomplete, made again.
         server_name = tenant.server
         if server is not None and server != server_name:
             raise BackupError(
                 f"Tenant {slug!r} is being restored to server {server_name!r}; leave "
-                "--server out to finish that restore, or delete it first."
+                f"--server out to finish that restore, or undo it (`manage.py restore_tenant "
+                f"--abort {slug}`)."
             )
-        if tenant.database_name and get_server(server_name).database_exists(tenant.database_name):
-            get_server(server_name).drop_database(tenant.database_name)
+        _refuse_target(slug, server_name, manifest)
+        database = get_server(server_name)
+        if database.database_exists(tenant.database_name):
+            database.drop_database(tenant.database_name)
     else:
         server_name = server or (
             manifest.server
@@ -573,7 +714,9 @@ def _restore_new(
         _refuse_target(slug, server_name, manifest)
         tenant = get_tenant_model()(
             slug=slug,
-            name=manifest.name if not side_copy else f"{manifest.name} (copy of {manifest.slug})",
+            name=manifest.name
+            if not side_copy
+            else f"{manifest.name} (copy of {manifest.slug})"[:200],
             server=server_name,
             status=TenantStatus.RESTORING,
         )
@@ -581,40 +724,55 @@ def _restore_new(
         if message is not None:
             raise BackupError(message)
     report = _report(slug, server_name, "", manifest)
-    free, taken = ([], []) if side_copy else _free_domains(manifest, slug)
+    free, skipped = ([], []) if side_copy else _free_domains(manifest, slug)
     with transaction.atomic(using=registry_database()):
         if tenant.pk is None:
             tenant.save()
         add_domains(tenant, free)
-    report.database_name, report.domains, report.domains_taken = (
+    report.database_name, report.domains, report.domains_skipped = (
         tenant.database_name,
         free,
-        taken,
+        skipped,
     )
     database = get_server(server_name)
     try:
-        _restore_database(database, tenant.database_name, slug, path, manifest, report)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            database.drop_database(tenant.database_name)
-        with contextlib.suppress(Exception):
-            unregister(tenant)
-            tenant.delete()  # nothing half-made is left
+        _restore_database(database, tenant.database_name, slug, backup, report)
+    except BaseException as exc:
+        _undo_new(tenant, database, made=not isinstance(exc, DatabaseExists))
         raise
-    set_status(tenant, TenantStatus.ACTIVE)
+    set_status(tenant, TenantStatus.SUSPENDED if side_copy else TenantStatus.ACTIVE)
     return report
+
+
+def _undo_new(tenant: AbstractTenant, database: DatabaseServer, *, made: bool) -> None:
+    """Remove a tenant a restore recorded and the database it made (``made``: never one
+    that was there before it). A database that cannot be dropped keeps its row, marked
+    ``restoring`` with the reason, so that nothing unknown to the registry is left."""
+    unregister(tenant)
+    if made:
+        try:
+            database.drop_database(tenant.database_name)
+        except Exception as exc:
+            logger.exception("Tenant %s: the restored database was not dropped", tenant.slug)
+            set_status(
+                tenant,
+                TenantStatus.RESTORING,
+                f"The restore failed and its database could not be dropped ({one_line(exc)}); "
+                f"`manage.py restore_tenant --abort {tenant.slug}` removes both.",
+            )
+            return
+    tenant.delete()
 
 
 def _restore_replacing(
     tenant: AbstractTenant,
-    path: Path,
-    manifest: Manifest,
+    backup: _Backup,
     server: str | None,
     replace: bool,
     keep_replaced: bool,
 ) -> RestoreReport:
     """The backup in place of a live tenant's database, switched to in one transaction."""
-    slug = tenant.slug
+    slug, manifest = tenant.slug, backup.manifest
     if tenant.status == TenantStatus.ARCHIVED:
         raise BackupError(
             f"Tenant {slug!r} is archived; nothing was changed. Reactivate it first "
@@ -649,10 +807,12 @@ def _restore_replacing(
         keep_source=keep_replaced,
     )
     try:
-        _restore_database(get_server(server_name), name, slug, path, manifest, report)
-    except BaseException:
+        _restore_database(get_server(server_name), name, slug, backup, report)
+    except BaseException as exc:
+        # The record stays when the database it made cannot be dropped: --abort does it.
         with contextlib.suppress(Exception):
-            drop_copy(tenant, record, undoing=True)
+            if not isinstance(exc, DatabaseExists):  # never one that was there before
+                drop_copy(tenant, record, undoing=True)
             record.delete()
         raise
     with timed_step(report.steps, "switched"), transaction.atomic(using=registry_database()):
@@ -670,14 +830,14 @@ def _restore_database(
     server: DatabaseServer,
     name: str,
     slug: str,
-    path: Path,
-    manifest: Manifest,
+    backup: _Backup,
     report: RestoreReport,
 ) -> None:
-    """Make database ``name`` from the backup, check it, migrate it forward."""
-    with timed_step(report.steps, "restored"), _open_backup(path) as (_, dump):
-        server.restore_database(name, dump)  # type: ignore[arg-type]
-        dump.check()
+    """Make database ``name`` from the backup (whose digest was checked), compare its rows
+    with the manifest, migrate it forward."""
+    manifest = backup.manifest
+    with timed_step(report.steps, "restored"):
+        server.restore_database(name, backup.dump())
     with timed_step(report.steps, "verified"):
         differences = manifest.fingerprint.differences(server.fingerprint(name, checksums=False))
         if differences:
@@ -752,6 +912,7 @@ def _new_database_name(tenant: AbstractTenant, server_name: str) -> str:
         validate_database_name(name)
         if (
             (server_name, name) != (tenant.server, tenant.database_name)
+            and unavailable_reason(server_name, name, slug=tenant.slug) is None
             and registered_tenant(server_name, name) is None
             and not server.database_exists(name)
         ):
@@ -763,15 +924,23 @@ def _new_database_name(tenant: AbstractTenant, server_name: str) -> str:
 
 
 def _free_domains(manifest: Manifest, slug: str) -> tuple[list[str], list[str]]:
-    """The manifest's domains that no other tenant has (primary first), and those taken."""
+    """The manifest's domains that are valid and that no other tenant has (primary first),
+    and the others."""
     ordered = sorted(manifest.domains, key=lambda domain: (not domain[1], domain[0]))
-    names = [domain for domain, _ in ordered]
+    valid, skipped = [], []
+    for domain, _ in ordered:
+        try:
+            validate_tenant_hostname(domain.lower())
+        except ValidationError:
+            skipped.append(domain[:100])
+            continue
+        valid.append(domain.lower())
     taken = set(
-        Domain.objects.filter(domain__in=names)
+        Domain.objects.filter(domain__in=valid)
         .exclude(tenant__slug=slug)
         .values_list("domain", flat=True)
     )
-    return [name for name in names if name not in taken], sorted(taken)
+    return [name for name in valid if name not in taken], sorted(taken) + skipped
 
 
 # -- helpers -------------------------------------------------------------------------------

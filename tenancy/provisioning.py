@@ -148,7 +148,13 @@ def _refuse_changing_existing(
 
 
 def _refuse_archived(tenant: AbstractTenant) -> None:
-    """An archived tenant keeps its slug, database and domains until it is purged."""
+    """An archived tenant keeps its slug, database and domains until it is purged; a
+    tenant being restored or moved is another command's until it ends."""
+    if tenant.status in (TenantStatus.RESTORING, TenantStatus.MOVING):
+        raise ProvisioningError(
+            f"Tenant {tenant.slug!r} is {tenant.status}; nothing was changed. Let that "
+            "finish (or undo it) first."
+        )
     if tenant.status == TenantStatus.ARCHIVED:
         slug = tenant.slug
         raise ProvisioningError(
@@ -319,7 +325,10 @@ def locked_tenant(tenant: AbstractTenant | str, action: str) -> Iterator[Abstrac
         except ObjectDoesNotExist:
             raise TenancyError(f"Tenant {slug[:80]!r} does not exist (any more).") from None
         move = TenantMove.objects.filter(tenant_id=current.pk).first()
-        if current.status in (TenantStatus.MOVING, TenantStatus.RESTORING) or move is not None:
+        # Restoring without a record, under the lock: a restore of a new tenant that was
+        # killed, whose incomplete database may go with it.
+        restoring = current.status == TenantStatus.RESTORING and action != "deleted"
+        if current.status == TenantStatus.MOVING or restoring or move is not None:
             raise _being_moved(current, move, action)
         yield current
 

@@ -197,7 +197,7 @@ def purge_tenant(tenant: AbstractTenant | str, now: datetime | None = None) -> N
             )
         _deprovision(current, keep_database=False)
         if current.retained_backup:
-            Path(current.retained_backup).unlink(missing_ok=True)
+            _remove_retained_backup(current)
 
 
 def purge_tenants(now: datetime | None = None, *, dry_run: bool = False) -> list[str]:
@@ -280,7 +280,7 @@ def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
             f"Tenant {slug!r} stays archived: restoring its backup {tenant.retained_backup} "
             f"failed ({exc}). Fix the cause and run `manage.py reactivate_tenant {slug}` again."
         ) from exc
-    backup = Path(tenant.retained_backup)
+    retained = Path(tenant.retained_backup)
     type(tenant)._default_manager.filter(pk=tenant.pk).update(
         status=TenantStatus.ACTIVE, status_detail="", retained_until=None, retained_backup=""
     )
@@ -290,8 +290,29 @@ def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
         None,
         "",
     )
-    backup.unlink(missing_ok=True)
+    _remove_retained_backup(tenant, retained)
     return tenant
+
+
+def _remove_retained_backup(tenant: AbstractTenant, path: Path | None = None) -> None:
+    """Remove the tenant's retained backup: only a file retention wrote (named for the
+    tenant, in RETENTION_BACKUP_DIRECTORY); anything else the row names is left, logged."""
+    path = path or Path(tenant.retained_backup)
+    directory = tenancy_settings.RETENTION_BACKUP_DIRECTORY
+    if (
+        directory is None
+        or path.resolve().parent != directory.resolve()
+        or not path.name.startswith(f"{tenant.slug}-")
+        or not path.name.endswith(".tar")
+    ):
+        logger.warning(
+            "Tenant %s: its retained backup %s is not a file of RETENTION_BACKUP_DIRECTORY "
+            "named for it; it is left where it is",
+            tenant.slug,
+            path,
+        )
+        return
+    path.unlink(missing_ok=True)
 
 
 def _not_archivable(tenant: AbstractTenant) -> RetentionError:

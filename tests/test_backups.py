@@ -12,6 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from tenancy import backups as backups_module
 from tenancy import tenant_context
 from tenancy.backends import get_server
 from tenancy.backups import (
@@ -37,13 +38,16 @@ def databases(server="one"):
     return set(get_server(server).list_databases())
 
 
-def rewrite_manifest(path, change):
-    """The backup at ``path`` with its manifest changed by ``change`` (the dump as it was)."""
+def rewrite_manifest(path, change, *, sign=True):
+    """The backup at ``path`` with its manifest changed by ``change`` (the dump as it was),
+    signed again with the project's key (``sign``) as a backup of this project would be."""
     with tarfile.open(path) as archive:
         members = {member.name: archive.extractfile(member).read() for member in archive}
     manifest = json.loads(members["manifest.json"])
     change(manifest)
     members["manifest.json"] = json.dumps(manifest).encode()
+    if sign:
+        members["manifest.sig"] = backups_module._sign(members["manifest.json"])
     path.unlink()
     with tarfile.open(path, "w") as archive:
         for name, data in members.items():
@@ -82,6 +86,7 @@ def test_a_backup_is_one_tar_file_with_the_dump_and_a_manifest(backup, gamma, tm
     assert names == [
         "database.dump" if BACKEND == "postgresql" else "database.sqlite3",
         "manifest.json",
+        "manifest.sig",
     ]
     # The server's own format, which its tools read.
     assert dump.startswith(b"PGDMP" if BACKEND == "postgresql" else b"SQLite format 3\0")
@@ -163,14 +168,15 @@ def test_a_domain_taken_meanwhile_stays_with_its_new_owner(gamma, backup, beta):
     deprovision_tenant(gamma)
     Domain.objects.create(domain="gamma.example.test", tenant=beta)
     report = restore_tenant(backup.path)
-    assert report.domains_taken == ["gamma.example.test"]
+    assert report.domains_skipped == ["gamma.example.test"]
     assert Domain.objects.get(domain="gamma.example.test").tenant == beta
 
 
 def test_a_side_copy_is_a_tenant_of_its_own_without_domains(gamma, backup):
     report = restore_tenant(backup.path, as_slug="gamma-copy", server="two")
     copy = Tenant.objects.get(slug="gamma-copy")
-    assert (copy.server, copy.status) == ("two", TenantStatus.ACTIVE)
+    # Not served and sent no jobs: it is for looking at.
+    assert (copy.server, copy.status) == ("two", TenantStatus.SUSPENDED)
     assert not Domain.objects.filter(tenant=copy).exists()
     assert report.domains == []
     assert texts(copy) == texts(gamma)
@@ -425,3 +431,162 @@ def test_an_archive_whose_backup_fails_leaves_the_tenant_as_it_was(gamma, settin
     tenant = Tenant.objects.get(slug="gamma")
     assert (tenant.status, tenant.retained_until) == (TenantStatus.ACTIVE, None)
     assert len(texts(tenant)) == 25
+
+
+# -- untrusted files -------------------------------------------------------------------
+
+
+def test_a_backup_not_signed_by_this_project_is_restored_only_when_trusted(gamma, backup):
+    rewrite_manifest(Path(backup.path), lambda manifest: None, sign=False)
+    before = databases()
+    with pytest.raises(BackupError, match="not signed with this project's SECRET_KEY"):
+        restore_tenant(backup.path, as_slug="gamma-copy")
+    assert databases() == before
+    assert not Tenant.objects.filter(slug="gamma-copy").exists()
+    restore_tenant(backup.path, as_slug="gamma-copy", trust=True)
+    assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 25
+
+
+def test_a_manifest_changed_after_signing_is_not_trusted(gamma, backup, settings):
+    rewrite_manifest(
+        Path(backup.path), lambda manifest: manifest.update(name="Changed"), sign=False
+    )
+    with pytest.raises(BackupError, match="not signed"):
+        restore_tenant(backup.path, as_slug="gamma-copy")
+    # Signed under a key that was rotated away: still this project's.
+    rewrite_manifest(Path(backup.path), lambda manifest: None)
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "a new key " * 5
+    restore_tenant(backup.path, as_slug="gamma-copy")
+    assert Tenant.objects.get(slug="gamma-copy").name == "Changed (copy of gamma)"
+
+
+def test_replace_never_puts_another_tenants_backup_into_a_tenant(gamma, backup):
+    delta = create_tenant("delta")
+    with tenant_context(delta):
+        Note.objects.create(text="delta's own")
+    with pytest.raises(BackupError, match="never another's"):
+        restore_tenant(backup.path, as_slug="delta", replace=True)
+    # A manifest changed to name delta is not this project's any more.
+    rewrite_manifest(Path(backup.path), lambda manifest: manifest.update(slug="delta"), sign=False)
+    with pytest.raises(BackupError, match="not signed"):
+        restore_tenant(backup.path, replace=True)
+    assert texts(Tenant.objects.get(slug="delta")) == ["delta's own"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"domains": 5},
+        {"domains": [["gamma.example.test"]]},
+        {"tables": ["tenantapp_note"]},
+        {"tables": {"tenantapp_note": "25"}},
+        {"sequences": []},
+        {"migrations": [5]},
+        {"slug": "Not A Slug"},
+        {"server": ["one"]},
+        {"dump_member": "../../etc/passwd"},
+        {"dump_bytes": -1},
+        {"name": "x" * 1000},
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_one_clean_error(gamma, backup, change):
+    rewrite_manifest(Path(backup.path), lambda manifest: manifest.update(change))
+    before = databases()
+    with pytest.raises(BackupError, match=r"not a whole tenant backup|did not write"):
+        restore_tenant(backup.path, as_slug="gamma-copy")
+    assert databases() == before
+
+
+def test_a_dump_member_that_is_not_the_manifests_is_refused(gamma, backup):
+    rewrite_manifest(
+        Path(backup.path), lambda manifest: manifest.update(dump_bytes=manifest["dump_bytes"] + 1)
+    )
+    with pytest.raises(BackupError, match="damaged"):
+        read_manifest(backup.path)
+
+
+def test_a_domain_of_another_tenant_in_other_case_is_skipped(gamma, backup, beta):
+    deprovision_tenant(gamma)
+    Domain.objects.create(domain="gamma.example.test", tenant=beta)
+    rewrite_manifest(
+        Path(backup.path),
+        lambda manifest: manifest.update(
+            domains=[["GAMMA.example.test", True], ["admin.example.test", False]]
+        ),
+    )
+    report = restore_tenant(backup.path)
+    # Taken by beta (whatever the case), and a host of the main site: neither restored.
+    assert sorted(report.domains_skipped) == ["admin.example.test", "gamma.example.test"]
+    assert Domain.objects.get(domain="gamma.example.test").tenant == beta
+
+
+def test_a_failed_restore_never_drops_a_database_it_did_not_make(gamma, backup, monkeypatch):
+    # A deleted tenant's kept database, which the name chosen for the restore collides
+    # with (two restores racing for a name): the restore fails and leaves it alone.
+    kept = create_tenant("kappa")
+    with tenant_context(kept):
+        Note.objects.create(text="kappa's kept row")
+    deprovision_tenant(kept, keep_database=True)
+    monkeypatch.setattr(backups_module, "_new_database_name", lambda *args: kept.database_name)
+    with pytest.raises(BackupError, match="exists"):
+        restore_tenant(backup.path, replace=True)
+    assert get_server("one").database_exists(kept.database_name)
+    assert not TenantMove.objects.exists()
+    assert Tenant.objects.get(slug="gamma").database_name == gamma.database_name
+
+
+def test_a_tenant_being_restored_is_not_provisioned_by_create_tenant(gamma, backup):
+    from tenancy.provisioning import ProvisioningError
+
+    Tenant.objects.filter(pk=gamma.pk).update(status=TenantStatus.RESTORING)
+    with pytest.raises(ProvisioningError, match="restoring"):
+        create_tenant("gamma")
+
+
+def test_a_killed_restore_of_a_new_tenant_is_undone_by_abort(gamma, backup):
+    deprovision_tenant(gamma)
+    # What a restore killed while restoring a deleted tenant leaves: the row, restoring,
+    # and part of its database.
+    tenant = Tenant.objects.create(slug="gamma", server="one", status=TenantStatus.RESTORING)
+    get_server("one").create_database(tenant.database_name)
+    abort_restore("gamma")
+    assert not Tenant.objects.filter(slug="gamma").exists()
+    assert not get_server("one").database_exists(tenant.database_name)
+    # Run again instead, the restore finishes.
+    Tenant.objects.create(slug="gamma", server="one", status=TenantStatus.RESTORING)
+    restore_tenant(backup.path)
+    assert len(texts(Tenant.objects.get(slug="gamma"))) == 25
+
+
+def test_purge_leaves_a_file_that_retention_did_not_write(gamma, backup_retention, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenancy.retention import archive_tenant, purge_tenants
+
+    precious = tmp_path.parent / "precious.tar"
+    precious.write_bytes(b"somebody's file")
+    archive_tenant(gamma, days=1)
+    written = Tenant.objects.get(slug="gamma").retained_backup
+    Tenant.objects.filter(slug="gamma").update(retained_backup=str(precious))
+    purge_tenants(timezone.now() + timedelta(days=2))
+    assert precious.read_bytes() == b"somebody's file"
+    Path(written).unlink()
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="DIRECT is PostgreSQL's")
+def test_a_direct_address_that_reaches_another_server_is_refused(gamma, settings, tmp_path):
+    servers = settings.TENANCY["SERVERS"]
+    other = servers["two"].get("DIRECT", servers["two"])
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {
+            **servers,
+            "one": {**servers["one"], "DIRECT": {"HOST": other["HOST"], "PORT": other["PORT"]}},
+        },
+    }
+    with pytest.raises(BackupError, match="DIRECT address reaches another server"):
+        backup_tenant(gamma, tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from tenancy.exceptions import TenancyError
+
 
 @dataclass(frozen=True)
 class Fingerprint:
@@ -187,3 +189,8 @@ class TemplateInUse(Exception):
 
 class TemplateMissing(Exception):
     """The template database does not exist."""
+
+
+class DatabaseExists(TenancyError):
+    """A database to be made exists already: someone else's, never dropped by the one who
+    meant to make it."""

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.utils import load_backend
 from psycopg import errors, pq, sql
 
 from tenancy.backends.base import (
     CHUNK,
+    DatabaseExists,
     DatabaseServer,
     DumpContents,
     Fingerprint,
@@ -96,6 +97,27 @@ class PostgreSQLServer(DatabaseServer):
         if "OPTIONS" in direct:
             settings["OPTIONS"] = {**(settings.get("OPTIONS") or {}), **direct["OPTIONS"]}
         return settings
+
+    def _check_direct_route(self, database_name: str) -> None:
+        """``TenancyError`` unless the entry's ``DIRECT`` address reaches the very database
+        its HOST and PORT do (the same oid in the same cluster): a mistyped port would
+        dump, or restore into, a database of another server."""
+        if not self.template.get("DIRECT"):
+            return
+        problem = f"server {self.name!r}: its DIRECT address reaches another server than its "
+        try:
+            with self._cursor(database_name, direct=True) as cursor:
+                cursor.execute(_IDENTITY, [database_name])
+                direct = cursor.fetchone()
+        except DatabaseError as exc:
+            raise TenancyError(
+                f"{problem}HOST and PORT, or none ({' '.join(str(exc).split())[:200]}); "
+                f"correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
+            ) from exc
+        if direct is None or tuple(direct) != self.database_identity(database_name):
+            raise TenancyError(
+                f"{problem}HOST and PORT; correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
+            )
 
     @property
     def needs_direct_route(self) -> bool:
@@ -367,6 +389,7 @@ class PostgreSQLServer(DatabaseServer):
         which the row counts and the applied migrations are read in meanwhile; writes go
         on. Not through a pooler (``DIRECT``): pg_dump's session settings would stay."""
         validate_database_name(database_name)
+        self._check_direct_route(database_name)
         with self._cursor(database_name, BACKUP_ALIAS, direct=True) as cursor:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
@@ -405,7 +428,8 @@ class PostgreSQLServer(DatabaseServer):
         user (as provisioning makes them), grants not restored (the roles may not exist
         here)."""
         if not self.create_database(database_name):
-            raise TenancyError(f"database {database_name!r} exists on server {self.name!r}")
+            raise DatabaseExists(f"database {database_name!r} exists on server {self.name!r}")
+        self._check_direct_route(database_name)
         with (
             self.client_connection(database_name) as (dsn, environment),
             tempfile.TemporaryFile() as errors,

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import hashlib
 import os
 import shutil
 import sqlite3
 import stat
-import tempfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from tenancy.backends.base import CHUNK, DatabaseServer, DumpContents, Fingerprint, TemplateMissing
+from tenancy.backends.base import (
+    CHUNK,
+    DatabaseExists,
+    DatabaseServer,
+    DumpContents,
+    Fingerprint,
+    TemplateMissing,
+)
 from tenancy.conf import server_vendor
 from tenancy.exceptions import TenancyError
+from tenancy.private_files import private_path, remove_partial_files_of_dead_processes
 from tenancy.reserved import check_drop
 from tenancy.validators import validate_database_name
 
@@ -80,7 +85,7 @@ class SQLiteServer(DatabaseServer):
     def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
         path = self.path(name)
         check_drop(self, name, allow_template=allow_template)
-        _remove_partial_copies_of_dead_processes(path)
+        remove_partial_files_of_dead_processes(path)
         existed = path.exists()
         for companion in _COMPANIONS:
             with contextlib.suppress(FileNotFoundError):
@@ -149,8 +154,11 @@ class SQLiteServer(DatabaseServer):
         source = self.path(database_name)
         if not source.exists():
             raise FileNotFoundError(f"{source} does not exist")
-        with tempfile.TemporaryDirectory(prefix=".tenancy-dump-", dir=self.directory) as scratch:
-            copy = Path(scratch) / "database.sqlite3"
+        # A private file beside the database: one a killed process left is removed by the
+        # next dump, copy or drop of this database.
+        remove_partial_files_of_dead_processes(source)
+        copy = private_path(source)
+        try:
             with (
                 # Read-only: an archived tenant's file is.
                 contextlib.closing(
@@ -165,6 +173,9 @@ class SQLiteServer(DatabaseServer):
             with copy.open("rb") as dumped:
                 while chunk := dumped.read(CHUNK):
                     sink(chunk)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                copy.unlink()
         return DumpContents(fingerprint, migrations, str(version))
 
     def restore_database(self, database_name: str, source: IO[bytes]) -> None:
@@ -172,8 +183,8 @@ class SQLiteServer(DatabaseServer):
         database, then linked into place (never over an existing one)."""
         target = self.path(database_name)
         self.directory.mkdir(parents=True, exist_ok=True)
-        _remove_partial_copies_of_dead_processes(target)
-        partial = _private_path(target)
+        remove_partial_files_of_dead_processes(target)
+        partial = private_path(target)
         try:
             with partial.open("wb") as restored:
                 shutil.copyfileobj(source, restored, CHUNK)
@@ -186,7 +197,7 @@ class SQLiteServer(DatabaseServer):
             try:
                 os.link(partial, target)
             except FileExistsError:
-                raise TenancyError(
+                raise DatabaseExists(
                     f"database {database_name!r} exists on server {self.name!r}"
                 ) from None
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
@@ -198,10 +209,10 @@ class SQLiteServer(DatabaseServer):
 
     def claim_database(self, candidates: list[str], name: str) -> bool:
         target = self.path(name)
-        _remove_partial_copies_of_dead_processes(target)
+        remove_partial_files_of_dead_processes(target)
         if target.exists():
             return False  # keep the spares for databases still to come
-        private = _private_path(target)
+        private = private_path(target)
         for candidate in candidates:
             try:
                 # Moving the file away is the claim: only one process can move it.
@@ -296,10 +307,10 @@ def _copy_file(source: Path, target: Path) -> bool:
     file, then link it into place: a crash never leaves a half-copied database under the
     target's name. What a killed process left of its private file is removed first.
     ``False`` when ``target`` exists; ``FileNotFoundError`` when ``source`` does not."""
-    _remove_partial_copies_of_dead_processes(target)
+    remove_partial_files_of_dead_processes(target)
     if target.exists():
         return False
-    partial = _private_path(target)
+    partial = private_path(target)
     try:
         try:
             # Read-only: a missing source must not be created empty.
@@ -318,28 +329,4 @@ def _copy_file(source: Path, target: Path) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-    return True
-
-
-def _private_path(target: Path) -> Path:
-    """A file of this thread's own beside ``target``, linked into place when complete."""
-    return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
-
-
-def _remove_partial_copies_of_dead_processes(target: Path) -> None:
-    prefix = f".{target.name}."
-    for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = leftover.name.removeprefix(prefix).split(".", 1)[0]
-        if pid.isdigit() and not _process_exists(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        return True
     return True

@@ -60,6 +60,12 @@ class Command(BaseCommand):
             dest="interactive",
             help="Do not ask to type the slug to confirm --replace.",
         )
+        parser.add_argument(
+            "--trust",
+            action="store_true",
+            help="Restore a file this project did not sign (made under another SECRET_KEY): "
+            "what it holds is run as SQL, so only a file you trust.",
+        )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -78,6 +84,7 @@ class Command(BaseCommand):
                 server=options["server"],
                 replace=options["replace"],
                 keep_replaced=options["keep_replaced"],
+                trust=options["trust"],
             )
         except TenancyError as exc:
             raise CommandError(str(exc)) from exc
@@ -91,8 +98,9 @@ class Command(BaseCommand):
         slug = options["as_slug"] or manifest.slug
         what = "DROPPING" if not options["keep_replaced"] else "keeping (read-only)"
         answer = input(
-            f"Replace the data of tenant {slug} with its backup of {manifest.created_at}, "
-            f"{what} its current database? Type the slug to confirm: "
+            f"Replace the data of tenant {slug} with the backup of tenant {manifest.slug} "
+            f"made {manifest.created_at}, {what} its current database? Type the slug to "
+            "confirm: "
         )
         if answer.strip() != slug:
             raise CommandError("Cancelled: the slug typed did not match; nothing was changed.")
@@ -109,10 +117,11 @@ class Command(BaseCommand):
             elif step.startswith("source"):
                 detail += f" {report.replaced}"
             self.stdout.write(f"  {detail} in {took:.2f}s")
-        for domain in report.domains_taken:
+        for domain in report.domains_skipped:
             self.stdout.write(
                 self.style.WARNING(
-                    f"  domain {domain} belongs to another tenant now; not restored"
+                    f"  domain {domain} not restored: another tenant has it now, or it is "
+                    "not a valid tenant hostname here"
                 )
             )
         self.stdout.write(
