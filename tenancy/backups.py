@@ -821,8 +821,15 @@ def _restore_replacing(
         )
         record.step = MoveStep.SWITCHED
         record.save(update_fields=["step", "updated_at"])
-    report.source_kept = finish_switched(tenant, record, report.steps)
     tenant.server, tenant.database_name = server_name, name
+    try:
+        report.source_kept = finish_switched(tenant, record, report.steps)
+    except Exception as exc:
+        raise BackupError(
+            f"Tenant {slug!r} is restored and serves from database {name!r}, but removing "
+            f"the replaced database failed ({one_line(exc)}); run the same `manage.py "
+            "restore_tenant` again to finish."
+        ) from exc
     return report
 
 
