@@ -28,6 +28,7 @@ A failure before the switch drops what the restore made and leaves the tenant as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import json
@@ -52,7 +53,13 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from tenancy.backends import get_server
 from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
-from tenancy.conf import server_vendor, tenancy_settings
+from tenancy.conf import (
+    DATABASES_PLACEMENT,
+    PLACEMENTS,
+    SCHEMAS_PLACEMENT,
+    server_vendor,
+    tenancy_settings,
+)
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
 from tenancy.migration import migrate_tenant, migration_state
@@ -173,6 +180,7 @@ _FIELD_TYPES: dict[str, type] = {
     "server_version": str,
     "tenancy_version": str,
     "django_version": str,
+    "placement": str,
 }
 
 
@@ -183,6 +191,8 @@ def _manifest_problem(value: dict[str, Any]) -> str:
             return f"{name} is not a {kind.__name__}"
     if not is_valid_slug(value["slug"]):
         return "its slug is not a valid tenant slug"
+    if value["placement"] not in PLACEMENTS:
+        return "its placement is not one"
     if len(value["name"]) > 200 or any(len(value[k]) > 100 for k in ("server", "status")):
         return "a name is too long"
     if DUMP_MEMBERS.get(value["vendor"]) != value["dump_member"]:
@@ -292,7 +302,6 @@ def _backup_server(tenant: AbstractTenant) -> DatabaseServer:
             "archived tenant has a complete database to back up. Finish what it is in first."
         )
     server = get_server(tenant.server)
-    _refuse_schemas(server, tenant.slug)
     if getattr(server, "needs_direct_route", False):
         raise BackupError(
             f"Tenant {tenant.slug!r}: server {tenant.server!r} is reached through a pooler "
@@ -303,12 +312,15 @@ def _backup_server(tenant: AbstractTenant) -> DatabaseServer:
     return server
 
 
-def _refuse_schemas(server: DatabaseServer, slug: str) -> None:
-    if server.holds_schemas:
+def _refuse_renaming_a_schema(slug: str, name: str, manifest: Manifest) -> None:
+    """A schema tenant's dump creates its schema under the name it had: it is restored
+    under that name only (a deleted tenant brought back, an archived one reactivated)."""
+    if manifest.placement == SCHEMAS_PLACEMENT and name != manifest.database_name:
         raise BackupError(
-            f"Tenant {slug!r} is a schema of server {server.name!r}'s shared database; "
-            "backing up and restoring schema tenants is not supported yet (pg_dump "
-            "--schema of the shared database makes a dump of it by hand)."
+            f"Tenant {slug!r} cannot be restored from {manifest.slug!r}'s backup: a schema "
+            f"tenant's backup is restored into its own schema {manifest.database_name!r} "
+            "only (--as and --replace are not supported for schema tenants yet); nothing "
+            "was changed."
         )
 
 
@@ -319,6 +331,7 @@ def _write_archive(
     of it), the manifest as member two, its signature as member three; under a private
     name, then linked into place."""
     vendor = server_vendor(tenancy_settings.server(tenant.server))
+    placement = SCHEMAS_PLACEMENT if server.holds_schemas else DATABASES_PLACEMENT
     member = DUMP_MEMBERS[vendor]
     target.parent.mkdir(parents=True, exist_ok=True)
     # What killed backups of this tenant left (their names have other times).
@@ -343,6 +356,7 @@ def _write_archive(
             contents = server.dump(tenant.database_name, sink)
             out.write(_padding(size))
             manifest = _manifest(tenant, vendor, contents, member, size, digest.hexdigest(), now)
+            manifest = dataclasses.replace(manifest, placement=placement)
             text = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
             out.write(_header(MANIFEST, len(text), now))
             out.write(text + _padding(len(text)))
@@ -720,6 +734,7 @@ def _restore_new(
             server=server_name,
             status=TenantStatus.RESTORING,
         )
+        _refuse_renaming_a_schema(slug, tenancy_settings.database_name_for(slug), manifest)
         message = database_name_unavailable(tenant, new=True)
         if message is not None:
             raise BackupError(message)
@@ -792,6 +807,7 @@ def _restore_replacing(
         )
     server_name = server or tenant.server
     _refuse_target(slug, server_name, manifest)
+    _refuse_renaming_a_schema(slug, "", manifest)  # the live schema keeps its name
     name = _new_database_name(tenant, server_name)
     report = _report(slug, server_name, name, manifest)
     report.replaced = f"{tenant.database_name} on {tenant.server}"
@@ -876,7 +892,13 @@ def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
             f"does not define it (defined: {', '.join(sorted(tenancy_settings.SERVERS))})."
         )
     server = get_server(server_name)
-    _refuse_schemas(server, slug)
+    placement = SCHEMAS_PLACEMENT if server.holds_schemas else DATABASES_PLACEMENT
+    if placement != manifest.placement:
+        raise BackupError(
+            f"Tenant {slug!r} cannot be restored to server {server_name!r}: the backup is of "
+            f"a tenant kept as {manifest.placement[:-1]}, the server keeps its tenants as "
+            f"{placement}."
+        )
     vendor = server_vendor(tenancy_settings.server(server_name))
     if vendor != manifest.vendor:
         raise BackupError(

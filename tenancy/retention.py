@@ -96,7 +96,7 @@ def archive_tenant(tenant: AbstractTenant | str, days: int) -> AbstractTenant:
         wait_for_other_processes()
         unregister(current)
         directory = tenancy_settings.RETENTION_BACKUP_DIRECTORY
-        if directory is not None and not get_server(current.server).holds_schemas:
+        if directory is not None:
             _retain_as_backup(current, directory, previous)
             return current
         try:

@@ -40,6 +40,8 @@ MAINTENANCE_ALIAS = "tenancy:maintenance"
 LOCK_ALIAS = "tenancy:lock"
 BACKUP_ALIAS = "tenancy:backup"
 
+# pg_dump for a backup: custom format, compressed (as one would run it by hand).
+_DUMP_OPTIONS = ("--format=custom",)
 # pg_restore into a new database: objects owned by the server's user, grants left out,
 # one transaction (a failure or a crash restores nothing).
 RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transaction")
@@ -389,7 +391,14 @@ class PostgreSQLServer(DatabaseServer):
         which the row counts and the applied migrations are read in meanwhile; writes go
         on. Not through a pooler (``DIRECT``): pg_dump's session settings would stay."""
         validate_database_name(database_name)
+        return self._dump(database_name, sink)
+
+    def _dump(
+        self, database_name: str, sink: Callable[[bytes], None], schema: str | None = None
+    ) -> DumpContents:
+        """``dump`` of database ``database_name``, or of its ``schema`` only."""
         self._check_direct_route(database_name)
+        only = [] if schema is None else [f'--schema="{schema}"']  # a name, not a pattern
         with self._cursor(database_name, BACKUP_ALIAS, direct=True) as cursor:
             cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor.execute("SELECT pg_export_snapshot(), current_setting('server_version')")
@@ -399,7 +408,13 @@ class PostgreSQLServer(DatabaseServer):
                 tempfile.TemporaryFile() as errors,
             ):
                 dump = subprocess.Popen(
-                    [client_program("pg_dump"), "--format=custom", f"--snapshot={snapshot}", dsn],
+                    [
+                        client_program("pg_dump"),
+                        *_DUMP_OPTIONS,
+                        f"--snapshot={snapshot}",
+                        *only,
+                        dsn,
+                    ],
                     stdout=subprocess.PIPE,
                     stderr=errors,
                     env=environment,
@@ -409,8 +424,8 @@ class PostgreSQLServer(DatabaseServer):
                     pump = _Pump(dump.stdout, sink)
                     try:
                         # Read by PostgreSQL while pg_dump reads: two backends at once.
-                        fingerprint = _fingerprint(cursor, checksums=False)
-                        migrations = _applied_migrations(cursor)
+                        fingerprint = _fingerprint(cursor, checksums=False, schema=schema)
+                        migrations = _applied_migrations(cursor, schema)
                     except BaseException:
                         dump.kill()
                         raise
@@ -429,6 +444,10 @@ class PostgreSQLServer(DatabaseServer):
         here)."""
         if not self.create_database(database_name):
             raise DatabaseExists(f"database {database_name!r} exists on server {self.name!r}")
+        self._restore_into(database_name, source)
+
+    def _restore_into(self, database_name: str, source: IO[bytes]) -> None:
+        """``pg_restore`` of the dump read from ``source`` into database ``database_name``."""
         self._check_direct_route(database_name)
         with (
             self.client_connection(database_name) as (dsn, environment),
@@ -484,14 +503,17 @@ _ROW_TEXT = (
 )
 
 
-def _fingerprint(cursor: Any, checksums: bool) -> Fingerprint:
-    """The fingerprint of the database of ``cursor``, in its transaction."""
+def _fingerprint(cursor: Any, checksums: bool, schema: str | None = None) -> Fingerprint:
+    """The fingerprint of the database of ``cursor`` (of its ``schema`` only), in its
+    transaction."""
     tables: dict[str, tuple[int, int]] = {}
     cursor.execute(
         "SELECT n.nspname, c.relname FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' "
-        "AND left(n.nspname, 3) <> 'pg_' ORDER BY 1, 2"
+        "AND left(n.nspname, 3) <> 'pg_' AND (%s::text IS NULL OR n.nspname = %s) "
+        "ORDER BY 1, 2",
+        [schema, schema],
     )
     # ROW(t.*): the whole row, even where a column is named t.
     checksum = (
@@ -506,28 +528,36 @@ def _fingerprint(cursor: Any, checksums: bool) -> Fingerprint:
         cursor.execute(query.as_string(cursor.connection))
         rows, total = cursor.fetchone()
         tables[f"{schema}.{table}"] = (int(rows), int(total))
-    cursor.execute(
-        "SELECT count(*), coalesce(sum(('x' || left(md5(oid::text), 15))::bit(60)"
-        "::bigint), 0) FROM pg_largeobject_metadata"
-    )
-    rows, total = cursor.fetchone()
-    if rows:
-        tables["large objects"] = (int(rows), int(total) if checksums else 0)
+    if schema is None:  # large objects belong to a database, not to a schema
+        cursor.execute(
+            "SELECT count(*), coalesce(sum(('x' || left(md5(oid::text), 15))::bit(60)"
+            "::bigint), 0) FROM pg_largeobject_metadata"
+        )
+        rows, total = cursor.fetchone()
+        if rows:
+            tables["large objects"] = (int(rows), int(total) if checksums else 0)
     cursor.execute(
         "SELECT schemaname || '.' || sequencename, coalesce(last_value, 0) "
-        "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' ORDER BY 1"
+        "FROM pg_sequences WHERE left(schemaname, 3) <> 'pg_' "
+        "AND (%s::text IS NULL OR schemaname = %s) ORDER BY 1",
+        [schema, schema],
     )
     sequences = {name: int(value) for name, value in cursor.fetchall()}
     return Fingerprint(tables, sequences)
 
 
-def _applied_migrations(cursor: Any) -> list[str]:
-    """``app.name`` of the migrations recorded in the database of ``cursor``."""
-    cursor.execute("SELECT to_regclass('django_migrations') IS NOT NULL")
+def _applied_migrations(cursor: Any, schema: str | None = None) -> list[str]:
+    """``app.name`` of the migrations recorded in the database of ``cursor`` (in its
+    ``schema``, where a schema tenant keeps its own ``django_migrations``)."""
+    table = sql.Identifier("django_migrations")
+    if schema is not None:
+        table = sql.Identifier(schema, "django_migrations")
+    name = table.as_string(cursor.connection)
+    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
     if not cursor.fetchone()[0]:
         return []
-    cursor.execute("SELECT app || '.' || name FROM django_migrations ORDER BY app, name")
-    return [name for (name,) in cursor.fetchall()]
+    cursor.execute(f"SELECT app || '.' || name FROM {name} ORDER BY app, name")
+    return [found for (found,) in cursor.fetchall()]
 
 
 # What tells one cluster from another: no two clusters on a port started at the same

@@ -11,16 +11,19 @@ project's own tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import IO, Any
 
 from psycopg import errors, sql
 
 from tenancy.backends import get_server
+from tenancy.backends.base import DatabaseExists, DumpContents, Fingerprint
 from tenancy.backends.postgresql import (
+    _ROW_TEXT,
     PostgreSQLServer,
     _compose,
+    _fingerprint,
     advisory_lock,
     server_address,
 )
@@ -157,6 +160,30 @@ class SchemaServer(PostgreSQLServer):
 
     def clone_database(self, template: str, name: str) -> bool:
         raise NotImplementedError("schema servers do not copy schemas")
+
+    # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
+
+    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+        """``pg_dump --schema`` of the tenant's schema in the shared database."""
+        _validate_schema_name(database_name)
+        return self._dump(self.database, sink, schema=database_name)
+
+    def restore_database(self, name: str, source: IO[bytes]) -> None:
+        """``pg_restore`` into the shared database of a dump of schema ``name``, which
+        the dump creates (in one transaction: a failure leaves no schema)."""
+        _validate_schema_name(name)
+        if self.database_exists(name):
+            raise DatabaseExists(f"schema {name!r} exists on server {self.name!r}")
+        self.create_shared_database()
+        self._restore_into(self.database, source)
+
+    def fingerprint(self, database_name: str, *, checksums: bool = True) -> Fingerprint:
+        _validate_schema_name(database_name)
+        with self._shared_cursor() as cursor:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " + _ROW_TEXT)
+            found = _fingerprint(cursor, checksums, schema=database_name)
+            cursor.execute("COMMIT")
+        return found
 
     def claim_database(self, candidates: list[str], name: str) -> bool:
         for schema in (*candidates, name):
