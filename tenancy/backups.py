@@ -28,7 +28,6 @@ A failure before the switch drops what the restore made and leaves the tenant as
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import hashlib
 import json
@@ -53,13 +52,7 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from tenancy.backends import get_server
 from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
-from tenancy.conf import (
-    DATABASES_PLACEMENT,
-    PLACEMENTS,
-    SCHEMAS_PLACEMENT,
-    server_vendor,
-    tenancy_settings,
-)
+from tenancy.conf import PLACEMENTS, SCHEMAS_PLACEMENT, server_vendor, tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
 from tenancy.migration import migrate_tenant, migration_state
@@ -302,14 +295,19 @@ def _backup_server(tenant: AbstractTenant) -> DatabaseServer:
             "archived tenant has a complete database to back up. Finish what it is in first."
         )
     server = get_server(tenant.server)
-    if getattr(server, "needs_direct_route", False):
-        raise BackupError(
-            f"Tenant {tenant.slug!r}: server {tenant.server!r} is reached through a pooler "
-            "in transaction mode (TRANSACTION_POOLING), where pg_dump's session settings "
-            "would reach the tenants' connections. Give the server entry DIRECT = "
-            "{'HOST': ..., 'PORT': ...}, the server's own address, for backups."
-        )
+    _refuse_pooled_route(server, tenant.slug, "backups")
     return server
+
+
+def _refuse_pooled_route(server: DatabaseServer, slug: str, what: str) -> None:
+    """``BackupError`` for a server whose client programs would go through a pooler."""
+    if server.needs_direct_route:
+        raise BackupError(
+            f"Tenant {slug!r}: server {server.name!r} is reached through a pooler in "
+            "transaction mode (TRANSACTION_POOLING), where pg_dump's and pg_restore's "
+            "session settings would reach the tenants' connections. Give the server entry "
+            f"DIRECT = {{'HOST': ..., 'PORT': ...}}, the server's own address, for {what}."
+        )
 
 
 def _refuse_renaming_a_schema(slug: str, name: str, manifest: Manifest) -> None:
@@ -330,9 +328,6 @@ def _write_archive(
     """Write the tar file: the dump as member one (its header, written last, goes in front
     of it), the manifest as member two, its signature as member three; under a private
     name, then linked into place."""
-    vendor = server_vendor(tenancy_settings.server(tenant.server))
-    placement = SCHEMAS_PLACEMENT if server.holds_schemas else DATABASES_PLACEMENT
-    member = DUMP_MEMBERS[vendor]
     target.parent.mkdir(parents=True, exist_ok=True)
     # What killed backups of this tenant left (their names have other times).
     remove_partial_files_of_dead_processes(target, f"{glob.escape(tenant.slug)}-*{SUFFIX}")
@@ -355,8 +350,7 @@ def _write_archive(
 
             contents = server.dump(tenant.database_name, sink)
             out.write(_padding(size))
-            manifest = _manifest(tenant, vendor, contents, member, size, digest.hexdigest(), now)
-            manifest = dataclasses.replace(manifest, placement=placement)
+            manifest = _manifest(tenant, server, contents, size, digest.hexdigest(), now)
             text = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
             out.write(_header(MANIFEST, len(text), now))
             out.write(text + _padding(len(text)))
@@ -365,7 +359,7 @@ def _write_archive(
             out.write(signature + _padding(len(signature)))
             out.write(bytes(2 * _BLOCK))  # the end of the archive
             out.seek(0)
-            out.write(_header(member, size, now))
+            out.write(_header(manifest.dump_member, size, now))
             out.flush()
             os.fsync(out.fileno())
         try:
@@ -383,26 +377,27 @@ def _write_archive(
 
 def _manifest(
     tenant: AbstractTenant,
-    vendor: str,
+    server: DatabaseServer,
     contents: DumpContents,
-    member: str,
     size: int,
     sha256: str,
     now: datetime,
 ) -> Manifest:
     domains = Domain.objects.filter(tenant_id=tenant.pk).order_by("domain")
+    vendor = server_vendor(tenancy_settings.server(tenant.server))
     return Manifest(
         slug=tenant.slug,
         name=tenant.name,
         server=tenant.server,
         vendor=vendor,
+        placement=server.placement,
         database_name=tenant.database_name,
         status=tenant.status,
         domains=[(domain.domain, domain.is_primary) for domain in domains],
         migrations=contents.migrations,
         tables={name: rows for name, (rows, _) in contents.fingerprint.tables.items()},
         sequences=contents.fingerprint.sequences,
-        dump_member=member,
+        dump_member=DUMP_MEMBERS[vendor],
         dump_bytes=size,
         dump_sha256=sha256,
         created_at=now.isoformat(),
@@ -892,12 +887,11 @@ def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
             f"does not define it (defined: {', '.join(sorted(tenancy_settings.SERVERS))})."
         )
     server = get_server(server_name)
-    placement = SCHEMAS_PLACEMENT if server.holds_schemas else DATABASES_PLACEMENT
-    if placement != manifest.placement:
+    if server.placement != manifest.placement:
         raise BackupError(
             f"Tenant {slug!r} cannot be restored to server {server_name!r}: the backup is of "
             f"a tenant kept as {manifest.placement[:-1]}, the server keeps its tenants as "
-            f"{placement}."
+            f"{server.placement}."
         )
     vendor = server_vendor(tenancy_settings.server(server_name))
     if vendor != manifest.vendor:
@@ -905,12 +899,7 @@ def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
             f"Tenant {slug!r} cannot be restored to server {server_name!r}: the backup is of "
             f"a {manifest.vendor} database, the server is {vendor}."
         )
-    if getattr(server, "needs_direct_route", False):
-        raise BackupError(
-            f"Tenant {slug!r}: server {server_name!r} is reached through a pooler in "
-            "transaction mode (TRANSACTION_POOLING); give the server entry DIRECT = "
-            "{'HOST': ..., 'PORT': ...}, the server's own address, for restores."
-        )
+    _refuse_pooled_route(server, slug, "restores")
     unknown = _unknown_migrations(manifest)
     if unknown:
         raise BackupError(

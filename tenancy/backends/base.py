@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from tenancy.conf import DATABASES_PLACEMENT, SCHEMAS_PLACEMENT
 from tenancy.exceptions import TenancyError
 
 
@@ -82,6 +83,17 @@ class DatabaseServer:
     def __init__(self, name: str, template: dict[str, Any]) -> None:
         self.name = name
         self.template = template
+
+    @property
+    def needs_direct_route(self) -> bool:
+        """Whether PostgreSQL's client programs would reach it through a pooler in
+        transaction mode (``tenancy.backends.postgresql``): never for other servers."""
+        return False
+
+    @property
+    def placement(self) -> str:
+        """Where the server keeps its tenants: ``"schemas"`` or ``"databases"``."""
+        return SCHEMAS_PLACEMENT if self.holds_schemas else DATABASES_PLACEMENT
 
     def database_exists(self, name: str) -> bool:
         raise NotImplementedError
