@@ -30,7 +30,7 @@ from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
 from tenancy.migration import migrate_tenant
 from tenancy.models import AbstractTenant, TenantStatus, get_tenant_model
-from tenancy.provisioning import _deprovision, locked_tenant, set_status
+from tenancy.provisioning import _deprovision, locked_tenant
 from tenancy.registry_cache import wait_for_other_processes
 
 logger = logging.getLogger("tenancy.retention")
@@ -82,8 +82,8 @@ def archive_tenant(tenant: AbstractTenant | str, days: int) -> AbstractTenant:
     with locked_tenant(tenant, "archived") as current:
         if current.status not in ARCHIVABLE_STATUSES:
             raise _not_archivable(current)
-        previous = current.status
-        detail = f"archived from {previous} on {format_when(now)}"
+        previous = (current.status, current.status_detail)
+        detail = f"archived from {current.status} on {format_when(now)}"
         type(current)._default_manager.filter(pk=current.pk).update(
             status=TenantStatus.ARCHIVED, status_detail=detail, retained_until=until
         )
@@ -245,21 +245,23 @@ def _keep_read_only(tenant: AbstractTenant) -> None:
     server.end_sessions(tenant.database_name)
 
 
-def _retain_as_backup(tenant: AbstractTenant, directory: Path, previous: str) -> None:
+def _retain_as_backup(tenant: AbstractTenant, directory: Path, previous: tuple[str, str]) -> None:
     """Keep the archived tenant's data as a backup in ``directory`` (its path recorded on
     the tenant), then drop its database. A backup that fails gives the tenant its status
-    back: nothing was archived."""
+    and detail back (``previous``): nothing was archived."""
     slug, server = tenant.slug, get_server(tenant.server)
     if not server.database_exists(tenant.database_name):
         return  # nothing to keep (a provisioning that failed before making it)
     try:
         report = backup_locked(tenant, directory)
     except BackupError as exc:
-        set_status(tenant, previous)
-        type(tenant)._default_manager.filter(pk=tenant.pk).update(retained_until=None)
-        tenant.retained_until = None
+        status, detail = previous
+        type(tenant)._default_manager.filter(pk=tenant.pk).update(
+            status=status, status_detail=detail, retained_until=None
+        )
+        tenant.status, tenant.status_detail, tenant.retained_until = status, detail, None
         raise RetentionError(
-            f"Tenant {slug!r} is not archived, it is {previous} as before: its backup into "
+            f"Tenant {slug!r} is not archived, it is {status} as before: its backup into "
             f"{directory} failed ({exc})."
         ) from exc
     type(tenant)._default_manager.filter(pk=tenant.pk).update(retained_backup=report.path)
