@@ -128,7 +128,7 @@ def _refuse_changing_existing(
     tenant: AbstractTenant, server: str | None, hostnames: list[str]
 ) -> None:
     """Running ``create_tenant`` again finishes a provisioning; it changes nothing else."""
-    _refuse_archived(tenant)
+    _refuse_in_other_hands(tenant)
     if server is not None and tenant.server != server:
         raise ProvisioningError(
             f"Tenant {tenant.slug!r} exists on server {tenant.server!r}, not {server!r}; "
@@ -147,7 +147,7 @@ def _refuse_changing_existing(
         )
 
 
-def _refuse_archived(tenant: AbstractTenant) -> None:
+def _refuse_in_other_hands(tenant: AbstractTenant) -> None:
     """An archived tenant keeps its slug, database and domains until it is purged; a
     tenant being restored or moved is another command's until it ends."""
     if tenant.status in (TenantStatus.RESTORING, TenantStatus.MOVING):
@@ -206,7 +206,7 @@ def adopt_database(
         slug=slug,
         defaults={"name": name or slug, "server": server, "database_name": database_name},
     )
-    _refuse_archived(tenant)
+    _refuse_in_other_hands(tenant)
     if (tenant.server, tenant.database_name) != (server, database_name):
         raise ProvisioningError(
             f"Tenant {slug!r} exists already, with database {tenant.database_name!r} on "
@@ -261,7 +261,7 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
 
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
-    _refuse_archived(tenant)
+    _refuse_in_other_hands(tenant)
     _refuse_unavailable_database(tenant)
     set_status(tenant, TenantStatus.PROVISIONING)
     try:
