@@ -50,6 +50,9 @@ RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transa
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
 
 # A database every new session of which starts read-only, and back.
+# How long sessions ended for a move may take to exit (a busy server is slow to).
+SESSIONS_END_TIMEOUT = 15.0
+
 _READ_ONLY = "ALTER DATABASE {} SET default_transaction_read_only = on"
 _WRITABLE = "ALTER DATABASE {} RESET default_transaction_read_only"
 
@@ -328,18 +331,17 @@ class PostgreSQLServer(DatabaseServer):
                 cursor.execute("SELECT clock_timestamp()")
                 (read_only_since,) = cursor.fetchone()
                 _end_sessions(cursor, database_name, keep=row[0])
-                # A session from before (another role's, which this user may not end)
-                # could still write.
-                cursor.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                    "AND pid <> %s AND backend_start < %s",
-                    [database_name, row[0], read_only_since],
-                )
-                if cursor.fetchone()[0]:
-                    raise TenancyError(
-                        f"sessions on database {database_name!r} could not be ended (another "
-                        "role's?); end them, or move as a user that may"
-                    )
+                # A session from before could still write: one that is slow to exit on a
+                # busy server is waited for; one that stays is another role's, which this
+                # user may not end.
+                deadline = time.monotonic() + SESSIONS_END_TIMEOUT
+                while _sessions_before(cursor, database_name, row[0], read_only_since):
+                    if time.monotonic() > deadline:
+                        raise TenancyError(
+                            f"sessions on database {database_name!r} could not be ended "
+                            "(another role's?); end them, or move as a user that may"
+                        )
+                    _end_sessions(cursor, database_name, timeout=0.1, keep=row[0])
             yield lambda: self.end_sessions(database_name, keep=row[0])
         finally:
             wrapper.close()
@@ -650,6 +652,16 @@ def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
     database["OPTIONS"] = {k: v for k, v in options.items() if k != "pool"}
     database = connections.configure_settings({DEFAULT_DB_ALIAS: {}, "x": database})["x"]
     return load_backend(database["ENGINE"]).DatabaseWrapper(database, alias)
+
+
+def _sessions_before(cursor: Any, database: str, keep: int, since: Any) -> int:
+    """Sessions on ``database`` (but ``keep``) that started before ``since``."""
+    cursor.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+        "AND pid <> %s AND backend_start < %s",
+        [database, keep, since],
+    )
+    return int(cursor.fetchone()[0])
 
 
 def _compose(cursor: Any, template: str, name: str) -> str:
