@@ -153,6 +153,14 @@ class Manifest:
             {name: int(value) for name, value in self.sequences.items()},
         )
 
+    @property
+    def home_schema(self) -> str | None:
+        """The schema the dump holds the tenant's tables in (``home_schema`` of the
+        server it was made on)."""
+        if self.vendor != "postgresql":
+            return None
+        return self.database_name if self.placement == SCHEMAS_PLACEMENT else "public"
+
 
 # What each value of a manifest is: a backup file is untrusted input.
 _FIELD_TYPES: dict[str, type] = {
@@ -307,18 +315,6 @@ def _refuse_pooled_route(server: DatabaseServer, slug: str, what: str) -> None:
             "transaction mode (TRANSACTION_POOLING), where pg_dump's and pg_restore's "
             "session settings would reach the tenants' connections. Give the server entry "
             f"DIRECT = {{'HOST': ..., 'PORT': ...}}, the server's own address, for {what}."
-        )
-
-
-def _refuse_renaming_a_schema(slug: str, name: str, manifest: Manifest) -> None:
-    """A schema tenant's dump creates its schema under the name it had: it is restored
-    under that name only (a deleted tenant brought back, an archived one reactivated)."""
-    if manifest.placement == SCHEMAS_PLACEMENT and name != manifest.database_name:
-        raise BackupError(
-            f"Tenant {slug!r} cannot be restored from {manifest.slug!r}'s backup: a schema "
-            f"tenant's backup is restored into its own schema {manifest.database_name!r} "
-            "only (--as and --replace are not supported for schema tenants yet); nothing "
-            "was changed."
         )
 
 
@@ -729,7 +725,6 @@ def _restore_new(
             server=server_name,
             status=TenantStatus.RESTORING,
         )
-        _refuse_renaming_a_schema(slug, tenancy_settings.database_name_for(slug), manifest)
         message = database_name_unavailable(tenant, new=True)
         if message is not None:
             raise BackupError(message)
@@ -802,7 +797,6 @@ def _restore_replacing(
         )
     server_name = server or tenant.server
     _refuse_target(slug, server_name, manifest)
-    _refuse_renaming_a_schema(slug, "", manifest)  # the live schema keeps its name
     name = _new_database_name(tenant, server_name)
     report = _report(slug, server_name, name, manifest)
     report.replaced = f"{tenant.database_name} on {tenant.server}"
@@ -855,9 +849,12 @@ def _restore_database(
     with the manifest, migrate it forward."""
     manifest = backup.manifest
     with timed_step(report.steps, "restored"):
-        server.restore_database(name, backup.dump())
+        server.restore_database(name, backup.dump(), schema=manifest.home_schema)
     with timed_step(report.steps, "verified"):
-        differences = manifest.fingerprint.differences(server.fingerprint(name, checksums=False))
+        restored = server.fingerprint(name, checksums=False)
+        differences = manifest.fingerprint.relative_to(manifest.home_schema).differences(
+            restored.relative_to(server.home_schema(name))
+        )
         if differences:
             raise BackupError(
                 f"Tenant {slug!r} was not restored: the restored database differs from the "
@@ -887,12 +884,6 @@ def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
             f"does not define it (defined: {', '.join(sorted(tenancy_settings.SERVERS))})."
         )
     server = get_server(server_name)
-    if server.placement != manifest.placement:
-        raise BackupError(
-            f"Tenant {slug!r} cannot be restored to server {server_name!r}: the backup is of "
-            f"a tenant kept as {manifest.placement[:-1]}, the server keeps its tenants as "
-            f"{server.placement}."
-        )
     vendor = server_vendor(tenancy_settings.server(server_name))
     if vendor != manifest.vendor:
         raise BackupError(

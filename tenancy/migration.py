@@ -56,7 +56,7 @@ LOCK_KEY = int.from_bytes(b"tenancy", "big")
 MigrationKey = tuple[str, str]
 
 
-def _lock_key(schema: str | None) -> int:
+def lock_key(schema: str | None) -> int:
     """The advisory lock key of a tenant: ``LOCK_KEY`` in a database of its own; in a
     shared database, one per schema, so that migrators of two schemas run at once."""
     if schema is None:
@@ -223,7 +223,7 @@ def migration_lock(connection: BaseDatabaseWrapper, *, wait: bool = True) -> Ite
     if connection.vendor == "postgresql":
         from tenancy.backends.postgresql import advisory_lock
 
-        key = _lock_key(schema_of(connection.settings_dict))
+        key = lock_key(schema_of(connection.settings_dict))
         with advisory_lock(connection.settings_dict, key, wait=wait) as acquired:
             yield acquired
         return

@@ -47,7 +47,7 @@ from tenancy.backends.sqlite import SQLiteServer
 from tenancy.conf import tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
-from tenancy.migration import LOCK_KEY, migrate_tenant
+from tenancy.migration import lock_key, migrate_tenant
 from tenancy.models import (
     AbstractTenant,
     MoveKind,
@@ -262,12 +262,7 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
             "Finish what it is in first (create_tenant or delete_tenant)."
         )
     source, target = get_server(tenant.server), get_server(server)
-    if source.holds_schemas or target.holds_schemas:
-        raise MoveError(
-            f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
-            "moving to or from a server whose tenants are schemas is not supported yet."
-        )
-    if type(source) is not type(target):
+    if isinstance(source, SQLiteServer) != isinstance(target, SQLiteServer):
         raise MoveError(
             f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
             "they are not the same kind of database server."
@@ -327,7 +322,7 @@ def _copy_and_switch(
         wait_for_other_processes()
         unregister(tenant)
     try:
-        with source.writes_stopped(name, LOCK_KEY) as end_source_sessions:
+        with source.writes_stopped(name, _lock_key(source, name)) as end_source_sessions:
             _refuse_pending_migrations(tenant)
             _set_step(move, MoveStep.COPYING)
             with timed_step(report.steps, "copied"):
@@ -340,11 +335,14 @@ def _copy_and_switch(
                     end_source_sessions()
                     target.end_sessions(name)
             with timed_step(report.steps, "verified"):
-                # Both servers read at once: each scans its own copy.
+                # Both servers read at once: each scans its own copy. A tenant moved
+                # between placements has its tables in another schema there.
                 with ThreadPoolExecutor(max_workers=1) as pool:
                     copied = pool.submit(target.fingerprint, name)
                     expected = source.fingerprint(name)
-                    differences = expected.differences(copied.result())
+                    differences = expected.relative_to(source.home_schema(name)).differences(
+                        copied.result().relative_to(target.home_schema(name))
+                    )
                 if differences:
                     raise MoveError(
                         f"the copy differs from the source: {'; '.join(differences[:3])}"
@@ -480,6 +478,7 @@ def drop_copy(tenant: AbstractTenant, move: TenantMove, *, undoing: bool = False
     name = move.target_name
     identity = target.database_identity(name)
     if identity is None:
+        target.drop_leftovers(name)
         return
     if identity == source.database_identity(move.database_name):
         raise MoveError(
@@ -526,11 +525,35 @@ def _copy(
         if progress is not None:
             progress("copied", total, total)
         return total
-    from tenancy.backends.postgresql import PostgreSQLServer
-
-    assert isinstance(source, PostgreSQLServer)
-    assert isinstance(target, PostgreSQLServer)
+    if source.holds_schemas or target.holds_schemas:
+        return _relocate(source, target, name, total, progress)
     return _dump_and_restore(source, target, name, total, progress)
+
+
+def _relocate(
+    source: DatabaseServer,
+    target: DatabaseServer,
+    name: str,
+    total: int,
+    progress: Progress | None,
+) -> int:
+    """A copy to or from a schema of a shared database: the source's dump, kept in a
+    temporary file, restored by the target into its own kind of home for the tenant (its
+    schema renamed on the way, ``restore_database``)."""
+    copied = 0
+    with tempfile.TemporaryFile() as dumped:
+
+        def keep(chunk: bytes) -> None:
+            nonlocal copied
+            dumped.write(chunk)
+            copied += len(chunk)
+            if progress is not None:
+                progress("copied", copied, total)
+
+        source.dump(name, keep)
+        dumped.seek(0)
+        target.restore_database(name, dumped, schema=source.home_schema(name))
+    return copied
 
 
 def _dump_and_restore(
@@ -593,6 +616,11 @@ def _current(slug: str) -> AbstractTenant:
     if found is None:
         raise MoveError(f"There is no tenant {slug[:80]!r}.")
     return found
+
+
+def _lock_key(server: DatabaseServer, name: str) -> int:
+    """The key of the migration lock of tenant database ``name`` on ``server``."""
+    return lock_key(name if server.holds_schemas else None)
 
 
 def _set_step(move: TenantMove, step: str) -> None:

@@ -32,6 +32,22 @@ class Fingerprint:
         }
         return cls(tables, {name: int(last) for name, last in value["sequences"].items()})
 
+    def relative_to(self, schema: str | None) -> Fingerprint:
+        """The same with ``schema.`` left out of its tables' and sequences' names: what two
+        homes of one tenant (schema ``public`` of a database of its own, its schema of a
+        shared database) are compared by. Unchanged for ``None``."""
+        if schema is None:
+            return self
+        prefix = f"{schema}."
+
+        def name(found: str) -> str:
+            return found.removeprefix(prefix)
+
+        return Fingerprint(
+            {name(table): value for table, value in self.tables.items()},
+            {name(sequence): value for sequence, value in self.sequences.items()},
+        )
+
     def differences(self, copy: Fingerprint) -> list[str]:
         """What ``copy`` lacks or has otherwise; empty when it holds every row."""
         problems = [
@@ -174,10 +190,21 @@ class DatabaseServer:
         in chunks while the tenant goes on serving; what it holds is read at that moment."""
         raise NotImplementedError
 
-    def restore_database(self, name: str, source: IO[bytes]) -> None:
-        """Make database ``name``, which must not exist, from a dump read from ``source``;
-        a failure leaves no database or an empty one, for the caller to drop."""
+    def home_schema(self, name: str) -> str | None:
+        """The schema that holds tenant database ``name``'s tables, which its fingerprint
+        and its dump name them by: ``None`` where there are no schemas (SQLite)."""
+        return None
+
+    def restore_database(self, name: str, source: IO[bytes], *, schema: str | None) -> None:
+        """Make database ``name``, which must not exist, from a dump read from ``source``
+        whose tables are in ``schema`` (the ``home_schema`` of the server it was dumped
+        from, which may keep its tenants otherwise than this one); a failure leaves no
+        database or an incomplete one, for the caller to drop (``drop_leftovers`` too)."""
         raise NotImplementedError
+
+    def drop_leftovers(self, name: str) -> None:
+        """Drop what an interrupted ``restore_database`` of ``name`` left beside it."""
+        return None
 
     def clone_database(self, template: str, name: str) -> bool:
         """Create ``name`` as a copy of ``template``; ``False`` when ``name`` exists already.

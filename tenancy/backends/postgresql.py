@@ -119,7 +119,9 @@ class PostgreSQLServer(DatabaseServer):
                 f"{problem}HOST and PORT, or none ({' '.join(str(exc).split())[:200]}); "
                 f"correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             ) from exc
-        if direct is None or tuple(direct) != self.database_identity(database_name):
+        if direct is None or tuple(direct) != PostgreSQLServer.database_identity(
+            self, database_name
+        ):
             raise TenancyError(
                 f"{problem}HOST and PORT; correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             )
@@ -292,6 +294,8 @@ class PostgreSQLServer(DatabaseServer):
             yield "service=tenancy", {**os.environ, "PGSERVICEFILE": str(service_file)}
 
     def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+        """The database's oid and its cluster's start (``_IDENTITY``); a schema server's
+        tells a schema (``_check_direct_route`` asks this of the shared database)."""
         with self._cursor() as cursor:
             cursor.execute(_IDENTITY, [database_name])
             row = cursor.fetchone()
@@ -439,14 +443,27 @@ class PostgreSQLServer(DatabaseServer):
             cursor.execute("COMMIT")
         return DumpContents(fingerprint, migrations, str(version))
 
-    def restore_database(self, database_name: str, source: IO[bytes]) -> None:
+    def home_schema(self, name: str) -> str | None:
+        return "public"
+
+    def restore_database(
+        self, database_name: str, source: IO[bytes], *, schema: str | None
+    ) -> None:
         """``pg_restore`` of a custom-format dump read from ``source`` into the new
         database ``database_name``, in one transaction, objects owned by this server's
         user (as provisioning makes them), grants not restored (the roles may not exist
-        here)."""
+        here). A dump of a schema tenant (``schema`` other than ``public``) has its schema
+        made the database's ``public``, where a tenant of its own database keeps its
+        tables."""
         if not self.create_database(database_name):
             raise DatabaseExists(f"database {database_name!r} exists on server {self.name!r}")
         self._restore_into(database_name, source)
+        if schema not in (None, "public"):
+            with self._cursor(database_name, direct=True) as cursor:
+                query = sql.SQL(
+                    "BEGIN; DROP SCHEMA public; ALTER SCHEMA {} RENAME TO public; COMMIT"
+                ).format(sql.Identifier(schema))
+                cursor.execute(query.as_string(cursor.connection))
 
     def _restore_into(self, database_name: str, source: IO[bytes]) -> None:
         """``pg_restore`` of the dump read from ``source`` into database ``database_name``."""

@@ -11,6 +11,9 @@ project's own tables.
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any
@@ -20,6 +23,7 @@ from psycopg import errors, sql
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseExists, DumpContents, Fingerprint
 from tenancy.backends.postgresql import (
+    _CLUSTER,
     _ROW_TEXT,
     PostgreSQLServer,
     _compose,
@@ -33,7 +37,7 @@ from tenancy.conf import (
     shared_database_name,
     tenancy_settings,
 )
-from tenancy.exceptions import ReservedDatabaseError
+from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.reserved import (
     check_drop,
     is_system_schema,
@@ -44,6 +48,9 @@ from tenancy.reserved import (
 from tenancy.validators import validate_database_name
 
 SHARED_ALIAS = "tenancy:shared"
+
+# Names of the scratch databases where a dump's schema is renamed on its way in.
+SCRATCH_PREFIX = "tenancy_relocating_"
 
 # Advisory lock key in the shared database, around work on its spares.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyS", "big") >> 1
@@ -163,19 +170,123 @@ class SchemaServer(PostgreSQLServer):
 
     # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
 
+    def home_schema(self, name: str) -> str | None:
+        return name
+
     def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
         """``pg_dump --schema`` of the tenant's schema in the shared database."""
         _validate_schema_name(database_name)
         return self._dump(self.database, sink, schema=database_name)
 
-    def restore_database(self, name: str, source: IO[bytes]) -> None:
-        """``pg_restore`` into the shared database of a dump of schema ``name``, which
-        the dump creates (in one transaction: a failure leaves no schema)."""
+    def restore_database(self, name: str, source: IO[bytes], *, schema: str | None) -> None:
+        """``pg_restore`` into the shared database of a dump whose tables are in
+        ``schema``, as schema ``name`` (in one transaction: a failure leaves no schema).
+        A dump of another schema, or of a database of its own (``public``), has its
+        schema renamed on the way, in a scratch database of this server's."""
         _validate_schema_name(name)
         if self.database_exists(name):
             raise DatabaseExists(f"schema {name!r} exists on server {self.name!r}")
         self.create_shared_database()
-        self._restore_into(self.database, source)
+        if schema == name:
+            self._restore_into(self.database, source)
+            return
+        plain, scratch = PostgreSQLServer(self.name, self.template), self._scratch_name(name)
+        self.drop_leftovers(name)
+        plain.create_database(scratch)
+        try:
+            plain._restore_into(scratch, source)
+            with plain._cursor(scratch, direct=True) as cursor:
+                _refuse_what_a_schema_cannot_hold(cursor, self.name, name, schema or "public")
+                query = sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                    sql.Identifier(schema or "public"), sql.Identifier(name)
+                )
+                cursor.execute(query.as_string(cursor.connection))
+            with tempfile.TemporaryFile() as renamed:
+
+                def keep(chunk: bytes) -> None:
+                    renamed.write(chunk)
+
+                plain._dump(scratch, keep, schema=name)
+                renamed.seek(0)
+                self._restore_into(self.database, renamed)
+        finally:
+            self.drop_leftovers(name)
+
+    def drop_leftovers(self, name: str) -> None:
+        """The scratch database of a restore of ``name`` that was interrupted."""
+        PostgreSQLServer(self.name, self.template).drop_database(self._scratch_name(name))
+
+    def _scratch_name(self, name: str) -> str:
+        """The database where a dump is restored to be renamed ``name``: one per shared
+        database and schema, so that a rerun finds (and drops) what a crash left."""
+        digest = hashlib.blake2b(f"{self.database}/{name}".encode(), digest_size=12)
+        return f"{SCRATCH_PREFIX}{digest.hexdigest()}"
+
+    # -- moving a tenant (tenancy.moving) ----------------------------------------------
+
+    # The shared database is every tenant's: a schema has no read-only mode of its own,
+    # and its sessions are not the tenant's alone. Writes of a process that still serves
+    # a tenant being moved are left to the verification to detect.
+    fences_writers = False
+
+    def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+        if not self.shared_database_exists():
+            return None
+        with self._shared_cursor() as cursor:
+            cursor.execute(
+                f"SELECT n.oid, d.oid, {_CLUSTER} FROM pg_namespace n, pg_database d "
+                "WHERE n.nspname = %s AND d.datname = current_database()",
+                [database_name],
+            )
+            row = cursor.fetchone()
+        return None if row is None else ("schema", *row)
+
+    def database_size(self, database_name: str) -> int:
+        """Bytes the schema's tables, indexes and TOAST take."""
+        with self._shared_cursor() as cursor:
+            cursor.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind IN ('r', 'm')",
+                [database_name],
+            )
+            return int(cursor.fetchone()[0])
+
+    @contextmanager
+    def writes_stopped(self, database_name: str, lock_key: int) -> Iterator[Callable[[], None]]:
+        """Hold the schema's migration lock ``lock_key`` in the shared database (a
+        migrator holding it is waited for); writes are not kept out (``fences_writers``)."""
+        _validate_schema_name(database_name)
+        with advisory_lock(self._settings_for(self.database), lock_key):
+            yield lambda: None
+
+    def end_sessions(self, database_name: str, keep: int | None = None) -> None:
+        return None  # the sessions of the shared database serve every tenant
+
+    def wait_for_queries(self, database_name: str, timeout: float) -> None:
+        """Wait, ``timeout`` seconds at most, until no other session holds a lock on one
+        of the schema's tables (a query or a transaction that read them)."""
+        deadline = time.monotonic() + timeout
+        with self._shared_cursor() as cursor:
+            while time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+                    "AND l.database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database()) AND l.pid <> pg_backend_pid()",
+                    [database_name],
+                )
+                if cursor.fetchone()[0] == 0:
+                    return
+                time.sleep(0.05)
+
+    def allow_writes(self, database_name: str) -> None:
+        return None  # never kept out (fences_writers)
+
+    def keep_read_only(self, database_name: str) -> None:
+        """Nothing: a schema kept after a move is no tenant's, which no process routes to
+        (the shared database, which other tenants write to, cannot be made read-only)."""
+        return None
 
     def fingerprint(self, database_name: str, *, checksums: bool = True) -> Fingerprint:
         _validate_schema_name(database_name)
@@ -216,6 +327,31 @@ class SchemaServer(PostgreSQLServer):
         self.create_shared_database()
         with advisory_lock(self._settings_for(self.database), TEMPLATE_LOCK_KEY):
             yield
+
+
+def _refuse_what_a_schema_cannot_hold(cursor: Any, server: str, name: str, schema: str) -> None:
+    """``TenancyError`` when the restored dump in the scratch database of ``cursor``,
+    whose tables are in ``schema``, holds what schema ``name`` of a shared database would
+    lose: other schemas, extensions (every schema of a database shares them), large
+    objects (a database's, not a schema's)."""
+    cursor.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname <> %s AND nspname <> 'public' "
+        "AND nspname <> 'information_schema' AND left(nspname, 3) <> 'pg_' ORDER BY 1",
+        [schema],
+    )
+    others = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
+    extensions = [row[0] for row in cursor.fetchall()]
+    cursor.execute("SELECT count(*) FROM pg_largeobject_metadata")
+    large_objects = cursor.fetchone()[0]
+    what = [f"schema(s) {', '.join(others)} besides {schema}"] if others else []
+    what += [f"the extension(s) {', '.join(extensions)}"] if extensions else []
+    what += [f"{large_objects} large object(s)"] if large_objects else []
+    if what:
+        raise TenancyError(
+            f"it holds {' and '.join(what)}, which schema {name!r} of server {server!r}'s "
+            "shared database cannot hold as its own; keep it on a server of databases"
+        )
 
 
 def _refuse_shared_objects(cursor: Any, server: str, name: str, oid: int) -> None:

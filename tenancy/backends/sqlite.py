@@ -178,7 +178,9 @@ class SQLiteServer(DatabaseServer):
                 copy.unlink()
         return DumpContents(fingerprint, migrations, str(version))
 
-    def restore_database(self, database_name: str, source: IO[bytes]) -> None:
+    def restore_database(
+        self, database_name: str, source: IO[bytes], *, schema: str | None = None
+    ) -> None:
         """The file read from ``source`` into a private file, checked to be a sound SQLite
         database, then linked into place (never over an existing one)."""
         target = self.path(database_name)
