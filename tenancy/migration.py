@@ -14,6 +14,7 @@ context.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import threading
@@ -268,9 +269,12 @@ def migrate_tenant(
     check_only: bool = False,
     wait_for_lock: bool = True,
     state: MigrationState | None = None,
+    lock_timeout: float | None = None,
 ) -> MigrationResult:
     """Bring ``tenant``'s database to the current schema; never raises for the tenant's
     own errors (they are in the result). ``check_only`` reports pending migrations only.
+    ``lock_timeout`` (seconds, PostgreSQL): a migration that waits longer for a lock on a
+    table fails, and nothing of the tenant's run is applied.
     """
     started = time.monotonic()
     state = state or migration_state()
@@ -302,7 +306,7 @@ def migrate_tenant(
                     applied = applied_migrations(connection)
                     pending = state.pending(applied, skipped)
                     if pending:
-                        _run_migrate(tenant, connection, state, applied, is_template)
+                        _run_migrate(tenant, connection, state, applied, is_template, lock_timeout)
                         still_pending = state.pending(applied_migrations(connection), skipped)
                         result.applied = len(pending) - len(still_pending)
                         if still_pending:
@@ -316,6 +320,12 @@ def migrate_tenant(
     except Exception as exc:
         result.status = FAILED
         result.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if lock_timeout is not None and _waited_for_a_lock(exc):
+            result.error = (
+                f"a migration waited more than {lock_timeout:g}s for a lock on a busy table "
+                "(--lock-timeout) and was rolled back with the tenant's whole run; run "
+                "migrate_tenants again when the tenant is quieter"
+            )
     finally:
         if connection is not None:
             # One connection per tenant at a time: close it before the next tenant.
@@ -330,6 +340,7 @@ def _run_migrate(
     state: MigrationState,
     applied: set[MigrationKey],
     is_template: bool = False,
+    lock_timeout: float | None = None,
 ) -> None:
     """What Django's `migrate` command does for one database, with the loaded graph, the
     plan and the pre-migration project state shared between databases (computing the
@@ -347,7 +358,7 @@ def _run_migrate(
             raise CommandError(f"Conflicting migrations; run makemigrations --merge: {conflicts}")
         connection.prepare_database()
         plan.loader.check_consistent_history(connection)
-        with _all_or_nothing(connection, plan):
+        with _all_or_nothing(connection, plan), _lock_timeout(connection, lock_timeout):
             quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
             emit_pre_migrate_signal(0, False, connection.alias, **quiet)
             executor = _SharedPlanExecutor(connection, plan.loader)
@@ -386,6 +397,38 @@ def _all_or_nothing(connection: BaseDatabaseWrapper, plan: _Plan) -> Iterator[No
     finally:
         if checks_disabled:
             connection.enable_constraint_checking()
+
+
+@contextmanager
+def _lock_timeout(connection: BaseDatabaseWrapper, seconds: float | None) -> Iterator[None]:
+    """PostgreSQL's ``lock_timeout`` for the block: for its transaction (``SET LOCAL``,
+    which a pooler cannot hand on) in one, else for the session, reset afterwards."""
+    if seconds is None or connection.vendor != "postgresql":
+        yield
+        return
+    milliseconds = max(1, round(seconds * 1000))
+    local = connection.in_atomic_block
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET {'LOCAL ' if local else ''}lock_timeout = {milliseconds:d}")
+    try:
+        yield
+    finally:
+        # Behind a pooler in transaction mode a session setting would outlive the session.
+        if not local and connection.connection is not None:
+            with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+
+
+def _waited_for_a_lock(exc: BaseException) -> bool:
+    """Whether PostgreSQL ended a statement at ``lock_timeout`` (SQLSTATE 55P03)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # a chain of causes, never a cycle
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) == "55P03":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _SharedPlanExecutor(MigrationExecutor):

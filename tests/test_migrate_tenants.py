@@ -1,11 +1,8 @@
 """migrate_tenants and migrate_tenant: order, cost, failures, locks, reports."""
 
-import dataclasses
 import json
 import os
-import signal
 import threading
-import time
 from contextlib import ExitStack, contextmanager
 
 import pytest
@@ -18,12 +15,11 @@ from django.test.utils import CaptureQueriesContext
 
 from tenancy import tenant_context
 from tenancy.connections import alias_for, registered_aliases
-from tenancy.management.commands.migrate_tenants import _run_in_parallel
 from tenancy.migration import (
     LOCKED,
     MIGRATED,
+    PENDING,
     UP_TO_DATE,
-    MigrationResult,
     migrate_tenant,
     migration_lock,
     reset_state,
@@ -197,7 +193,46 @@ def test_fail_fast_stops_at_the_first_failure(fleet, migrations):
     migrations("tests.migrations_failing")
     lines, error = run("--fail-fast")
     assert len(tenant_lines(lines)) == 1
-    assert error is not None
+    assert "2 tenant(s) were not started (--max-failures)" in str(error)
+    lines, error = run("--max-failures", "2")
+    assert len(tenant_lines(lines)) == 3  # one failure only: every tenant was tried
+    assert "not started" not in str(error)
+
+
+def test_a_failing_canary_stops_the_run_before_the_other_tenants(fleet, migrations):
+    migrations("tests.migrations_failing")  # fails for beta-two, the first in slug order
+    lines, error = run("--canary", "1")
+    assert [line.split()[1] for line in tenant_lines(lines)] == ["beta-two"]
+    assert "The canary failed: 2 other tenant(s) were not started" in str(error)
+    lines, error = run("--list", "--json")
+    pending = {r["slug"]: r["status"] for r in map(json.loads, tenant_lines_json(lines))}
+    assert pending == {"beta-two": PENDING, "gamma": PENDING, "omega": PENDING}
+
+    # A canary that passes: the named tenants first, then the others.
+    lines, error = run("--canary", "omega,gamma")
+    assert [line.split()[1] for line in tenant_lines(lines)] == ["gamma", "omega", "beta-two"]
+    assert "1 tenant(s) failed: beta-two" in str(error)
+    assert "not started" not in str(error)
+    lines, error = run("--canary", "nobody")
+    assert "--canary names 'nobody', which is not among" in str(error)
+    assert tenant_lines(lines) == []
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="lock_timeout is PostgreSQL's")
+def test_lock_timeout_fails_a_migration_blocked_by_a_busy_table(fleet, migrations):
+    from tenancy.backends import get_server
+
+    gamma = fleet[1]
+    migrations("tests.migrations_v2")  # adds an index on the notes' text
+    with get_server("one")._cursor(gamma.database_name) as busy:
+        busy.execute("BEGIN; INSERT INTO tenantapp_note (text) VALUES ('in flight')")
+        lines, error = run("--tenant", "gamma", "--lock-timeout", "0.3")
+        busy.execute("ROLLBACK")
+    assert "waited more than 0.3s for a lock on a busy table (--lock-timeout)" in lines[-2]
+    assert "1 tenant(s) failed: gamma" in str(error)
+    lines, error = run("--tenant", "gamma", "--lock-timeout", "5")
+    assert error is None, "\n".join(lines)
+    assert tenant_lines(lines)[0].split()[2:4] == ["1", "applied"]
 
 
 def test_unreachable_server_fails_its_tenants_only(fleet, migrations, settings):
@@ -365,30 +400,6 @@ def test_a_plan_with_a_non_atomic_migration_runs_outside_a_transaction(fleet, mi
     migrations("tests.migrations_nonatomic")
     result = migrate_tenant(fleet[0])
     assert (result.status, result.applied, result.error) == (MIGRATED, 1, "")
-
-
-@dataclasses.dataclass
-class FakeTenant:
-    slug: str
-    server: str = "one"
-
-
-def die_for_a(tenant):
-    if tenant.slug == "a" and str(os.getpid()) != os.environ["TENANCY_TEST_PROCESS"]:
-        os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.3)  # b is still in work when a's worker dies
-    return MigrationResult(tenant.slug, MIGRATED, applied=1)
-
-
-def test_after_a_worker_died_the_other_tenants_go_on_in_a_new_pool(monkeypatch):
-    monkeypatch.setenv("TENANCY_TEST_PROCESS", str(os.getpid()))
-    tenants = [FakeTenant(slug) for slug in "abcde"]
-    results = {r.slug: r for r in _run_in_parallel(tenants, die_for_a, 2, 2, fail_fast=False)}
-    assert sorted(results) == list("abcde")
-    assert results["a"].failed
-    assert results["b"].failed  # in work in the same pool
-    assert "worker process died" in results["b"].error
-    assert [results[slug].status for slug in "cde"] == [MIGRATED] * 3
 
 
 def test_list_reports_tenants_whose_database_cannot_be_read(fleet, settings):

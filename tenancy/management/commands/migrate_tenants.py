@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import multiprocessing
-import os
 import sys
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    Executor,
-    Future,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.management import call_command
@@ -28,7 +14,7 @@ from django.core.management.commands.migrate import Command as DjangoMigrateComm
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from tenancy.connections import forget_inherited_connections, unregister
+from tenancy.fanout import TenantResult, for_each_tenant
 from tenancy.migration import (
     FAILED,
     LOCKED,
@@ -82,7 +68,29 @@ class Command(BaseCommand):
             help="At most N tenants of one server at once (default: --jobs).",
         )
         parser.add_argument(
-            "--fail-fast", action="store_true", help="Stop at the first failing tenant."
+            "--fail-fast",
+            action="store_true",
+            help="Start no tenant more after the first failure (--max-failures 1).",
+        )
+        parser.add_argument(
+            "--max-failures",
+            type=int,
+            metavar="N",
+            help="Start no tenant more after N failures (those in work finish).",
+        )
+        parser.add_argument(
+            "--canary",
+            metavar="N|SLUG,...",
+            help="Migrate these tenants first (the first N selected, or the slugs given) and "
+            "stop there if any of them fails.",
+        )
+        parser.add_argument(
+            "--lock-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="PostgreSQL: a tenant's migration that waits longer than this for a lock "
+            "on a busy table fails (nothing of it applied) instead of blocking the "
+            "tenant's traffic; run migrate_tenants again later.",
         )
         parser.add_argument(
             "--skip-locked",
@@ -112,51 +120,93 @@ class Command(BaseCommand):
         per_server = options["jobs_per_server"] or jobs
         if jobs < 1 or per_server < 1:
             raise CommandError("--jobs and --jobs-per-server must be at least 1.")
+        max_failures = 1 if options["fail_fast"] else options["max_failures"]
+        if max_failures is not None and max_failures < 1:
+            raise CommandError("--max-failures must be at least 1.")
+        lock_timeout = options["lock_timeout"]
+        if lock_timeout is not None and lock_timeout <= 0:
+            raise CommandError("--lock-timeout must be a number of seconds above 0.")
         self.options = options
         self.read_only = options["check"] or options["plan"] or options["list"]
+        if self.read_only and options["canary"]:
+            raise CommandError("--canary migrates; it does not go with --check, --plan or --list.")
         state = MigrationState()
         started = time.monotonic()
+        self.progress = _Progress(self)
 
         default = self.migrate_default(state)
         tenants = self.selected_tenants()
+        cohorts = self.cohorts(tenants, options["canary"])
         total = tenants.count()
         counts = {MIGRATED: 0, UP_TO_DATE: 0, PENDING: 0, LOCKED: 0, FAILED: 0}
         failed: list[str] = []
-        width = len(str(total))
+        self.progress.start(total)
 
         def work(tenant: AbstractTenant) -> MigrationResult:
-            try:
-                return migrate_tenant(
-                    tenant,
-                    check_only=self.read_only,
-                    wait_for_lock=not options["skip_locked"],
-                    state=state,
-                )
-            finally:
-                # Keep nothing per tenant: the process's aliases stay few however many
-                # tenants there are.
-                unregister(tenant)
+            return migrate_tenant(
+                tenant,
+                check_only=self.read_only,
+                wait_for_lock=not options["skip_locked"],
+                state=state,
+                lock_timeout=lock_timeout,
+            )
 
-        results = _run_in_parallel(
-            tenants.iterator(chunk_size=500), work, jobs, per_server, options["fail_fast"]
-        )
-        for done, result in enumerate(results, start=1):
-            counts[result.status] += 1
-            if result.failed:
-                failed.append(result.slug)
-            self.report(result, f"[{done:>{width}}/{total}]", state)
+        canary_failed = False
+        for number, cohort in enumerate(cohorts):
+            if canary_failed or (max_failures is not None and len(failed) >= max_failures):
+                break
+            fan_out = for_each_tenant(
+                work, cohort, jobs=jobs, per_server=per_server, processes=True
+            )
+            for outcome in fan_out:
+                result = _migration_result(outcome)
+                counts[result.status] += 1
+                if result.failed:
+                    failed.append(result.slug)
+                    if max_failures is not None and len(failed) >= max_failures:
+                        fan_out.stop()
+                self.report(result, state)
+            canary_failed = number == 0 and len(cohorts) > 1 and bool(failed)
 
+        self.progress.end()
         if not options["json"]:
             self.summarise(counts, failed, total, time.monotonic() - started)
         unapplied = counts[PENDING] + (1 if default.status == PENDING else 0)
         if failed:
             shown = ", ".join(failed[:20]) + (" ..." if len(failed) > 20 else "")
+            not_started = total - sum(counts.values())
+            stopped = ""
+            if canary_failed:
+                stopped = f" The canary failed: {not_started} other tenant(s) were not started."
+            elif not_started:
+                stopped = f" {not_started} tenant(s) were not started (--max-failures)."
             raise CommandError(
-                f"{len(failed)} tenant(s) failed: {shown}. Fix the cause and run migrate_tenants "
-                "again: tenants already up to date are skipped in one query each."
+                f"{len(failed)} tenant(s) failed: {shown}.{stopped} Fix the cause and run "
+                "migrate_tenants again: tenants already up to date are skipped in one query each."
             )
         if options["check"] and unapplied:
             sys.exit(1)
+
+    def cohorts(self, tenants: Any, canary: str | None) -> list[Iterable[AbstractTenant]]:
+        """The tenants in the order they are migrated: the canary first, then the rest."""
+        everyone = tenants.iterator(chunk_size=500)
+        if not canary:
+            return [everyone]
+        if canary.isdigit():
+            if int(canary) < 1:
+                raise CommandError("--canary takes a number of tenants (1 or more) or slugs.")
+            first = list(tenants[: int(canary)])
+        else:
+            slugs = sorted({slug.strip() for slug in canary.split(",") if slug.strip()})
+            first = list(tenants.filter(slug__in=slugs))
+            missing = sorted(set(slugs) - {tenant.slug for tenant in first})
+            if missing:
+                raise CommandError(
+                    f"--canary names {', '.join(map(repr, missing[:5]))}, which is not among "
+                    "the tenants this run migrates."
+                )
+        rest = tenants.exclude(pk__in=[tenant.pk for tenant in first])
+        return [first, rest.iterator(chunk_size=500)]
 
     def migrate_default(self, state: MigrationState) -> MigrationResult:
         connection = connections[DEFAULT_DB_ALIAS]
@@ -192,7 +242,7 @@ class Command(BaseCommand):
         result.pending = [f"{app}.{name}" for app, name in pending]
         result.seconds = round(time.monotonic() - started, 3)
         if self.read_only or self.options["json"]:
-            self.report(result, "[main]", state)
+            self.report(result, state, position="[main]")
         return result
 
     def main_database_applied(self, connection: BaseDatabaseWrapper) -> set[tuple[str, str]]:
@@ -265,7 +315,13 @@ class Command(BaseCommand):
             self.stdout.write(self.style.MIGRATE_HEADING("Tenant databases:"))
         return tenants
 
-    def report(self, result: MigrationResult, position: str, state: MigrationState) -> None:
+    def report(
+        self, result: MigrationResult, state: MigrationState, position: str | None = None
+    ) -> None:
+        if position is None:  # a tenant's
+            position = self.progress.advance(result)
+            if not self.options["json"] and not self.progress.shows(result):
+                return
         if self.options["json"]:
             self.stdout.write(json.dumps(result.as_dict()))
             return
@@ -282,6 +338,7 @@ class Command(BaseCommand):
             text = self.style.WARNING("skipped: another migrator holds its lock")
         else:
             text = self.style.ERROR(f"FAILED: {result.error}")
+        self.progress.clear()
         self.stdout.write(f"{position} {result.slug}  {text}  {result.seconds:.2f}s")
         if self.options["plan"]:
             for name in result.pending:
@@ -315,112 +372,61 @@ def _database_description(connection: BaseDatabaseWrapper) -> str:
     return f"{str(settings['NAME'])!r} on server {host}:{port}"
 
 
-def _run_in_parallel(
-    tenants: Iterable[AbstractTenant],
-    work: Callable[[AbstractTenant], MigrationResult],
-    jobs: int,
-    per_server: int,
-    fail_fast: bool,
-) -> Iterator[MigrationResult]:
-    """Results in completion order. Tenants are read lazily and at most 2 x jobs wait in
-    a backlog, so memory stays flat however many tenants there are.
+def _migration_result(outcome: TenantResult[MigrationResult]) -> MigrationResult:
+    """A tenant's result (``migrate_tenant`` reports its own failures; the fan-out those
+    of a worker that died)."""
+    if outcome.value is not None:
+        return outcome.value
+    return MigrationResult(outcome.slug, FAILED, error=outcome.error)
 
-    With more than one job, each job is a process forked from this one (the loaded
-    migration graph and settings come along; most of migrating is Python, which threads
-    would run one at a time) on Linux, or a thread elsewhere.
-    """
-    if jobs == 1:
-        for tenant in tenants:
-            result = work(tenant)
-            yield result
-            if fail_fast and result.failed:
-                return
-        return
 
-    def in_thread(tenant: AbstractTenant) -> MigrationResult:
-        try:
-            return work(tenant)
-        finally:
-            connections.close_all()
+class _Progress:
+    """On a terminal at verbosity 1: one live line (done/total, failures, an estimate of
+    the time left) and a line per tenant that did not end up to date or migrated; with
+    -v 2, or not on a terminal, a line per tenant."""
 
-    def make_pool() -> tuple[Executor, Callable[[AbstractTenant], MigrationResult]]:
-        # Linux only: macOS lists fork too, but system libraries there may crash in a
-        # forked child (the reason Python defaults to spawn on macOS).
-        if sys.platform.startswith("linux"):
-            global _worker_work
-            _worker_work = work  # inherited by the forked workers
-            pool = ProcessPoolExecutor(
-                jobs,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=_start_worker,
-                initargs=(os.getpid(),),
+    def __init__(self, command: Command) -> None:
+        self.command = command
+        self.total = self.width = self.done = self.failures = 0
+        self.started = time.monotonic()
+        options = command.options
+        self.live = (
+            not options["json"]
+            and options["verbosity"] == 1
+            and command.stdout.isatty()
+            and not (options["plan"] or options["list"])
+        )
+        self.shown = False
+
+    def start(self, total: int) -> None:
+        self.total, self.width = total, len(str(total))
+        self.started = time.monotonic()
+
+    def advance(self, result: MigrationResult) -> str:
+        self.done += 1
+        self.failures += result.failed
+        if self.live:
+            elapsed = time.monotonic() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            self.command.stdout.write(
+                f"\r[{self.done:>{self.width}}/{self.total}] {self.failures} failed, "
+                f"about {left:.0f}s left ",
+                ending="",
             )
-            return pool, _work_in_worker
-        return ThreadPoolExecutor(jobs, thread_name_prefix="migrate_tenants"), in_thread
+            self.command.stdout.flush()
+            self.shown = True
+        return f"[{self.done:>{self.width}}/{self.total}]"
 
-    backlog: deque[AbstractTenant] = deque()
-    source = iter(tenants)
-    running: dict[Future[MigrationResult], AbstractTenant] = {}
-    busy: Counter[str] = Counter()  # tenants in work per server
-    stop = broken = False
-    pool, task = make_pool()
-    try:
-        while True:
-            for tenant in itertools.islice(source, 2 * jobs - len(backlog)):
-                backlog.append(tenant)
-            if broken and not running:
-                pool.shutdown()
-                pool, task = make_pool()  # for the tenants still to come
-                broken = False
-            for tenant in list(backlog):
-                if stop or broken or len(running) >= jobs:
-                    break
-                if busy[tenant.server] < per_server:
-                    backlog.remove(tenant)
-                    busy[tenant.server] += 1
-                    running[pool.submit(task, tenant)] = tenant
-            if not running:
-                return
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                tenant = running.pop(future)
-                busy[tenant.server] -= 1
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    broken = True
-                    result = MigrationResult(
-                        tenant.slug,
-                        FAILED,
-                        error="A worker process died while migrating this tenant or another "
-                        "one (killed, out of memory?); run migrate_tenants again.",
-                    )
-                stop = stop or (fail_fast and result.failed)
-                yield result
-    finally:
-        pool.shutdown(cancel_futures=True)
+    def shows(self, result: MigrationResult) -> bool:
+        """Whether the tenant gets a line of its own."""
+        return not self.live or result.status not in (MIGRATED, UP_TO_DATE)
 
+    def clear(self) -> None:
+        if self.shown:
+            self.command.stdout.write("\r\033[K", ending="")
+            self.shown = False
 
-# The per-tenant work of the running command, for its workers (set before they start).
-_worker_work: Callable[[AbstractTenant], MigrationResult] | None = None
-
-
-def _start_worker(parent: int) -> None:
-    """In a worker process, just forked: connections of its own, and an end with the
-    parent (a killed command must not leave workers behind)."""
-    forget_inherited_connections()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)  # the database rolls back what this worker had in progress
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _work_in_worker(tenant: AbstractTenant) -> MigrationResult:
-    assert _worker_work is not None
-    try:
-        return _worker_work(tenant)
-    finally:
-        connections.close_all()  # `work` unregistered the tenant, closing its connection
+    def end(self) -> None:
+        if self.shown:
+            self.command.stdout.write("")
+            self.shown = False
