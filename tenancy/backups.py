@@ -849,7 +849,9 @@ def _restore_database(
     with the manifest, migrate it forward."""
     manifest = backup.manifest
     with timed_step(report.steps, "restored"):
-        server.restore_database(name, backup.dump(), schema=manifest.home_schema)
+        server.restore_database(
+            name, backup.dump(), schema=manifest.home_schema, isolated=not backup.signed
+        )
     with timed_step(report.steps, "verified"):
         restored = server.fingerprint(name, checksums=False)
         differences = manifest.fingerprint.relative_to(manifest.home_schema).differences(

@@ -262,6 +262,17 @@ def _refuse_move(tenant: AbstractTenant, server: str) -> None:
             "Finish what it is in first (create_tenant or delete_tenant)."
         )
     source, target = get_server(tenant.server), get_server(server)
+    if (source.holds_schemas or target.holds_schemas) and (
+        source.needs_direct_route or target.needs_direct_route
+    ):
+        pooled = source.name if source.needs_direct_route else target.name
+        raise MoveError(
+            f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
+            f"server {pooled!r} is reached through a pooler in transaction mode "
+            "(TRANSACTION_POOLING), where pg_dump's and pg_restore's session settings would "
+            "reach every tenant's connections. Give the server entry DIRECT = {'HOST': ..., "
+            "'PORT': ...}, the server's own address, for moves."
+        )
     if isinstance(source, SQLiteServer) != isinstance(target, SQLiteServer):
         raise MoveError(
             f"Tenant {slug!r} cannot be moved from server {tenant.server!r} to {server!r}: "
@@ -426,36 +437,28 @@ def finish_switched(tenant: AbstractTenant, move: TenantMove, steps: dict[str, f
             # Processes that have not seen the switch yet may still read the source.
             wait_for_other_processes()
             source.wait_for_queries(name, timeout=SOURCE_QUERIES_TIMEOUT)
-            if (
-                move.kind == MoveKind.MOVE
-                and not source.fences_writers
-                and _changed_since_the_copy(source, move)
-            ):
-                logger.warning(
-                    "Tenant %s: its source database %s on server %s changed after the copy "
-                    "was verified (a process that had it open wrote to it); it is kept, "
-                    "read-only",
-                    tenant.slug,
-                    name,
-                    move.source_server,
+            if move.kind == MoveKind.MOVE and not source.fences_writers:
+                # Rows may reach it still: compared and dropped as one step.
+                verified = (
+                    Fingerprint.from_json(json.loads(move.verified)) if move.verified else None
                 )
-                move.keep_source = True
+                if verified is None or not source.drop_database_if_unchanged(name, verified):
+                    logger.warning(
+                        "Tenant %s: its source database %s on server %s changed after the "
+                        "copy was verified (a process that had it open wrote to it); it is "
+                        "kept",
+                        tenant.slug,
+                        name,
+                        move.source_server,
+                    )
+                    move.keep_source = True
+                exists = move.keep_source
         if move.keep_source and exists:
             source.keep_read_only(name)
         elif exists:
             source.drop_database(name)
         move.delete()
     return move.keep_source
-
-
-def _changed_since_the_copy(source: DatabaseServer, move: TenantMove) -> bool:
-    """Whether rows reached the source (a server that keeps no writer out) after it was
-    verified against the copy (the copy itself takes writes once switched to)."""
-    if not move.verified:
-        return True  # nothing to compare with: keep it
-    verified = Fingerprint.from_json(json.loads(move.verified))
-    now = source.fingerprint(move.database_name)
-    return bool(verified.differences(now) or now.differences(verified))
 
 
 def _undo(tenant: AbstractTenant, move: TenantMove) -> None:

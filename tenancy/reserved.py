@@ -56,9 +56,16 @@ def is_system_schema(name: str) -> bool:
     return name in SYSTEM_SCHEMAS or name.startswith("pg_")
 
 
+# Names of the scratch databases where a dump's schema is renamed on its way into a
+# schema server (``tenancy.backends.schemas``): never a tenant's.
+SCRATCH_PREFIX = "tenancy_relocating_"
+
+
 def reserved_reason(server: str | DatabaseServer, database_name: str) -> str | None:
     """Why ``database_name`` on ``server`` (a key of TENANCY['SERVERS']) can never be a
     tenant's database, as a phrase ("the template database ..."), or ``None``."""
+    if database_name.startswith(SCRATCH_PREFIX):
+        return "named as tenancy's scratch databases are (where a schema is renamed)"
     return protected_reason(server, database_name) or template_reason(database_name)
 
 

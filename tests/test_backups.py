@@ -294,7 +294,7 @@ def test_commands_back_up_every_tenant_and_restore_one(gamma, tmp_path, capsys):
     delta = create_tenant("delta")
     with tenant_context(delta):
         Note.objects.create(text="delta's own")
-    call_command("backup_tenant", "--all-tenants", "-o", str(tmp_path))
+    call_command("backup_tenant", "--all-tenants", "--jobs", "2", "-o", str(tmp_path))
     out = capsys.readouterr().out
     assert "Tenant delta:" in out
     assert "Tenant gamma:" in out

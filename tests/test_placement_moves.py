@@ -8,16 +8,19 @@ that the registry does not know, if it failed.
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from django.core.exceptions import ValidationError
 from psycopg import sql
 
-from tenancy import tenant_context
+from tenancy import moving, tenant_context
 from tenancy.backends import get_server
-from tenancy.backends.schemas import SCRATCH_PREFIX
-from tenancy.backups import BackupError, backup_tenant, restore_tenant
+from tenancy.backups import BackupError, abort_restore, backup_tenant, restore_tenant
 from tenancy.models import MoveStep, Tenant, TenantStatus
 from tenancy.moving import MoveError, abort_move, move_tenant
 from tenancy.provisioning import create_tenant
+from tenancy.reserved import SCRATCH_PREFIX
 from tests.helpers import recorded_move
 from tests.tenantapp.models import Note
 from tests.test_schema_placement import (  # noqa: F401 (schemas: a fixture)
@@ -194,7 +197,95 @@ def test_what_an_interrupted_rename_left_is_dropped(settings, tmp_path):
     assert scratch_databases() == [scratch]
     abort_move("acme")
     assert scratch_databases() == []
+
+    # A restore of a new tenant killed while renaming: the abort drops it all.
+    Tenant.objects.create(slug="half", name="Half", server="shared", status="restoring")
+    half = current("half")
+    with get_server("one")._cursor() as cursor:
+        name = sql.Identifier(shared._scratch_name(half.database_name))
+        cursor.execute(sql.SQL("CREATE DATABASE {}").format(name).as_string(cursor.connection))
+    abort_restore("half")
+    assert not Tenant.objects.filter(slug="half").exists()
+    assert scratch_databases() == []
     acme = current("acme")
     assert (acme.server, acme.status) == ("shared2", TenantStatus.ACTIVE)
     with tenant_context(acme):
         assert texts() == ["acme note"]
+
+
+def test_a_write_to_a_schema_source_after_the_copy_keeps_the_source(settings, monkeypatch):
+    """A schema source cannot be made read-only: a process that still had the tenant
+    open writes to it after the copy was verified. Its rows are compared and the schema
+    dropped in one transaction, under a lock that keeps writers out: the write is never
+    dropped with it."""
+    from tenancy.backends import schemas as schema_backend
+
+    direct_route(settings)
+    monkeypatch.setattr(schema_backend, "DROP_LOCK_TIMEOUT_MS", 300)
+    monkeypatch.setattr(moving, "SOURCE_QUERIES_TIMEOUT", 0.3)
+    acme = with_note("acme")
+    move_tenant(acme, "two", keep_source=True)
+    verified = get_server("shared").fingerprint(acme.database_name)
+    recorded_move(
+        acme,
+        MoveStep.SWITCHED,
+        source_server="shared",
+        target_server="two",
+        verified=json.dumps(verified.as_json()),
+    )
+    shared = get_server("shared")
+    table = sql.Identifier(acme.database_name, "tenantapp_note")
+    with shared._cursor(shared.database) as writer:
+        # A writer's transaction still open: the drop waits for it, then gives up.
+        writer.execute(
+            sql.SQL("BEGIN; INSERT INTO {} (text) VALUES ('late write')")
+            .format(table)
+            .as_string(writer.connection)
+        )
+        with pytest.raises(MoveError, match=r"serves from server 'two' already.*again"):
+            move_tenant("acme", "two")
+        writer.execute("COMMIT")
+    # Committed now: the source differs from what was verified, so it is kept.
+    report = move_tenant("acme", "two")
+    assert report.source_kept
+    with shared._cursor(shared.database) as cursor:
+        cursor.execute(
+            sql.SQL("SELECT text FROM {} ORDER BY 1").format(table).as_string(cursor.connection)
+        )
+        assert [row[0] for row in cursor.fetchall()] == ["acme note", "late write"]
+
+
+def test_a_scratch_database_name_is_never_a_tenants_nor_dropped_as_one(settings):
+    from tenancy.exceptions import ReservedDatabaseError
+    from tenancy.reserved import unavailable_reason
+
+    shared = get_server("shared")
+    scratch = shared._scratch_name("tenant_acme")
+    assert "scratch databases" in unavailable_reason("one", scratch, slug="victim")
+    with pytest.raises(ValidationError, match="named as tenancy's scratch databases are"):
+        Tenant.objects.create(slug="victim", name="V", server="one", database_name=scratch)
+    # One registered past the model (an UPDATE by hand) is not dropped as a leftover.
+    Tenant.objects.create(slug="victim", name="Victim", server="one", status="active")
+    Tenant.objects.filter(slug="victim").update(database_name=scratch)
+    get_server("one").create_database(scratch)
+    with pytest.raises(ReservedDatabaseError, match="tenant 'victim'"):
+        shared.drop_leftovers("tenant_acme")
+    assert get_server("one").database_exists(scratch)
+    Tenant.objects.filter(slug="victim").delete()
+    shared.drop_leftovers("tenant_acme")
+    assert scratch_databases() == []
+
+
+def test_a_move_through_a_pooler_to_or_from_a_schema_server_is_refused(settings):
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {
+            **settings.TENANCY["SERVERS"],
+            "shared": {**settings.TENANCY["SERVERS"]["shared"], "TRANSACTION_POOLING": True},
+        },
+    }
+    settings.TENANCY["SERVERS"]["shared"].pop("DIRECT", None)
+    acme = with_note("acme")
+    with pytest.raises(MoveError, match=r"reached through a pooler.*DIRECT"):
+        move_tenant(acme, "one")
+    assert current("acme").server == "shared"

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import pytest
 from django.core.management import call_command
@@ -58,3 +59,38 @@ def test_unknown_tenant_and_command(alpha):
         run("--tenant", "nobody", "dumpdata")
     with pytest.raises(CommandError, match="Unknown command: 'nope'"):
         run("--tenant", "alpha", "nope")
+
+
+def test_jobs_run_tenants_in_processes_of_their_own_each_output_in_one_piece(alpha, beta, gamma):
+    code = (
+        "import os, time\n"
+        "from tenancy import require_tenant\n"
+        "from tests.tenantapp.models import Note\n"
+        "slug = require_tenant().slug\n"
+        "if slug == 'beta': raise ValueError('boom')\n"
+        "print('start', slug, os.getpid()); time.sleep(0.2)\n"
+        "print('end', slug, Note.objects.count())"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError, match=r"shell failed for 1 tenant\(s\): beta"):
+        call_command(
+            "tenant_command",
+            "--all-tenants",
+            "--jobs",
+            "2",
+            "shell",
+            "-c",
+            code,
+            stdout=out,
+            stderr=err,
+        )
+    lines = out.getvalue().splitlines()
+    assert "beta: ValueError: boom" in err.getvalue()
+    # Each tenant's two lines together, from a process that is not this one, with its
+    # own rows (gamma has 25 notes, alpha none).
+    pieces = {line.split()[1]: line.split() for line in lines if line.startswith("end")}
+    assert {slug: words[2] for slug, words in pieces.items()} == {"alpha": "0", "gamma": "25"}
+    for slug in ("alpha", "gamma"):
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"start {slug}"))
+        assert lines[start + 1].startswith(f"end {slug}")
+        assert lines[start].split()[2] != str(os.getpid())

@@ -178,6 +178,15 @@ class DatabaseServer:
     def allow_writes(self, name: str) -> None:
         raise NotImplementedError
 
+    def drop_database_if_unchanged(self, name: str, expected: Fingerprint) -> bool:
+        """Drop the source of a move (a server that keeps no writer out) unless rows
+        reached it after it was verified as ``expected``; whether it was dropped."""
+        now = self.fingerprint(name)
+        if expected.differences(now) or now.differences(expected):
+            return False
+        self.drop_database(name)
+        return True
+
     def fingerprint(self, name: str, *, checksums: bool = True) -> Fingerprint:
         """The database's tables (rows and a checksum of them; 0 without ``checksums``)
         and sequences."""
@@ -195,11 +204,15 @@ class DatabaseServer:
         and its dump name them by: ``None`` where there are no schemas (SQLite)."""
         return None
 
-    def restore_database(self, name: str, source: IO[bytes], *, schema: str | None) -> None:
+    def restore_database(
+        self, name: str, source: IO[bytes], *, schema: str | None, isolated: bool = False
+    ) -> None:
         """Make database ``name``, which must not exist, from a dump read from ``source``
         whose tables are in ``schema`` (the ``home_schema`` of the server it was dumped
         from, which may keep its tenants otherwise than this one); a failure leaves no
-        database or an incomplete one, for the caller to drop (``drop_leftovers`` too)."""
+        database or an incomplete one, for the caller to drop (``drop_leftovers`` too).
+        ``isolated``: a dump this project did not make, whose SQL must run where no other
+        tenant's data is (a server whose tenants share a database restores it aside)."""
         raise NotImplementedError
 
     def drop_leftovers(self, name: str) -> None:

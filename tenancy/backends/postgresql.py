@@ -447,7 +447,12 @@ class PostgreSQLServer(DatabaseServer):
         return "public"
 
     def restore_database(
-        self, database_name: str, source: IO[bytes], *, schema: str | None
+        self,
+        database_name: str,
+        source: IO[bytes],
+        *,
+        schema: str | None,
+        isolated: bool = False,
     ) -> None:
         """``pg_restore`` of a custom-format dump read from ``source`` into the new
         database ``database_name``, in one transaction, objects owned by this server's

@@ -39,6 +39,7 @@ from tenancy.conf import (
 )
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.reserved import (
+    SCRATCH_PREFIX,
     check_drop,
     is_system_schema,
     protected_reason,
@@ -49,8 +50,9 @@ from tenancy.validators import validate_database_name
 
 SHARED_ALIAS = "tenancy:shared"
 
-# Names of the scratch databases where a dump's schema is renamed on its way in.
-SCRATCH_PREFIX = "tenancy_relocating_"
+# How long dropping a moved tenant's source schema waits for a writer's transaction on its
+# tables (milliseconds) before it fails, to be run again.
+DROP_LOCK_TIMEOUT_MS = 10_000
 
 # Advisory lock key in the shared database, around work on its spares.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyS", "big") >> 1
@@ -144,6 +146,7 @@ class SchemaServer(PostgreSQLServer):
     def drop_database(self, name: str, *, allow_template: bool = False) -> bool:
         _validate_schema_name(name)
         check_drop(self, name, allow_template=allow_template)
+        self.drop_leftovers(name)  # what a restore of it that was interrupted left
         if not self.shared_database_exists():
             return False
         with self._shared_cursor() as cursor:
@@ -178,16 +181,20 @@ class SchemaServer(PostgreSQLServer):
         _validate_schema_name(database_name)
         return self._dump(self.database, sink, schema=database_name)
 
-    def restore_database(self, name: str, source: IO[bytes], *, schema: str | None) -> None:
+    def restore_database(
+        self, name: str, source: IO[bytes], *, schema: str | None, isolated: bool = False
+    ) -> None:
         """``pg_restore`` into the shared database of a dump whose tables are in
         ``schema``, as schema ``name`` (in one transaction: a failure leaves no schema).
         A dump of another schema, or of a database of its own (``public``), has its
-        schema renamed on the way, in a scratch database of this server's."""
+        schema renamed on the way, in a scratch database of this server's; so does an
+        ``isolated`` one, whose SQL then runs in the scratch database only (only
+        schema ``name``, dumped again from there, reaches the shared database)."""
         _validate_schema_name(name)
         if self.database_exists(name):
             raise DatabaseExists(f"schema {name!r} exists on server {self.name!r}")
         self.create_shared_database()
-        if schema == name:
+        if schema == name and not isolated:
             self._restore_into(self.database, source)
             return
         plain, scratch = PostgreSQLServer(self.name, self.template), self._scratch_name(name)
@@ -197,10 +204,11 @@ class SchemaServer(PostgreSQLServer):
             plain._restore_into(scratch, source)
             with plain._cursor(scratch, direct=True) as cursor:
                 _refuse_what_a_schema_cannot_hold(cursor, self.name, name, schema or "public")
-                query = sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
-                    sql.Identifier(schema or "public"), sql.Identifier(name)
-                )
-                cursor.execute(query.as_string(cursor.connection))
+                if schema != name:
+                    query = sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
+                        sql.Identifier(schema or "public"), sql.Identifier(name)
+                    )
+                    cursor.execute(query.as_string(cursor.connection))
             with tempfile.TemporaryFile() as renamed:
 
                 def keep(chunk: bytes) -> None:
@@ -213,8 +221,20 @@ class SchemaServer(PostgreSQLServer):
             self.drop_leftovers(name)
 
     def drop_leftovers(self, name: str) -> None:
-        """The scratch database of a restore of ``name`` that was interrupted."""
-        PostgreSQLServer(self.name, self.template).drop_database(self._scratch_name(name))
+        """The scratch database of a restore of ``name`` that was interrupted; never one
+        the registry gives a tenant (no tenant can be given such a name: see
+        ``tenancy.reserved.SCRATCH_PREFIX``)."""
+        plain, scratch = PostgreSQLServer(self.name, self.template), self._scratch_name(name)
+        for entry in tenancy_settings.SERVERS:
+            other = get_server(entry)
+            if not other.holds_schemas and other.address == plain.address:
+                tenant = registered_tenant(entry, scratch)
+                if tenant is not None:
+                    raise ReservedDatabaseError(
+                        f"Database {scratch!r} on server {entry!r} is not dropped: it is "
+                        f"tenant {tenant.slug!r}'s."
+                    )
+        plain.drop_database(scratch)
 
     def _scratch_name(self, name: str) -> str:
         """The database where a dump is restored to be renamed ``name``: one per shared
@@ -282,6 +302,40 @@ class SchemaServer(PostgreSQLServer):
 
     def allow_writes(self, database_name: str) -> None:
         return None  # never kept out (fences_writers)
+
+    def drop_database_if_unchanged(self, name: str, expected: Fingerprint) -> bool:
+        """In one transaction: the schema's tables locked against every writer (one
+        still in a transaction makes this fail after ``DROP_LOCK_TIMEOUT_MS`` rather than
+        commit into a dropped schema), their rows compared with ``expected``, the schema
+        dropped."""
+        _validate_schema_name(name)
+        check_drop(self, name, allow_template=False)
+        with self._shared_cursor() as cursor:
+            cursor.execute(
+                f"BEGIN; SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT_MS:d}'; " + _ROW_TEXT
+            )
+            try:
+                cursor.execute(
+                    "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                    [name],
+                )
+                tables = [row[0] for row in cursor.fetchall()]
+                if tables:
+                    cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+                now = _fingerprint(cursor, True, schema=name)
+                if expected.differences(now) or now.differences(expected):
+                    cursor.execute("ROLLBACK")
+                    return False
+                cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [name])
+                _refuse_shared_objects(cursor, self.name, name, cursor.fetchone()[0])
+                cursor.execute(_compose(cursor, "DROP SCHEMA {} CASCADE", name))
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        self.drop_leftovers(name)
+        return True
 
     def keep_read_only(self, database_name: str) -> None:
         """Nothing: a schema kept after a move is no tenant's, which no process routes to

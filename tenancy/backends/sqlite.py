@@ -179,7 +179,12 @@ class SQLiteServer(DatabaseServer):
         return DumpContents(fingerprint, migrations, str(version))
 
     def restore_database(
-        self, database_name: str, source: IO[bytes], *, schema: str | None = None
+        self,
+        database_name: str,
+        source: IO[bytes],
+        *,
+        schema: str | None = None,
+        isolated: bool = False,
     ) -> None:
         """The file read from ``source`` into a private file, checked to be a sound SQLite
         database, then linked into place (never over an existing one)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 from typing import Any
 
 from django.core.management import call_command, get_commands, load_command_class
@@ -10,7 +12,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
-from tenancy.models import TenantStatus, get_tenant_model
+from tenancy.fanout import for_each_tenant
+from tenancy.models import AbstractTenant, TenantStatus, get_tenant_model
 
 
 class Command(BaseCommand):
@@ -26,39 +29,78 @@ class Command(BaseCommand):
         which.add_argument(
             "--all-tenants", action="store_true", help="Every active tenant, in slug order."
         )
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=1,
+            metavar="N",
+            help="Tenants worked on at once, each in a process of its own; a tenant's output "
+            "is printed in one piece when it finishes (default 1: in turn, as it comes).",
+        )
         parser.add_argument("command_name", metavar="COMMAND")
         parser.add_argument("command_args", nargs=argparse.REMAINDER, metavar="ARGS")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name, command_args = options["command_name"], options["command_args"]
+        self.verbosity = options["verbosity"]
         if name not in get_commands():
             raise CommandError(f"Unknown command: {name!r}.")
         takes_database = _takes_database_option(name)
         passes_database = any(
             a == "--database" or a.startswith("--database=") for a in command_args
         )
+        jobs = options["jobs"]
+        if jobs < 1:
+            raise CommandError("--jobs must be at least 1.")
+        tenants = self.selected_tenants(options)
+        if not options["all_tenants"] and len(tenants) == 1 and jobs == 1:
+            # One tenant: its errors as they are.
+            self.run_in(tenants[0], name, command_args, takes_database and not passes_database)
+            return
+
+        def work(tenant: AbstractTenant) -> str:
+            if jobs == 1:
+                self.run_in(tenant, name, command_args, takes_database and not passes_database)
+                return ""
+            # In a worker process of its own: what the command prints, in one piece.
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                extra = {"stdout": output, "stderr": output}
+                self.run_in(
+                    tenant, name, command_args, takes_database and not passes_database, extra
+                )
+            return output.getvalue()
+
         failed = []
-        for tenant in self.selected_tenants(options):
-            if options["verbosity"] >= 1:
-                self.stderr.write(self.style.MIGRATE_HEADING(f"== {tenant.slug}"))
-            extra = (
-                {"database": alias_for(tenant)} if takes_database and not passes_database else {}
-            )
-            try:
-                with tenant_context(tenant):
-                    call_command(name, *command_args, **extra)
-            except Exception as exc:
-                if not options["all_tenants"]:
-                    raise
-                failed.append(tenant.slug)
-                self.stderr.write(self.style.ERROR(f"{tenant.slug}: {type(exc).__name__}: {exc}"))
+        for result in for_each_tenant(work, tenants, jobs=jobs, processes=True):
+            if jobs > 1:
+                if options["verbosity"] >= 1:
+                    self.stderr.write(self.style.MIGRATE_HEADING(f"== {result.slug}"))
+                self.stdout.write(result.value or "", ending="")
+            if result.failed:
+                failed.append(result.slug)
+                self.stderr.write(self.style.ERROR(f"{result.slug}: {result.error}"))
         if failed:
             raise CommandError(f"{name} failed for {len(failed)} tenant(s): {', '.join(failed)}.")
+
+    def run_in(
+        self,
+        tenant: AbstractTenant,
+        name: str,
+        command_args: list[str],
+        give_database: bool,
+        streams: dict[str, Any] | None = None,
+    ) -> None:
+        if self.verbosity >= 1 and streams is None:
+            self.stderr.write(self.style.MIGRATE_HEADING(f"== {tenant.slug}"))
+        extra = {"database": alias_for(tenant)} if give_database else {}
+        with tenant_context(tenant):
+            call_command(name, *command_args, **extra, **(streams or {}))
 
     def selected_tenants(self, options: dict[str, Any]) -> Any:
         tenants = get_tenant_model()._default_manager.order_by("slug")
         if options["all_tenants"]:
-            return tenants.filter(status=TenantStatus.ACTIVE).iterator()
+            return list(tenants.filter(status=TenantStatus.ACTIVE))
         slugs = options["tenants"]
         found = list(tenants.filter(slug__in=slugs))
         missing = sorted(set(slugs) - {tenant.slug for tenant in found})
