@@ -24,7 +24,7 @@ from django.contrib.admin.options import get_content_type_for_model
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -34,6 +34,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from tenancy import ledger
 from tenancy.admin_log import log_transaction, record_tenant, tenant_log_entries
 from tenancy.conf import (
     DEFAULT_TENANT_MODEL,
@@ -41,13 +42,15 @@ from tenancy.conf import (
     is_schema_server,
     tenancy_settings,
 )
+from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError
-from tenancy.migration import FAILED, MIGRATED, migrate_tenant
+from tenancy.migration import MIGRATED, migrate_tenant
 from tenancy.models import (
     MIGRATED_STATUSES,
     AbstractTenant,
     Domain,
     Membership,
+    TenantMigrations,
     TenantStatus,
     get_tenant_model,
 )
@@ -122,6 +125,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     actions = [
         "migrate_selected",
+        "verify_migrations",
         "suspend_selected",
         "activate_selected",
         "retry_provisioning",
@@ -133,7 +137,15 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # -- the list ---------------------------------------------------------------------
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return super().get_queryset(request).prefetch_related("domains")
+        # The ledger's entry in the same query: the list reads no tenant database.
+        entry = TenantMigrations.objects.filter(tenant=OuterRef("pk"))
+        queryset: QuerySet[Any] = super().get_queryset(request)
+        annotated: QuerySet[Any] = queryset.prefetch_related("domains").annotate(
+            ledger_applied=Subquery(entry.values("applied_id")[:1]),
+            ledger_error=Subquery(entry.values("error")[:1]),
+            ledger_recorded_at=Subquery(entry.values("recorded_at")[:1]),
+        )
+        return annotated
 
     @admin.display(description=_("status"), ordering="status")
     def coloured_status(self, tenant: AbstractTenant) -> str:
@@ -171,15 +183,30 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("migrations"))
     def migrations(self, tenant: AbstractTenant) -> str:
-        """One query in the tenant's database, for the tenants on the page."""
+        """From the migration ledger (``tenancy.ledger``), read with the page's tenants;
+        "Verify migrations" reads the databases again."""
         if tenant.status not in MIGRATED_STATUSES:
             return "-"
-        result = migrate_tenant(tenant, check_only=True)
-        if result.status == FAILED:
-            return format_html('<span title="{}">{}</span>', result.error, _("unreachable"))
-        if result.pending:
-            return _("%(count)d pending") % {"count": len(result.pending)}
-        return str(_("up to date"))
+        entry = ledger.state_for(
+            getattr(tenant, "ledger_applied", None), getattr(tenant, "ledger_error", None)
+        )
+        recorded = getattr(tenant, "ledger_recorded_at", None)
+        when = (
+            _("as of %(time)s") % {"time": date_format(recorded, "DATETIME_FORMAT")}
+            if recorded
+            else ""
+        )
+        if entry.status == ledger.UNKNOWN:
+            return str(_("not read yet"))
+        if entry.status == ledger.FAILED:
+            failed = str(_("failed") if entry.pending is not None else _("unreachable"))
+            return format_html('<span title="{}">{}</span>', entry.error, failed)
+        text = (
+            str(_("%(count)d pending") % {"count": len(entry.pending)})
+            if entry.pending
+            else str(_("up to date"))
+        )
+        return format_html('<span title="{}">{}</span>', when, text)
 
     # -- permissions -------------------------------------------------------------------
 
@@ -266,6 +293,19 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 )
             else:
                 messages.info(request, f"Tenant {tenant.slug}: {result.status}.")
+
+    @admin.action(description=_("Verify migrations of selected tenants"), permissions=["change"])
+    def verify_migrations(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Read each selected tenant's migrations from its database into the ledger."""
+        counts: dict[str, int] = {}
+        for tenant in queryset.filter(status__in=MIGRATED_STATUSES).order_by("slug"):
+            result = migrate_tenant(tenant, check_only=True)
+            unregister(tenant)
+            counts[result.status] = counts.get(result.status, 0) + 1
+            if result.failed:
+                messages.error(request, f"Tenant {tenant.slug}: {result.error}")
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        messages.info(request, f"Read from the databases: {summary or 'no active tenant'}.")
 
     @admin.action(description=_("Suspend selected tenants"), permissions=["change"])
     def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

@@ -43,6 +43,14 @@ class TenancyConfig(AppConfig):
             dispatch_uid="tenancy.registry_stamp.install_after_migrate",
         )
 
+        from tenancy import ledger
+
+        post_migrate.connect(
+            ledger.record_after_migrate,
+            sender=self,
+            dispatch_uid="tenancy.ledger.record_after_migrate",
+        )
+
         from tenancy.admin_log import delete_tenant_log_entries
 
         # By label: a wrong TENANCY_TENANT_MODEL is reported by the system checks.

@@ -38,6 +38,7 @@ from django.db.migrations.operations.base import Operation
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
+from tenancy import ledger
 from tenancy.backends.sqlite import file_lock, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
@@ -89,6 +90,9 @@ class MigrationState:
     def __init__(self) -> None:
         self._plans: OrderedDict[tuple[frozenset[MigrationKey], bool], _Plan] = OrderedDict()
         self._plans_lock = threading.Lock()
+        # The ledger's entries read before a run (``tenancy.ledger.known_entries``): a
+        # tenant whose entry says what its database says is not written again.
+        self.ledger_known: dict[Any, tuple[str | None, str]] | None = None
 
     def plan_for(
         self,
@@ -281,6 +285,8 @@ def migrate_tenant(
     result = MigrationResult(tenant.slug, FAILED)
     connection: BaseDatabaseWrapper | None = None
     is_template = getattr(tenant, "is_template", False)
+    applied: set[MigrationKey] | None = None  # as the database has them now
+    migrating = False
     try:
         connection = connections[alias_for(tenant)]
         skipped = state.per_tenant() if is_template else frozenset()
@@ -306,8 +312,17 @@ def migrate_tenant(
                     applied = applied_migrations(connection)
                     pending = state.pending(applied, skipped)
                     if pending:
-                        _run_migrate(tenant, connection, state, applied, is_template, lock_timeout)
-                        still_pending = state.pending(applied_migrations(connection), skipped)
+                        before, applied = applied, None  # unknown until read again
+                        migrating = True
+                        token = ledger.in_tenancy_run.set(True)
+                        try:
+                            _run_migrate(
+                                tenant, connection, state, before, is_template, lock_timeout
+                            )
+                        finally:
+                            ledger.in_tenancy_run.reset(token)
+                        applied = applied_migrations(connection)
+                        still_pending = state.pending(applied, skipped)
                         result.applied = len(pending) - len(still_pending)
                         if still_pending:
                             raise RuntimeError(
@@ -331,7 +346,33 @@ def migrate_tenant(
             # One connection per tenant at a time: close it before the next tenant.
             connection.close()
     result.seconds = round(time.monotonic() - started, 3)
+    if _in_ledger(tenant):
+        if result.failed and applied is None and migrating and connection is not None:
+            applied = _read_again(connection)
+        ledger.record(
+            tenant, applied, error=result.error, seconds=result.seconds, known=state.ledger_known
+        )
     return result
+
+
+def _in_ledger(tenant: AbstractTenant) -> bool:
+    """Whether ``tenant`` is a registered tenant (not a template or a stand-in)."""
+    return (
+        getattr(tenant, "pk", None) is not None
+        and not getattr(tenant, "is_template", False)
+        and not getattr(tenant, "is_stand_in", False)
+    )
+
+
+def _read_again(connection: BaseDatabaseWrapper) -> set[MigrationKey] | None:
+    """After a failed run: what the database has applied now (its transaction rolled
+    back), ``None`` when it cannot be read."""
+    try:
+        return applied_migrations(connection)
+    except Exception:
+        return None
+    finally:
+        connection.close()
 
 
 def _run_migrate(

@@ -435,3 +435,52 @@ class RegistryStamp(models.Model):
 
     def __str__(self) -> str:
         return str(self.stamp)
+
+
+class MigrationSet(models.Model):
+    """A set of migrations applied in a tenant database, stored once however many tenants
+    have it (a fleet has one or a few): the ledger's tenants point at it."""
+
+    fingerprint = models.CharField(_("fingerprint"), max_length=64, primary_key=True)
+    # JSON list of "app.name", sorted (a JSONField would make `manage.py check` query SQLite).
+    migrations = models.TextField(_("migrations"))
+    count = models.PositiveIntegerField(_("number of migrations"))
+    recorded_at = models.DateTimeField(_("recorded at"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("migration set")
+        verbose_name_plural = _("migration sets")
+
+    def __str__(self) -> str:
+        return f"{self.count} migrations ({self.fingerprint[:12]})"
+
+
+class TenantMigrations(models.Model):
+    """The ledger: per tenant, the migrations its database had applied when tenancy last
+    read or changed them (``tenancy.ledger``), and the error of the last run, if any."""
+
+    tenant = models.OneToOneField(
+        getattr(settings, TENANT_MODEL_SETTING, DEFAULT_TENANT_MODEL),
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="+",
+        verbose_name=_("tenant"),
+    )
+    # Null: the database could not be read when it was last tried.
+    applied = models.ForeignKey(
+        MigrationSet,
+        on_delete=models.PROTECT,
+        null=True,
+        related_name="+",
+        verbose_name=_("applied migrations"),
+    )
+    error = models.TextField(_("last error"), blank=True)
+    seconds = models.FloatField(_("seconds the last run took"), default=0.0)
+    recorded_at = models.DateTimeField(_("recorded at"))
+
+    class Meta:
+        verbose_name = _("tenant migrations")
+        verbose_name_plural = _("tenant migrations")
+
+    def __str__(self) -> str:
+        return f"migrations of tenant {self.tenant_id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.management import call_command
@@ -14,6 +14,8 @@ from django.core.management.commands.migrate import Command as DjangoMigrateComm
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+from tenancy import ledger
+from tenancy.connections import unregister
 from tenancy.fanout import TenantResult, for_each_tenant
 from tenancy.migration import (
     FAILED,
@@ -111,6 +113,18 @@ class Command(BaseCommand):
             action="store_true",
             help="Change nothing; count applied and unapplied migrations per database.",
         )
+        report.add_argument(
+            "--summary",
+            action="store_true",
+            help="Change nothing; one line: how many tenants are current, behind, failed, "
+            "from the ledger. Exit status 1 unless all are current.",
+        )
+        parser.add_argument(
+            "--verify",
+            action="store_true",
+            help="With --check, --plan or --list: read every tenant's database (and correct "
+            "the ledger) instead of answering from the ledger.",
+        )
         parser.add_argument(
             "--json", action="store_true", help="One JSON object per line and database."
         )
@@ -128,6 +142,11 @@ class Command(BaseCommand):
             raise CommandError("--lock-timeout must be a number of seconds above 0.")
         self.options = options
         self.read_only = options["check"] or options["plan"] or options["list"]
+        if options["verify"] and not self.read_only:
+            raise CommandError("--verify goes with --check, --plan or --list.")
+        if options["summary"]:
+            self.print_summary()
+            return
         if self.read_only and options["canary"]:
             raise CommandError("--canary migrates; it does not go with --check, --plan or --list.")
         state = MigrationState()
@@ -142,6 +161,8 @@ class Command(BaseCommand):
         failed: list[str] = []
         self.progress.start(total)
 
+        state.ledger_known = ledger.known_entries()
+
         def work(tenant: AbstractTenant) -> MigrationResult:
             return migrate_tenant(
                 tenant,
@@ -152,21 +173,28 @@ class Command(BaseCommand):
             )
 
         canary_failed = False
-        for number, cohort in enumerate(cohorts):
-            if canary_failed or (max_failures is not None and len(failed) >= max_failures):
-                break
-            fan_out = for_each_tenant(
-                work, cohort, jobs=jobs, per_server=per_server, processes=True
-            )
-            for outcome in fan_out:
-                result = _migration_result(outcome)
-                counts[result.status] += 1
-                if result.failed:
-                    failed.append(result.slug)
-                    if max_failures is not None and len(failed) >= max_failures:
+
+        def migrated() -> Iterator[MigrationResult]:
+            nonlocal canary_failed
+            for number, cohort in enumerate(cohorts):
+                if canary_failed or (max_failures is not None and len(failed) >= max_failures):
+                    return
+                fan_out = for_each_tenant(
+                    work, cohort, jobs=jobs, per_server=per_server, processes=True
+                )
+                for outcome in fan_out:
+                    result = _migration_result(outcome)
+                    if result.failed and max_failures and len(failed) + 1 >= max_failures:
                         fan_out.stop()
-                self.report(result, state)
-            canary_failed = number == 0 and len(cohorts) > 1 and bool(failed)
+                    yield result
+                canary_failed = number == 0 and len(cohorts) > 1 and bool(failed)
+
+        from_ledger = self.read_only and not options["verify"]
+        for result in self.from_ledger(tenants, state) if from_ledger else migrated():
+            counts[result.status] += 1
+            if result.failed:
+                failed.append(result.slug)
+            self.report(result, state)
 
         self.progress.end()
         if not options["json"]:
@@ -180,12 +208,42 @@ class Command(BaseCommand):
                 stopped = f" The canary failed: {not_started} other tenant(s) were not started."
             elif not_started:
                 stopped = f" {not_started} tenant(s) were not started (--max-failures)."
+            if from_ledger:
+                raise CommandError(
+                    f"{len(failed)} tenant(s) failed: {shown}: their databases could not be "
+                    "read when last tried. The ledger answered for the others; --verify "
+                    "reads every database."
+                )
             raise CommandError(
                 f"{len(failed)} tenant(s) failed: {shown}.{stopped} Fix the cause and run "
                 "migrate_tenants again: tenants already up to date are skipped in one query each."
             )
         if options["check"] and unapplied:
             sys.exit(1)
+
+    def print_summary(self) -> None:
+        summary = ledger.fleet_summary()
+        if self.options["json"]:
+            self.stdout.write(json.dumps(summary))
+        else:
+            self.stdout.write(ledger.summary_line(summary))
+        if summary["current"] != summary["tenants"]:
+            sys.exit(1)
+
+    def from_ledger(self, tenants: Any, state: MigrationState) -> Iterator[MigrationResult]:
+        """--check, --plan, --list from the ledger: one query for the fleet; a tenant it
+        has no entry for is read from its database (and recorded)."""
+        found = ledger.states(tenants, state)
+        for tenant in tenants.iterator(chunk_size=500):
+            entry = found.get(tenant.pk)
+            if entry is None or entry.status == ledger.UNKNOWN:
+                yield migrate_tenant(tenant, check_only=True, state=state)
+                unregister(tenant)
+            elif entry.pending is None:  # its database could not be read last time
+                yield MigrationResult(tenant.slug, FAILED, error=entry.error)
+            else:
+                status = PENDING if entry.pending else UP_TO_DATE
+                yield MigrationResult(tenant.slug, status, pending=entry.pending)
 
     def cohorts(self, tenants: Any, canary: str | None) -> list[Iterable[AbstractTenant]]:
         """The tenants in the order they are migrated: the canary first, then the rest."""

@@ -1,0 +1,163 @@
+"""The migration ledger: every path that migrates a tenant records what its database has
+applied; checks read the ledger instead of every database; and the ledger never shows a
+tenant current when it is not (a failed run, a migration added to the code, a backwards
+migrate of Django's own, a tenant it never read)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from tenancy import ledger
+from tenancy.migration import applied_migrations, reset_state
+from tenancy.models import Tenant, TenantMigrations
+from tenancy.provisioning import create_tenant
+from tests.settings import BACKEND, SERVER_2
+
+SLUGS = ["beta-two", "gamma", "omega"]  # beta-two on server "two"
+
+
+@pytest.fixture
+def fleet(db_access):
+    tenants = [
+        create_tenant(slug, server="two" if slug == "beta-two" else "one") for slug in SLUGS
+    ]
+    yield tenants
+    reset_state()
+
+
+def run(*args: str) -> tuple[dict[str, dict], str, int]:
+    """migrate_tenants --json: its results per slug, its error, its exit status."""
+    out = io.StringIO()
+    error, status = "", 0
+    try:
+        call_command("migrate_tenants", *args, "--json", stdout=out)
+    except CommandError as exc:
+        error, status = str(exc), 1
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    results = {}
+    for line in out.getvalue().splitlines():
+        result = json.loads(line)
+        if result.get("slug") not in (None, "default"):
+            results[result["slug"]] = result
+    return results, error, status
+
+
+def statuses(results: dict[str, dict]) -> dict[str, str]:
+    return {slug: result["status"] for slug, result in results.items()}
+
+
+def recorded(tenant: Tenant) -> set[tuple[str, str]]:
+    entry = TenantMigrations.objects.select_related("applied").get(tenant=tenant)
+    return {tuple(name.split(".", 1)) for name in json.loads(entry.applied.migrations)}
+
+
+def test_provisioning_and_migrating_record_what_each_database_has(fleet, migrations):
+    from tenancy.connections import connection_for
+
+    for tenant in fleet:  # provisioning wrote it
+        assert recorded(tenant) == applied_migrations(connection_for(tenant))
+    migrations("tests.migrations_v2")
+    # The code has a migration the ledger's sets lack: behind, without reading a database.
+    results, _, status = run("--check")
+    assert statuses(results) == dict.fromkeys(SLUGS, "pending")
+    assert status == 1
+    results, error, _ = run()
+    assert error == ""
+    for tenant in fleet:
+        assert ("tenantapp", "0002_note_text_index") in recorded(tenant)
+        assert recorded(tenant) == applied_migrations(connection_for(tenant))
+    assert ledger.fleet_summary()["current"] == 3
+    # One set stored for the whole fleet.
+    fingerprints = set(TenantMigrations.objects.values_list("applied_id", flat=True))
+    assert len(fingerprints) == 1
+
+
+def test_checks_answer_from_the_ledger_and_verify_reads_the_databases(fleet, settings):
+    down = (
+        {**SERVER_2, "PORT": "1"}
+        if BACKEND == "postgresql"
+        else {**SERVER_2, "DIRECTORY": "/dev/null/nowhere"}
+    )
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**settings.TENANCY["SERVERS"], "two": down},
+    }
+    # Server two is down: the ledger still answers for beta-two, read before.
+    results, error, status = run("--check")
+    assert statuses(results) == dict.fromkeys(SLUGS, "up-to-date")
+    assert (error, status) == ("", 0)
+    # --verify reads every database: beta-two's cannot be read, and the ledger says so.
+    results, error, _ = run("--check", "--verify")
+    assert results["beta-two"]["status"] == "failed"
+    assert "1 tenant(s) failed: beta-two" in error
+    results, error, _ = run("--list")
+    assert statuses(results) == {
+        "beta-two": "failed",
+        "gamma": "up-to-date",
+        "omega": "up-to-date",
+    }
+    summary = ledger.fleet_summary()
+    assert (summary["current"], summary["failed"]) == (2, 1)
+    assert list(summary["errors"]) == ["beta-two"]
+
+
+def test_a_failed_run_is_never_current(fleet, migrations):
+    migrations("tests.migrations_failing")  # fails for beta-two
+    run()
+    beta = Tenant.objects.get(slug="beta-two")
+    entry = TenantMigrations.objects.get(tenant=beta)
+    assert "this migration fails for beta" in entry.error
+    # Its set is what its database has after the rollback: without the failed migration.
+    from tenancy.connections import connection_for
+
+    assert recorded(beta) == applied_migrations(connection_for(beta))
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("migrate_tenants", "--summary", stdout=out)
+    assert exited.value.code == 1
+    line = out.getvalue().strip()
+    assert line.startswith("3 tenant(s): 2 current, 0 behind, 1 failed, 0 never read")
+    assert "beta-two: " in line
+
+
+def test_a_backwards_migrate_of_djangos_own_is_recorded(fleet, migrations):
+    migrations("tests.migrations_v2")
+    run()
+    out = io.StringIO()
+    call_command(
+        "tenant_command",
+        "--tenant",
+        "gamma",
+        "migrate",
+        "tenantapp",
+        "0001_initial",
+        "--verbosity",
+        "0",
+        stdout=out,
+        stderr=out,
+    )
+    results, _, status = run("--check")
+    assert statuses(results) == {
+        "beta-two": "up-to-date",
+        "gamma": "pending",
+        "omega": "up-to-date",
+    }
+    assert results["gamma"]["pending"] == ["tenantapp.0002_note_text_index"]
+    assert status == 1
+
+
+def test_a_tenant_never_read_is_read_once_then_answered_from_the_ledger(fleet):
+    lost = Tenant.objects.create(slug="new", name="New", server="one", status="active")
+    assert not TenantMigrations.objects.filter(tenant=lost).exists()
+    assert ledger.fleet_summary()["unknown"] == 1
+    results, _, _ = run("--list")
+    # Its database does not exist: read, failed, and recorded as such (never current).
+    assert results["new"]["status"] == "failed"
+    assert TenantMigrations.objects.get(tenant=lost).error
+    assert ledger.fleet_summary()["failed"] == 1
