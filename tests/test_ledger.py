@@ -161,3 +161,19 @@ def test_a_tenant_never_read_is_read_once_then_answered_from_the_ledger(fleet):
     assert results["new"]["status"] == "failed"
     assert TenantMigrations.objects.get(tenant=lost).error
     assert ledger.fleet_summary()["failed"] == 1
+
+
+def test_a_ledger_gone_stale_never_keeps_a_tenant_from_being_migrated(fleet, migrations):
+    """Tenants the ledger calls current are read first (many at once); one that is in
+    fact behind (its ledger entry written by hand, say) is migrated all the same."""
+    from tenancy.connections import connection_for
+
+    migrations("tests.migrations_v2")
+    gamma = fleet[1]
+    stale = applied_migrations(connection_for(gamma)) | {("tenantapp", "0002_note_text_index")}
+    ledger.record(gamma, stale)
+    assert ledger.states([gamma])[gamma.pk].status == ledger.CURRENT  # what it claims
+    results, error, _ = run()
+    assert error == ""
+    assert statuses(results) == dict.fromkeys(SLUGS, "migrated")
+    assert ("tenantapp", "0002_note_text_index") in applied_migrations(connection_for(gamma))

@@ -225,6 +225,8 @@ class SchemaServer(PostgreSQLServer):
         the registry gives a tenant (no tenant can be given such a name: see
         ``tenancy.reserved.SCRATCH_PREFIX``)."""
         plain, scratch = PostgreSQLServer(self.name, self.template), self._scratch_name(name)
+        if not plain.database_exists(scratch):
+            return  # the registry is not asked (the main database may be gone: a test run's)
         for entry in tenancy_settings.SERVERS:
             other = get_server(entry)
             if not other.holds_schemas and other.address == plain.address:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.management import call_command
@@ -155,7 +156,7 @@ class Command(BaseCommand):
 
         default = self.migrate_default(state)
         tenants = self.selected_tenants()
-        cohorts = self.cohorts(tenants, options["canary"])
+        canary = self.canary(tenants, options["canary"])
         total = tenants.count()
         counts = {MIGRATED: 0, UP_TO_DATE: 0, PENDING: 0, LOCKED: 0, FAILED: 0}
         failed: list[str] = []
@@ -172,10 +173,38 @@ class Command(BaseCommand):
                 lock_timeout=lock_timeout,
             )
 
+        def check(tenant: AbstractTenant) -> MigrationResult:
+            return migrate_tenant(tenant, check_only=True, state=state)
+
         canary_failed = False
+        # Filled by checked(), read by migrated() after it.
+        to_migrate: list[AbstractTenant] = []
+
+        def checked() -> Iterator[MigrationResult]:
+            """Tenants the ledger calls current (every tenant, with --verify) are read
+            first, many at once in threads: a check is a connection and one query, the
+            server's work rather than Python's. Those found behind are migrated after."""
+            found = ledger.states(tenants, state)
+            to_check = []
+            for tenant in tenants.iterator(chunk_size=500):
+                if self.read_only or found[tenant.pk].status == ledger.CURRENT:
+                    to_check.append(tenant)
+                else:
+                    to_migrate.append(tenant)
+            per_check_server = options["jobs_per_server"] or CHECK_JOBS
+            for outcome in for_each_tenant(
+                check, to_check, jobs=CHECK_JOBS, per_server=per_check_server
+            ):
+                result = _migration_result(outcome)
+                if result.status == PENDING and not self.read_only:
+                    to_migrate.append(next(t for t in to_check if t.slug == result.slug))
+                    continue
+                yield result
+            to_migrate.sort(key=lambda tenant: tenant.slug)
 
         def migrated() -> Iterator[MigrationResult]:
             nonlocal canary_failed
+            cohorts = _cohorts(to_migrate, canary)
             for number, cohort in enumerate(cohorts):
                 if canary_failed or (max_failures is not None and len(failed) >= max_failures):
                     return
@@ -190,7 +219,12 @@ class Command(BaseCommand):
                 canary_failed = number == 0 and len(cohorts) > 1 and bool(failed)
 
         from_ledger = self.read_only and not options["verify"]
-        for result in self.from_ledger(tenants, state) if from_ledger else migrated():
+        results = (
+            self.from_ledger(tenants, state)
+            if from_ledger
+            else itertools.chain(checked(), migrated())
+        )
+        for result in results:
             counts[result.status] += 1
             if result.failed:
                 failed.append(result.slug)
@@ -245,26 +279,24 @@ class Command(BaseCommand):
                 status = PENDING if entry.pending else UP_TO_DATE
                 yield MigrationResult(tenant.slug, status, pending=entry.pending)
 
-    def cohorts(self, tenants: Any, canary: str | None) -> list[Iterable[AbstractTenant]]:
-        """The tenants in the order they are migrated: the canary first, then the rest."""
-        everyone = tenants.iterator(chunk_size=500)
+    def canary(self, tenants: Any, canary: str | None) -> int | set[str] | None:
+        """--canary: a number of tenants, or the slugs, checked to be among ``tenants``."""
         if not canary:
-            return [everyone]
+            return None
         if canary.isdigit():
             if int(canary) < 1:
                 raise CommandError("--canary takes a number of tenants (1 or more) or slugs.")
-            first = list(tenants[: int(canary)])
-        else:
-            slugs = sorted({slug.strip() for slug in canary.split(",") if slug.strip()})
-            first = list(tenants.filter(slug__in=slugs))
-            missing = sorted(set(slugs) - {tenant.slug for tenant in first})
-            if missing:
-                raise CommandError(
-                    f"--canary names {', '.join(map(repr, missing[:5]))}, which is not among "
-                    "the tenants this run migrates."
-                )
-        rest = tenants.exclude(pk__in=[tenant.pk for tenant in first])
-        return [first, rest.iterator(chunk_size=500)]
+            return int(canary)
+        slugs = {slug.strip() for slug in canary.split(",") if slug.strip()}
+        missing = sorted(
+            slugs - set(tenants.filter(slug__in=slugs).values_list("slug", flat=True))
+        )
+        if missing:
+            raise CommandError(
+                f"--canary names {', '.join(map(repr, missing[:5]))}, which is not among "
+                "the tenants this run migrates."
+            )
+        return slugs
 
     def migrate_default(self, state: MigrationState) -> MigrationResult:
         connection = connections[DEFAULT_DB_ALIAS]
@@ -428,6 +460,24 @@ def _database_description(connection: BaseDatabaseWrapper) -> str:
     host = settings.get("HOST") or "localhost"
     port = settings.get("PORT") or "default port"
     return f"{str(settings['NAME'])!r} on server {host}:{port}"
+
+
+# Tenants checked at once (threads), and at most of one server unless --jobs-per-server.
+CHECK_JOBS = 8
+
+
+def _cohorts(
+    to_migrate: list[AbstractTenant], canary: int | set[str] | None
+) -> list[list[AbstractTenant]]:
+    """The tenants to migrate in the order they are: the canary first, then the rest."""
+    if canary is None:
+        return [to_migrate]
+    if isinstance(canary, int):
+        first = to_migrate[:canary]
+    else:
+        first = [tenant for tenant in to_migrate if tenant.slug in canary]
+    chosen = {tenant.slug for tenant in first}
+    return [first, [tenant for tenant in to_migrate if tenant.slug not in chosen]]
 
 
 def _migration_result(outcome: TenantResult[MigrationResult]) -> MigrationResult:
