@@ -5,7 +5,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db.models.signals import post_migrate, pre_delete
+from django.db.models.signals import post_migrate, pre_delete, pre_migrate
 from django.utils.translation import gettext_lazy as _
 
 from tenancy.conf import DEFAULT_TENANT_MODEL, TENANT_MODEL_SETTING
@@ -45,6 +45,11 @@ class TenancyConfig(AppConfig):
 
         from tenancy import ledger
 
+        pre_migrate.connect(
+            ledger.unread_before_migrate,
+            sender=self,
+            dispatch_uid="tenancy.ledger.unread_before_migrate",
+        )
         post_migrate.connect(
             ledger.record_after_migrate,
             sender=self,

@@ -50,6 +50,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from tenancy import ledger
 from tenancy.backends import get_server
 from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
 from tenancy.conf import PLACEMENTS, SCHEMAS_PLACEMENT, server_vendor, tenancy_settings
@@ -631,12 +632,13 @@ def restore_locked(tenant: AbstractTenant, path: str | Path) -> RestoreReport:
             if server.database_exists(tenant.database_name):
                 server.drop_database(tenant.database_name)
             try:
-                _restore_database(server, tenant.database_name, slug, backup, report)
+                applied = _restore_database(server, tenant.database_name, slug, backup, report)
             except BaseException as exc:
                 if not isinstance(exc, DatabaseExists):
                     with contextlib.suppress(Exception):
                         server.drop_database(tenant.database_name)
                 raise
+            ledger.record(tenant, applied)
         except BackupError:
             raise
         except (DatabaseError, OSError, TenancyError) as exc:
@@ -741,11 +743,12 @@ def _restore_new(
     )
     database = get_server(server_name)
     try:
-        _restore_database(database, tenant.database_name, slug, backup, report)
+        applied = _restore_database(database, tenant.database_name, slug, backup, report)
     except BaseException as exc:
         _undo_new(tenant, database, made=not isinstance(exc, DatabaseExists))
         raise
     set_status(tenant, TenantStatus.SUSPENDED if side_copy else TenantStatus.ACTIVE)
+    ledger.record(tenant, applied)
     return report
 
 
@@ -812,7 +815,7 @@ def _restore_replacing(
         keep_source=keep_replaced,
     )
     try:
-        _restore_database(get_server(server_name), name, slug, backup, report)
+        applied = _restore_database(get_server(server_name), name, slug, backup, report)
     except BaseException as exc:
         # The record stays when the database it made cannot be dropped: --abort does it.
         with contextlib.suppress(Exception):
@@ -827,6 +830,7 @@ def _restore_replacing(
         record.step = MoveStep.SWITCHED
         record.save(update_fields=["step", "updated_at"])
     tenant.server, tenant.database_name = server_name, name
+    ledger.record(tenant, applied)  # what it serves from now
     try:
         report.source_kept = finish_switched(tenant, record, report.steps)
     except Exception as exc:
@@ -844,9 +848,9 @@ def _restore_database(
     slug: str,
     backup: _Backup,
     report: RestoreReport,
-) -> None:
+) -> frozenset[tuple[str, str]] | None:
     """Make database ``name`` from the backup (whose digest was checked), compare its rows
-    with the manifest, migrate it forward."""
+    with the manifest, migrate it forward; the migrations it has applied then."""
     manifest = backup.manifest
     with timed_step(report.steps, "restored"):
         server.restore_database(
@@ -876,6 +880,7 @@ def _restore_database(
                 f"failed ({result.error})."
             )
         report.migrations_applied = result.applied
+    return result.applied_set
 
 
 def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:

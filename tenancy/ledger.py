@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -62,25 +61,23 @@ def fingerprint_of(applied: Iterable[MigrationKey]) -> str:
 
 def record(
     tenant: AbstractTenant,
-    applied: set[MigrationKey] | None,
+    applied: set[MigrationKey] | frozenset[MigrationKey] | None,
     *,
     error: str = "",
     seconds: float = 0.0,
     known: dict[Any, tuple[str | None, str]] | None = None,
-) -> None:
+) -> bool:
     """Write ``tenant``'s entry: its ``applied`` migrations (``None``: its database could
     not be read, and nothing is known of it) and the run's ``error``. Nothing is
-    written when ``known`` (tenant pk -> (fingerprint, error), read before) says the
-    entry holds that already. A failure to write is logged, never raised."""
+    written when ``known`` (tenant pk -> (fingerprint, error), read before and kept up
+    to date here) says the entry holds that already. Whether the entry is right now: a
+    write that fails is logged, and the entry removed if it can be (a tenant without
+    one is never reported current), never raised."""
     fingerprint = None if applied is None else fingerprint_of(applied)
-    if (
-        known is not None
-        and fingerprint is not None
-        and known.get(tenant.pk) == (fingerprint, error)
-    ):
-        return
+    if known is not None and known.get(tenant.pk) == (fingerprint, error):
+        return True
+    database = registry_database()
     try:
-        database = registry_database()
         with transaction.atomic(using=database):
             if applied is not None and fingerprint is not None:
                 migrations = sorted(f"{app}.{name}" for app, name in applied)
@@ -88,21 +85,52 @@ def record(
                     fingerprint=fingerprint,
                     defaults={"migrations": json.dumps(migrations), "count": len(migrations)},
                 )
-            values: dict[str, Any] = {
-                "error": error[:2000],
-                "seconds": seconds,
-                "recorded_at": timezone.now(),
-            }
-            values["applied_id"] = fingerprint
             TenantMigrations.objects.using(database).update_or_create(
-                tenant_id=tenant.pk, defaults=values
+                tenant_id=tenant.pk,
+                defaults={
+                    "applied_id": fingerprint,
+                    "error": error[:2000],
+                    "seconds": seconds,
+                    "recorded_at": timezone.now(),
+                },
             )
     except DatabaseError:
         logger.exception("Tenant %s: the migration ledger was not written", tenant.slug)
+        forget(tenant.pk)
+        if known is not None:
+            known.pop(tenant.pk, None)
+        return False
+    if known is not None:
+        known[tenant.pk] = (fingerprint, error)
+    return True
+
+
+def forget(tenant_pk: Any) -> None:
+    """Remove a tenant's entry (it is then "never read", never current); logged when even
+    that fails."""
+    try:
+        TenantMigrations.objects.using(registry_database()).filter(tenant_id=tenant_pk).delete()
+    except DatabaseError:
+        logger.exception("The migration ledger entry of tenant %s was not removed", tenant_pk)
 
 
 # Set while tenancy's own migrate_tenant runs, which records the ledger itself.
 in_tenancy_run: ContextVar[bool] = ContextVar("tenancy_ledger_run", default=False)
+
+
+def unread_before_migrate(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    """``pre_migrate``: before a ``migrate`` of Django's own on a tenant's connection,
+    whose migrations commit one by one, the tenant's entry says nothing is known (a
+    migrate that fails half-way, or is killed, leaves it so); ``record_after_migrate``
+    records what it did."""
+    from tenancy.connections import tenant_of_alias
+
+    slug = tenant_of_alias(using)
+    if slug is None or in_tenancy_run.get():
+        return
+    tenant = get_tenant_model()._default_manager.filter(slug=slug).first()
+    if tenant is not None:
+        record(tenant, None, error="a migrate of Django's own started and did not finish")
 
 
 def record_after_migrate(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
@@ -155,35 +183,22 @@ class LedgerState:
         return len(self.pending or [])
 
 
-class _PendingCache:
-    """Per migration set, what the code's graph has that it lacks: computed once per
-    set and graph in this process (a fleet has a few sets)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._found: dict[tuple[int, str], list[str]] = {}
-
-    def pending(self, state: Any, fingerprint: str, migrations: str | None) -> list[str]:
-        key = (id(state), fingerprint)
-        with self._lock:
-            found = self._found.get(key)
-        if found is None:
-            if migrations is None:
-                migrations = (
-                    MigrationSet.objects.using(registry_database())
-                    .values_list("migrations", flat=True)
-                    .get(pk=fingerprint)
-                )
-            applied = {tuple(name.split(".", 1)) for name in json.loads(migrations)}
-            found = [f"{app}.{name}" for app, name in state.pending(applied)]
-            with self._lock:
-                if len(self._found) > 64:
-                    self._found.clear()
-                self._found[key] = found
-        return found
-
-
-_pending = _PendingCache()
+def _pending_of(state: Any, fingerprint: str, migrations: str | None) -> list[str]:
+    """What the code's graph (``state``) has that migration set ``fingerprint`` lacks,
+    computed once per set and kept on the state (a fleet has a few sets)."""
+    cache: dict[str, list[str]] = state.pending_by_set
+    found = cache.get(fingerprint)
+    if found is None:
+        if migrations is None:
+            migrations = (
+                MigrationSet.objects.using(registry_database())
+                .values_list("migrations", flat=True)
+                .get(pk=fingerprint)
+            )
+        applied = {tuple(name.split(".", 1)) for name in json.loads(migrations)}
+        found = [f"{app}.{name}" for app, name in state.pending(applied)]
+        cache[fingerprint] = found
+    return found
 
 
 def states(tenants: Iterable[AbstractTenant], state: Any = None) -> dict[Any, LedgerState]:
@@ -230,7 +245,7 @@ def state_for(
         return LedgerState(
             FAILED if error else UNKNOWN, error=error or "", recorded_at=recorded_at
         )
-    pending = _pending.pending(state or migration_state(), applied, None)
+    pending = _pending_of(state or migration_state(), applied, None)
     status = FAILED if error else (BEHIND if pending else CURRENT)
     return LedgerState(status, 0, pending, error or "", recorded_at)
 
@@ -273,6 +288,7 @@ __all__ = [
     "LedgerState",
     "fingerprint_of",
     "fleet_summary",
+    "forget",
     "known_entries",
     "record",
     "state_for",

@@ -93,6 +93,8 @@ class MigrationState:
         # The ledger's entries read before a run (``tenancy.ledger.known_entries``): a
         # tenant whose entry says what its database says is not written again.
         self.ledger_known: dict[Any, tuple[str | None, str]] | None = None
+        # What each migration set lacks of this graph (``tenancy.ledger``).
+        self.pending_by_set: dict[str, list[str]] = {}
 
     def plan_for(
         self,
@@ -258,13 +260,17 @@ class MigrationResult:
     pending: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str = ""
+    # What the database had applied when the run ended (None: not read), for the ledger.
+    applied_set: frozenset[MigrationKey] | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
         return self.status == FAILED
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        found = asdict(self)
+        del found["applied_set"]
+        return found
 
 
 def migrate_tenant(
@@ -274,11 +280,13 @@ def migrate_tenant(
     wait_for_lock: bool = True,
     state: MigrationState | None = None,
     lock_timeout: float | None = None,
+    record: bool = True,
 ) -> MigrationResult:
     """Bring ``tenant``'s database to the current schema; never raises for the tenant's
     own errors (they are in the result). ``check_only`` reports pending migrations only.
     ``lock_timeout`` (seconds, PostgreSQL): a migration that waits longer for a lock on a
-    table fails, and nothing of the tenant's run is applied.
+    table fails, and nothing of the tenant's run is applied. The ledger is written unless
+    ``record`` is false (a caller that writes it from ``result.applied_set`` itself).
     """
     started = time.monotonic()
     state = state or migration_state()
@@ -346,12 +354,11 @@ def migrate_tenant(
             # One connection per tenant at a time: close it before the next tenant.
             connection.close()
     result.seconds = round(time.monotonic() - started, 3)
-    if _in_ledger(tenant):
-        if result.failed and applied is None and migrating and connection is not None:
-            applied = _read_again(connection)
-        ledger.record(
-            tenant, applied, error=result.error, seconds=result.seconds, known=state.ledger_known
-        )
+    if result.failed and applied is None and migrating and connection is not None:
+        applied = _read_again(connection)
+    result.applied_set = None if applied is None else frozenset(applied)
+    if record and _in_ledger(tenant):
+        ledger.record(tenant, applied, error=result.error, seconds=result.seconds)
     return result
 
 

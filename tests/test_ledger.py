@@ -177,3 +177,49 @@ def test_a_ledger_gone_stale_never_keeps_a_tenant_from_being_migrated(fleet, mig
     assert error == ""
     assert statuses(results) == dict.fromkeys(SLUGS, "migrated")
     assert ("tenantapp", "0002_note_text_index") in applied_migrations(connection_for(gamma))
+    # And the ledger says so after the run (not the set its check read before).
+    assert ledger.fleet_summary()["current"] == 3
+    assert run("--check")[2] == 0
+
+
+def test_a_restored_tenant_is_recorded_from_its_restored_database(fleet, tmp_path):
+    from tenancy.backups import backup_tenant, restore_tenant
+
+    gamma = fleet[1]
+    path = backup_tenant(gamma, tmp_path).path
+    ledger.record(gamma, None, error="unreachable before the restore")
+    restore_tenant(path, replace=True)
+    assert ledger.states([gamma])[gamma.pk].status == ledger.CURRENT
+    restore_tenant(path, as_slug="gamma-copy")
+    copy = Tenant.objects.get(slug="gamma-copy")
+    assert recorded(copy) == recorded(gamma)
+
+
+def test_a_migrate_of_djangos_own_that_fails_is_never_taken_as_current(fleet, migrations):
+    """Django's migrate commits migration by migration: one that fails (or is killed)
+    after some may have left the tenant anywhere, so the ledger knows nothing of it."""
+    from django.db.migrations.exceptions import IrreversibleError
+
+    migrations("tests.migrations_irreversible")
+    run()
+    out = io.StringIO()
+    with pytest.raises(IrreversibleError, match="one_way"):
+        call_command(
+            "tenant_command",
+            "--tenant",
+            "gamma",
+            "migrate",
+            "tenantapp",
+            "zero",
+            "--verbosity",
+            "0",
+            stdout=out,
+            stderr=out,
+        )
+    gamma = Tenant.objects.get(slug="gamma")
+    assert ledger.states([gamma])[gamma.pk].status == ledger.FAILED
+    results, _, _ = run("--check")
+    assert results["gamma"]["status"] == "failed"
+    assert "did not finish" in results["gamma"]["error"]
+    results, _, _ = run("--check", "--verify")  # read again: as it is
+    assert statuses(results) == dict.fromkeys(SLUGS, "up-to-date")

@@ -17,6 +17,7 @@ from tenancy import tenant_context
 from tenancy.connections import alias_for, registered_aliases
 from tenancy.management.commands import migrate_tenants as migrate_tenants_command
 from tenancy.migration import (
+    FAILED,
     LOCKED,
     MIGRATED,
     PENDING,
@@ -210,7 +211,8 @@ def test_a_failing_canary_stops_the_run_before_the_other_tenants(fleet, migratio
     assert "The canary failed: 2 other tenant(s) were not started" in str(error)
     lines, error = run("--list", "--json")
     pending = {r["slug"]: r["status"] for r in map(json.loads, tenant_lines_json(lines))}
-    assert pending == {"beta-two": PENDING, "gamma": PENDING, "omega": PENDING}
+    # From the ledger: beta-two's run failed, the others were not started.
+    assert pending == {"beta-two": FAILED, "gamma": PENDING, "omega": PENDING}
 
     # A canary that passes: the named tenants first, then the others.
     lines, error = run("--canary", "omega,gamma")

@@ -164,6 +164,8 @@ class Command(BaseCommand):
 
         state.ledger_known = ledger.known_entries()
 
+        # The ledger is written here, by this process alone, from what each tenant's
+        # work read (workers and threads writing at once would fail on SQLite's lock).
         def work(tenant: AbstractTenant) -> MigrationResult:
             return migrate_tenant(
                 tenant,
@@ -171,10 +173,14 @@ class Command(BaseCommand):
                 wait_for_lock=not options["skip_locked"],
                 state=state,
                 lock_timeout=lock_timeout,
+                record=False,
             )
 
         def check(tenant: AbstractTenant) -> MigrationResult:
-            return migrate_tenant(tenant, check_only=True, state=state)
+            return migrate_tenant(tenant, check_only=True, state=state, record=False)
+
+        by_slug: dict[str, AbstractTenant] = {}
+        unrecorded: list[str] = []
 
         canary_failed = False
         # Filled by checked(), read by migrated() after it.
@@ -187,7 +193,9 @@ class Command(BaseCommand):
             found = ledger.states(tenants, state)
             to_check = []
             for tenant in tenants.iterator(chunk_size=500):
-                if self.read_only or found[tenant.pk].status == ledger.CURRENT:
+                by_slug[tenant.slug] = tenant
+                entry = found.get(tenant.pk)
+                if self.read_only or (entry is not None and entry.status == ledger.CURRENT):
                     to_check.append(tenant)
                 else:
                     to_migrate.append(tenant)
@@ -197,7 +205,7 @@ class Command(BaseCommand):
             ):
                 result = _migration_result(outcome)
                 if result.status == PENDING and not self.read_only:
-                    to_migrate.append(next(t for t in to_check if t.slug == result.slug))
+                    to_migrate.append(by_slug[result.slug])
                     continue
                 yield result
             to_migrate.sort(key=lambda tenant: tenant.slug)
@@ -225,12 +233,26 @@ class Command(BaseCommand):
             else itertools.chain(checked(), migrated())
         )
         for result in results:
+            tenant = by_slug.get(result.slug)
+            if tenant is not None and not ledger.record(
+                tenant,
+                result.applied_set,
+                error=result.error,
+                seconds=result.seconds,
+                known=state.ledger_known,
+            ):
+                unrecorded.append(result.slug)
             counts[result.status] += 1
             if result.failed:
                 failed.append(result.slug)
             self.report(result, state)
 
         self.progress.end()
+        if unrecorded:
+            self.stderr.write(
+                f"The migration ledger could not be written for {len(unrecorded)} tenant(s) "
+                f"({', '.join(unrecorded[:10])}); they show as never read until the next run."
+            )
         if not options["json"]:
             self.summarise(counts, failed, total, time.monotonic() - started)
         unapplied = counts[PENDING] + (1 if default.status == PENDING else 0)
@@ -273,11 +295,13 @@ class Command(BaseCommand):
             if entry is None or entry.status == ledger.UNKNOWN:
                 yield migrate_tenant(tenant, check_only=True, state=state)
                 unregister(tenant)
-            elif entry.pending is None:  # its database could not be read last time
-                yield MigrationResult(tenant.slug, FAILED, error=entry.error)
+            elif entry.status == ledger.FAILED:  # its last run failed, or its read
+                yield MigrationResult(
+                    tenant.slug, FAILED, pending=list(entry.pending or []), error=entry.error
+                )
             else:
                 status = PENDING if entry.pending else UP_TO_DATE
-                yield MigrationResult(tenant.slug, status, pending=entry.pending)
+                yield MigrationResult(tenant.slug, status, pending=list(entry.pending or []))
 
     def canary(self, tenants: Any, canary: str | None) -> int | set[str] | None:
         """--canary: a number of tenants, or the slugs, checked to be among ``tenants``."""
