@@ -630,6 +630,10 @@ def _refuse_a_shared_database(server: str, name: str, target: tuple[Any, ...]) -
         if not schemas.holds_schemas:
             continue
         try:
+            # Asked of its server first: a pooler answers logins to a database that does
+            # not exist with a refusal of every login to it for a while (server_login_retry).
+            if not schemas.shared_database_exists():  # type: ignore[attr-defined]
+                continue
             with schemas._shared_cursor() as cursor:  # type: ignore[attr-defined]
                 cursor.execute(
                     f"SELECT oid, {_CLUSTER} FROM pg_database WHERE datname = current_database()"
