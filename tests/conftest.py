@@ -243,6 +243,20 @@ def migrations(settings: object) -> Iterator[object]:
     drop_template_databases()
 
 
+FLEET = ["beta-two", "gamma", "omega"]  # beta-two on server "two"
+
+
+@pytest.fixture
+def fleet(db_access: None) -> Iterator[list[Tenant]]:
+    """Three provisioned tenants (``FLEET``), the first on server "two"; the migration
+    graph is loaded again afterwards (tests change the migrations)."""
+    from tenancy.migration import reset_state
+    from tenancy.provisioning import create_tenant
+
+    yield [create_tenant(slug, server="two" if slug == "beta-two" else "one") for slug in FLEET]
+    reset_state()
+
+
 @pytest.fixture
 def gamma(db_access: None) -> Tenant:
     """A tenant provisioned for the test on server "one", reached at gamma.example.test,

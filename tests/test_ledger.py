@@ -13,21 +13,12 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from tenancy import ledger
-from tenancy.migration import applied_migrations, reset_state
+from tenancy.migration import applied_migrations
 from tenancy.models import Tenant, TenantMigrations
-from tenancy.provisioning import create_tenant
+from tests.conftest import FLEET
 from tests.settings import BACKEND, SERVER_2
 
-SLUGS = ["beta-two", "gamma", "omega"]  # beta-two on server "two"
-
-
-@pytest.fixture
-def fleet(db_access):
-    tenants = [
-        create_tenant(slug, server="two" if slug == "beta-two" else "one") for slug in SLUGS
-    ]
-    yield tenants
-    reset_state()
+SLUGS = FLEET
 
 
 def run(*args: str) -> tuple[dict[str, dict], str, int]:
@@ -46,6 +37,23 @@ def run(*args: str) -> tuple[dict[str, dict], str, int]:
         if result.get("slug") not in (None, "default"):
             results[result["slug"]] = result
     return results, error, status
+
+
+def djangos_migrate(slug: str, target: str) -> None:
+    """Django's own migrate of tenantapp to ``target`` on the tenant's connection."""
+    out = io.StringIO()
+    call_command(
+        "tenant_command",
+        "--tenant",
+        slug,
+        "migrate",
+        "tenantapp",
+        target,
+        "--verbosity",
+        "0",
+        stdout=out,
+        stderr=out,
+    )
 
 
 def statuses(results: dict[str, dict]) -> dict[str, str]:
@@ -129,19 +137,7 @@ def test_a_failed_run_is_never_current(fleet, migrations):
 def test_a_backwards_migrate_of_djangos_own_is_recorded(fleet, migrations):
     migrations("tests.migrations_v2")
     run()
-    out = io.StringIO()
-    call_command(
-        "tenant_command",
-        "--tenant",
-        "gamma",
-        "migrate",
-        "tenantapp",
-        "0001_initial",
-        "--verbosity",
-        "0",
-        stdout=out,
-        stderr=out,
-    )
+    djangos_migrate("gamma", "0001_initial")
     results, _, status = run("--check")
     assert statuses(results) == {
         "beta-two": "up-to-date",
@@ -202,20 +198,8 @@ def test_a_migrate_of_djangos_own_that_fails_is_never_taken_as_current(fleet, mi
 
     migrations("tests.migrations_irreversible")
     run()
-    out = io.StringIO()
     with pytest.raises(IrreversibleError, match="one_way"):
-        call_command(
-            "tenant_command",
-            "--tenant",
-            "gamma",
-            "migrate",
-            "tenantapp",
-            "zero",
-            "--verbosity",
-            "0",
-            stdout=out,
-            stderr=out,
-        )
+        djangos_migrate("gamma", "zero")
     gamma = Tenant.objects.get(slug="gamma")
     assert ledger.states([gamma])[gamma.pk].status == ledger.FAILED
     results, _, _ = run("--check")

@@ -24,23 +24,13 @@ from tenancy.migration import (
     UP_TO_DATE,
     migrate_tenant,
     migration_lock,
-    reset_state,
 )
 from tenancy.models import Tenant, TenantStatus
-from tenancy.provisioning import create_tenant
+from tests.conftest import FLEET
 from tests.settings import BACKEND, SERVER_1
 from tests.tenantapp.models import Note
 
-SLUGS = ["beta-two", "gamma", "omega"]  # beta-two on server "two"
-
-
-@pytest.fixture
-def fleet(db_access):
-    tenants = [
-        create_tenant(slug, server="two" if slug == "beta-two" else "one") for slug in SLUGS
-    ]
-    yield tenants
-    reset_state()
+SLUGS = FLEET
 
 
 def run(*args):
