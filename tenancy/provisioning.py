@@ -18,6 +18,7 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, connections, transaction
 
+from tenancy import ledger
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_for, unregister
@@ -230,6 +231,7 @@ def compare_migrations(tenant: AbstractTenant) -> AdoptionReport:
         applied = applied_migrations(connection)
     finally:
         connection.close()
+    ledger.record(tenant, applied)
     labels = tenancy_settings.tenant_app_labels
     missing = [f"{app}.{name}" for app, name in state.pending(applied) if app in labels]
     known = state.nodes | state.replaced

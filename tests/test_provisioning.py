@@ -380,6 +380,10 @@ def test_adopt_reports_missing_migrations_and_create_tenant_applies_them(db_acce
     tenant = Tenant.objects.get(slug="gamma")
     assert tenant.status == TenantStatus.FAILED
     assert "tenantapp.0001_initial" in tenant.status_detail
+    # The ledger has what the adopted database has: nothing, so every migration pending.
+    from tenancy import ledger
+
+    assert "tenantapp.0001_initial" in ledger.states([tenant])[tenant.pk].pending
     call_command("create_tenant", "gamma")
     tenant.refresh_from_db()
     assert tenant.status == TenantStatus.ACTIVE
