@@ -6,7 +6,8 @@
 Prints three comparisons, each measured in this one run on the same cluster:
 1. `migrate_tenants` with nothing to do on N tenants, against a loop of
    `manage.py migrate --database=<tenant>` (plain Django, each tenant a configured
-   database), timed on a sample of tenants and scaled to N.
+   database), timed on a sample of tenants and scaled to N; and `migrate_tenants --check`
+   answered from the migration ledger against reading every database (`--verify`).
 2. One new migration applied to 200 tenants with --jobs 1 and with --jobs 4.
 3. Provisioning one tenant from a spare copy of the template (the default) and by copying
    the template, against migrating it, the tenant apps being Django's auth, contenttypes
@@ -199,6 +200,16 @@ def main() -> None:
     per_tenant_loop = statistics.median(loop)
     ours = statistics.median(noop)
     ours_per_tenant = ours / options.tenants
+    # 1b. Is anything left to migrate? From the ledger, and by reading every database.
+    ledger_check = statistics.median(
+        manage("migrate_tenants", "--check", "--server", "fleet") for _ in range(3)
+    )
+    verify_check = statistics.median(
+        manage("migrate_tenants", "--check", "--verify", "--server", "fleet") for _ in range(3)
+    )
+    startup = statistics.median(
+        manage("migrate_tenants", "--check", "--server", "none") for _ in range(3)
+    )
 
     # 4. Memory against the number of tenants: no-op runs on a tenth and on all of them.
     tenth = [arg for i in range(len(fleet) // 10) for arg in ("--tenant", f"fleet-{i:04d}")]
@@ -228,6 +239,12 @@ def main() -> None:
         f" ({per_tenant_loop * 1000:.0f} ms per tenant: median of {len(sample)} runs,"
         f" x {options.tenants})",
         f"   ratio: {per_tenant_loop / ours_per_tenant:.0f}x (target >= 50x)",
+        f"   --check from the ledger: {ledger_check:6.2f} s; reading every database "
+        f"(--verify): {verify_check:6.2f} s; the command with no tenant: {startup:6.2f} s",
+        f"   per tenant above the start-up: ledger "
+        f"{(ledger_check - startup) / options.tenants * 1000:.2f} ms, --verify "
+        f"{(verify_check - startup) / options.tenants * 1000:.2f} ms, a no-op run "
+        f"{(ours - startup) / options.tenants * 1000:.2f} ms",
         "",
         f"2. One new migration on {options.jobs_tenants} tenants",
         f"   --jobs 1: {jobs1:6.2f} s   --jobs 4: {jobs4:6.2f} s   ratio: {jobs1 / jobs4:.2f}x",

@@ -394,7 +394,9 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
-        return super().changelist_view(request, extra_context)
+        # The fleet's migration state in one line, from the ledger (two queries).
+        summary = ledger.summary_line(ledger.fleet_summary())
+        return super().changelist_view(request, {"subtitle": summary, **(extra_context or {})})
 
     @method_decorator(transaction.non_atomic_requests)
     def delete_view(

@@ -83,9 +83,13 @@ def test_list_shows_status_domain_and_migrations(superuser, alpha, beta):
 
 
 def test_the_list_reads_the_ledger_not_the_tenant_databases(superuser, alpha, beta):
+    page = superuser.get(CHANGELIST).content.decode()
+    assert "2 tenant(s): 0 current, 0 behind, 0 failed, 2 never read." in page
     response = act(superuser, "verify_migrations", alpha, beta)
     assert "Read from the databases: 2 up-to-date." in texts(response)
-    assert superuser.get(CHANGELIST).content.decode().count("up to date") == 2
+    page = superuser.get(CHANGELIST).content.decode()
+    assert page.count("up to date") == 2
+    assert "2 tenant(s): 2 current, 0 behind, 0 failed, 0 never read." in page
 
     # The same queries for a page of 2 tenants and of 12, none in a tenant database.
     def list_queries() -> list[str]:

@@ -204,11 +204,18 @@ def test_a_failing_canary_stops_the_run_before_the_other_tenants(fleet, migratio
     # From the ledger: beta-two's run failed, the others were not started.
     assert pending == {"beta-two": FAILED, "gamma": PENDING, "omega": PENDING}
 
+    # A cohort by a field of the tenant: those on server two (beta-two, which fails).
+    lines, error = run("--canary", "server=two")
+    assert [line.split()[1] for line in tenant_lines(lines)] == ["beta-two"]
+    assert "The canary failed: 2 other tenant(s) were not started" in str(error)
+
     # A canary that passes: the named tenants first, then the others.
     lines, error = run("--canary", "omega,gamma")
     assert [line.split()[1] for line in tenant_lines(lines)] == ["gamma", "omega", "beta-two"]
     assert "1 tenant(s) failed: beta-two" in str(error)
     assert "not started" not in str(error)
+    lines, error = run("--canary", "colour=blue")
+    assert "the tenant model has no such field" in str(error)
     lines, error = run("--canary", "nobody")
     assert "--canary names 'nobody', which is not among" in str(error)
     assert tenant_lines(lines) == []

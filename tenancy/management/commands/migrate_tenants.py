@@ -83,9 +83,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--canary",
-            metavar="N|SLUG,...",
-            help="Migrate these tenants first (the first N selected, or the slugs given) and "
-            "stop there if any of them fails.",
+            metavar="N|SLUG,...|FIELD=VALUE",
+            help="Migrate these tenants first (the first N selected, the slugs given, or those "
+            "whose tenant field FIELD is VALUE) and stop there if any of them fails.",
         )
         parser.add_argument(
             "--lock-timeout",
@@ -311,6 +311,22 @@ class Command(BaseCommand):
             if int(canary) < 1:
                 raise CommandError("--canary takes a number of tenants (1 or more) or slugs.")
             return int(canary)
+        if "=" in canary:  # a cohort: the tenants with that value in a field of theirs
+            field, _, value = canary.partition("=")
+            fields = {
+                f.name
+                for f in tenants.model._meta.concrete_fields
+                if not f.is_relation and not f.primary_key
+            }
+            if field not in fields:
+                raise CommandError(
+                    f"--canary {field[:40]}=...: the tenant model has no such field (it has "
+                    f"{', '.join(sorted(fields))})."
+                )
+            cohort = set(tenants.filter(**{field: value}).values_list("slug", flat=True))
+            if not cohort:
+                raise CommandError(f"--canary {canary[:80]}: no tenant of this run has it.")
+            return cohort
         slugs = {slug.strip() for slug in canary.split(",") if slug.strip()}
         missing = sorted(
             slugs - set(tenants.filter(slug__in=slugs).values_list("slug", flat=True))
