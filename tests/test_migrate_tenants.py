@@ -1,5 +1,6 @@
 """migrate_tenants and migrate_tenant: order, cost, failures, locks, reports."""
 
+import io
 import json
 import os
 import threading
@@ -493,3 +494,25 @@ def test_migrate_of_the_main_database_names_migrate_tenants(alpha):
         call_command("migrate", database=alias_for(alpha), verbosity=1, stdout=out)
     assert "migrate_tenants" not in out.getvalue()
     assert "No migrations to apply." in out.getvalue()
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_one_live_line_and_only_the_tenants_that_need_a_look(fleet, migrations):
+    migrations("tests.migrations_failing")  # beta-two fails, gamma and omega migrate
+    out = Terminal()
+    with pytest.raises(CommandError):
+        call_command("migrate_tenants", stdout=out, no_color=True)
+    text = out.getvalue()
+    assert "\r[3/3] 1 failed, about 0s left" in text
+    lines = [line.split("\r")[-1] for line in text.splitlines()]
+    assert any("beta-two  FAILED" in line for line in lines)
+    assert not any("gamma  1 applied" in line for line in lines)
+    out = Terminal()
+    with pytest.raises(CommandError):
+        call_command("migrate_tenants", "--verbosity", "2", stdout=out, no_color=True)
+    assert "\r" not in out.getvalue()  # -v 2: a line per tenant instead
+    assert "gamma  up to date" in out.getvalue()
