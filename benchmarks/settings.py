@@ -32,7 +32,7 @@ DATABASES = {"default": {**SERVER, "NAME": "bench_main"}}
 DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
 TENANCY = {
     "TENANT_APPS": TENANT_APPS,
-    "SERVERS": {"fleet": SERVER, "jobs1": SERVER, "jobs4": SERVER},
+    "SERVERS": {"fleet": SERVER, "jobs1": SERVER, "jobs4": SERVER, "ledger": SERVER},
     "DEFAULT_SERVER": "fleet",
     "DATABASE_NAME": "bench_{slug}",
 }
