@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
+import django
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
@@ -35,6 +36,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.operations import SeparateDatabaseAndState
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.operations.special import RunPython
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
@@ -79,6 +81,14 @@ class _Plan:
     # The models after migrating, for post_migrate receivers: the same for every database
     # that follows this plan, so rendered once.
     post_apps: StateApps | None = None
+    # Per migration of the plan, each operation with the project states before and after
+    # it (rendered by the first database that applies it, then shared), and the state
+    # after the migration: every database that follows the plan runs only the operations'
+    # database work, none of the state changes and model rendering.
+    steps: dict[
+        MigrationKey, tuple[list[tuple[Operation, ProjectState, ProjectState]], ProjectState]
+    ] = field(default_factory=dict)
+    steps_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class MigrationState:
@@ -409,7 +419,7 @@ def _run_migrate(
         with _all_or_nothing(connection, plan), _lock_timeout(connection, lock_timeout):
             quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
             emit_pre_migrate_signal(0, False, connection.alias, **quiet)
-            executor = _SharedPlanExecutor(connection, plan.loader)
+            executor = _SharedPlanExecutor(connection, plan.loader, plan)
             post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
             if plan.post_apps is None:
                 post_state.clear_delayed_apps_cache()
@@ -483,11 +493,81 @@ class _SharedPlanExecutor(MigrationExecutor):
     """An executor on an already loaded graph: MigrationExecutor.__init__ would load
     the graph from disk and the applied migrations from the database again."""
 
-    def __init__(self, connection: BaseDatabaseWrapper, loader: MigrationLoader) -> None:
+    def __init__(
+        self, connection: BaseDatabaseWrapper, loader: MigrationLoader, plan: _Plan
+    ) -> None:
         self.connection = connection
         self.loader = loader
         self.recorder = MigrationRecorder(connection)
         self.progress_callback = None
+        self.shared = plan
+
+    def apply_migration(
+        self,
+        state: ProjectState,
+        migration: Migration,
+        fake: bool = False,
+        fake_initial: bool = False,
+    ) -> ProjectState:
+        """``Migration.apply`` with the states of the plan's first database (see
+        ``_Plan.steps``), then recorded as Django records it."""
+        if fake or fake_initial:
+            return super().apply_migration(state, migration, fake, fake_initial)
+        operations, after = self._steps(state, migration)
+        recorded = False
+        with self.connection.schema_editor(atomic=migration.atomic) as schema_editor:
+            for operation, before, changed in operations:
+                atomic_operation = operation.atomic or (
+                    migration.atomic and operation.atomic is not False
+                )
+                if not schema_editor.atomic_migration and atomic_operation:
+                    with transaction.atomic(schema_editor.connection.alias):
+                        operation.database_forwards(
+                            migration.app_label, schema_editor, before, changed
+                        )
+                else:
+                    operation.database_forwards(
+                        migration.app_label, schema_editor, before, changed
+                    )
+            if not schema_editor.deferred_sql:
+                self._record(migration)
+                recorded = True
+        if not recorded:
+            self._record(migration)
+        return after
+
+    def _record(self, migration: Migration) -> None:
+        """``record_migration``, which takes the migration before Django 6 and its app
+        label and name since."""
+        executor = cast(Any, self)
+        if django.VERSION >= (6,):
+            executor.record_migration(migration.app_label, migration.name)
+        else:
+            executor.record_migration(migration)
+
+    def _steps(
+        self, state: ProjectState, migration: Migration
+    ) -> tuple[list[tuple[Operation, ProjectState, ProjectState]], ProjectState]:
+        key = (migration.app_label, migration.name)
+        with self.shared.steps_lock:
+            found = self.shared.steps.get(key)
+            if found is None:
+                # The states Migration.apply would make, kept apart from the caller's.
+                current = state.clone()
+                operations = []
+                for operation in migration.operations:
+                    before = current.clone()
+                    if isinstance(operation, RunPython):
+                        # RunPython drops a delayed state's models to render them afresh;
+                        # this one is rendered afresh once (its models may lag behind a
+                        # delayed change) and kept, for every database after the first.
+                        before.__dict__.pop("apps", None)
+                        before.is_delayed = False
+                    operation.state_forwards(migration.app_label, current)
+                    operations.append((operation, before, current.clone()))
+                found = (operations, current)
+                self.shared.steps[key] = found
+        return found
 
 
 def _call_migrate(connection: BaseDatabaseWrapper) -> None:
