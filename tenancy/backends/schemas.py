@@ -50,8 +50,8 @@ from tenancy.validators import validate_database_name
 
 SHARED_ALIAS = "tenancy:shared"
 
-# How long dropping a moved tenant's source schema waits for a writer's transaction on its
-# tables (milliseconds) before it fails, to be run again.
+# How long dropping a schema waits for a transaction still open on its tables
+# (milliseconds) before it fails, to be run again.
 DROP_LOCK_TIMEOUT_MS = 10_000
 
 # Advisory lock key in the shared database, around work on its spares.
@@ -149,17 +149,8 @@ class SchemaServer(PostgreSQLServer):
         self.drop_leftovers(name)  # what a restore of it that was interrupted left
         if not self.shared_database_exists():
             return False
-        with self._shared_cursor() as cursor:
-            cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [name])
-            row = cursor.fetchone()
-            if row is None:
-                return False
-            _refuse_shared_objects(cursor, self.name, name, row[0])
-            # A transaction still open on the tenant's tables would make the drop wait
-            # for ever: it fails instead, and the caller runs it again.
-            cursor.execute("SET lock_timeout = '10s'")
-            cursor.execute(_compose(cursor, "DROP SCHEMA IF EXISTS {} CASCADE", name))
-        return True
+        with self._shared_cursor() as cursor, _dropping(cursor):
+            return _drop_schema(cursor, self.name, name)
 
     def list_databases(self) -> list[str]:
         if not self.shared_database_exists():
@@ -312,30 +303,20 @@ class SchemaServer(PostgreSQLServer):
         dropped."""
         _validate_schema_name(name)
         check_drop(self, name, allow_template=False)
-        with self._shared_cursor() as cursor:
+        with self._shared_cursor() as cursor, _dropping(cursor):
+            cursor.execute(_ROW_TEXT)
             cursor.execute(
-                f"BEGIN; SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT_MS:d}'; " + _ROW_TEXT
+                "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                [name],
             )
-            try:
-                cursor.execute(
-                    "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
-                    [name],
-                )
-                tables = [row[0] for row in cursor.fetchall()]
-                if tables:
-                    cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
-                now = _fingerprint(cursor, True, schema=name)
-                if expected.differences(now) or now.differences(expected):
-                    cursor.execute("ROLLBACK")
-                    return False
-                cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [name])
-                _refuse_shared_objects(cursor, self.name, name, cursor.fetchone()[0])
-                cursor.execute(_compose(cursor, "DROP SCHEMA {} CASCADE", name))
-                cursor.execute("COMMIT")
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
+            tables = [row[0] for row in cursor.fetchall()]
+            if tables:
+                cursor.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+            now = _fingerprint(cursor, True, schema=name)
+            if expected.differences(now) or now.differences(expected):
+                return False  # rolled back: nothing dropped
+            _drop_schema(cursor, self.name, name)
         self.drop_leftovers(name)
         return True
 
@@ -383,6 +364,33 @@ class SchemaServer(PostgreSQLServer):
         self.create_shared_database()
         with advisory_lock(self._settings_for(self.database), TEMPLATE_LOCK_KEY):
             yield
+
+
+@contextmanager
+def _dropping(cursor: Any) -> Iterator[None]:
+    """The transaction a schema is dropped in, committed when the block ends and rolled
+    back when it raises. A transaction still open on the schema's tables would make the
+    drop wait for ever: it fails after ``DROP_LOCK_TIMEOUT_MS`` instead, and the caller
+    runs it again."""
+    cursor.execute(f"BEGIN; SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT_MS:d}'")
+    try:
+        yield
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
+def _drop_schema(cursor: Any, server: str, name: str) -> bool:
+    """Drop schema ``name`` in the cursor's transaction unless it would take along what
+    other schemas use (``_refuse_shared_objects``); ``False`` if it did not exist."""
+    cursor.execute("SELECT oid FROM pg_namespace WHERE nspname = %s", [name])
+    row = cursor.fetchone()
+    if row is None:
+        return False
+    _refuse_shared_objects(cursor, server, name, row[0])
+    cursor.execute(_compose(cursor, "DROP SCHEMA IF EXISTS {} CASCADE", name))
+    return True
 
 
 def _refuse_what_a_schema_cannot_hold(cursor: Any, server: str, name: str, schema: str) -> None:
