@@ -49,10 +49,10 @@ RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transa
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
 
-# A database every new session of which starts read-only, and back.
 # How long sessions ended for a move may take to exit (a busy server is slow to).
 SESSIONS_END_TIMEOUT = 15.0
 
+# A database every new session of which starts read-only, and back.
 _READ_ONLY = "ALTER DATABASE {} SET default_transaction_read_only = on"
 _WRITABLE = "ALTER DATABASE {} RESET default_transaction_read_only"
 
@@ -119,9 +119,7 @@ class PostgreSQLServer(DatabaseServer):
                 f"{problem}HOST and PORT, or none ({' '.join(str(exc).split())[:200]}); "
                 f"correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             ) from exc
-        if direct is None or tuple(direct) != PostgreSQLServer.database_identity(
-            self, database_name
-        ):
+        if direct is None or tuple(direct) != self._database_identity(database_name):
             raise TenancyError(
                 f"{problem}HOST and PORT; correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             )
@@ -294,8 +292,11 @@ class PostgreSQLServer(DatabaseServer):
             yield "service=tenancy", {**os.environ, "PGSERVICEFILE": str(service_file)}
 
     def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
-        """The database's oid and its cluster's start (``_IDENTITY``); a schema server's
-        tells a schema (``_check_direct_route`` asks this of the shared database)."""
+        return self._database_identity(database_name)
+
+    def _database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+        """The database's oid and its cluster's start (``_IDENTITY``), on every server,
+        where ``database_identity`` of a schema server tells a schema."""
         with self._cursor() as cursor:
             cursor.execute(_IDENTITY, [database_name])
             row = cursor.fetchone()
