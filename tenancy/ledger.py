@@ -157,11 +157,9 @@ def record_after_migrate(using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
     transaction.on_commit(read_back, using=using)
 
 
-def known_entries(tenant_ids: Iterable[Any] | None = None) -> dict[Any, tuple[str | None, str]]:
+def known_entries() -> dict[Any, tuple[str | None, str]]:
     """tenant pk -> (fingerprint, error) of the ledger, in one query (for ``record``)."""
     rows = TenantMigrations.objects.using(registry_database())
-    if tenant_ids is not None:
-        rows = rows.filter(tenant_id__in=list(tenant_ids))
     return {
         pk: (applied, error)
         for pk, applied, error in rows.values_list("tenant_id", "applied_id", "error")
@@ -177,10 +175,6 @@ class LedgerState:
     pending: list[str] | None = None
     error: str = ""
     recorded_at: Any = None
-
-    @property
-    def pending_count(self) -> int:
-        return len(self.pending or [])
 
 
 def _pending_of(state: Any, fingerprint: str, migrations: str | None) -> list[str]:

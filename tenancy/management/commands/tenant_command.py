@@ -45,30 +45,33 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         if name not in get_commands():
             raise CommandError(f"Unknown command: {name!r}.")
-        takes_database = _takes_database_option(name)
-        passes_database = any(
+        give_database = _takes_database_option(name) and not any(
             a == "--database" or a.startswith("--database=") for a in command_args
         )
         jobs = options["jobs"]
         if jobs < 1:
             raise CommandError("--jobs must be at least 1.")
         tenants = self.selected_tenants(options)
+
+        def run_in(tenant: AbstractTenant, streams: dict[str, Any] | None = None) -> None:
+            if self.verbosity >= 1 and streams is None:
+                self.stderr.write(self.style.MIGRATE_HEADING(f"== {tenant.slug}"))
+            extra = {"database": alias_for(tenant)} if give_database else {}
+            with tenant_context(tenant):
+                call_command(name, *command_args, **extra, **(streams or {}))
+
         if not options["all_tenants"] and len(tenants) == 1 and jobs == 1:
-            # One tenant: its errors as they are.
-            self.run_in(tenants[0], name, command_args, takes_database and not passes_database)
+            run_in(tenants[0])  # one tenant: its errors as they are
             return
 
         def work(tenant: AbstractTenant) -> str:
             if jobs == 1:
-                self.run_in(tenant, name, command_args, takes_database and not passes_database)
+                run_in(tenant)
                 return ""
             # In a worker process of its own: what the command prints, in one piece.
             output = io.StringIO()
             with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-                extra = {"stdout": output, "stderr": output}
-                self.run_in(
-                    tenant, name, command_args, takes_database and not passes_database, extra
-                )
+                run_in(tenant, {"stdout": output, "stderr": output})
             return output.getvalue()
 
         failed = []
@@ -82,20 +85,6 @@ class Command(BaseCommand):
                 self.stderr.write(self.style.ERROR(f"{result.slug}: {result.error}"))
         if failed:
             raise CommandError(f"{name} failed for {len(failed)} tenant(s): {', '.join(failed)}.")
-
-    def run_in(
-        self,
-        tenant: AbstractTenant,
-        name: str,
-        command_args: list[str],
-        give_database: bool,
-        streams: dict[str, Any] | None = None,
-    ) -> None:
-        if self.verbosity >= 1 and streams is None:
-            self.stderr.write(self.style.MIGRATE_HEADING(f"== {tenant.slug}"))
-        extra = {"database": alias_for(tenant)} if give_database else {}
-        with tenant_context(tenant):
-            call_command(name, *command_args, **extra, **(streams or {}))
 
     def selected_tenants(self, options: dict[str, Any]) -> Any:
         tenants = get_tenant_model()._default_manager.order_by("slug")
