@@ -38,6 +38,8 @@ SERVER_ONLY_KEYS = (
     "DATABASE",
     "TRANSACTION_POOLING",
     "DIRECT",
+    "MAX_OPEN_CONNECTIONS",
+    "CONNECTION_BUDGET",
 )
 
 # What a server entry's DIRECT may set: the address of the server itself, for PostgreSQL's
@@ -72,9 +74,12 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_HOSTS": (),
     "HEADER": "X-Tenant",
     "PATH_PREFIX": "/t/",
-    # Open tenant connections per process; beyond it, the least recently used idle ones
-    # are closed at safe points. None: no cap.
+    # Open connections to tenants' own databases per process, never exceeded: at the cap a
+    # thread closes an idle one (the least recently used) before it opens another, or
+    # waits up to CONNECTION_WAIT_TIMEOUT seconds for one to be released, then fails
+    # (503 for a request). None: no cap. A server entry may set its own cap.
     "MAX_OPEN_CONNECTIONS": 100,
+    "CONNECTION_WAIT_TIMEOUT": 5.0,
     # Seconds after its last use at which an idle tenant connection is closed at the next
     # safe point of its thread. None: kept as long as CONN_MAX_AGE allows.
     "IDLE_CONNECTION_TIMEOUT": None,
@@ -293,6 +298,17 @@ class TenancySettings:
         ):
             raise _error("MAX_OPEN_CONNECTIONS", "must be a positive integer or None (no cap).")
         return value
+
+    @cached_property
+    def CONNECTION_WAIT_TIMEOUT(self) -> float:
+        value = self._raw["CONNECTION_WAIT_TIMEOUT"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _error("CONNECTION_WAIT_TIMEOUT", "must be a number of seconds, 0 or more.")
+        return float(value)
+
+    def server_connection_cap(self, name: str) -> int | None:
+        """Server ``name``'s own cap on open tenant connections per process, if it has one."""
+        return cast(int | None, self.SERVERS[name].get("MAX_OPEN_CONNECTIONS"))
 
     @cached_property
     def IDLE_CONNECTION_TIMEOUT(self) -> float | None:
@@ -584,6 +600,12 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
         )
     _validate_placement(name, template, vendor)
     _validate_direct(name, template, vendor)
+    for key in ("MAX_OPEN_CONNECTIONS", "CONNECTION_BUDGET"):
+        value = template.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise _server_error(name, f"has {key} {value!r}; it must be a positive integer.")
     server = copy.deepcopy(dict(template))
     if vendor == "sqlite":
         if not template.get("DIRECTORY"):

@@ -43,7 +43,6 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.local import Local
@@ -56,7 +55,7 @@ from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWra
 from django.db.backends.sqlite3.base import SQLiteCursorWrapper
 from django.db.utils import load_backend
 
-from tenancy import schema_connections
+from tenancy import connection_cap, schema_connections
 from tenancy.backends.sqlite import SQLiteServer, sqlite_uri
 from tenancy.conf import (
     SERVER_ONLY_KEYS,
@@ -111,15 +110,25 @@ class _Use:
         "__weakref__",
         "alias",
         "close_requested",
+        "closed_by_cap",
+        "connecting",
         "cursors",
         "last_used",
+        "owner",
         "schema",
+        "server",
         "wrapper",
     )
 
-    def __init__(self, alias: str, wrapper: BaseDatabaseWrapper) -> None:
+    def __init__(self, alias: str, server: str, wrapper: BaseDatabaseWrapper) -> None:
         self.alias = alias
+        self.server = server
         self.wrapper = wrapper
+        self.owner = _thread.state
+        # Between taking a place under the cap and connecting (tenancy.connection_cap).
+        self.connecting = False
+        # Closed by another thread that needed room while this one was between requests.
+        self.closed_by_cap = False
         # A schema tenant's: its connection is shared (tenancy.schema_connections).
         self.schema = schema_connections.schema_of(wrapper.settings_dict) is not None
         self.last_used = time.monotonic()
@@ -135,6 +144,7 @@ class _Use:
 class _ThreadUses(threading.local):
     def __init__(self) -> None:
         self.uses: dict[str, _Use] = {}  # alias -> this thread's use of it
+        self.state = connection_cap.ThreadState()
 
 
 _handler = cast(Any, connections)
@@ -165,6 +175,8 @@ def alias_for(tenant: AbstractTenant) -> str:
         or registration.database_name != tenant.database_name
     ):
         registration = _register(tenant)
+    if _thread.state.parked:
+        _unpark()
     use = _thread.uses.get(registration.alias)
     if use is None:
         use = _attach(registration)
@@ -261,8 +273,22 @@ def open_connection_count() -> int:
     tenant of database placement, one per shared connection for schema tenants."""
     with _lock:
         uses = list(_all_uses)
-    own = sum(1 for use in uses if not use.schema and use.wrapper.connection is not None)
+    own = sum(
+        1
+        for use in uses
+        if not use.schema
+        and use.wrapper.connection is not None
+        and not use.closed_by_cap
+        and not getattr(use.wrapper.connection, "closed", False)  # psycopg's, being closed
+    )
     return own + schema_connections.open_count()
+
+
+def snapshot() -> connection_cap.ConnectionSnapshot:
+    """This process's tenant connections now, per server: open, idle between requests,
+    threads waiting for one at the cap, refusals since the process started; and the
+    connections schema tenants share. ``snapshot().summary()`` is one line of it."""
+    return connection_cap.snapshot()
 
 
 def close_old_connections(**kwargs: Any) -> None:
@@ -273,9 +299,8 @@ def close_old_connections(**kwargs: Any) -> None:
     so are, when only tenancy would close them (idle, over the cap, tenant removed), those
     with autocommit turned off or an unfinished ``QuerySet.iterator()``.
     """
-    cap = tenancy_settings.MAX_OPEN_CONNECTIONS
-    if cap is not None and len(_all_uses) > cap:
-        _request_closing(cap)
+    if _thread.state.parked:
+        _unpark()
     uses = _thread.uses
     if not uses:
         schema_connections.close_old(_is_busy_wrapper)
@@ -329,6 +354,7 @@ def forget_inherited_connections() -> None:
     _thread = _ThreadUses()
     _all_uses = weakref.WeakSet()
     schema_connections.forget_inherited()
+    connection_cap.forget_inherited()
 
 
 def connection_failed(tenant: AbstractTenant) -> bool:
@@ -446,19 +472,18 @@ def _attach(registration: _Registration) -> _Use:
             raise TenantRemoved(slug)
     settings = registration.settings
     wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
-    use = _Use(registration.alias, wrapper)
+    use = _Use(registration.alias, registration.server, wrapper)
     _instrument(use, registration)
     if use.schema:
         schema_connections.instrument(wrapper)
+    else:
+        _cap(use)
     if tenancy_settings.SQL_COMMENT:
         wrapper.execute_wrappers.append(SqlComment(slug))
     connections[registration.alias] = wrapper
     _thread.uses[registration.alias] = use
     with _lock:
         _all_uses.add(use)
-    cap = tenancy_settings.MAX_OPEN_CONNECTIONS
-    if cap is not None and len(_all_uses) > cap:
-        _request_closing(cap, opening=1)
     # Opening another tenant's connection is a safe point for the thread's others.
     for other in list(_thread.uses.values()):
         if other is not use and (other.close_requested or not _is_registered(other.alias)):
@@ -502,6 +527,59 @@ def _instrument(use: _Use, registration: _Registration) -> None:
     instrumented = cast(Any, wrapper)
     instrumented.create_cursor = guarded_create_cursor
     wrapper.execute_wrappers.append(guarded_execute)
+
+
+def _cap(use: _Use) -> None:
+    """Make ``use``'s connection object take a place under the cap before it connects and
+    give it back when it closes; and, in a thread between requests, wait while another
+    thread closes it for room (``tenancy.connection_cap``)."""
+    wrapper, owner = use.wrapper, use.owner
+    connect, ensure_connection = wrapper.connect, wrapper.ensure_connection
+    close = cast(Any, wrapper)._close
+
+    def capped_connect() -> None:
+        if owner.parked:
+            _unpark()
+        if _thread.uses.get(use.alias) is None and _is_registered(use.alias):
+            # Used again after its thread forgot it: its safe points close it again.
+            _thread.uses[use.alias] = use
+            with _lock:
+                _all_uses.add(use)
+        connection_cap.admit(use, _own_uses, _is_busy, _release)  # type: ignore[arg-type]
+        try:
+            connect()
+        finally:
+            connection_cap.connected(use)
+
+    def unparked_ensure_connection() -> None:
+        if owner.parked:
+            _unpark()
+        ensure_connection()
+
+    def capped_close() -> None:
+        if owner.parked:
+            _unpark()
+        connection_cap.closing(use, close)
+
+    instrumented = cast(Any, wrapper)
+    instrumented.connect = capped_connect
+    instrumented.ensure_connection = unparked_ensure_connection
+    instrumented._close = capped_close
+
+
+def _own_uses() -> list[_Use]:
+    return list(_thread.uses.values())
+
+
+def _unpark() -> None:
+    connection_cap.unpark(_thread.state, list(_thread.uses.values()))
+
+
+def _park(**kwargs: Any) -> None:
+    """At the end of a request: the thread's idle tenant connections may be closed by
+    another thread that needs room under the cap, until this thread uses one again."""
+    if _thread.uses:
+        connection_cap.park(_thread.state)
 
 
 class _SQLiteCursor(SQLiteCursorWrapper):
@@ -548,17 +626,6 @@ def _is_busy(use: _Use) -> bool:
     return getattr(info, "transaction_status", None) in _PG_TRANSACTION_OPEN
 
 
-def _request_closing(cap: int, opening: int = 0) -> None:
-    """Ask the owners of the least recently used connections beyond ``cap`` to close them."""
-    with _lock:
-        uses = list(_all_uses)
-    open_uses = [use for use in uses if not use.schema and use.wrapper.connection is not None]
-    excess = len(open_uses) + opening - cap
-    if excess > 0:
-        for use in sorted(open_uses, key=attrgetter("last_used"))[:excess]:
-            use.close_requested = True
-
-
 def _forget(use: _Use) -> None:
     if _thread.uses.get(use.alias) is use:
         del _thread.uses[use.alias]
@@ -582,7 +649,7 @@ def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
     for use in uses:
         # A schema tenant's connection is shared with other tenants: its thread lets go
         # of it at its next safe point, and refuses statements until then.
-        if use is not own and not use.schema and _close_from_outside(use.wrapper):
+        if use is not own and not use.schema and _close_from_outside(use):
             with _lock:
                 _all_uses.discard(use)
         # Otherwise its thread closes it at its next safe point; until then it counts.
@@ -593,19 +660,19 @@ def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
     _close_pool(registration)
 
 
-def _close_from_outside(wrapper: BaseDatabaseWrapper) -> bool:
+def _close_from_outside(use: _Use) -> bool:
     """Close another thread's driver connection if its driver makes that safe; return
     whether it is closed."""
-    raw = wrapper.connection
+    raw = use.wrapper.connection
     # psycopg 3 holds `lock` while a statement runs. sqlite3 has none: closing under a
     # running statement frees memory the statement still uses.
     lock = getattr(raw, "lock", None)
     if lock is None:
         return False
     try:
-        _close_driver_connection(raw, lock)
+        connection_cap.closing(use, lambda: _close_driver_connection(raw, lock))
     except Exception:
-        logger.exception("Could not close a connection of %s in another thread", wrapper.alias)
+        logger.exception("Could not close a connection of %s in another thread", use.alias)
         return False
     return True
 
@@ -649,3 +716,4 @@ connection_created.connect(_refuse_removed_alias, dispatch_uid="tenancy.connecti
 request_started.connect(_reset_queries, dispatch_uid="tenancy.connections.reset_queries")
 request_started.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
 request_finished.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
+request_finished.connect(_park, dispatch_uid="tenancy.connections.park")

@@ -93,3 +93,23 @@ def one_line(error: BaseException | str) -> str:
     if isinstance(error, str | TenancyError):
         return text
     return f"{type(error).__name__}: {text}"
+
+
+class ConnectionLimitReached(TenancyError):
+    """A tenant's connection would exceed ``MAX_OPEN_CONNECTIONS`` (the process's, or its
+    server's), and no connection was released within ``CONNECTION_WAIT_TIMEOUT``."""
+
+    def __init__(self, slug: str, server: str, cap: int, scope: str, waited: float) -> None:
+        self.slug, self.server, self.cap = slug, server, cap
+        holder = "this process" if scope == "process" else f"server {server!r} in this process"
+        setting = (
+            "TENANCY['MAX_OPEN_CONNECTIONS']"
+            if scope == "process"
+            else f"TENANCY['SERVERS'][{server!r}]['MAX_OPEN_CONNECTIONS']"
+        )
+        super().__init__(
+            f"Tenant {slug!r} cannot get a database connection: {holder} holds {cap} tenant "
+            f"connection{'s' if cap != 1 else ''} ({setting}), all in use, and none was "
+            f"released within {waited:g} s. Raise {setting} or CONNECTION_WAIT_TIMEOUT, "
+            "or run fewer threads per process."
+        )

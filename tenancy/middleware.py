@@ -20,7 +20,7 @@ from tenancy.cache import keep_space_for_response
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_failed
 from tenancy.context import tenant_context
-from tenancy.exceptions import TenancyError, TenantRemoved
+from tenancy.exceptions import ConnectionLimitReached, TenancyError, TenantRemoved
 from tenancy.models import AbstractTenant, TenantStatus
 from tenancy.resolvers import HostResolver, Resolution, get_resolver
 from tenancy.sessions import guard_session
@@ -53,11 +53,14 @@ def tenant_not_found(request: HttpRequest, key: str) -> HttpResponseBase:
     )
 
 
-def tenant_unavailable(request: HttpRequest, tenant: AbstractTenant) -> HttpResponseBase:
+def tenant_unavailable(
+    request: HttpRequest, tenant: AbstractTenant, retry_after: int = 120
+) -> HttpResponseBase:
     """The 503 answer to a request for a tenant that is not active (or whose database
-    cannot be reached): ``TENANCY['UNAVAILABLE_VIEW']`` if set, else JSON when the client
-    prefers it, else ``tenancy/unavailable.html`` (context: ``tenant``) if a template of that
-    name exists, else a plain page; the last three say Retry-After."""
+    cannot be reached, or that got no connection under the cap):
+    ``TENANCY['UNAVAILABLE_VIEW']`` if set, else JSON when the client prefers it, else
+    ``tenancy/unavailable.html`` (context: ``tenant``) if a template of that name exists,
+    else a plain page; the last three say Retry-After (seconds)."""
     view = tenancy_settings.UNAVAILABLE_VIEW
     if view is not None:
         return view(request, tenant)  # type: ignore[no-any-return]
@@ -69,7 +72,7 @@ def tenant_unavailable(request: HttpRequest, tenant: AbstractTenant) -> HttpResp
         detail=f"The site {tenant.slug} is not available right now.",
         template_name="tenancy/unavailable.html",
         context={"tenant": tenant},
-        headers={"Retry-After": "120"},
+        headers={"Retry-After": str(retry_after)},
     )
 
 
@@ -223,6 +226,8 @@ def _no_save(*args: Any, **kwargs: Any) -> None:
 
 
 _READS = ("GET", "HEAD", "OPTIONS")
+# Seconds a client is asked to wait after a request refused at the connection cap.
+CONNECTION_RETRY_AFTER = 5
 # PostgreSQL's SQLSTATE for a write in a read-only transaction.
 _READ_ONLY_TRANSACTION = "25006"
 
@@ -239,6 +244,9 @@ def tenant_error_response(
     The registry decides the answer: 404 when the tenant is gone or archived, 503 when it
     is not active (being deleted, say) or its database cannot be reached.
     """
+    if isinstance(exception, ConnectionLimitReached):
+        # Logged where it was raised, with the process's connections.
+        return tenant_unavailable(request, tenant, retry_after=CONNECTION_RETRY_AFTER)
     if isinstance(exception, TenantRemoved):
         if exception.slug != tenant.slug:
             return None

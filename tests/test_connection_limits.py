@@ -2,6 +2,7 @@
 
 import io
 import json
+import random
 import threading
 import time
 
@@ -9,16 +10,20 @@ import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_started
 from django.db import connections
+from django.test import Client
 
-from tenancy import atomic, tenant_connection, tenant_context
+from tenancy import atomic, connection_cap, tenant_connection, tenant_context
 from tenancy.connections import (
     alias_for,
     attached_aliases,
+    close_all,
     close_old_connections,
     open_connection_count,
     register,
     registered_aliases,
+    snapshot,
 )
+from tenancy.exceptions import ConnectionLimitReached
 from tenancy.provisioning import create_tenant
 from tests.conftest import client_sessions, make_tenant
 from tests.settings import BACKEND
@@ -37,6 +42,20 @@ def fleet(db_access):
             Note.objects.create(text=tenant.slug)
         tenants.append(tenant)
     return tenants
+
+
+def reset_counters():
+    """The cap's counters (refusals, peak) from zero."""
+    state = connection_cap._state
+    with state.condition:
+        state.refused.clear()
+        state.peak = len(state.holding)
+        state.closed_for_room = 0
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    reset_counters()
 
 
 def limits(settings, *, conn_max_age=0, **values):
@@ -103,19 +122,27 @@ def test_a_loop_over_tenants_outside_requests_stays_under_the_cap(fleet, setting
             assert server_sessions(fleet) <= 2
 
 
+def refused(tenant):
+    """Reaching ``tenant`` needs a connection the cap refuses."""
+    with pytest.raises(ConnectionLimitReached) as caught, tenant_context(tenant):
+        Note.objects.count()
+    message = str(caught.value)
+    assert f"Tenant {tenant.slug!r} cannot get a database connection" in message
+    assert "MAX_OPEN_CONNECTIONS" in message
+    return message
+
+
 def test_a_connection_inside_a_transaction_is_never_closed_for_the_cap(alpha, beta, settings):
-    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
-    first, second = alpha, beta
-    with tenant_context(first), atomic():
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.2)
+    with tenant_context(alpha), atomic():
         Note.objects.create(text="before")
-        with tenant_context(second):
-            assert Note.objects.count() == 0
-        assert open_connection_count() == 2
+        assert "holds 1 tenant connection" in refused(beta)
+        assert open_connection_count() == 1
         Note.objects.create(text="after")
-    close_old_connections()
-    assert attached_aliases() == [alias_for(first)]
-    assert open_connection_count() == 1
-    with tenant_context(first):
+    with tenant_context(beta):  # alpha's is idle now: closed to make room
+        assert Note.objects.count() == 0
+    assert attached_aliases() == [alias_for(beta)]
+    with tenant_context(alpha):
         assert Note.objects.filter(text__in=["before", "after"]).count() == 2
 
 
@@ -139,19 +166,17 @@ def commit_transaction(connection, hold):
 
 @pytest.mark.parametrize("hold", ["autocommit off", "BEGIN by hand"])
 def test_a_transaction_outside_atomic_is_never_closed_for_the_cap(alpha, beta, settings, hold):
-    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.2)
     with tenant_context(alpha):
         connection = tenant_connection()
         hold_transaction(connection, hold)
         Note.objects.create(text="not committed yet")
-    with tenant_context(beta):  # opening beta's connection is a safe point for alpha's
-        assert Note.objects.count() == 0
-    if hold == "BEGIN by hand":  # Django itself closes one with autocommit left off here
-        close_old_connections()
-    assert open_connection_count() == 2
+    refused(beta)
+    assert open_connection_count() == 1
     with tenant_context(alpha):
         commit_transaction(connection, hold)
-    close_old_connections()  # now the cap applies
+    with tenant_context(beta):  # now alpha's may be closed for room
+        assert Note.objects.count() == 0
     assert open_connection_count() == 1
     with tenant_context(alpha):
         assert list(Note.objects.values_list("text", flat=True)) == ["not committed yet"]
@@ -160,79 +185,198 @@ def test_a_transaction_outside_atomic_is_never_closed_for_the_cap(alpha, beta, s
 def test_a_connection_with_an_unfinished_iterator_is_never_closed_for_the_cap(
     alpha, beta, settings
 ):
-    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.1)
     with tenant_context(alpha):
         Note.objects.bulk_create([Note(text=text) for text in ("a1", "a2", "a3")])
     seen = []
     with tenant_context(alpha):
         for note in Note.objects.order_by("text").iterator(chunk_size=1):
-            with tenant_context(beta):  # a safe point for alpha's connection
-                Note.objects.count()
-            close_old_connections()  # and another
+            refused(beta)
+            close_old_connections()  # a safe point
             seen.append(note.text)
     assert seen == ["a1", "a2", "a3"]
-    close_old_connections()  # the loop is done: now the cap applies
+    with tenant_context(beta):  # the loop is done: room is made
+        Note.objects.count()
     assert open_connection_count() == 1
 
 
 def test_a_connection_with_a_raw_loop_or_cursor_being_fetched_is_never_closed_for_the_cap(
     alpha, beta, settings
 ):
-    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.1)
     with tenant_context(alpha):
         Note.objects.bulk_create([Note(text=text) for text in ("a1", "a2", "a3")])
     seen = []
     with tenant_context(alpha):
         query = f"SELECT * FROM {Note._meta.db_table} ORDER BY text"
         for note in Note.objects.raw(query).iterator():
-            with tenant_context(beta):
-                Note.objects.count()
+            refused(beta)
             close_old_connections()
             seen.append(note.text)
         with tenant_connection().cursor() as cursor:
             cursor.execute(f"SELECT text FROM {Note._meta.db_table} ORDER BY text")
             while (row := cursor.fetchone()) is not None:
-                with tenant_context(beta):
-                    Note.objects.count()
+                refused(beta)
                 seen.append(row[0])
     assert seen == ["a1", "a2", "a3"] * 2
 
 
-def test_other_threads_close_their_connections_themselves(alpha, beta, settings):
-    fleet = [alpha, beta]
-    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1)
-    opened, go = threading.Event(), threading.Event()
+def test_a_thread_at_work_closes_its_connection_itself_when_another_waits(alpha, beta, settings):
+    """A thread outside a request keeps its connection until its next safe point, where it
+    closes it for the thread waiting at the cap; nobody closes it underneath."""
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=30)
+    opened, asked = threading.Event(), threading.Event()
     seen = {}
 
     def hold():
-        with tenant_context(fleet[0]):
+        with tenant_context(alpha):
             Note.objects.count()
-        wrapper = connections[alias_for(fleet[0])]
+        wrapper = connections[alias_for(alpha)]
         opened.set()
-        go.wait(timeout=60)
+        assert asked.wait(timeout=60)
         seen["open before its safe point"] = wrapper.connection is not None
         with wrapper.cursor() as cursor:  # still usable: nobody closed it underneath
             cursor.execute("SELECT 1")
         close_old_connections()
         seen["open after its safe point"] = wrapper.connection is not None
-        seen["attached after"] = attached_aliases()
 
-    thread = threading.Thread(target=hold)
+    def wait_for_beta():
+        with tenant_context(beta):
+            seen["beta's notes"] = Note.objects.count()
+        close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert opened.wait(timeout=60)
+    waiter = threading.Thread(target=wait_for_beta)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while snapshot().servers[beta.server].waiting == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked.set()
+    holder.join(timeout=60)
+    waiter.join(timeout=60)
+    assert seen == {
+        "open before its safe point": True,
+        "open after its safe point": False,
+        "beta's notes": 0,
+    }
+    assert snapshot().servers[beta.server].refused == 0
+
+
+def test_an_idle_connection_of_a_thread_between_requests_makes_room(fleet, settings):
+    """A thread between requests may have its idle connection closed by a thread that
+    needs room; its next request opens a new one, to its own tenant."""
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=30)
+    first, second = fleet[0], fleet[1]
+    served, go = threading.Event(), threading.Event()
+    seen = {}
+
+    def serve_twice():
+        client = Client()
+        serve(client, first)
+        seen["held between requests"] = open_connection_count()
+        served.set()
+        assert go.wait(timeout=60)
+        serve(client, first)  # reconnects: its connection was closed for room
+        seen["attached"] = attached_aliases()
+        close_all()
+        connections.close_all()
+
+    thread = threading.Thread(target=serve_twice)
     thread.start()
+    assert served.wait(timeout=60)
     try:
-        assert opened.wait(timeout=60)
-        with tenant_context(fleet[1]):
-            Note.objects.count()
+        serve(Client(), second)  # no room: the parked thread's idle connection is closed
+        seen["while the other was parked"] = open_connection_count()
     finally:
         go.set()
         thread.join(timeout=60)
     assert seen == {
-        "open before its safe point": True,
-        "open after its safe point": False,
-        "attached after": [],
+        "held between requests": 1,
+        "while the other was parked": 1,
+        "attached": [alias_for(first)],
     }
-    assert attached_aliases() == [alias_for(fleet[1])]
-    assert open_connection_count() == 1
+    assert snapshot().closed_for_room >= 1
+
+
+def test_a_request_refused_at_the_cap_is_answered_with_503(client, alpha, beta, settings, caplog):
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.1)
+    with tenant_context(alpha), atomic():
+        Note.objects.create(text="held")
+        response = client.get("/notes/", HTTP_HOST="beta.example.test")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert b"beta" in response.content
+    assert b"held" not in response.content
+    [record] = [r for r in caplog.records if "cannot get a database connection" in r.message]
+    assert "Tenant 'beta'" in record.message
+    assert "1 waiting" in record.message
+    assert snapshot().servers[beta.server].refused >= 1
+
+
+def test_a_server_cap_leaves_other_servers_alone(alpha, beta, gamma, settings):
+    limits(settings, conn_max_age=None, CONNECTION_WAIT_TIMEOUT=0.1)
+    servers = settings.TENANCY["SERVERS"]
+    servers = {**servers, "one": {**servers["one"], "MAX_OPEN_CONNECTIONS": 1}}
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": servers}
+    assert {alpha.server, beta.server, gamma.server} == {"one", "two"}
+    on_one = [t for t in (alpha, beta, gamma) if t.server == "one"]
+    on_two = [t for t in (alpha, beta, gamma) if t.server == "two"]
+    with tenant_context(on_one[0]), atomic():
+        Note.objects.count()
+        for tenant in on_two:
+            with tenant_context(tenant):
+                Note.objects.count()
+        message = refused(on_one[1]) if len(on_one) > 1 else None
+    if message is not None:
+        assert "server 'one'" in message
+        assert "TENANCY['SERVERS']['one']['MAX_OPEN_CONNECTIONS']" in message
+    state = snapshot()
+    assert state.servers["one"].cap == 1
+    assert state.servers["one"].open <= 1
+
+
+def test_many_threads_at_random_never_exceed_the_cap(fleet, settings):
+    """Eight threads serve requests for tenants at random; the connections open in the
+    process, counted by tenancy and by the server, never exceed the cap."""
+    cap = 2
+    limits(settings, conn_max_age=None, MAX_OPEN_CONNECTIONS=cap, CONNECTION_WAIT_TIMEOUT=30)
+    close_all()  # what making the fleet left open
+    reset_counters()
+    done, errors, samples = threading.Event(), [], []
+
+    def monitor():
+        while not done.is_set():
+            samples.append(open_connection_count())
+            if BACKEND == "postgresql":
+                samples.append(server_sessions(fleet))
+            time.sleep(0.002)
+
+    def work(seed):
+        client, pick = Client(), random.Random(seed).choice
+        try:
+            for _ in range(25):
+                serve(client, pick(fleet))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            close_all()
+            connections.close_all()
+
+    watcher = threading.Thread(target=monitor)
+    watcher.start()
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    done.set()
+    watcher.join(timeout=60)
+    assert errors == []
+    assert max(samples) <= cap
+    assert 0 < snapshot().peak <= cap
+    assert snapshot().servers["one"].refused == 0
 
 
 def test_idle_connections_are_closed_after_the_timeout(alpha, beta, settings):
