@@ -307,8 +307,10 @@ class TenancySettings:
         return float(value)
 
     def server_connection_cap(self, name: str) -> int | None:
-        """Server ``name``'s own cap on open tenant connections per process, if it has one."""
-        return cast(int | None, self.SERVERS[name].get("MAX_OPEN_CONNECTIONS"))
+        """Server ``name``'s own cap on open tenant connections per process, if it has one
+        (and ``None`` for a server no longer configured)."""
+        server = self.SERVERS.get(name)
+        return None if server is None else cast(int | None, server.get("MAX_OPEN_CONNECTIONS"))
 
     @cached_property
     def IDLE_CONNECTION_TIMEOUT(self) -> float | None:

@@ -436,9 +436,7 @@ def snapshot() -> ConnectionSnapshot:
             idle=sum(1 for use in mine if use.owner.parked),
             waiting=waiting[name],
             refused=refused[name],
-            cap=tenancy_settings.SERVERS[name].get("MAX_OPEN_CONNECTIONS")
-            if name in tenancy_settings.SERVERS
-            else None,
+            cap=tenancy_settings.server_connection_cap(name),
         )
     return ConnectionSnapshot(
         cap=tenancy_settings.MAX_OPEN_CONNECTIONS,

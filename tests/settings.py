@@ -73,12 +73,22 @@ def _postgres(variable: str) -> dict[str, Any]:
     }
 
 
+# Behind PgBouncer: the fleet's server connections per cluster (PgBouncer's
+# max_user_connections, in the configuration manage.py pgbouncer_config writes).
+CONNECTION_BUDGET = 250
+
+
 def _direct(server: dict[str, Any], variable: str) -> dict[str, Any]:
     """Behind PgBouncer, the cluster's own address for pg_dump and pg_restore."""
     if not PGBOUNCER:
         return server
     host, _, port = os.environ[variable].rpartition(":")
-    return {**server, "DIRECT": {"HOST": host, "PORT": port}}
+    return {
+        **server,
+        "DIRECT": {"HOST": host, "PORT": port},
+        "TRANSACTION_POOLING": True,
+        "CONNECTION_BUDGET": CONNECTION_BUDGET,
+    }
 
 
 if BACKEND == "postgresql":
