@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tenancy.context import current_tenant, require_tenant, tenant_context
 from tenancy.exceptions import (
+    ConnectionLimitReached,
     CrossTenantError,
     NoTenantError,
     TenancyError,
@@ -26,11 +27,14 @@ from tenancy.server_urls import server_from_url
 from tenancy.transactions import atomic, on_commit
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     from tenancy.models import AbstractTenant
 
 __all__ = [
+    "ConnectionLimitReached",
     "CrossTenantError",
     "NoTenantError",
     "TenancyError",
@@ -46,6 +50,7 @@ __all__ = [
     "server_from_url",
     "tenant_connection",
     "tenant_context",
+    "use_primary",
 ]
 
 
@@ -67,3 +72,14 @@ def tenant_connection() -> BaseDatabaseWrapper:
     from tenancy.connections import tenant_connection
 
     return tenant_connection()
+
+
+def use_primary() -> AbstractContextManager[None]:
+    """A block whose reads go to the tenants' primaries, never a read replica::
+
+    with tenancy.use_primary():
+        invoice = Invoice.objects.get(pk=pk)   # just written by another process
+    """
+    from tenancy.replicas import use_primary
+
+    return use_primary()
