@@ -117,6 +117,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = ["status", "server"]
     search_fields = ["slug", "name", "database_name", "domains__domain"]
     list_per_page = 50
+    change_list_template = "admin/tenancy/tenant_change_list.html"
 
     def get_inlines(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         if tenancy_settings.users_per_tenant:
@@ -397,6 +398,32 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         # The fleet's migration state in one line, from the ledger (two queries).
         summary = ledger.summary_line(ledger.fleet_summary())
         return super().changelist_view(request, {"subtitle": summary, **(extra_context or {})})
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        info = self.opts.app_label, self.opts.model_name
+        view = self.admin_site.admin_view(self.connections_view)
+        return [path("connections/", view, name="%s_%s_connections" % info), *super().get_urls()]
+
+    def connections_view(self, request: HttpRequest) -> HttpResponse:
+        """The tenant connections of the process that serves the page, per server, and
+        the state of each read replica (``tenancy.connections.snapshot()``)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        from tenancy.connections import snapshot
+        from tenancy.replicas import replica_states
+
+        state = snapshot()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Tenant connections of this process"),
+            "snapshot": state,
+            "servers": sorted(state.servers.items()),
+            "replicas": sorted(replica_states().items()),
+        }
+        return TemplateResponse(request, "admin/tenancy/connections.html", context)
 
     @method_decorator(transaction.non_atomic_requests)
     def delete_view(
