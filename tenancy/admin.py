@@ -402,9 +402,9 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_urls(self) -> list[Any]:
         from django.urls import path
 
-        info = self.opts.app_label, self.opts.model_name
+        name = f"{self.opts.app_label}_{self.opts.model_name}_connections"
         view = self.admin_site.admin_view(self.connections_view)
-        return [path("connections/", view, name="%s_%s_connections" % info), *super().get_urls()]
+        return [path("connections/", view, name=name), *super().get_urls()]
 
     def connections_view(self, request: HttpRequest) -> HttpResponse:
         """The tenant connections of the process that serves the page, per server, and
