@@ -1,21 +1,32 @@
 #!/usr/bin/env python
 """Open PostgreSQL connections of one process serving many tenants at random.
 
-    scripts/with-postgres -n 1 .venv/bin/python benchmarks/connections.py [--tenants 1000]
+    TENANCY_PG_MAX_CONNECTIONS=1500 scripts/with-postgres -n 1 --replica \\
+        .venv/bin/python benchmarks/connections.py [--tenants 1000] [--cap 50]
 
-The example project's /api/tasks/ served through Django's WSGI handler by 8 threads of one
-process (as a threaded WSGI server runs it), each request for a tenant picked at random,
-with persistent connections (CONN_MAX_AGE = None, what users set to save the connection
-set-up). Run twice in fresh processes, with MAX_OPEN_CONNECTIONS = None (no cap) and with a
-cap; a monitor samples pg_stat_activity every 10 ms and prints the peak of sessions on the
-tenants' databases, next to the requests that failed (the server refusing connections
-beyond its max_connections) and the requests served per second.
+The example project's /api/tasks/ (a read) served through Django's WSGI handler by 8
+threads of one process (as a threaded WSGI server runs it), each request for a tenant
+picked at random, signed in as a member, with persistent connections (CONN_MAX_AGE =
+None, what users set to save the connection set-up). Each configuration runs in a fresh
+process; a monitor samples pg_stat_activity (the primary's and the replica's) every 5 ms
+and prints the peak of sessions on the tenants' databases, next to the requests that
+failed and the requests served per second:
+
+- no cap, on a server whose max_connections holds every tenant's connection (the
+  baseline: what the cap costs);
+- MAX_OPEN_CONNECTIONS = --cap;
+- Django's psycopg pool per tenant alias instead of persistent connections, with the cap
+  (what Django offers instead);
+- the cap and one streaming replica (REPLICAS): the reads go to the replica;
+- the same tenants as schemas of one shared database (PLACEMENT "schemas").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import subprocess
 import sys
 import threading
@@ -28,15 +39,27 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.postgres import maintenance_connection, server  # noqa: E402
 
 THREADS = 8
-# Django's psycopg pool option (Django 5.1+) in the third run: one pool per tenant alias.
-# A short wait for a connection: a pool that cannot get one waits this long, then fails.
+# Django's psycopg pool option (Django 5.1+): one pool per tenant alias. A short wait for a
+# connection: a pool that cannot get one waits this long, then fails.
 POOL = {"min_size": 1, "max_size": 2, "timeout": 1}
+REPLICA = os.environ.get("TENANCY_TEST_PG_REPLICA_1")
+MODES = ("uncapped", "capped", "pool", "replica", "schemas")
 
 
-def configure(cap: int | None, pool: bool = False) -> None:
+def replica_settings() -> list[dict[str, str]]:
+    host, _, port = (REPLICA or ":").rpartition(":")
+    return [{"HOST": host, "PORT": port}]
+
+
+def configure(mode: str, cap: int) -> None:
     import django
     from django.conf import settings
 
+    tenant_server = server(CONN_MAX_AGE=None)
+    if mode == "pool":
+        tenant_server = server(OPTIONS={"pool": POOL})
+    elif mode == "replica":
+        tenant_server["REPLICAS"] = replica_settings()
     settings.configure(
         SECRET_KEY="benchmarks-only",
         USE_TZ=True,
@@ -62,14 +85,23 @@ def configure(cap: int | None, pool: bool = False) -> None:
         TENANCY={
             "TENANT_APPS": ["example_project.projects"],
             "SERVERS": {
-                "pg": server(OPTIONS={"pool": POOL}) if pool else server(CONN_MAX_AGE=None)
+                "pg": tenant_server,
+                "shared": server(
+                    CONN_MAX_AGE=None, PLACEMENT="schemas", DATABASE="bench_conn_shared"
+                ),
             },
             "DEFAULT_SERVER": "pg",
             "DATABASE_NAME": "bench_conn_{slug}",
-            "MAX_OPEN_CONNECTIONS": cap,
+            "MAX_OPEN_CONNECTIONS": None if mode == "uncapped" else cap,
+            "CONNECTION_WAIT_TIMEOUT": 30,
         },
     )
     django.setup()
+
+
+def slugs(tenants: int, mode: str) -> list[str]:
+    letter = "s" if mode == "schemas" else "t"
+    return [f"{letter}{i:04d}" for i in range(tenants)]
 
 
 def prepare(tenants: int) -> None:
@@ -80,60 +112,90 @@ def prepare(tenants: int) -> None:
             "SELECT datname FROM pg_database WHERE datname LIKE 'bench_conn_%'"
         ).fetchall()
         for (name,) in names:
-            connection.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            connection.execute(
+                sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name))
+            )
         connection.execute("CREATE DATABASE bench_conn_main")
-    configure(None)
+    configure("capped", 50)
     from django.core.management import call_command
 
+    from benchmarks.request_cost import add_member
     from tenancy.provisioning import create_tenant
 
     call_command("migrate", verbosity=0)
-    made = [create_tenant(f"t{i:04d}", domains=[f"t{i:04d}.localhost"]) for i in range(tenants)]
-    from benchmarks.request_cost import add_member
-
+    made = [
+        create_tenant(
+            slug, server="shared" if slug[0] == "s" else "pg", domains=[f"{slug}.localhost"]
+        )
+        for mode in ("capped", "schemas")
+        for slug in slugs(tenants, mode)
+    ]
     add_member(made)
 
 
-def sessions() -> int:
-    with maintenance_connection() as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname LIKE 'bench_conn_t%' AND backend_type = 'client backend'"
-        ).fetchone()
-        return int(row[0]) if row else 0
+SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+    "AND datname LIKE 'bench_conn_%' AND datname <> 'bench_conn_main'"
+)
 
 
-def max_connections() -> int:
-    with maintenance_connection() as connection:
-        row = connection.execute("SHOW max_connections").fetchone()
-        return int(row[0]) if row else 0
+def replica_connection():
+    import psycopg
+
+    host, _, port = (REPLICA or ":").rpartition(":")
+    return psycopg.connect(
+        host=host, port=port, user="postgres", dbname="postgres", autocommit=True
+    )
 
 
-def serve(cap: int | None, tenants: int, requests: int, pool: bool = False) -> None:
-    """Prints the peak of tenant sessions and the requests per second."""
-    configure(cap, pool)
+def wait_for_replica() -> None:
+    """Until the replica has replayed what was provisioned."""
+    with maintenance_connection() as primary, replica_connection() as replica:
+        [lsn] = primary.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        while not replica.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]
+        ).fetchone()[0]:
+            time.sleep(0.05)
+
+
+def serve(mode: str, cap: int, tenants: int, requests: int) -> None:
+    """Prints the peak of tenant sessions (sampled), failed requests, requests per second
+    and the peak of connections counted by tenancy."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # a socket per connection
+    configure(mode, cap)
     from benchmarks.request_cost import Server
 
+    if mode == "replica":
+        wait_for_replica()
     app = Server()
-    slugs = [f"t{i:04d}" for i in range(tenants)]
+    names = slugs(tenants, mode)
+    for slug in names:  # signed in before the clock starts, as returning members are
+        app.cookie(f"{slug}.localhost")
     peak, failed, done = 0, 0, threading.Event()
+    monitors = [maintenance_connection()]
+    if mode == "replica":
+        monitors.append(replica_connection())
 
     def monitor() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, sessions())
-            time.sleep(0.01)
+            peak = max(peak, sum(m.execute(SESSIONS).fetchone()[0] for m in monitors))
+            time.sleep(0.005)
 
     def work(seed: int) -> None:
         nonlocal failed
+        from tenancy.connections import close_all
+
         pick = random.Random(seed).choice
         for _ in range(requests // THREADS):
-            slug = pick(slugs)
+            slug = pick(names)
             status, body = app.request(f"{slug}.localhost")
             if not status.startswith("200"):
                 failed += 1  # e.g. the server refusing more connections
             elif f'"tenant": "{slug}"'.encode() not in body:
                 raise SystemExit(f"{slug}: wrong tenant")
+        close_all()
 
     watcher = threading.Thread(target=monitor)
     watcher.start()
@@ -146,7 +208,9 @@ def serve(cap: int | None, tenants: int, requests: int, pool: bool = False) -> N
     elapsed = time.perf_counter() - started
     done.set()
     watcher.join()
-    print(peak, failed, requests / elapsed)
+    from tenancy.connections import snapshot
+
+    print(peak, failed, requests / elapsed, snapshot().peak)
 
 
 def main() -> None:
@@ -157,8 +221,7 @@ def main() -> None:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        mode, _, cap = args.serve.rpartition(":")
-        serve(int(cap) or None, args.tenants, args.requests, pool=mode == "pool")
+        serve(args.serve, args.cap, args.tenants, args.requests)
         return
     started = time.perf_counter()
     subprocess.run(
@@ -166,42 +229,49 @@ def main() -> None:
         cwd=ROOT,
         check=True,
     )
-    print(f"{args.tenants} tenants provisioned in {time.perf_counter() - started:.0f} s")
+    print(
+        f"{args.tenants} tenants of each placement provisioned in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     rows = []
-    for mode in ("0", str(args.cap), f"pool:{args.cap}"):
+    for mode in MODES:
+        if mode == "replica" and not REPLICA:
+            print("replica: skipped, run under scripts/with-postgres --replica")
+            continue
         # A quarter of the requests with pools: each refused one waits for the pool first.
-        requests = args.requests // 4 if mode.startswith("pool") else args.requests
-        output = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--serve",
-                mode,
-                "--tenants",
-                str(args.tenants),
-                "--requests",
-                str(requests),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        rows.append((mode, requests, int(output[0]), int(output[1]), float(output[2])))
+        requests = args.requests // 4 if mode == "pool" else args.requests
+        command = [sys.executable, __file__, "--serve", mode, "--cap", str(args.cap)]
+        command += ["--tenants", str(args.tenants), "--requests", str(requests)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        peak, failed, rate, counted = output.split()
+        rows.append((mode, requests, int(peak), int(failed), float(rate), int(counted)))
     import django
 
+    with maintenance_connection() as connection:
+        [(most,)] = connection.execute("SHOW max_connections").fetchall()
     print(
-        f"Django {django.get_version()}, Python {sys.version.split()[0]}; requests "
-        f"from {THREADS} threads over {args.tenants} tenants at random, "
-        f"CONN_MAX_AGE = None; the pool run: OPTIONS['pool'] = {POOL}, CONN_MAX_AGE = 0."
+        f"Django {django.get_version()}, Python {sys.version.split()[0]}; {THREADS} threads, "
+        f"requests for {args.tenants} tenants at random, CONN_MAX_AGE = None (the pool run: "
+        f"OPTIONS['pool'] = {POOL}); server max_connections {most}."
     )
     print(
-        f"{'MAX_OPEN_CONNECTIONS':22} {'requests':>9} {'peak sessions':>14} "
-        f"{'failed requests':>16} {'requests/s':>11}  "
-        f"(server max_connections: {max_connections()})"
+        f"{'configuration':34} {'requests':>9} {'peak sessions':>14} {'(counted)':>10} "
+        f"{'failed':>7} {'requests/s':>11} {'vs no cap':>10}"
     )
-    names = {"0": "None (no cap)", f"pool:{args.cap}": f"{args.cap}, psycopg pool"}
-    for mode, requests, peak, failed, rate in rows:
-        print(f"{names.get(mode, mode):22} {requests:9} {peak:14} {failed:16} {rate:11.0f}")
+    names = {
+        "uncapped": "no cap",
+        "capped": f"MAX_OPEN_CONNECTIONS = {args.cap}",
+        "pool": f"cap {args.cap}, psycopg pool per tenant",
+        "replica": f"cap {args.cap}, reads from 1 replica",
+        "schemas": "schema tenants (one shared db)",
+    }
+    baseline = next((rate for mode, *_, rate, _ in rows if mode == "uncapped"), None)
+    for mode, requests, peak, failed, rate, counted in rows:
+        ratio = f"{rate / baseline:9.2f}x" if baseline else ""
+        print(
+            f"{names[mode]:34} {requests:9} {peak:14} {counted:10} {failed:7} "
+            f"{rate:11.0f} {ratio:>10}"
+        )
 
 
 if __name__ == "__main__":

@@ -207,12 +207,20 @@ def primary_in_transaction(tenant: AbstractTenant) -> bool:
     if registration is None:
         return False
     if registration.published:
-        wrapper = connections[registration.alias]
-        return wrapper.in_atomic_block or (
-            wrapper.connection is not None and not wrapper.autocommit
-        )
+        return _in_transaction(connections[registration.alias])
     use = _thread.uses.get(registration.alias)
-    return use is not None and _is_busy(use)
+    return use is not None and _in_transaction(use.wrapper)
+
+
+def _in_transaction(wrapper: BaseDatabaseWrapper) -> bool:
+    if wrapper.in_atomic_block:
+        return True
+    raw = wrapper.connection
+    if raw is None or getattr(raw, "closed", False):
+        return False
+    if not wrapper.autocommit:
+        return True
+    return getattr(getattr(raw, "info", None), "transaction_status", None) in _PG_TRANSACTION_OPEN
 
 
 def _in_thread(registration: _Registration, alias: str, settings: dict[str, Any]) -> str:

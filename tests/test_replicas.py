@@ -156,7 +156,9 @@ def test_a_stopped_replica_is_skipped_and_used_again_when_back(replicated, setti
     try:
         with tenant_context(first):
             assert served_by(Note.objects.all()) == (["a's note"], False)
-        assert any("Replica 0 of server one is skipped" in r.message for r in caplog.records)
+        assert any("Replica 0 of server one is skipped" in r.message for r in caplog.records), (
+            replicas.replica_states()
+        )
     finally:
         start_stop("start")
     caught_up()
