@@ -45,6 +45,7 @@ from tenancy.backends.sqlite import file_lock, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
+from tenancy.replicas import use_primary
 from tenancy.exceptions import TenancyError
 from tenancy.schema_connections import schema_of
 
@@ -405,8 +406,9 @@ def _run_migrate(
     state from hundreds of applied migrations is most of `migrate`'s time)."""
     plan = state.plan_for(connection, applied, for_template=is_template)
     # Inside the tenant's context, RunPython code that uses tenant models without
-    # `using=` reaches this database and not NoTenantError.
-    with tenant_context(tenant):
+    # `using=` reaches this database and not NoTenantError; never a read replica, which
+    # may not have replayed what the migration wrote.
+    with tenant_context(tenant), use_primary():
         # Not for a template: Django's whole `migrate` would apply what must run per tenant.
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb
