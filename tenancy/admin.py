@@ -412,7 +412,6 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if not self.has_view_permission(request):
             raise PermissionDenied
         from tenancy.connections import snapshot
-        from tenancy.replicas import replica_states
 
         state = snapshot()
         context = {
@@ -421,7 +420,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "title": _("Tenant connections of this process"),
             "snapshot": state,
             "servers": sorted(state.servers.items()),
-            "replicas": sorted(replica_states().items()),
+            "replicas": sorted(state.replicas.items()),
         }
         return TemplateResponse(request, "admin/tenancy/connections.html", context)
 

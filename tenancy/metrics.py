@@ -29,7 +29,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
 from tenancy.connections import snapshot
-from tenancy.replicas import replica_states
 
 
 class ConnectionsCollector(Collector):
@@ -87,7 +86,7 @@ class ConnectionsCollector(Collector):
             "Whether reads go to a read replica (1) or skip it (0)",
             labels=["server", "replica"],
         )
-        for name, replicas in replica_states().items():
+        for name, replicas in state.replicas.items():
             for index, replica in enumerate(replicas):
                 if replica["lag"] is not None:
                     lag.add_metric([name, str(index)], replica["lag"])

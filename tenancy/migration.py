@@ -45,8 +45,8 @@ from tenancy.backends.sqlite import file_lock, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
-from tenancy.replicas import use_primary
 from tenancy.exceptions import TenancyError
+from tenancy.replicas import use_primary
 from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:

@@ -181,6 +181,7 @@ def test_a_lagging_replica_is_skipped(replicated, settings):
         assert in_recovery is False
         assert rows == ["a's note", "while the replica is paused"]
         assert replicas.replica_states()["one"][0]["usable"] is False
+        assert "one replica 0: skipped (" in snapshot().summary()
     finally:
         replica_sql("SELECT pg_wal_replay_resume()")
 
