@@ -3,7 +3,10 @@
 A process never holds more than ``MAX_OPEN_CONNECTIONS`` connections to tenants' own
 databases, nor more than a server entry's ``MAX_OPEN_CONNECTIONS`` to that server's. A
 tenant's connection object takes a place before it connects (``admit``) and gives it back
-when it closes (``leave``). When there is none, the thread that needs one makes room:
+when it closes (``closing``): a PostgreSQL session's place once the server has ended the
+session (it closes its side of the socket then), so that the server never counts more.
+Places go to waiting threads in the order they came. When there is none, the thread that
+needs one makes room:
 
 1. it closes its own least recently used idle connection;
 2. it closes the least recently used idle connection of a thread that is between
@@ -24,13 +27,14 @@ database (``tenancy.schema_connections``), however many tenants a thread serves.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
-from collections import Counter
+import weakref
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -78,13 +82,46 @@ class Holder(Protocol):
     connecting: bool
     closed_by_cap: bool
     owner: ThreadState
+    schema: bool
+
+
+class _Ending:
+    """A session closed by tenancy that the server may still count: its place is free
+    once the server has closed its side of the socket (after ending the session)."""
+
+    __slots__ = ("deadline", "server", "watch")
+
+    def __init__(self, server: str, watch: socket.socket) -> None:
+        self.server, self.watch = server, watch
+        self.deadline = time.monotonic() + _SESSION_END_SECONDS
+
+    def ended(self, timeout: float = 0) -> bool:
+        if time.monotonic() >= self.deadline:
+            return True
+        try:
+            readable, _, _ = select.select([self.watch], [], [], timeout)
+            return bool(readable) and not self.watch.recv(4096)
+        except OSError:
+            return True
+
+
+class _Ticket:
+    """A thread waiting for a place; places go to waiters in the order they came."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: str) -> None:
+        self.server = server
 
 
 @dataclass
 class _State:
     condition: threading.Condition = field(default_factory=threading.Condition)
-    holding: set[Any] = field(default_factory=set)  # Holders with a place
-    per_server: Counter[str] = field(default_factory=Counter)
+    # Holders with a place. Weak: a thread that ended without closing its connections
+    # leaves them to the garbage collector, which closes them and frees their places.
+    holding: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    ending: list[_Ending] = field(default_factory=list)
+    queue: deque[_Ticket] = field(default_factory=deque)
     waiting: Counter[str] = field(default_factory=Counter)  # server -> threads waiting now
     refused: Counter[str] = field(default_factory=Counter)  # server -> since start
     closed_for_room: int = 0
@@ -106,33 +143,42 @@ def admit(
     cap = tenancy_settings.MAX_OPEN_CONNECTIONS
     server_cap = tenancy_settings.server_connection_cap(use.server)
     state = _state
+    ticket = _Ticket(use.server)
     deadline = None
     try:
         while True:
             with state.condition:
-                full = _full(use.server, cap, server_cap)
-                if full is None:
+                full = _over(use.server, cap, server_cap)
+                if full is None and not _an_earlier_waiter_fits(ticket):
                     _hold(use)
                     return
-            in_scope = _scope(full, use.server)
-            if _close_own(use, in_scope, own, is_busy, release) or _close_parked(
-                use, in_scope, is_busy
-            ):
-                continue
+                if ticket not in state.queue:
+                    state.queue.append(ticket)
+            if full is not None:
+                in_scope = _scope(full, use.server)
+                if _wait_for_ending(in_scope):
+                    continue
+                if _close_own(use, in_scope, own, is_busy, release) or _close_parked(
+                    use, in_scope, is_busy
+                ):
+                    continue
             now = time.monotonic()
             if deadline is None:
                 deadline = now + tenancy_settings.CONNECTION_WAIT_TIMEOUT
                 with state.condition:
                     state.waiting[use.server] += 1
-                _request_closing(use, in_scope)
+                _request_closing(use, _scope(full or "process", use.server))
             if now >= deadline:
-                raise _refuse(use, full, cap, server_cap)
+                raise _refuse(use, full or "process", cap, server_cap)
             with state.condition:
                 state.condition.wait(min(_POLL_SECONDS, deadline - now))
     finally:
-        if deadline is not None:
-            with state.condition:
+        with state.condition:
+            if ticket in state.queue:
+                state.queue.remove(ticket)
+            if deadline is not None:
                 state.waiting[use.server] -= 1
+            state.condition.notify_all()  # the next waiter may fit now
 
 
 def connected(use: Holder) -> None:
@@ -142,60 +188,49 @@ def connected(use: Holder) -> None:
         leave(use)
 
 
-def leave(use: Holder) -> None:
-    """``use``'s connection was closed: its place is free."""
+def leave(use: Holder, watch: socket.socket | None = None) -> None:
+    """``use``'s connection was closed: its place is free, once the server has ended the
+    session if ``watch`` (``session_end_watch``) is given."""
     state = _state
     with state.condition:
         if use in state.holding:
             state.holding.discard(use)
-            state.per_server[use.server] -= 1
+            if watch is not None:
+                state.ending.append(_Ending(use.server, watch))
+                watch = None
             state.condition.notify_all()
+    if watch is not None:
+        watch.close()
 
 
 def closing(use: Holder, close: Callable[[], None]) -> None:
     """Close ``use``'s driver connection with ``close`` and give its place back.
 
-    At the cap, the place is given back only once the server has ended the session:
-    PostgreSQL ends a session a moment after its client closes it, and the next
-    connection must not be opened while the server still counts the old one.
+    PostgreSQL ends a session a moment after its client closes it: until the server
+    closes its side of the socket, the place counts as taken (without anybody waiting
+    for it), so that the server never sees more sessions than the cap allows.
     """
-    raw = use.wrapper.connection
-    watch = _session_end_watch(raw) if use in _state.holding and _at_limit(use) else None
+    watch = session_end_watch(use) if use in _state.holding else None
     try:
         close()
     finally:
-        if watch is not None:
-            _wait_for_session_end(watch)
-        leave(use)
+        leave(use, watch)
 
 
-def _at_limit(use: Holder) -> bool:
-    cap = tenancy_settings.MAX_OPEN_CONNECTIONS
-    server_cap = tenancy_settings.server_connection_cap(use.server)
-    state = _state
-    with state.condition:
-        return (cap is not None and len(state.holding) >= cap) or (
-            server_cap is not None and state.per_server[use.server] >= server_cap
-        )
-
-
-def _session_end_watch(raw: Any) -> socket.socket | None:
-    """A second descriptor of a PostgreSQL connection's socket, which sees the server
-    close it (after it has ended the session) once the driver has closed its own."""
+def session_end_watch(use: Holder) -> socket.socket | None:
+    """A second descriptor of ``use``'s PostgreSQL socket, which sees the server close
+    it (after it has ended the session) once the driver has closed its own; ``None``
+    for SQLite and for a connection that goes back to a pool rather than closing."""
+    raw = use.wrapper.connection
     pgconn = getattr(raw, "pgconn", None)
     if pgconn is None or getattr(raw, "closed", True):
+        return None
+    if (use.wrapper.settings_dict.get("OPTIONS") or {}).get("pool"):
         return None
     try:
         return socket.socket(fileno=os.dup(pgconn.socket))
     except (OSError, ValueError):
         return None
-
-
-def _wait_for_session_end(watch: socket.socket) -> None:
-    with watch, contextlib.suppress(OSError):
-        watch.settimeout(_SESSION_END_SECONDS)
-        while watch.recv(4096):
-            pass
 
 
 def park(owner: ThreadState) -> None:
@@ -215,42 +250,94 @@ def unpark(owner: ThreadState, uses: Iterable[Holder]) -> None:
             use.wrapper.close()  # already closed: Django forgets the connection
 
 
-def _full(server: str, cap: int | None, server_cap: int | None) -> str | None:
-    """What has no place left: ``"server"``, ``"process"`` or ``None``. Holds the lock."""
+def _counts(server: str) -> tuple[int, int]:
+    """Places taken in the process, and on ``server``. Holds the lock."""
     state = _state
-    if server_cap is not None and state.per_server[server] >= server_cap:
-        _prune()
-        if state.per_server[server] >= server_cap:
-            return "server"
-    if cap is not None and len(state.holding) >= cap:
-        _prune()
-        if len(state.holding) >= cap:
-            return "process"
-    return None
+    ending = state.ending
+    total = len(state.holding) + len(ending)
+    mine = sum(1 for use in list(state.holding) if use.server == server)
+    return total, mine + sum(1 for end in ending if end.server == server)
+
+
+def _over(server: str, cap: int | None, server_cap: int | None) -> str | None:
+    """What has no place left for a connection to ``server``: ``"server"``,
+    ``"process"`` or ``None``. Holds the lock."""
+    if cap is None and server_cap is None:
+        return None
+    for pruned in (False, True):
+        if pruned:
+            _prune()
+        total, mine = _counts(server) if server_cap is not None else (_total(), 0)
+        if server_cap is not None and mine >= server_cap:
+            full = "server"
+        elif cap is not None and total >= cap:
+            full = "process"
+        else:
+            return None
+    return full
+
+
+def _total() -> int:
+    return len(_state.holding) + len(_state.ending)
+
+
+def _an_earlier_waiter_fits(ticket: _Ticket) -> bool:
+    """Whether a thread that waits longer than ``ticket`` (a newcomer: any waiter) would
+    get a place now. Holds the lock."""
+    for earlier in _state.queue:
+        if earlier is ticket:
+            return False
+        if (
+            _over(
+                earlier.server,
+                tenancy_settings.MAX_OPEN_CONNECTIONS,
+                tenancy_settings.server_connection_cap(earlier.server),
+            )
+            is None
+        ):
+            return True
+    return False
 
 
 def _prune() -> None:
-    """Give back the places of connections closed without tenancy's knowledge."""
+    """Give back the places of connections closed without tenancy's knowledge, and of
+    sessions the server has ended. Holds the lock."""
     state = _state
     for use in list(state.holding):
         if not use.connecting and (use.wrapper.connection is None or use.closed_by_cap):
             state.holding.discard(use)
-            state.per_server[use.server] -= 1
+    ended = [end for end in state.ending if end.ended()]
+    for end in ended:
+        state.ending.remove(end)
+        end.watch.close()
+
+
+def _wait_for_ending(in_scope: Callable[[Any], bool]) -> bool:
+    """Wait (briefly) for a session tenancy closed to end, if one holds a place in scope;
+    whether one did."""
+    state = _state
+    with state.condition:
+        ending = [end for end in state.ending if in_scope(end)]
+    if not ending:
+        return False
+    ending[0].ended(timeout=_POLL_SECONDS)
+    with state.condition:
+        before = len(state.ending)
+        _prune()
+        return len(state.ending) < before
 
 
 def _hold(use: Holder) -> None:
     state = _state
     use.connecting = True
-    if use not in state.holding:
-        state.holding.add(use)
-        state.per_server[use.server] += 1
-    state.peak = max(state.peak, len(state.holding))
+    state.holding.add(use)
+    state.peak = max(state.peak, _total())
 
 
-def _scope(full: str, server: str) -> Callable[[Holder], bool]:
+def _scope(full: str, server: str) -> Callable[[Any], bool]:
     if full == "server":
-        return lambda use: use.server == server
-    return lambda use: True
+        return lambda holder: holder.server == server
+    return lambda holder: True
 
 
 def _close_own(
@@ -264,6 +351,7 @@ def _close_own(
         other
         for other in own()
         if other is not use
+        and not other.schema  # shared with other tenants, and holds no place
         and in_scope(other)
         and other.wrapper.connection is not None
         and not is_busy(other)
@@ -283,7 +371,7 @@ def _close_parked(
         candidates = sorted(
             (
                 other
-                for other in state.holding
+                for other in list(state.holding)
                 if other.owner.is_idle()
                 and other.owner is not use.owner
                 and not other.connecting
@@ -303,17 +391,17 @@ def _close_parked(
                 continue
             if not ended and is_busy(other):
                 continue
-            watch = _session_end_watch(raw)
+            watch = session_end_watch(other)
             if not _close_idle_driver_connection(raw):
                 if watch is not None:
                     watch.close()
                 continue
+            # Before the owner may take it back: its next connection needs a place of
+            # its own.
             other.closed_by_cap = True
+            leave(other, watch)
         finally:
             owner.lock.release()
-        if watch is not None:
-            _wait_for_session_end(watch)
-        leave(other)
         _count_closed()
         return True
     return False
@@ -343,7 +431,7 @@ def _request_closing(use: Holder, in_scope: Callable[[Holder], bool]) -> None:
         candidates = sorted(
             (
                 other
-                for other in state.holding
+                for other in list(state.holding)
                 if other.owner is not use.owner and not other.close_requested and in_scope(other)
             ),
             key=lambda other: other.last_used,
@@ -382,7 +470,7 @@ def _refuse(
 class ServerConnections:
     """One server's tenant connections in this process."""
 
-    open: int  # connections to tenants' own databases (or being opened)
+    open: int  # connections to tenants' own databases (being opened, or ending)
     idle: int  # of those, held by threads between requests
     waiting: int  # threads waiting for a place now
     refused: int  # connections refused at the cap since the process started
@@ -435,6 +523,7 @@ def snapshot() -> ConnectionSnapshot:
     with state.condition:
         _prune()
         holding = list(state.holding)
+        ending = Counter(end.server for end in state.ending)
         waiting, refused = Counter(state.waiting), Counter(state.refused)
         peak, closed = state.peak, state.closed_for_room
     names = set(tenancy_settings.SERVERS) | {use.server for use in holding}
@@ -442,7 +531,7 @@ def snapshot() -> ConnectionSnapshot:
     for name in sorted(names):
         mine = [use for use in holding if use.server == name]
         servers[name] = ServerConnections(
-            open=len(mine),
+            open=len(mine) + ending[name],
             idle=sum(1 for use in mine if use.owner.parked),
             waiting=waiting[name],
             refused=refused[name],
@@ -450,7 +539,7 @@ def snapshot() -> ConnectionSnapshot:
         )
     return ConnectionSnapshot(
         cap=tenancy_settings.MAX_OPEN_CONNECTIONS,
-        open=len(holding),
+        open=len(holding) + sum(ending.values()),
         peak=peak,
         closed_for_room=closed,
         shared=schema_connections.open_count(),

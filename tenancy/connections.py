@@ -16,14 +16,17 @@ process has served, and a thread holds only the tenant connections that are open
 
 At a safe point, a thread closes each of its tenant connections that is outside a
 transaction and that Django would close (``CONN_MAX_AGE``, errors, autocommit left off).
-It also closes one that has been idle longer than ``IDLE_CONNECTION_TIMEOUT``, that is
-among the least recently used when the process holds more than ``MAX_OPEN_CONNECTIONS``, or
-whose tenant was removed, unless closing it would lose work: a transaction (Django's or
-the driver's), autocommit turned off, or an unfinished ``QuerySet.iterator()``. Then it
-forgets the closed ones.
+It also closes one that has been idle longer than ``IDLE_CONNECTION_TIMEOUT``, that a
+thread waiting at the cap asked for (``tenancy.connection_cap``), or whose tenant was
+removed, unless closing it would lose work: a transaction (Django's or the driver's),
+autocommit turned off, or an unfinished ``QuerySet.iterator()``. Then it forgets the
+closed ones.
 
-A connection is closed by the thread that owns it, never from outside, with one exception:
-removing a tenant (``unregister``) closes another thread's PostgreSQL connection at once,
+A connection is closed by the thread that owns it, never from outside, with two
+exceptions. A thread that needs room under the cap closes an idle connection of a thread
+between requests (``connection_cap``: that thread waits for it before it touches its
+connections again). And removing a tenant (``unregister``) closes another thread's
+PostgreSQL connection at once,
 once its running statement (if any) is done, since psycopg 3 serializes a connection's use
 with a lock. Another thread's SQLite connection has no such lock (closing it under a
 running query crashes the process): it is retired instead, and its thread closes it at its
@@ -601,11 +604,7 @@ def _cap(use: _Use) -> None:
     def capped_connect() -> None:
         if owner.parked:
             _unpark()
-        if _thread.uses.get(use.alias) is None and _is_registered(use.alias):
-            # Used again after its thread forgot it: its safe points close it again.
-            _thread.uses[use.alias] = use
-            with _lock:
-                _all_uses.add(use)
+        _adopt(use)
         connection_cap.admit(use, _own_uses, _is_busy, _release)  # type: ignore[arg-type]
         try:
             connect()
@@ -626,6 +625,28 @@ def _cap(use: _Use) -> None:
     instrumented.connect = capped_connect
     instrumented.ensure_connection = unparked_ensure_connection
     instrumented._close = capped_close
+
+
+def _adopt(use: _Use) -> None:
+    """``use`` connects again after its thread forgot it (a connection object kept from an
+    earlier request): it becomes the thread's connection object for its alias again, so
+    that the thread's safe points close it, in place of one made meanwhile."""
+    current = _thread.uses.get(use.alias)
+    if current is use or use.owner is not _thread.state or not _is_registered(use.alias):
+        return
+    if current is not None:
+        if _is_busy(current):
+            raise TenancyError(
+                f"Tenant connection {use.alias}: a connection object kept from earlier was "
+                "used while the thread's current one has a transaction open. Get the "
+                "connection anew (tenant_connection(), connections[alias]) where it is used."
+            )
+        current.wrapper.close()
+        _forget(current)
+    _thread.uses[use.alias] = use
+    connections[use.alias] = use.wrapper
+    with _lock:
+        _all_uses.add(use)
 
 
 def _own_uses() -> list[_Use]:

@@ -1,10 +1,12 @@
 """How many tenant connections a process holds, and when they are closed."""
 
+import gc
 import io
 import json
 import random
 import threading
 import time
+import weakref
 
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
@@ -13,6 +15,7 @@ from django.db import connections
 from django.test import Client
 
 from tenancy import atomic, connection_cap, tenant_connection, tenant_context
+from tenancy import connections as connections_module
 from tenancy.connections import (
     alias_for,
     attached_aliases,
@@ -468,3 +471,92 @@ def test_registering_thousands_of_tenants_adds_nothing_to_djangos_databases(db_a
     assert len(registered_aliases()) == 2000
     assert dict(connections.settings) == configured
     assert [c.alias for c in connections.all(initialized_only=True)] == ["default"]
+
+
+def test_a_connection_object_kept_across_requests_is_closed_by_its_thread(alpha, beta, settings):
+    """A connection object kept from an earlier request, used beside the one made
+    meanwhile, becomes the thread's again: its safe points close it and its place is
+    given back."""
+    limits(settings, conn_max_age=0, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=0.2)
+    with tenant_context(alpha):
+        kept = tenant_connection()
+        Note.objects.count()
+    close_old_connections()  # the end of a request: closed and forgotten
+    with tenant_context(alpha):
+        Note.objects.count()  # a new connection object
+        with kept.cursor() as cursor:  # the kept one replaces it
+            cursor.execute("SELECT 1")
+        assert attached_aliases() == [alias_for(alpha)]
+        assert connections[alias_for(alpha)] is kept
+    close_old_connections()
+    assert kept.connection is None
+    with tenant_context(beta):
+        assert Note.objects.count() == 0
+    assert snapshot().open == 1
+
+
+def test_the_connections_of_an_ended_thread_are_left_to_the_garbage_collector(alpha, settings):
+    limits(settings, conn_max_age=None)
+    made = {}
+
+    def work():
+        with tenant_context(alpha):
+            Note.objects.count()
+        made["wrapper"] = weakref.ref(connections[alias_for(alpha)])
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(timeout=60)
+    gc.collect()
+    assert made["wrapper"]() is None
+    assert snapshot().servers[alpha.server].open == 0
+    if BACKEND == "postgresql":
+        assert server_sessions([alpha], settle_to=0) == 0
+
+
+def test_places_go_to_waiting_threads_in_turn(alpha, beta, settings):
+    """A thread that takes and gives back the only place in a loop does not keep a
+    waiting thread out: the place goes to the thread that waits."""
+    limits(settings, conn_max_age=0, MAX_OPEN_CONNECTIONS=1, CONNECTION_WAIT_TIMEOUT=30)
+    stop, looped = threading.Event(), threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            with tenant_context(alpha):
+                Note.objects.count()
+                looped.set()
+                time.sleep(0.005)
+            close_old_connections()  # CONN_MAX_AGE = 0: closed, the place given back
+        close_all()
+        connections.close_all()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        assert looped.wait(timeout=60)
+        with tenant_context(beta):
+            assert Note.objects.count() == 0
+        close_old_connections()  # the place goes back to the looping thread
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert sum(server.refused for server in snapshot().servers.values()) == 0
+
+
+def test_a_pooled_connection_is_not_waited_for_when_it_goes_back_to_its_pool(alpha, settings):
+    limits(settings, conn_max_age=0)
+    with tenant_context(alpha):
+        Note.objects.count()
+        use = connections_module._thread.uses[alias_for(alpha)]
+        pooled = {**use.wrapper.settings_dict, "OPTIONS": {"pool": {"min_size": 1}}}
+        unpooled_watch = connection_cap.session_end_watch(use)
+        unpooled, use.wrapper.settings_dict = use.wrapper.settings_dict, pooled
+        try:
+            assert connection_cap.session_end_watch(use) is None
+        finally:
+            use.wrapper.settings_dict = unpooled
+    if BACKEND == "postgresql":
+        assert unpooled_watch is not None
+        unpooled_watch.close()
+    else:
+        assert unpooled_watch is None  # SQLite: no server session
