@@ -25,6 +25,8 @@ bench:
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/request_path.py  # makes .venv-bench
 	scripts/with-postgres -n 2 .venv/bin/python benchmarks/moving.py
 	scripts/with-postgres -n 2 .venv/bin/python benchmarks/backups.py
+	TENANCY_PG_MAX_CONNECTIONS=2500 scripts/with-postgres -n 1 \
+		.venv/bin/python benchmarks/connections.py --requests 2000
 
 lint:
 	.venv/bin/ruff check .

@@ -98,9 +98,10 @@ class _Ending:
     def ended(self, timeout: float = 0) -> bool:
         if time.monotonic() >= self.deadline:
             return True
+        poller = select.poll()  # not select(): descriptors may be above 1024
+        poller.register(self.watch, select.POLLIN)
         try:
-            readable, _, _ = select.select([self.watch], [], [], timeout)
-            return bool(readable) and not self.watch.recv(4096)
+            return bool(poller.poll(timeout * 1000)) and not self.watch.recv(4096)
         except OSError:
             return True
 
@@ -210,11 +211,18 @@ def closing(use: Holder, close: Callable[[], None]) -> None:
     closes its side of the socket, the place counts as taken (without anybody waiting
     for it), so that the server never sees more sessions than the cap allows.
     """
-    watch = session_end_watch(use) if use in _state.holding else None
+    watch = session_end_watch(use) if use in _state.holding and _capped(use) else None
     try:
         close()
     finally:
         leave(use, watch)
+
+
+def _capped(use: Holder) -> bool:
+    return (
+        tenancy_settings.MAX_OPEN_CONNECTIONS is not None
+        or tenancy_settings.server_connection_cap(use.server) is not None
+    )
 
 
 def session_end_watch(use: Holder) -> socket.socket | None:
@@ -487,8 +495,6 @@ class ConnectionSnapshot:
     closed_for_room: int  # idle connections closed at the cap since the process started
     shared: int  # schema servers' shared connections (not counted against the cap)
     servers: dict[str, ServerConnections]
-    # Per server, each read replica's last check: usable, lag (seconds), the problem.
-    replicas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: the totals, then each server's figures."""
@@ -498,26 +504,18 @@ class ConnectionSnapshot:
             for name, s in sorted(self.servers.items())
         )
         cap = "no cap" if self.cap is None else f"cap {self.cap}"
-        replicas = "; ".join(
-            f"{name} replica {index}: "
-            + ("used" if state["usable"] else f"skipped ({state['problem']})")
-            for name, states in sorted(self.replicas.items())
-            for index, state in enumerate(states)
-        )
         return (
             f"{self.open} open of {cap} (peak {self.peak}, {self.closed_for_room} closed "
             f"for room), {self.shared} shared by schema tenants"
             + (f"; {servers}" if servers else "")
-            + (f"; {replicas}" if replicas else "")
         )
 
 
 def snapshot() -> ConnectionSnapshot:
     """The tenant connections of this process now: per server, how many are open, how
     many of those idle between requests, how many threads wait for one, and how many were
-    refused at the cap since the process started; and each read replica's last check."""
+    refused at the cap since the process started."""
     from tenancy import schema_connections
-    from tenancy.replicas import replica_states
 
     state = _state
     with state.condition:
@@ -544,7 +542,6 @@ def snapshot() -> ConnectionSnapshot:
         closed_for_room=closed,
         shared=schema_connections.open_count(),
         servers=servers,
-        replicas=replica_states(),
     )
 
 

@@ -82,8 +82,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tenancy.connections")
 
 ALIAS_PREFIX = "tenant:"
-# Between a tenant's alias and the replica it names: ``tenant:acme@r0``.
-REPLICA_SEPARATOR = "@"
 
 # The backend of a published test tenant that is a schema (tenancy.testing.schema_engine).
 SCHEMA_TEST_ENGINE = "tenancy.testing.schema_engine"
@@ -106,9 +104,6 @@ class _Registration:
     # In settings.DATABASES, so that Django's test machinery creates and guards it; Django
     # owns its connections. Only the test tenant is published (``tenancy.testing``).
     published: bool = False
-    # The DATABASES entries of the tenant's database on the server's read replicas
-    # (``REPLICAS``), reached as ``<alias>@r<index>``.
-    replicas: tuple[dict[str, Any], ...] = ()
 
 
 class _Use:
@@ -184,46 +179,6 @@ def alias_for(tenant: AbstractTenant) -> str:
     ):
         registration = _register(tenant)
     return _in_thread(registration, registration.alias, registration.settings)
-
-
-def replica_alias_for(tenant: AbstractTenant, index: int) -> str:
-    """The connection alias of ``tenant``'s database on its server's replica ``index``,
-    usable in the calling thread (``tenancy.replicas`` decides when reads go there)."""
-    registration = _registrations.get(tenant.slug)
-    if (
-        registration is None
-        or registration.published
-        or registration.server != tenant.server
-        or registration.database_name != tenant.database_name
-    ):
-        alias_for(tenant)
-        registration = _registrations[tenant.slug]
-    if registration.published or index >= len(registration.replicas):
-        return registration.alias
-    alias = f"{registration.alias}{REPLICA_SEPARATOR}r{index}"
-    return _in_thread(registration, alias, registration.replicas[index])
-
-
-def primary_in_transaction(tenant: AbstractTenant) -> bool:
-    """Whether the calling thread has a transaction open on ``tenant``'s primary."""
-    registration = _registrations.get(tenant.slug)
-    if registration is None:
-        return False
-    if registration.published:
-        return _in_transaction(connections[registration.alias])
-    use = _thread.uses.get(registration.alias)
-    return use is not None and _in_transaction(use.wrapper)
-
-
-def _in_transaction(wrapper: BaseDatabaseWrapper) -> bool:
-    if wrapper.in_atomic_block:
-        return True
-    raw = wrapper.connection
-    if raw is None or getattr(raw, "closed", False):
-        return False
-    if not wrapper.autocommit:
-        return True
-    return getattr(getattr(raw, "info", None), "transaction_status", None) in _PG_TRANSACTION_OPEN
 
 
 def _in_thread(registration: _Registration, alias: str, settings: dict[str, Any]) -> str:
@@ -472,12 +427,6 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
 
 def _register(tenant: AbstractTenant) -> _Registration:
     database = connection_settings(tenant)
-    replicas = tuple(
-        connections.configure_settings({DEFAULT_DB_ALIAS: {}, "replica": {**database, **replica}})[
-            "replica"
-        ]
-        for replica in tenancy_settings.server(tenant.server).get("REPLICAS") or ()
-    )
     retired = None
     with _lock:
         registration = _registrations.get(tenant.slug)
@@ -496,9 +445,7 @@ def _register(tenant: AbstractTenant) -> _Registration:
         alias = f"{ALIAS_PREFIX}{tenant.slug}"
         if retirements:
             alias = f"{alias}#{retirements + 1}"
-        registration = _Registration(
-            alias, tenant.server, tenant.database_name, database, replicas=replicas
-        )
+        registration = _Registration(alias, tenant.server, tenant.database_name, database)
         _registrations[tenant.slug] = registration
     if retired is not None:
         _close_everywhere(*retired)
@@ -516,16 +463,11 @@ def tenant_of_alias(alias: str | None) -> str | None:
 
 def _is_registered(alias: str) -> bool:
     registration = _registrations.get(_slug_of(alias))
-    return registration is not None and registration.alias == _primary_of(alias)
-
-
-def _primary_of(alias: str) -> str:
-    """The tenant alias a replica's alias belongs to (``alias`` itself for a primary's)."""
-    return alias.partition(REPLICA_SEPARATOR)[0]
+    return registration is not None and registration.alias == alias
 
 
 def _slug_of(alias: str) -> str:
-    return _primary_of(alias).removeprefix(ALIAS_PREFIX).partition("#")[0]
+    return alias.removeprefix(ALIAS_PREFIX).partition("#")[0]
 
 
 def _attach(registration: _Registration, alias: str, settings: dict[str, Any]) -> _Use:
@@ -723,22 +665,22 @@ def _retire(slug: str) -> tuple[_Registration, list[_Use]] | None:
     if registration is None:
         return None
     _retirements[slug] = _retirements.get(slug, 0) + 1
-    return registration, [use for use in _all_uses if _primary_of(use.alias) == registration.alias]
+    return registration, [use for use in _all_uses if use.alias == registration.alias]
 
 
 def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
-    own = [use for use in uses if _thread.uses.get(use.alias) is use]
+    own = _thread.uses.get(registration.alias)
     for use in uses:
         # A schema tenant's connection is shared with other tenants: its thread lets go
         # of it at its next safe point, and refuses statements until then.
-        if use not in own and not use.schema and _close_from_outside(use):
+        if use is not own and not use.schema and _close_from_outside(use):
             with _lock:
                 _all_uses.discard(use)
         # Otherwise its thread closes it at its next safe point; until then it counts.
-    for use in own:
-        use.wrapper.close()
-        if use.wrapper.connection is None:  # else inside atomic(): forgotten after it
-            _forget(use)
+    if own is not None:
+        own.wrapper.close()
+        if own.wrapper.connection is None:  # else inside atomic(): forgotten after it
+            _forget(own)
     _close_pool(registration)
 
 
@@ -776,11 +718,9 @@ def _close_pool(registration: _Registration) -> None:
     # Django keeps psycopg pools per alias at class level; one outlives its alias.
     engine = registration.settings["ENGINE"]
     pools = getattr(load_backend(engine).DatabaseWrapper, "_connection_pools", None)
-    if pools is None:
-        return
-    for alias in list(pools):
-        if _primary_of(alias) == registration.alias:
-            pools.pop(alias).close()
+    pool = pools.pop(registration.alias, None) if pools is not None else None
+    if pool is not None:
+        pool.close()
 
 
 def _refuse_removed_alias(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

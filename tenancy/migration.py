@@ -46,7 +46,6 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
-from tenancy.replicas import use_primary
 from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:
@@ -406,9 +405,8 @@ def _run_migrate(
     state from hundreds of applied migrations is most of `migrate`'s time)."""
     plan = state.plan_for(connection, applied, for_template=is_template)
     # Inside the tenant's context, RunPython code that uses tenant models without
-    # `using=` reaches this database and not NoTenantError; never a read replica, which
-    # may not have replayed what the migration wrote.
-    with tenant_context(tenant), use_primary():
+    # `using=` reaches this database and not NoTenantError.
+    with tenant_context(tenant):
         # Not for a template: Django's whole `migrate` would apply what must run per tenant.
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb

@@ -11,7 +11,6 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for, is_tenant_alias, tenant_of_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
-from tenancy.replicas import read_alias, wrote
 from tenancy.transactions import warn_if_only_default_in_transaction
 
 if TYPE_CHECKING:
@@ -35,15 +34,15 @@ class TenantRouter:
     """
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
-        return self._route(model, hints, write=False)
+        return self._route(model, hints)
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
-        alias = self._route(model, hints, write=True)
+        alias = self._route(model, hints)
         if alias is not None and tenancy_settings.CHECK_TRANSACTIONS and is_tenant_alias(alias):
             warn_if_only_default_in_transaction(alias, model)
         return alias
 
-    def _route(self, model: type[Model], hints: dict[str, Any], *, write: bool) -> str | None:
+    def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
         instance = hints.get("instance")
         instance_db = getattr(getattr(instance, "_state", None), "db", None)
         label = model._meta.app_label
@@ -61,9 +60,6 @@ class TenantRouter:
         loaded_from = tenant_of_alias(instance_db)
         if instance is not None and loaded_from not in (None, tenant.slug):
             raise CrossTenantError.for_instance(instance, loaded_from, tenant.slug)
-        if not write:
-            return read_alias(tenant)  # the primary's, or a read replica's
-        wrote(tenant)
         return alias_for(tenant)
 
     def _route_shared_and_tenant(
