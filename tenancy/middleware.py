@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -140,6 +141,7 @@ class TenantMiddleware:
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
         guard_session(request, tenant)
         _use_urlconf(request, tenant)
+        _report_tenant(tenant)
         with resolver.activate(request, resolution), tenant_context(tenant):
             response = self.get_response(request)
             prefix = get_script_prefix()
@@ -155,6 +157,7 @@ class TenantMiddleware:
         tenant = request.tenant = resolution.tenant  # type: ignore[attr-defined]
         guard_session(request, tenant)
         _use_urlconf(request, tenant)
+        _report_tenant(tenant)
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
         with resolver.activate(request, resolution):
             async with tenant_context(tenant):
@@ -194,6 +197,13 @@ class TenantMiddleware:
         if tenant is not None and not tenant.is_active:
             _keep_session_unsaved(request)  # a read served while the tenant moves
         return None
+
+
+def _report_tenant(tenant: AbstractTenant | None) -> None:
+    """Tag the request's Sentry scope with the tenant, once ``tenancy.sentry`` is installed."""
+    sentry = sys.modules.get("tenancy.sentry")
+    if tenant is not None and sentry is not None and sentry.is_installed():
+        sentry.tag_request(tenant)
 
 
 def _served_while_moving(request: HttpRequest, tenant: AbstractTenant) -> bool:

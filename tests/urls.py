@@ -11,6 +11,8 @@ tenant_admin.register(Note, TenantModelAdmin)
 
 urlpatterns = [
     path("notes/", views.notes),
+    path("api/notes/", views.NotesAPI.as_view()),
+    path("explode/", views.explode),
     path("anotes/", views.async_notes),
     path("stream/", views.stream_notes),
     path("astream/", views.async_stream_notes),

@@ -6,6 +6,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.cache import cache_page
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
 
 from tenancy import current_tenant
 from tenancy.middleware import non_atomic_tenant_request
@@ -124,3 +127,24 @@ def tenant_page(request):
 
 
 cached_tenant_page = cache_page(600)(tenant_page)
+
+
+class OnePerMinute(AnonRateThrottle):
+    rate = "1/min"
+
+
+class NotesAPI(APIView):
+    """A DRF view of the tenant's notes, throttled to one request a minute per client."""
+
+    throttle_classes = [OnePerMinute]
+
+    def get(self, request):
+        return Response({"notes": list(Note.objects.values_list("text", flat=True))})
+
+    def post(self, request):
+        note = Note.objects.create(text=request.data["text"])
+        return Response({"id": note.pk, "user": request.user.username}, status=201)
+
+
+def explode(request):
+    raise RuntimeError(f"failed for {request.tenant.slug}")

@@ -177,6 +177,15 @@ def tenant_client(tenant: AbstractTenant) -> Client:
 
 
 @pytest.fixture
+def tenant_api_client(tenant: AbstractTenant) -> Any:
+    """Django REST framework's test client whose requests reach the test tenant (needs
+    ``djangorestframework``)."""
+    from tenancy.testing.drf import TenantAPIClient
+
+    return TenantAPIClient(tenant)
+
+
+@pytest.fixture
 def tenant_async_client(tenant: AbstractTenant) -> AsyncClient:
     """A Django async test client whose requests reach the test tenant."""
     from tenancy.testing.client import TenantAsyncClient
