@@ -79,6 +79,12 @@ def test_async_client_reaches_the_tenant(tenant_async_client):
     Note.objects.create(text="async hello")
     response = async_to_sync(tenant_async_client.get)("/notes/")
     assert response.json() == {"tenant": "test", "notes": ["async hello"]}
+
+
+def test_api_client_reaches_the_tenant(tenant_api_client):
+    Note.objects.create(text="api hello")
+    response = tenant_api_client.get("/notes/", format="json")
+    assert response.json() == {"tenant": "test", "notes": ["api hello"]}
 """
 
 GUARDS = """
@@ -290,7 +296,7 @@ def test_tenant_fixture_isolates_tests(project: pytest.Pytester) -> None:
     project.makepyfile(check_isolation=ISOLATION, check_clients=CLIENTS, check_guards=GUARDS)
     project.makepyfile(check_factory=FACTORY)
     result = project.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=11)
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
