@@ -175,10 +175,19 @@ class _Run(Generic[T]):
                     if self.stopper.is_set() or broken or len(running) >= jobs:
                         break
                     if busy[tenant.server] < per_server:
+                        try:
+                            future = pool.submit(task, tenant)
+                        except BrokenProcessPool:
+                            # A worker died since the last wait: this tenant never
+                            # started, and goes to the next pool.
+                            broken = True
+                            break
                         backlog.remove(tenant)
                         busy[tenant.server] += 1
-                        running[pool.submit(task, tenant)] = tenant
+                        running[future] = tenant
                 if not running:
+                    if broken and backlog:
+                        continue  # a new pool for the tenants left
                     return
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:

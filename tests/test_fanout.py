@@ -9,10 +9,12 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from tenancy import current_tenant, tenant_context
+from tenancy import current_tenant, fanout, tenant_context
 from tenancy.connections import registered_aliases
 from tenancy.fanout import for_each_tenant
 from tenancy.models import Tenant, TenantStatus
@@ -119,6 +121,31 @@ def test_after_a_worker_died_the_other_tenants_go_on_in_a_new_pool(monkeypatch):
     assert results["b"].failed  # in work in the same pool
     assert "worker process died" in results["b"].error
     assert [results[slug].value for slug in "cde"] == ["C", "D", "E"]
+
+
+class PoolBrokenOnSubmit(ThreadPoolExecutor):
+    """A pool whose worker died between the fan-out's last wait and its next submit."""
+
+    broken = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        if PoolBrokenOnSubmit.broken == 0 and args[0].slug == "c":
+            PoolBrokenOnSubmit.broken += 1
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_pool_found_broken_when_submitting_loses_no_tenant(monkeypatch):
+    def make_pool(self, jobs, processes):
+        return PoolBrokenOnSubmit(jobs), lambda tenant: fanout._work(self.function, tenant)
+
+    monkeypatch.setattr(fanout._Run, "make_pool", make_pool)
+    tenants = [FakeTenant(slug) for slug in "abcde"]
+    results = {r.slug: r for r in for_each_tenant(lambda t: t.slug.upper(), tenants, jobs=2)}
+    assert PoolBrokenOnSubmit.broken == 1
+    assert {slug: result.value for slug, result in results.items()} == {
+        slug: slug.upper() for slug in "abcde"
+    }
 
 
 def test_jobs_and_per_server_must_be_positive():
