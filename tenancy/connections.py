@@ -730,14 +730,16 @@ def _refuse_removed_alias(sender: object, connection: BaseDatabaseWrapper, **kwa
         raise TenantRemoved(_slug_of(alias))
 
 
-def _reset_queries(**kwargs: Any) -> None:
+def reset_queries(**kwargs: Any) -> None:
+    """Django's ``reset_queries()`` for the calling thread's tenant connections (whose
+    ``queries`` Django's own does not see); run at the start of every request."""
     for use in _thread.uses.values():
         use.wrapper.queries_log.clear()
 
 
 connection_created.connect(_refuse_removed_alias, dispatch_uid="tenancy.connections.refuse")
 # After Django's own receivers, which were connected when django.db was imported.
-request_started.connect(_reset_queries, dispatch_uid="tenancy.connections.reset_queries")
+request_started.connect(reset_queries, dispatch_uid="tenancy.connections.reset_queries")
 request_started.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
 request_finished.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
 request_finished.connect(_park, dispatch_uid="tenancy.connections.park")

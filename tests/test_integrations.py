@@ -3,11 +3,16 @@
 import pytest
 import sentry_sdk
 from django.contrib.auth.models import User
+from django.db import reset_queries
+from django.test import TransactionTestCase
+from django.test.utils import CaptureQueriesContext
 from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.transport import Transport
 
 import tenancy.sentry
-from tenancy import tenant_context
+from tenancy import tenant_connection, tenant_context
+from tenancy.connections import alias_for
+from tenancy.connections import reset_queries as tenancy_reset_queries
 from tenancy.testing.drf import TenantAPIClient
 from tests.tenantapp.models import Note
 from tests.test_connection_limits import wsgi_get
@@ -113,3 +118,28 @@ def test_sentry_events_and_transactions_carry_the_tenant(alpha, sentry):
     assert transactions.get("/explode/") == "alpha"
     assert "/admin/login/" in transactions
     assert transactions["/admin/login/"] is None  # the main site's request: no tenant
+
+
+def test_query_counting_tools_see_the_tenants_queries(alpha, django_assert_num_queries):
+    with tenant_context(alpha):
+        connection = tenant_connection()
+        with CaptureQueriesContext(connection) as captured:
+            Note.objects.count()
+        assert len(captured) == 1
+        assert Note._meta.db_table in captured[0]["sql"]
+        with django_assert_num_queries(1, connection=connection):
+            Note.objects.exists()
+        TransactionTestCase().assertNumQueries(1, Note.objects.count, using=alias_for(alpha))
+
+
+def test_debug_query_logs_of_tenant_connections_are_reset_per_request(alpha, settings):
+    settings.DEBUG = True
+    with tenant_context(alpha):
+        Note.objects.count()
+        Note.objects.count()
+        connection = tenant_connection()
+    assert len(connection.queries) == 2
+    reset_queries()  # Django's: its own databases only
+    assert len(connection.queries) == 2
+    tenancy_reset_queries()  # what tenancy runs at the start of each request
+    assert connection.queries == []
