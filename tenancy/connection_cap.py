@@ -50,7 +50,8 @@ logger = logging.getLogger("tenancy.connections")
 # How often a thread waiting for a place looks again (a connection closed by Django
 # itself, not through tenancy, gives no notice).
 _POLL_SECONDS = 0.05
-# How long closing a connection at the cap waits for the server to end its session.
+# How long a closed PostgreSQL session's place is kept at most, waiting for the server
+# to end the session.
 _SESSION_END_SECONDS = 1.0
 
 
@@ -261,10 +262,8 @@ def unpark(owner: ThreadState, uses: Iterable[Holder]) -> None:
 def _counts(server: str) -> tuple[int, int]:
     """Places taken in the process, and on ``server``. Holds the lock."""
     state = _state
-    ending = state.ending
-    total = len(state.holding) + len(ending)
     mine = sum(1 for use in list(state.holding) if use.server == server)
-    return total, mine + sum(1 for end in ending if end.server == server)
+    return _total(), mine + sum(1 for end in state.ending if end.server == server)
 
 
 def _over(server: str, cap: int | None, server_cap: int | None) -> str | None:

@@ -178,23 +178,19 @@ def alias_for(tenant: AbstractTenant) -> str:
         or registration.database_name != tenant.database_name
     ):
         registration = _register(tenant)
-    return _in_thread(registration, registration.alias, registration.settings)
-
-
-def _in_thread(registration: _Registration, alias: str, settings: dict[str, Any]) -> str:
     if _thread.state.parked:
         _unpark()
-    use = _thread.uses.get(alias)
+    use = _thread.uses.get(registration.alias)
     if use is None:
-        use = _attach(registration, alias, settings)
-    elif getattr(_handler._connections, alias, None) is not use.wrapper:
+        use = _attach(registration)
+    elif getattr(_handler._connections, use.alias, None) is not use.wrapper:
         # Django keeps connection objects per async context, not per thread: code run by
         # sync_to_async in this thread (QuerySet.aiterator(), say) may come from a context
         # that has not seen this thread's object yet, or has another thread's.
-        connections[alias] = use.wrapper
+        connections[use.alias] = use.wrapper
     use.last_used = time.monotonic()
     use.close_requested = False  # no longer the least recently used
-    return alias
+    return registration.alias
 
 
 def connection_for(tenant: AbstractTenant) -> BaseDatabaseWrapper:
@@ -470,15 +466,16 @@ def _slug_of(alias: str) -> str:
     return alias.removeprefix(ALIAS_PREFIX).partition("#")[0]
 
 
-def _attach(registration: _Registration, alias: str, settings: dict[str, Any]) -> _Use:
-    slug = _slug_of(alias)
+def _attach(registration: _Registration) -> _Use:
+    slug = _slug_of(registration.alias)
     for other in _thread.uses.values():
         if other.wrapper.in_atomic_block and _slug_of(other.alias) == slug:
             # The thread is inside a transaction on the tenant's removed alias: what it
             # writes from now on must not escape the transaction through a new alias.
             raise TenantRemoved(slug)
-    wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, alias)
-    use = _Use(alias, registration.server, wrapper)
+    settings = registration.settings
+    wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
+    use = _Use(registration.alias, registration.server, wrapper)
     _instrument(use, registration)
     if use.schema:
         schema_connections.instrument(wrapper)
@@ -486,8 +483,8 @@ def _attach(registration: _Registration, alias: str, settings: dict[str, Any]) -
         _cap(use)
     if tenancy_settings.SQL_COMMENT:
         wrapper.execute_wrappers.append(SqlComment(slug))
-    connections[alias] = wrapper
-    _thread.uses[alias] = use
+    connections[registration.alias] = wrapper
+    _thread.uses[registration.alias] = use
     with _lock:
         _all_uses.add(use)
     # Opening another tenant's connection is a safe point for the thread's others.
