@@ -16,6 +16,20 @@ def private_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
 
 
+def replace_file(target: Path, text: str) -> None:
+    """Write ``target`` whole (readable by all, as a configuration file is): under a
+    private name, then renamed over the old one."""
+    remove_partial_files_of_dead_processes(target)
+    partial = private_path(target)
+    try:
+        partial.write_text(text)
+        partial.chmod(0o644)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 def remove_partial_files_of_dead_processes(target: Path, pattern: str | None = None) -> None:
     """Remove the private files of ``target`` (or of every file whose name matches the
     glob ``pattern`` in its directory) that processes no longer running left behind."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenancy.exceptions import TenancyError
 from tenancy.pgbouncer import AUTH_TYPES, bouncer_settings, render
+from tenancy.private_files import replace_file
 
 
 class Command(BaseCommand):
@@ -70,7 +69,7 @@ class Command(BaseCommand):
         if output is None:
             self.stdout.write(text, ending="")
             return
-        _write_atomically(Path(output), text)
+        replace_file(Path(output), text)
         self.stderr.write(f"Wrote {output} for server {settings.server!r}.")
 
 
@@ -79,15 +78,3 @@ def _positive(value: str) -> int:
     if number < 1:
         raise ValueError(value)
     return number
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
