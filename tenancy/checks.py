@@ -340,3 +340,25 @@ def _positions(middleware: list[str], dotted_path: str) -> list[int]:
         if isinstance(cls, type) and issubclass(cls, base):
             positions.append(index)
     return positions
+
+
+@checks.register()
+def check_debug_toolbar(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """django-debug-toolbar's own SQL panel sees no tenant connection."""
+    if not apps.is_installed("debug_toolbar"):
+        return []
+    from debug_toolbar.settings import get_panels
+
+    from tenancy.debug_toolbar import SQL_PANEL, TOOLBAR_SQL_PANEL
+
+    if TOOLBAR_SQL_PANEL not in get_panels():
+        return []
+    return [
+        checks.Warning(
+            f"DEBUG_TOOLBAR_PANELS has the toolbar's own {TOOLBAR_SQL_PANEL}, which lists "
+            "no query of a tenant's database.",
+            hint=f"Use {SQL_PANEL!r} in its place: DEBUG_TOOLBAR_PANELS = "
+            "tenancy.debug_toolbar.panels() gives the toolbar's defaults with it.",
+            id="tenancy.W004",
+        )
+    ]

@@ -148,6 +148,7 @@ class _ThreadUses(threading.local):
     def __init__(self) -> None:
         self.uses: dict[str, _Use] = {}  # alias -> this thread's use of it
         self.state = connection_cap.ThreadState()
+        self.watchers: list[Callable[[BaseDatabaseWrapper], None]] = []
 
 
 _handler = cast(Any, connections)
@@ -269,6 +270,23 @@ def registered_aliases() -> dict[str, str]:
 def attached_aliases() -> list[str]:
     """The tenant aliases the calling thread holds a connection object for."""
     return list(_thread.uses)
+
+
+def watch(callback: Callable[[BaseDatabaseWrapper], None]) -> Callable[[], None]:
+    """Call ``callback`` with each tenant connection object the calling thread holds, now
+    and as it attaches more, until the function returned is called: for tools that
+    instrument ``connections.all()``, which lists no tenant's (the debug toolbar's SQL
+    panel, ``tenancy.debug_toolbar``)."""
+    watchers = _thread.watchers
+    watchers.append(callback)
+    for use in list(_thread.uses.values()):
+        callback(use.wrapper)
+
+    def unwatch() -> None:
+        if callback in watchers:
+            watchers.remove(callback)
+
+    return unwatch
 
 
 def open_connection_count() -> int:
@@ -485,6 +503,8 @@ def _attach(registration: _Registration) -> _Use:
         wrapper.execute_wrappers.append(SqlComment(slug))
     connections[registration.alias] = wrapper
     _thread.uses[registration.alias] = use
+    for watcher in list(_thread.watchers):
+        watcher(wrapper)
     with _lock:
         _all_uses.add(use)
     # Opening another tenant's connection is a safe point for the thread's others.

@@ -11,6 +11,7 @@ tenant_admin.register(Note, TenantModelAdmin)
 
 urlpatterns = [
     path("notes/", views.notes),
+    path("notes-page/", views.notes_page),
     path("api/notes/", views.NotesAPI.as_view()),
     path("explode/", views.explode),
     path("anotes/", views.async_notes),

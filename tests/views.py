@@ -3,6 +3,7 @@ import itertools
 from asgiref.sync import sync_to_async
 from django.contrib.auth import authenticate, get_user, login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.views.decorators.cache import cache_page
@@ -22,6 +23,13 @@ def notes(request):
 async def async_notes(request):
     texts = [note.text async for note in Note.objects.all()]
     return JsonResponse({"notes": texts})
+
+
+def notes_page(request):
+    """An HTML page with a query on the main database and one on the tenant's."""
+    users = User.objects.count()
+    texts = ", ".join(Note.objects.values_list("text", flat=True))
+    return HttpResponse(f"<html><body><p>{users} users; notes: {texts}</p></body></html>")
 
 
 def whoami(request):
