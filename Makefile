@@ -1,4 +1,4 @@
-.PHONY: demo test soak lint format clean bench
+.PHONY: demo test docs soak lint format clean bench
 
 # Set up the example project on SQLite, create two demo tenants and serve it.
 demo:
@@ -7,6 +7,12 @@ demo:
 # Every check and test: ruff, mypy, pytest on PostgreSQL and SQLite, Django 5.2 and 6.
 test:
 	scripts/test
+
+# The documentation site, into docs/_build/html (make test builds it too, warnings as errors).
+docs:
+	scripts/venv .venv "$$(scripts/find-python 3.11 || command -v python3)" "django>=5.2,<6" dev
+	.venv/bin/python -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 # The reliability suite at a larger size (10,000 requests per web server, 25 kills per
 # command), on PostgreSQL; prints its figures.
@@ -38,4 +44,4 @@ format:
 	.venv/bin/ruff check --fix .
 
 clean:
-	rm -rf .venv .venv-django6 .venv-bench var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .venv-django6 .venv-bench var docs/_build .mypy_cache .ruff_cache .pytest_cache

@@ -78,10 +78,12 @@ class _TenantRequests(ClientMixin):
 
 
 class TenantClient(_TenantRequests, Client):
-    """Django's test client for one tenant (the test tenant when ``tenant`` is ``None``)::
+    """Django's test client for one tenant (the test tenant when ``tenant`` is ``None``).
 
-    client = TenantClient(tenant)
-    client.get("/projects/")    # resolved to tenant, whatever the resolver
+    Requests reach the tenant the way the configured resolver expects::
+
+        client = TenantClient(tenant)
+        client.get("/projects/")  # resolved to tenant, whatever the resolver
     """
 
     def __init__(self, tenant: AbstractTenant | None = None, **kwargs: Any) -> None:
