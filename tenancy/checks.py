@@ -292,6 +292,7 @@ def _check_atomic_requests() -> list[checks.CheckMessage]:
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
 TENANT_MIDDLEWARE = "tenancy.middleware.TenantMiddleware"
 AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+TOOLBAR_MIDDLEWARE = "debug_toolbar.middleware.DebugToolbarMiddleware"
 
 
 @checks.register(checks.Tags.security)
@@ -344,21 +345,40 @@ def _positions(middleware: list[str], dotted_path: str) -> list[int]:
 
 @checks.register()
 def check_debug_toolbar(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """django-debug-toolbar's own SQL panel sees no tenant connection."""
+    """django-debug-toolbar set up for tenants (``tenancy.debug_toolbar``)."""
     if not apps.is_installed("debug_toolbar"):
         return []
-    from debug_toolbar.settings import get_panels
+    from debug_toolbar.settings import get_config, get_panels
 
-    from tenancy.debug_toolbar import SQL_PANEL, TOOLBAR_SQL_PANEL
+    from tenancy.debug_toolbar import SQL_PANEL, STORE, TOOLBAR_SQL_PANELS
 
-    if TOOLBAR_SQL_PANEL not in get_panels():
-        return []
-    return [
-        checks.Warning(
-            f"DEBUG_TOOLBAR_PANELS has the toolbar's own {TOOLBAR_SQL_PANEL}, which lists "
-            "no query of a tenant's database.",
-            hint=f"Use {SQL_PANEL!r} in its place: DEBUG_TOOLBAR_PANELS = "
-            "tenancy.debug_toolbar.panels() gives the toolbar's defaults with it.",
-            id="tenancy.W004",
+    problems = []
+    if TOOLBAR_SQL_PANELS.intersection(get_panels()):
+        problems.append(
+            (
+                "DEBUG_TOOLBAR_PANELS has the toolbar's own SQL panel, which lists no query "
+                "of a tenant's database.",
+                f"Use {SQL_PANEL!r} in its place: DEBUG_TOOLBAR_PANELS = "
+                "tenancy.debug_toolbar.panels() gives the toolbar's defaults with it.",
+            )
         )
-    ]
+    if get_config()["TOOLBAR_STORE_CLASS"] != STORE:
+        problems.append(
+            (
+                "The debug toolbar keeps every site's requests in one store: a toolbar opened "
+                "on one tenant's host can read another tenant's requests, SQL and all.",
+                f'Set DEBUG_TOOLBAR_CONFIG["TOOLBAR_STORE_CLASS"] = {STORE!r}.',
+            )
+        )
+    middleware = list(getattr(settings, "MIDDLEWARE", []))
+    toolbar = _positions(middleware, TOOLBAR_MIDDLEWARE)
+    tenant = _positions(middleware, TENANT_MIDDLEWARE)
+    if toolbar and tenant and toolbar[0] < tenant[0]:
+        problems.append(
+            (
+                f"{TOOLBAR_MIDDLEWARE} comes before {TENANT_MIDDLEWARE}, so the toolbar "
+                "records and shows each request outside its tenant.",
+                f"Move {TOOLBAR_MIDDLEWARE!r} after {TENANT_MIDDLEWARE!r} in MIDDLEWARE.",
+            )
+        )
+    return [checks.Warning(msg, hint=hint, id="tenancy.W004") for msg, hint in problems]

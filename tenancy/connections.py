@@ -144,11 +144,17 @@ class _Use:
         self.cursors: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Watcher:
+    callback: Callable[[BaseDatabaseWrapper], None]
+    forget: Callable[[], None] | None
+
+
 class _ThreadUses(threading.local):
     def __init__(self) -> None:
         self.uses: dict[str, _Use] = {}  # alias -> this thread's use of it
         self.state = connection_cap.ThreadState()
-        self.watchers: list[Callable[[BaseDatabaseWrapper], None]] = []
+        self.watchers: list[_Watcher] = []
 
 
 _handler = cast(Any, connections)
@@ -272,21 +278,41 @@ def attached_aliases() -> list[str]:
     return list(_thread.uses)
 
 
-def watch(callback: Callable[[BaseDatabaseWrapper], None]) -> Callable[[], None]:
+def watch(
+    callback: Callable[[BaseDatabaseWrapper], None], forget: Callable[[], None] | None = None
+) -> Callable[[], None]:
     """Call ``callback`` with each tenant connection object the calling thread holds, now
-    and as it attaches more, until the function returned is called: for tools that
+    and as it takes more, until the function returned is called: for tools that
     instrument ``connections.all()``, which lists no tenant's (the debug toolbar's SQL
-    panel, ``tenancy.debug_toolbar``)."""
+    panel, ``tenancy.debug_toolbar``).
+
+    A watch is for one request: one still set when the thread's next request starts was
+    left behind (its tool failed before ending it); it is dropped then, after calling
+    ``forget``, so that no later request of the thread is seen by it.
+    """
+    watcher = _Watcher(callback, forget)
     watchers = _thread.watchers
-    watchers.append(callback)
+    watchers.append(watcher)
     for use in list(_thread.uses.values()):
         callback(use.wrapper)
 
     def unwatch() -> None:
-        if callback in watchers:
-            watchers.remove(callback)
+        if watcher in watchers:
+            watchers.remove(watcher)
 
     return unwatch
+
+
+def _forget_watchers(**kwargs: Any) -> None:
+    left, _thread.watchers[:] = list(_thread.watchers), []
+    for watcher in left:
+        if watcher.forget is not None:
+            watcher.forget()
+
+
+def _tell_watchers(wrapper: BaseDatabaseWrapper) -> None:
+    for watcher in list(_thread.watchers):
+        watcher.callback(wrapper)
 
 
 def open_connection_count() -> int:
@@ -503,10 +529,9 @@ def _attach(registration: _Registration) -> _Use:
         wrapper.execute_wrappers.append(SqlComment(slug))
     connections[registration.alias] = wrapper
     _thread.uses[registration.alias] = use
-    for watcher in list(_thread.watchers):
-        watcher(wrapper)
     with _lock:
         _all_uses.add(use)
+    _tell_watchers(wrapper)
     # Opening another tenant's connection is a safe point for the thread's others.
     for other in list(_thread.uses.values()):
         if other is not use and (other.close_requested or not _is_registered(other.alias)):
@@ -606,6 +631,7 @@ def _adopt(use: _Use) -> None:
     connections[use.alias] = use.wrapper
     with _lock:
         _all_uses.add(use)
+    _tell_watchers(use.wrapper)
 
 
 def _own_uses() -> list[_Use]:
@@ -757,6 +783,7 @@ def reset_queries(**kwargs: Any) -> None:
 connection_created.connect(_refuse_removed_alias, dispatch_uid="tenancy.connections.refuse")
 # After Django's own receivers, which were connected when django.db was imported.
 request_started.connect(reset_queries, dispatch_uid="tenancy.connections.reset_queries")
+request_started.connect(_forget_watchers, dispatch_uid="tenancy.connections.forget_watchers")
 request_started.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
 request_finished.connect(close_old_connections, dispatch_uid="tenancy.connections.close_old")
 request_finished.connect(_park, dispatch_uid="tenancy.connections.park")

@@ -26,7 +26,10 @@ async def async_notes(request):
 
 
 def notes_page(request):
-    """An HTML page with a query on the main database and one on the tenant's."""
+    """An HTML page with a query on the main database and one on the tenant's (and a
+    write on the tenant's with ``?write=TEXT``)."""
+    if "write" in request.GET:
+        Note.objects.create(text=request.GET["write"])
     users = User.objects.count()
     texts = ", ".join(Note.objects.values_list("text", flat=True))
     return HttpResponse(f"<html><body><p>{users} users; notes: {texts}</p></body></html>")
