@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import get_content_type_for_model
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import transaction
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -739,7 +739,16 @@ class MembershipAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     raw_id_fields = ["user", "tenant"]
 
 
-if not tenancy_settings.users_per_tenant:
+def _users_per_tenant() -> bool:
+    try:
+        return tenancy_settings.users_per_tenant
+    except ImproperlyConfigured:
+        # Settings that cannot be read are reported by `manage.py check` (tenancy.E001),
+        # in one line, instead of failing the admin's import with a traceback.
+        return False
+
+
+if not _users_per_tenant():
     admin.site.register(Membership, MembershipAdmin)
 
 

@@ -25,6 +25,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     errors: list[checks.CheckMessage] = []
     try:
         tenancy_settings.validate()
+        _check_resolver()
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), id="tenancy.E001")]
     if ROUTER not in getattr(settings, "DATABASE_ROUTERS", []):
@@ -327,6 +328,22 @@ def check_session_binding(app_configs: Any = None, **kwargs: Any) -> list[checks
             )
         ]
     return []
+
+
+def _check_resolver() -> None:
+    """``RESOLVER`` names a resolver that can be made (a typo would otherwise surface only
+    at the first request)."""
+    from tenancy.resolvers import BUILTIN_RESOLVERS, get_resolver
+
+    value = tenancy_settings.RESOLVER
+    try:
+        get_resolver()
+    except (ImportError, ImproperlyConfigured) as exc:
+        names = ", ".join(map(repr, BUILTIN_RESOLVERS))
+        raise ImproperlyConfigured(
+            f"TENANCY['RESOLVER'] is {value!r}, which is neither a resolver name ({names}) "
+            f"nor the dotted path of a TenantResolver subclass or function ({exc})."
+        ) from exc
 
 
 def _positions(middleware: list[str], dotted_path: str) -> list[int]:

@@ -1,11 +1,15 @@
 """System checks and settings validation."""
 
+import subprocess
+import sys
+
 import pytest
 from django.core.management import call_command
 from django.db import models
 from django.test.utils import isolate_apps
 
 from tenancy.checks import check_relations, check_settings, registry_manager_warnings
+from tests.generated_project import ROOT, project_environment
 from tests.settings import SERVER_1
 
 
@@ -95,6 +99,8 @@ def test_missing_router_is_an_error(settings):
         ({"PUBLIC_HOSTS": "www.example.test"}, "PUBLIC_HOSTS'] must be a list"),
         ({"PUBLIC_HOSTS": ["bad host"]}, "PUBLIC_HOSTS'] contains an invalid hostname"),
         ({"PATH_PREFIX": "t"}, "PATH_PREFIX'] must start and end with '/'"),
+        ({"RESOLVER": "hots"}, "TENANCY['RESOLVER'] is 'hots', which is neither"),
+        ({"RESOLVER": "tests.nowhere.Resolver"}, "TENANCY['RESOLVER'] is 'tests.nowhere"),
     ],
 )
 def test_bad_settings_are_reported_with_the_key(settings, tenancy, message):
@@ -135,3 +141,43 @@ def test_a_tenant_model_whose_manager_forgets_nothing_is_a_warning():
         [PlainManagerTenant, RegistryManagerTenant, InheritedManagerTenant]
     )
     assert [(m.id, m.obj) for m in messages] == [("tenancy.W002", PlainManagerTenant)]
+
+
+BAD_PROJECT = """
+SECRET_KEY = "tests-only"
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "tenancy",
+]
+DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": "{data}/main.db"}}}}
+DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
+TENANCY = {tenancy}
+"""
+
+
+@pytest.mark.parametrize(
+    ("tenancy", "message"),
+    [
+        ({"TENANT_APS": []}, "unknown key(s) 'TENANT_APS'"),
+        ({"TENANT_APPS": ["shop"]}, "TENANCY['TENANT_APPS'] names 'shop'"),
+    ],
+)
+def test_bad_settings_beside_the_admin_are_one_line_not_a_traceback(tmp_path, tenancy, message):
+    """The admin reads tenancy's settings when Django starts: bad ones are still the
+    check's one line."""
+    (tmp_path / "bad_settings.py").write_text(BAD_PROJECT.format(data=tmp_path, tenancy=tenancy))
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=project_environment(tmp_path, "bad_settings"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "(tenancy.E001)" in done.stderr
+    assert message in done.stderr

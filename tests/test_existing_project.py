@@ -49,13 +49,41 @@ TENANCY = {{
 }}
 """
 
+# The project's model as it was: a foreign key to a user, which cannot cross databases.
+MODELS_BEFORE = """
+from django.conf import settings
+from django.db import models
+
+
+class Order(models.Model):
+    item = models.CharField(max_length=100)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE{constraint})
+"""
+
+# Step 1: the key in a plain field, on the same column.
 MODELS = """
 from django.db import models
 
 
 class Order(models.Model):
     item = models.CharField(max_length=100)
-    owner_id = models.BigIntegerField(db_index=True)  # a user of the main database
+    owner_id = models.IntegerField(db_index=True)  # a user of the main database
+"""
+
+STATE_ONLY = """
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0002_alter_order_owner")]
+    operations = [
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.RemoveField("order", "owner"),
+                migrations.AddField("order", "owner_id", models.IntegerField(db_index=True)),
+            ],
+        ),
+    ]
 """
 
 VIEWS = """
@@ -103,8 +131,9 @@ def test_a_single_database_project_becomes_the_first_tenant(tmp_path):
     (tmp_path / "tenancy_settings.py").write_text(TENANCY_SETTINGS.format(data=tmp_path))
     shop = tmp_path / "shop"
     (shop / "migrations").mkdir(parents=True)
-    for name, text in [("__init__", ""), ("models", MODELS), ("views", VIEWS), ("urls", URLS)]:
+    for name, text in [("__init__", ""), ("views", VIEWS), ("urls", URLS)]:
         (shop / f"{name}.py").write_text(text)
+    (shop / "models.py").write_text(MODELS_BEFORE.format(constraint=""))
     (shop / "migrations" / "__init__.py").write_text("")
 
     # The project as it ran before, with its data.
@@ -112,6 +141,14 @@ def test_a_single_database_project_becomes_the_first_tenant(tmp_path):
     legacy("makemigrations", "shop")
     legacy("migrate")
     legacy("shell", "-c", BEFORE)
+    # Step 1: the foreign key without its constraint, then the same column as a plain
+    # field, in the state only.
+    (shop / "models.py").write_text(MODELS_BEFORE.format(constraint=", db_constraint=False"))
+    legacy("makemigrations", "shop", "--name", "alter_order_owner")
+    (shop / "models.py").write_text(MODELS)
+    (shop / "migrations" / "0003_owner_id.py").write_text(STATE_ONLY)
+    legacy("migrate")
+    assert "No changes detected" in legacy("makemigrations", "shop", "--check", "--dry-run")
     # Step 2: the shared rows out, keeping their keys (tenant rows refer to them).
     shared = tmp_path / "shared.json"
     legacy("dumpdata", "auth.user", "auth.group", "--natural-foreign", "-o", str(shared))
