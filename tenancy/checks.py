@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 ROUTER = "tenancy.routers.TenantRouter"
 
 
-@checks.register(checks.Tags.database, deploy=False)
+@checks.register()  # not tagged "database": Django 6 runs those only for migrate
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 from django.db.models import Model
 
@@ -101,6 +102,14 @@ class TenantRouter:
     def allow_migrate(
         self, db: str, app_label: str, model_name: str | None = None, **hints: Any
     ) -> bool | None:
+        try:
+            return self._allow_migrate(db, app_label, model_name)
+        except ImproperlyConfigured:
+            # Settings that cannot be read, which the system checks report (tenancy.E001,
+            # in one line; Django's model checks ask this too): nothing goes anywhere.
+            return False
+
+    def _allow_migrate(self, db: str, app_label: str, model_name: str | None) -> bool | None:
         # Decided by app label only, so historical models in migrations and RunPython
         # operations are routed the same way as the real models.
         if (app_label, model_name) == ("tenancy", "membership") and (
