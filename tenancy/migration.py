@@ -7,9 +7,10 @@ lock, SQLite file lock), so two migrators never work on one database at once.
 
 A template database (see ``tenancy.template_databases``) gets every migration except the
 ones that must run in each tenant: a migration of a tenant app with Python code in it
-(``RunPython``), which may write data for the tenant it runs in, and every migration
-after one. A tenant copied from the template applies those itself, inside its own
-context.
+(``RunPython``) of the project's own, which may write data for the tenant it runs in,
+and every migration after one. A tenant copied from the template applies those itself,
+inside its own context. Django's own data migrations (its contrib apps') know nothing of
+tenants and run in the template.
 """
 
 from __future__ import annotations
@@ -175,10 +176,10 @@ class MigrationState:
 
 
 def per_tenant_migrations(loader: MigrationLoader) -> frozenset[MigrationKey]:
-    """Migrations of tenant apps that run Python code, and every migration that depends
-    on one: they run in each tenant's own context, never in a template database whose
-    rows every new tenant would get. (SQL and schema changes are the same in every
-    tenant, so the template runs them.)"""
+    """Migrations of tenant apps that run Python code of the project's own (not Django's),
+    and every migration that depends on one: they run in each tenant's own context, never
+    in a template database whose rows every new tenant would get. (SQL and schema
+    changes are the same in every tenant, so the template runs them.)"""
     graph = loader.graph
     labels = tenancy_settings.tenant_app_labels
     found: set[MigrationKey] = set()
@@ -198,8 +199,17 @@ def per_tenant_migrations(loader: MigrationLoader) -> frozenset[MigrationKey]:
 def _runs_python(operation: Operation) -> bool:
     if isinstance(operation, SeparateDatabaseAndState):
         return any(map(_runs_python, operation.database_operations))
-    # RunPython, and any operation of a project's own that cannot be written as SQL.
-    return not operation.reduces_to_sql
+    if isinstance(operation, RunPython):
+        return not _djangos(operation.code)
+    # Any other operation of a project's own that cannot be written as SQL.
+    return not operation.reduces_to_sql and not _djangos(type(operation))
+
+
+def _djangos(code: Any) -> bool:
+    """Django's own migration code (its contrib apps' data migrations, ``RunPython.noop``,
+    ``CreateExtension``...): it knows nothing of tenants, so it makes the same rows in
+    every database, and a template database runs it for all of them."""
+    return str(getattr(code, "__module__", "")).startswith("django.")
 
 
 _state_lock = threading.Lock()

@@ -173,3 +173,24 @@ def test_private_files_of_killed_copies_are_removed_by_the_next_copy(db_access):
     assert not left_by_dead_journal.exists()
     assert in_progress.exists()
     in_progress.unlink()
+
+
+def test_djangos_own_data_migrations_run_in_the_template_the_projects_per_tenant(
+    db_access, settings, migrations
+):
+    from django.db.migrations.loader import MigrationLoader
+
+    from tenancy.migration import per_tenant_migrations
+
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "TENANT_APPS": [*settings.TENANCY["TENANT_APPS"], "auth", "contenttypes"],
+    }
+    migrations("tests.migrations_v2")  # its 0002 seeds a welcome note with RunPython
+    per_tenant = per_tenant_migrations(MigrationLoader(None, ignore_no_migrations=True))
+    # The project's RunPython seeds each tenant in its own context.
+    assert ("tenantapp", "0002_note_text_index") in per_tenant
+    # Django's own (a proxy permission fix-up, a no-op) make the same rows everywhere.
+    assert ("auth", "0011_update_proxy_permissions") not in per_tenant
+    assert ("contenttypes", "0002_remove_content_type_name") not in per_tenant
+    assert not [key for key in per_tenant if key[0] in ("auth", "contenttypes")]
