@@ -21,19 +21,25 @@ def project_environment(directory: Path, settings_module: str) -> dict[str, str]
     }
 
 
+def run_manage(
+    directory: Path, settings_module: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` for the project, in a process of its own, whatever its outcome."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=project_environment(directory, settings_module),
+        capture_output=True,
+        text=True,
+    )
+
+
 def manager(directory: Path, settings_module: str) -> Callable[..., str]:
     """``manage(*args)``: the output of ``manage.py ARGS`` for the project, which must
     succeed (the assertion shows its output otherwise)."""
-    environment = project_environment(directory, settings_module)
 
     def manage(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=environment,
-            capture_output=True,
-            text=True,
-        )
+        done = run_manage(directory, settings_module, *args)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 

@@ -1,15 +1,12 @@
 """System checks and settings validation."""
 
-import subprocess
-import sys
-
 import pytest
 from django.core.management import call_command
 from django.db import models
 from django.test.utils import isolate_apps
 
 from tenancy.checks import check_relations, check_settings, registry_manager_warnings
-from tests.generated_project import ROOT, project_environment
+from tests.generated_project import run_manage
 from tests.settings import SERVER_1
 
 
@@ -170,13 +167,7 @@ def test_bad_settings_beside_the_admin_are_one_line_not_a_traceback(tmp_path, te
     """The admin reads tenancy's settings when Django starts: bad ones are still the
     check's one line."""
     (tmp_path / "bad_settings.py").write_text(BAD_PROJECT.format(data=tmp_path, tenancy=tenancy))
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=project_environment(tmp_path, "bad_settings"),
-        capture_output=True,
-        text=True,
-    )
+    done = run_manage(tmp_path, "bad_settings", "check")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "(tenancy.E001)" in done.stderr

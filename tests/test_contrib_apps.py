@@ -1,7 +1,5 @@
 """Django's contrib apps per tenant: flatpages, redirects and sites, as a project sets them up."""
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -14,7 +12,7 @@ from tenancy import CrossTenantError, tenant_context
 from tenancy.admin import TenantAdminSite, TenantLogMixin
 from tenancy.checks import check_admin_sites, check_relations, check_settings
 from tenancy.routers import TenantRouter
-from tests.generated_project import ROOT, manager, project_environment
+from tests.generated_project import manager, run_manage
 from tests.tenantapp.models import Label, Note
 
 SETTINGS = """
@@ -221,13 +219,7 @@ def test_check_says_how_to_place_sites_and_move_admin_registrations(tmp_path):
     assert newcomer.count("contrib.sites") == 2
     (tmp_path / "newcomer_settings.py").write_text(newcomer.format(data=tmp_path))
     (tmp_path / "contrib_urls.py").write_text("urlpatterns = []\n")
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=project_environment(tmp_path, "newcomer_settings"),
-        capture_output=True,
-        text=True,
-    )
+    done = run_manage(tmp_path, "newcomer_settings", "check")
     assert done.returncode == 1
     assert done.stderr.count("tenancy.E011") == 1
     assert "Move 'django.contrib.sites' to TENANCY['SHARED_AND_TENANT_APPS']" in done.stderr
