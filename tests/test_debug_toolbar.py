@@ -207,3 +207,22 @@ def test_a_toolbar_not_set_up_for_tenants_is_reported(toolbar, settings):
     assert "own SQL panel" in found[0]
     assert "one store" in found[1]
     assert "comes before tenancy.middleware.TenantMiddleware" in found[2]
+
+
+def test_the_sql_panel_lists_the_tenants_queries_under_asgi(notes, toolbar):
+    from asgiref.sync import async_to_sync
+
+    from tenancy.testing import TenantAsyncClient
+
+    alpha, _ = notes
+    client = TenantAsyncClient(alpha)  # finds alpha's host: not in the event loop
+
+    async def get():
+        return await client.get("/notes-page/")
+
+    response = async_to_sync(get)()
+    assert response.status_code == 200
+    request_id = re.search(rb'data-request-id="([0-9a-f]+)"', response.content)[1].decode()
+    _, queries = sql_panel("alpha.example.test", request_id)
+    assert tenant_of_alias(note_query(queries)["alias"]) == "alpha"
+    assert "default" in {query["alias"] for query in queries}
