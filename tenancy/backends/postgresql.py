@@ -668,8 +668,11 @@ def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True)
         function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
         row = raw.execute(f"SELECT {function}(%s)", [key]).fetchone()
         yield wait or bool(row[0])
+        # Released once the server answers: closing alone leaves the server (or a pooler)
+        # to end the transaction after the next run may already have asked for the lock.
+        raw.rollback()
     finally:
-        wrapper.close()  # ends the transaction, and the lock with it
+        wrapper.close()  # ends the transaction, and the lock with it, if not done above
 
 
 def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
