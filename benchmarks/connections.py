@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Open PostgreSQL connections of one process serving many tenants at random.
 
-    TENANCY_PG_MAX_CONNECTIONS=2500 scripts/with-postgres -n 1 \\
+    TENANCY_PG_MAX_CONNECTIONS=1500 scripts/with-postgres -n 1 --replica \\
         .venv/bin/python benchmarks/connections.py [--tenants 1000] [--cap 50]
 
 The example project's /api/tasks/ (a read) served through Django's WSGI handler by 8
 threads of one process (as a threaded WSGI server runs it), each request for a tenant
 picked at random, signed in as a member, with persistent connections (CONN_MAX_AGE =
 None, what users set to save the connection set-up). Each configuration runs in a fresh
-process; a monitor samples pg_stat_activity every 5 ms
+process; a monitor samples pg_stat_activity (the primary's and the replica's) every 5 ms
 and prints the peak of sessions on the tenants' databases, next to the requests that
 failed and the requests served per second:
 
@@ -17,12 +17,14 @@ failed and the requests served per second:
 - MAX_OPEN_CONNECTIONS = --cap;
 - Django's psycopg pool per tenant alias instead of persistent connections, with the cap
   (what Django offers instead);
+- the cap and one streaming replica (REPLICAS): the reads go to the replica;
 - the same tenants as schemas of one shared database (PLACEMENT "schemas").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import subprocess
@@ -40,7 +42,13 @@ THREADS = 8
 # Django's psycopg pool option (Django 5.1+): one pool per tenant alias. A short wait for a
 # connection: a pool that cannot get one waits this long, then fails.
 POOL = {"min_size": 1, "max_size": 2, "timeout": 1}
-MODES = ("uncapped", "capped", "pool", "schemas")
+REPLICA = os.environ.get("TENANCY_TEST_PG_REPLICA_1")
+MODES = ("uncapped", "capped", "pool", "replica", "schemas")
+
+
+def replica_settings() -> list[dict[str, str]]:
+    host, _, port = (REPLICA or ":").rpartition(":")
+    return [{"HOST": host, "PORT": port}]
 
 
 def configure(mode: str, cap: int) -> None:
@@ -50,6 +58,8 @@ def configure(mode: str, cap: int) -> None:
     tenant_server = server(CONN_MAX_AGE=None)
     if mode == "pool":
         tenant_server = server(OPTIONS={"pool": POOL})
+    elif mode == "replica":
+        tenant_server["REPLICAS"] = replica_settings()
     settings.configure(
         SECRET_KEY="benchmarks-only",
         USE_TZ=True,
@@ -129,6 +139,25 @@ SESSIONS = (
 )
 
 
+def replica_connection():
+    import psycopg
+
+    host, _, port = (REPLICA or ":").rpartition(":")
+    return psycopg.connect(
+        host=host, port=port, user="postgres", dbname="postgres", autocommit=True
+    )
+
+
+def wait_for_replica() -> None:
+    """Until the replica has replayed what was provisioned."""
+    with maintenance_connection() as primary, replica_connection() as replica:
+        [lsn] = primary.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+        while not replica.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]
+        ).fetchone()[0]:
+            time.sleep(0.05)
+
+
 def serve(mode: str, cap: int, tenants: int, requests: int) -> None:
     """Prints the peak of tenant sessions (sampled), failed requests, requests per second
     and the peak of connections counted by tenancy."""
@@ -137,17 +166,21 @@ def serve(mode: str, cap: int, tenants: int, requests: int) -> None:
     configure(mode, cap)
     from benchmarks.request_cost import Server
 
+    if mode == "replica":
+        wait_for_replica()
     app = Server()
     names = slugs(tenants, mode)
     for slug in names:  # signed in before the clock starts, as returning members are
         app.cookie(f"{slug}.localhost")
     peak, failed, done = 0, 0, threading.Event()
-    watching = maintenance_connection()
+    monitors = [maintenance_connection()]
+    if mode == "replica":
+        monitors.append(replica_connection())
 
     def monitor() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, watching.execute(SESSIONS).fetchone()[0])
+            peak = max(peak, sum(m.execute(SESSIONS).fetchone()[0] for m in monitors))
             time.sleep(0.005)
 
     def work(seed: int) -> None:
@@ -202,14 +235,14 @@ def main() -> None:
     )
     rows = []
     for mode in MODES:
+        if mode == "replica" and not REPLICA:
+            print("replica: skipped, run under scripts/with-postgres --replica")
+            continue
         # A quarter of the requests with pools: each refused one waits for the pool first.
         requests = args.requests // 4 if mode == "pool" else args.requests
         command = [sys.executable, __file__, "--serve", mode, "--cap", str(args.cap)]
         command += ["--tenants", str(args.tenants), "--requests", str(requests)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"{mode}: {done.stderr}")
-        output = done.stdout
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         peak, failed, rate, counted = output.split()
         rows.append((mode, requests, int(peak), int(failed), float(rate), int(counted)))
     import django
@@ -229,6 +262,7 @@ def main() -> None:
         "uncapped": "no cap",
         "capped": f"MAX_OPEN_CONNECTIONS = {args.cap}",
         "pool": f"cap {args.cap}, psycopg pool per tenant",
+        "replica": f"cap {args.cap}, reads from 1 replica",
         "schemas": "schema tenants (one shared db)",
     }
     baseline = next((rate for mode, *_, rate, _ in rows if mode == "uncapped"), None)

@@ -27,6 +27,8 @@ from tenancy.server_urls import server_from_url
 from tenancy.transactions import atomic, on_commit
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     from tenancy.models import AbstractTenant
@@ -48,6 +50,7 @@ __all__ = [
     "server_from_url",
     "tenant_connection",
     "tenant_context",
+    "use_primary",
 ]
 
 
@@ -69,3 +72,14 @@ def tenant_connection() -> BaseDatabaseWrapper:
     from tenancy.connections import tenant_connection
 
     return tenant_connection()
+
+
+def use_primary() -> AbstractContextManager[None]:
+    """A block whose reads go to the tenants' primaries, never a read replica::
+
+    with tenancy.use_primary():
+        invoice = Invoice.objects.get(pk=pk)   # just written by another process
+    """
+    from tenancy.replicas import use_primary
+
+    return use_primary()

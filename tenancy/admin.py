@@ -407,8 +407,8 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         return [path("connections/", view, name=name), *super().get_urls()]
 
     def connections_view(self, request: HttpRequest) -> HttpResponse:
-        """The tenant connections of the process that serves the page, per server
-        (``tenancy.connections.snapshot()``)."""
+        """The tenant connections of the process that serves the page, per server, and
+        the state of each read replica (``tenancy.connections.snapshot()``)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         from tenancy.connections import snapshot
@@ -420,6 +420,7 @@ class TenantAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "title": _("Tenant connections of this process"),
             "snapshot": state,
             "servers": sorted(state.servers.items()),
+            "replicas": sorted(state.replicas.items()),
         }
         return TemplateResponse(request, "admin/tenancy/connections.html", context)
 

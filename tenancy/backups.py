@@ -50,7 +50,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, connections, transaction
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from tenancy import ledger
+from tenancy import ledger, replicas
 from tenancy.backends import get_server
 from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
 from tenancy.conf import PLACEMENTS, SCHEMAS_PLACEMENT, server_vendor, tenancy_settings
@@ -831,6 +831,7 @@ def _restore_replacing(
         record.save(update_fields=["step", "updated_at"])
     tenant.server, tenant.database_name = server_name, name
     ledger.record(tenant, applied)  # what it serves from now
+    replicas.mark_ready(tenant)
     try:
         report.source_kept = finish_switched(tenant, record, report.steps)
     except Exception as exc:

@@ -40,7 +40,13 @@ SERVER_ONLY_KEYS = (
     "DIRECT",
     "MAX_OPEN_CONNECTIONS",
     "CONNECTION_BUDGET",
+    "REPLICAS",
+    "REPLICA_MAX_LAG",
+    "REPLICA_STICKY_SECONDS",
 )
+
+# What a read replica in a server entry's REPLICAS may set: the rest is the server's.
+REPLICA_KEYS = ("HOST", "PORT", "OPTIONS", "USER", "PASSWORD")
 
 # What a server entry's DIRECT may set: the address of the server itself, for PostgreSQL's
 # client programs (backups, restores, moves), where HOST and PORT lead to a pooler.
@@ -602,6 +608,7 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
         )
     _validate_placement(name, template, vendor)
     _validate_direct(name, template, vendor)
+    _validate_replicas(name, template, vendor)
     for key in ("MAX_OPEN_CONNECTIONS", "CONNECTION_BUDGET"):
         value = template.get(key)
         if value is not None and (
@@ -635,6 +642,37 @@ def _validate_direct(name: object, template: Mapping[str, Any], vendor: str) -> 
         raise _server_error(
             name, f"sets DIRECT OPTIONS {', '.join(map(repr, chosen))}; use HOST and PORT."
         )
+
+
+def _validate_replicas(name: object, template: Mapping[str, Any], vendor: str) -> None:
+    replicas = template.get("REPLICAS")
+    if replicas is not None:
+        if vendor != "postgresql":
+            raise _server_error(name, "sets REPLICAS, which only a PostgreSQL server has.")
+        if not isinstance(replicas, list | tuple) or not all(
+            isinstance(replica, Mapping) and replica and set(replica) <= set(REPLICA_KEYS)
+            for replica in replicas
+        ):
+            raise _server_error(
+                name,
+                "has REPLICAS, which must be a list of dicts of HOST, PORT, OPTIONS, USER "
+                "and PASSWORD: where each read replica differs from the server (the "
+                "database names are the same).",
+            )
+        for replica in replicas:
+            chosen = sorted(set(replica.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
+            if chosen:
+                raise _server_error(
+                    name,
+                    f"has a replica with OPTIONS {', '.join(map(repr, chosen))}; use "
+                    "HOST and PORT.",
+                )
+    for key, least in (("REPLICA_MAX_LAG", 0.0), ("REPLICA_STICKY_SECONDS", 0.0)):
+        value = template.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value < least
+        ):
+            raise _server_error(name, f"has {key} {value!r}; it must be a number of seconds.")
 
 
 def _validate_placement(name: object, template: Mapping[str, Any], vendor: str) -> None:

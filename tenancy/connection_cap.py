@@ -494,6 +494,8 @@ class ConnectionSnapshot:
     closed_for_room: int  # idle connections closed at the cap since the process started
     shared: int  # schema servers' shared connections (not counted against the cap)
     servers: dict[str, ServerConnections]
+    # Per server, each read replica's last check: usable, lag (seconds), the problem.
+    replicas: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: the totals, then each server's figures."""
@@ -503,18 +505,26 @@ class ConnectionSnapshot:
             for name, s in sorted(self.servers.items())
         )
         cap = "no cap" if self.cap is None else f"cap {self.cap}"
+        replicas = "; ".join(
+            f"{name} replica {index}: "
+            + ("used" if state["usable"] else f"skipped ({state['problem']})")
+            for name, states in sorted(self.replicas.items())
+            for index, state in enumerate(states)
+        )
         return (
             f"{self.open} open of {cap} (peak {self.peak}, {self.closed_for_room} closed "
             f"for room), {self.shared} shared by schema tenants"
             + (f"; {servers}" if servers else "")
+            + (f"; {replicas}" if replicas else "")
         )
 
 
 def snapshot() -> ConnectionSnapshot:
     """The tenant connections of this process now: per server, how many are open, how
     many of those idle between requests, how many threads wait for one, and how many were
-    refused at the cap since the process started."""
+    refused at the cap since the process started; and each read replica's last check."""
     from tenancy import schema_connections
+    from tenancy.replicas import replica_states
 
     state = _state
     with state.condition:
@@ -541,6 +551,7 @@ def snapshot() -> ConnectionSnapshot:
         closed_for_room=closed,
         shared=schema_connections.open_count(),
         servers=servers,
+        replicas=replica_states(),
     )
 
 

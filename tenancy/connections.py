@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -82,6 +82,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tenancy.connections")
 
 ALIAS_PREFIX = "tenant:"
+# Between a tenant's alias and the replica it names: ``tenant:acme@r0``.
+REPLICA_SEPARATOR = "@"
+# Seconds to connect to a read replica, unless its OPTIONS set connect_timeout.
+REPLICA_CONNECT_TIMEOUT = 2
 
 # The backend of a published test tenant that is a schema (tenancy.testing.schema_engine).
 SCHEMA_TEST_ENGINE = "tenancy.testing.schema_engine"
@@ -104,6 +108,9 @@ class _Registration:
     # In settings.DATABASES, so that Django's test machinery creates and guards it; Django
     # owns its connections. Only the test tenant is published (``tenancy.testing``).
     published: bool = False
+    # The DATABASES entries of the tenant's database on the server's read replicas
+    # (``REPLICAS``), reached as ``<alias>@r<index>``.
+    replicas: tuple[dict[str, Any], ...] = ()
 
 
 class _Use:
@@ -185,11 +192,75 @@ def alias_for(tenant: AbstractTenant) -> str:
         or registration.database_name != tenant.database_name
     ):
         registration = _register(tenant)
+    return _in_thread(registration, registration.alias, registration.settings)
+
+
+def replica_alias_for(tenant: AbstractTenant, index: int) -> str:
+    """The connection alias of ``tenant``'s database on its server's replica ``index``,
+    usable in the calling thread (``tenancy.replicas`` decides when reads go there)."""
+    registration = _registrations.get(tenant.slug)
+    if (
+        registration is None
+        or registration.published
+        or registration.server != tenant.server
+        or registration.database_name != tenant.database_name
+    ):
+        alias_for(tenant)
+        registration = _registrations[tenant.slug]
+    if registration.published or index >= len(registration.replicas):
+        return registration.alias
+    alias = f"{registration.alias}{REPLICA_SEPARATOR}r{index}"
+    return _in_thread(registration, alias, registration.replicas[index])
+
+
+def replica_of_alias(alias: str | None) -> str | None:
+    """The primary's alias when ``alias`` is a replica's (``tenant:acme@r0``), else None."""
+    if alias is None or REPLICA_SEPARATOR not in alias or not is_tenant_alias(alias):
+        return None
+    return _primary_of(alias)
+
+
+def replica_settings(database: dict[str, Any], replica: Mapping[str, Any]) -> dict[str, Any]:
+    """A database's settings as reached on a replica (or another address of its server):
+    the replica's HOST, PORT, USER, PASSWORD and OPTIONS over the database's, with a
+    connect timeout unless either sets one."""
+    settings = {**database, **{key: value for key, value in replica.items() if key != "OPTIONS"}}
+    options = {**(database.get("OPTIONS") or {}), **(replica.get("OPTIONS") or {})}
+    options.setdefault("connect_timeout", REPLICA_CONNECT_TIMEOUT)
+    settings["OPTIONS"] = options
+    return settings
+
+
+def primary_in_transaction(tenant: AbstractTenant) -> bool:
+    """Whether the calling thread has a transaction open on ``tenant``'s primary."""
+    registration = _registrations.get(tenant.slug)
+    if registration is None:
+        return False
+    if registration.published:
+        return in_transaction(connections[registration.alias])
+    use = _thread.uses.get(registration.alias)
+    return use is not None and in_transaction(use.wrapper)
+
+
+def in_transaction(wrapper: BaseDatabaseWrapper) -> bool:
+    """Whether a transaction is open on ``wrapper``: ``atomic()``, autocommit turned
+    off, or a ``BEGIN`` of its own."""
+    if wrapper.in_atomic_block:
+        return True
+    raw = wrapper.connection
+    if raw is None or getattr(raw, "closed", False):
+        return False
+    if not wrapper.autocommit:
+        return True
+    return getattr(getattr(raw, "info", None), "transaction_status", None) in _PG_TRANSACTION_OPEN
+
+
+def _in_thread(registration: _Registration, alias: str, settings: dict[str, Any]) -> str:
     if _thread.state.parked:
         _unpark()
-    use = _thread.uses.get(registration.alias)
+    use = _thread.uses.get(alias)
     if use is None:
-        use = _attach(registration)
+        use = _attach(registration, alias, settings)
     elif getattr(_handler._connections, use.alias, None) is not use.wrapper:
         # Django keeps connection objects per async context, not per thread: code run by
         # sync_to_async in this thread (QuerySet.aiterator(), say) may come from a context
@@ -197,7 +268,7 @@ def alias_for(tenant: AbstractTenant) -> str:
         connections[use.alias] = use.wrapper
     use.last_used = time.monotonic()
     use.close_requested = False  # no longer the least recently used
-    return registration.alias
+    return alias
 
 
 def connection_for(tenant: AbstractTenant) -> BaseDatabaseWrapper:
@@ -467,6 +538,12 @@ def connection_settings(tenant: AbstractTenant) -> dict[str, Any]:
 
 def _register(tenant: AbstractTenant) -> _Registration:
     database = connection_settings(tenant)
+    replicas = tuple(
+        connections.configure_settings(
+            {DEFAULT_DB_ALIAS: {}, "replica": replica_settings(database, replica)}
+        )["replica"]
+        for replica in tenancy_settings.server(tenant.server).get("REPLICAS") or ()
+    )
     retired = None
     with _lock:
         registration = _registrations.get(tenant.slug)
@@ -485,7 +562,9 @@ def _register(tenant: AbstractTenant) -> _Registration:
         alias = f"{ALIAS_PREFIX}{tenant.slug}"
         if retirements:
             alias = f"{alias}#{retirements + 1}"
-        registration = _Registration(alias, tenant.server, tenant.database_name, database)
+        registration = _Registration(
+            alias, tenant.server, tenant.database_name, database, replicas=replicas
+        )
         _registrations[tenant.slug] = registration
     if retired is not None:
         _close_everywhere(*retired)
@@ -503,23 +582,27 @@ def tenant_of_alias(alias: str | None) -> str | None:
 
 def _is_registered(alias: str) -> bool:
     registration = _registrations.get(_slug_of(alias))
-    return registration is not None and registration.alias == alias
+    return registration is not None and registration.alias == _primary_of(alias)
+
+
+def _primary_of(alias: str) -> str:
+    """The tenant alias a replica's alias belongs to (``alias`` itself for a primary's)."""
+    return alias.partition(REPLICA_SEPARATOR)[0]
 
 
 def _slug_of(alias: str) -> str:
-    return alias.removeprefix(ALIAS_PREFIX).partition("#")[0]
+    return _primary_of(alias).removeprefix(ALIAS_PREFIX).partition("#")[0]
 
 
-def _attach(registration: _Registration) -> _Use:
-    slug = _slug_of(registration.alias)
+def _attach(registration: _Registration, alias: str, settings: dict[str, Any]) -> _Use:
+    slug = _slug_of(alias)
     for other in _thread.uses.values():
         if other.wrapper.in_atomic_block and _slug_of(other.alias) == slug:
             # The thread is inside a transaction on the tenant's removed alias: what it
             # writes from now on must not escape the transaction through a new alias.
             raise TenantRemoved(slug)
-    settings = registration.settings
-    wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, registration.alias)
-    use = _Use(registration.alias, registration.server, wrapper)
+    wrapper = load_backend(settings["ENGINE"]).DatabaseWrapper(settings, alias)
+    use = _Use(alias, registration.server, wrapper)
     _instrument(use, registration)
     if use.schema:
         schema_connections.instrument(wrapper)
@@ -527,8 +610,12 @@ def _attach(registration: _Registration) -> _Use:
         _cap(use)
     if tenancy_settings.SQL_COMMENT:
         wrapper.execute_wrappers.append(SqlComment(slug))
-    connections[registration.alias] = wrapper
-    _thread.uses[registration.alias] = use
+    if registration.replicas and alias == registration.alias:
+        from tenancy.replicas import wrote_hook
+
+        wrapper.execute_wrappers.append(wrote_hook(slug))  # reads follow its writes
+    connections[alias] = wrapper
+    _thread.uses[alias] = use
     with _lock:
         _all_uses.add(use)
     _tell_watchers(wrapper)
@@ -708,22 +795,22 @@ def _retire(slug: str) -> tuple[_Registration, list[_Use]] | None:
     if registration is None:
         return None
     _retirements[slug] = _retirements.get(slug, 0) + 1
-    return registration, [use for use in _all_uses if use.alias == registration.alias]
+    return registration, [use for use in _all_uses if _primary_of(use.alias) == registration.alias]
 
 
 def _close_everywhere(registration: _Registration, uses: list[_Use]) -> None:
-    own = _thread.uses.get(registration.alias)
+    own = [use for use in uses if _thread.uses.get(use.alias) is use]
     for use in uses:
         # A schema tenant's connection is shared with other tenants: its thread lets go
         # of it at its next safe point, and refuses statements until then.
-        if use is not own and not use.schema and _close_from_outside(use):
+        if use not in own and not use.schema and _close_from_outside(use):
             with _lock:
                 _all_uses.discard(use)
         # Otherwise its thread closes it at its next safe point; until then it counts.
-    if own is not None:
-        own.wrapper.close()
-        if own.wrapper.connection is None:  # else inside atomic(): forgotten after it
-            _forget(own)
+    for use in own:
+        use.wrapper.close()
+        if use.wrapper.connection is None:  # else inside atomic(): forgotten after it
+            _forget(use)
     _close_pool(registration)
 
 
@@ -761,9 +848,11 @@ def _close_pool(registration: _Registration) -> None:
     # Django keeps psycopg pools per alias at class level; one outlives its alias.
     engine = registration.settings["ENGINE"]
     pools = getattr(load_backend(engine).DatabaseWrapper, "_connection_pools", None)
-    pool = pools.pop(registration.alias, None) if pools is not None else None
-    if pool is not None:
-        pool.close()
+    if pools is None:
+        return
+    for alias in list(pools):
+        if _primary_of(alias) == registration.alias:
+            pools.pop(alias).close()
 
 
 def _refuse_removed_alias(sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

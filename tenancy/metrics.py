@@ -15,7 +15,9 @@ django-prometheus' view, ...). Each scrape reads ``tenancy.connections.snapshot(
 - ``tenancy_connections_refused_total{server}``: refused at the cap since the start;
 - ``tenancy_connections_shared``: connections shared by schema tenants;
 - ``tenancy_connections_closed_for_room_total``: idle ones closed at the cap;
-- ``tenancy_connections_cap``: ``MAX_OPEN_CONNECTIONS`` (absent without a cap).
+- ``tenancy_connections_cap``: ``MAX_OPEN_CONNECTIONS`` (absent without a cap);
+- ``tenancy_replica_lag_seconds{server,replica}`` and ``tenancy_replica_usable{...}``:
+  each read replica's last check.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ class ConnectionsCollector(Collector):
             yield GaugeMetricFamily(
                 "tenancy_connections_cap", "MAX_OPEN_CONNECTIONS", value=state.cap
             )
+        lag = GaugeMetricFamily(
+            "tenancy_replica_lag_seconds",
+            "Replay lag of a read replica at its last check",
+            labels=["server", "replica"],
+        )
+        usable = GaugeMetricFamily(
+            "tenancy_replica_usable",
+            "Whether reads go to a read replica (1) or skip it (0)",
+            labels=["server", "replica"],
+        )
+        for name, replicas in state.replicas.items():
+            for index, replica in enumerate(replicas):
+                if replica["lag"] is not None:
+                    lag.add_metric([name, str(index)], replica["lag"])
+                usable.add_metric([name, str(index)], 1 if replica["usable"] else 0)
+        yield lag
+        yield usable
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> ConnectionsCollector:

@@ -41,12 +41,13 @@ from django.db.migrations.operations.special import RunPython
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.migrations.state import ProjectState, StateApps
 
-from tenancy import ledger
+from tenancy import ledger, replicas
 from tenancy.backends.sqlite import file_lock, sqlite_path
 from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
+from tenancy.replicas import use_primary
 from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:
@@ -315,6 +316,7 @@ def migrate_tenant(
     is_template = getattr(tenant, "is_template", False)
     applied: set[MigrationKey] | None = None  # as the database has them now
     migrating = False
+    ready_mark = None  # the tenant's new ready_lsn, when it changes
     try:
         connection = connections[alias_for(tenant)]
         skipped = state.per_tenant() if is_template else frozenset()
@@ -359,6 +361,8 @@ def migrate_tenant(
                             )
                         pending = still_pending
                     result.status = MIGRATED if result.applied else UP_TO_DATE
+        if not check_only and result.status in (MIGRATED, UP_TO_DATE) and _in_ledger(tenant):
+            ready_mark = _new_ready_mark(tenant, result)
         result.pending = [f"{app}.{name}" for app, name in pending]
     except Exception as exc:
         result.status = FAILED
@@ -379,7 +383,19 @@ def migrate_tenant(
     result.applied_set = None if applied is None else frozenset(applied)
     if record and _in_ledger(tenant):
         ledger.record(tenant, applied, error=result.error, seconds=result.seconds)
+    if ready_mark is not None:
+        replicas.save_mark(tenant, ready_mark)
     return result
+
+
+def _new_ready_mark(tenant: AbstractTenant, result: MigrationResult) -> str | None:
+    """``tenant``'s ``ready_lsn`` after this run, when it changes: migrations were
+    applied, or none is recorded for its database on a server with read replicas."""
+    if not replicas.replicated(tenant.server):
+        return None
+    if not result.applied and replicas.ready_position(tenant) is not None:
+        return None
+    return replicas.ready_mark(tenant)
 
 
 def _in_ledger(tenant: AbstractTenant) -> bool:
@@ -415,8 +431,9 @@ def _run_migrate(
     state from hundreds of applied migrations is most of `migrate`'s time)."""
     plan = state.plan_for(connection, applied, for_template=is_template)
     # Inside the tenant's context, RunPython code that uses tenant models without
-    # `using=` reaches this database and not NoTenantError.
-    with tenant_context(tenant):
+    # `using=` reaches this database and not NoTenantError; never a read replica, which
+    # may not have replayed what the migration wrote.
+    with tenant_context(tenant), use_primary():
         # Not for a template: Django's whole `migrate` would apply what must run per tenant.
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb

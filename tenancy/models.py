@@ -102,6 +102,17 @@ class AbstractTenant(models.Model):
         blank=True,
         help_text=_("The backup file an archived tenant's data is kept in, its database dropped."),
     )
+    ready_lsn = models.CharField(
+        _("replicas ready at"),
+        max_length=200,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "The primary's WAL position once the tenant's database was last made or "
+            "migrated, with its server and database: a read replica serves the tenant once "
+            "it has replayed past it (tenancy.replicas)."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections, transaction
 
+from tenancy import replicas
 from tenancy.backends import get_server
 from tenancy.backends.base import DatabaseServer, Fingerprint
 from tenancy.backends.client_programs import check_exit, client_program, reaped
@@ -152,6 +153,8 @@ def _move(
             with timed_step(report.steps, "switched"):
                 type(tenant)._default_manager.filter(pk=tenant.pk).update(server=server)
             unregister(tenant)
+            tenant.server = server
+            replicas.mark_ready(tenant)  # the same database, reached through another entry
             return report
         with timed_step(report.steps, "prepared"):
             move = _prepare(tenant, server, keep_source)
@@ -420,6 +423,7 @@ def _switch(tenant: AbstractTenant, move: TenantMove, verified: Fingerprint) -> 
         move.previous_status,
         "",
     )
+    replicas.mark_ready(tenant)  # the target's replicas serve it once they have the copy
 
 
 def finish_switched(tenant: AbstractTenant, move: TenantMove, steps: dict[str, float]) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import IntegrityError, connections, transaction
 
-from tenancy import ledger
+from tenancy import ledger, replicas
 from tenancy.backends import get_server
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_for, unregister
@@ -26,6 +26,7 @@ from tenancy.context import tenant_context
 from tenancy.exceptions import ReservedDatabaseError, TenancyError
 from tenancy.migration import applied_migrations, migrate_tenant, migration_state
 from tenancy.models import (
+    MIGRATED_STATUSES,
     AbstractTenant,
     Domain,
     MoveKind,
@@ -400,4 +401,8 @@ def _create_database(tenant: AbstractTenant) -> None:
 def set_status(tenant: AbstractTenant, status: str, detail: str = "") -> None:
     """Give ``tenant`` (the instance and its row) ``status`` and ``detail``."""
     tenant.status, tenant.status_detail = status, detail
-    type(tenant)._default_manager.filter(pk=tenant.pk).update(status=status, status_detail=detail)
+    fields = {"status": status, "status_detail": detail}
+    if status in MIGRATED_STATUSES and replicas.replicated(tenant.server):
+        # Its database is what it serves from now: replicas serve it once they have it.
+        fields["ready_lsn"] = tenant.ready_lsn = replicas.ready_mark(tenant)
+    type(tenant)._default_manager.filter(pk=tenant.pk).update(**fields)

@@ -23,6 +23,7 @@ from django.db import DatabaseError
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from tenancy import replicas
 from tenancy.backends import get_server
 from tenancy.backups import BackupError, backup_locked, restore_locked
 from tenancy.conf import tenancy_settings
@@ -167,6 +168,7 @@ def reactivate_tenant(tenant: AbstractTenant | str) -> AbstractTenant:
             "",
             None,
         )
+        replicas.mark_ready(current)
     return current
 
 
@@ -292,6 +294,7 @@ def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
         None,
         "",
     )
+    replicas.mark_ready(tenant)  # its database was made again from the backup
     _remove_retained_backup(tenant, retained)
     return tenant
 

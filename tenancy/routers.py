@@ -12,6 +12,7 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for, is_tenant_alias, tenant_of_alias
 from tenancy.context import current_tenant
 from tenancy.exceptions import CrossTenantError, NoTenantError
+from tenancy.replicas import read_alias, restamp
 from tenancy.transactions import warn_if_only_default_in_transaction
 
 if TYPE_CHECKING:
@@ -35,15 +36,15 @@ class TenantRouter:
     """
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
-        return self._route(model, hints)
+        return self._route(model, hints, write=False)
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str | None:
-        alias = self._route(model, hints)
+        alias = self._route(model, hints, write=True)
         if alias is not None and tenancy_settings.CHECK_TRANSACTIONS and is_tenant_alias(alias):
             warn_if_only_default_in_transaction(alias, model)
         return alias
 
-    def _route(self, model: type[Model], hints: dict[str, Any]) -> str | None:
+    def _route(self, model: type[Model], hints: dict[str, Any], *, write: bool) -> str | None:
         instance = hints.get("instance")
         instance_db = getattr(getattr(instance, "_state", None), "db", None)
         label = model._meta.app_label
@@ -61,6 +62,10 @@ class TenantRouter:
         loaded_from = tenant_of_alias(instance_db)
         if instance is not None and loaded_from not in (None, tenant.slug):
             raise CrossTenantError.for_instance(instance, loaded_from, tenant.slug)
+        if not write:
+            return read_alias(tenant)  # the primary's, or a read replica's
+        if instance is not None:
+            restamp(instance)  # read from a replica, written to the primary
         return alias_for(tenant)
 
     def _route_shared_and_tenant(
@@ -89,7 +94,7 @@ class TenantRouter:
             return False
         db1, db2 = obj1._state.db, obj2._state.db
         # One tenant's objects relate even when loaded under two of its aliases (it was
-        # registered again in between).
+        # registered again in between, or one was read from a replica).
         if (
             tenant1
             and db1 is not None
@@ -97,6 +102,9 @@ class TenantRouter:
             and (tenant_of_alias(db1) or db1) != (tenant_of_alias(db2) or db2)
         ):
             return False
+        if tenant1:
+            restamp(obj1)  # an object read from a replica relates as the primary's
+            restamp(obj2)
         return None
 
     def allow_migrate(
