@@ -31,7 +31,7 @@ bench:
 	scripts/with-postgres -n 1 .venv/bin/python benchmarks/request_path.py  # makes .venv-bench
 	scripts/with-postgres -n 2 .venv/bin/python benchmarks/moving.py
 	scripts/with-postgres -n 2 .venv/bin/python benchmarks/backups.py
-	TENANCY_PG_MAX_CONNECTIONS=2500 scripts/with-postgres -n 1 \
+	TENANCY_PG_MAX_CONNECTIONS=2500 scripts/with-postgres -n 1 --replica \
 		.venv/bin/python benchmarks/connections.py --requests 2000
 
 lint:

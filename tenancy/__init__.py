@@ -75,10 +75,12 @@ def tenant_connection() -> BaseDatabaseWrapper:
 
 
 def use_primary() -> AbstractContextManager[None]:
-    """A block whose reads go to the tenants' primaries, never a read replica::
+    """A block whose reads go to the tenants' primaries, never a read replica.
 
-    with tenancy.use_primary():
-        invoice = Invoice.objects.get(pk=pk)   # just written by another process
+    For example::
+
+        with tenancy.use_primary():
+            invoice = Invoice.objects.get(pk=pk)  # just written by another process
     """
     from tenancy.replicas import use_primary
 

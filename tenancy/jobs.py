@@ -17,6 +17,7 @@ from tenancy import registry_cache
 from tenancy.connections import close_old_connections
 from tenancy.context import _not_found, current_tenant, find_by_slug, tenant_context
 from tenancy.exceptions import TenantUnavailable
+from tenancy.replicas import forget_writes
 from tenancy.resolvers import SlugResolver
 from tenancy.validators import is_valid_slug
 
@@ -62,7 +63,9 @@ def active_tenants() -> Iterator[AbstractTenant]:
 def running_in(slug: str | None) -> Iterator[AbstractTenant | None]:
     """The worker's side of a job sent with ``slug``: inside its tenant (see
     ``job_tenant``); afterwards the thread's tenant connections are closed as Django
-    would close them (``CONN_MAX_AGE``, ``MAX_OPEN_CONNECTIONS``)."""
+    would close them (``CONN_MAX_AGE``, ``MAX_OPEN_CONNECTIONS``). A job starts with no
+    writes of its own: its reads go to read replicas until it writes."""
+    forget_writes()
     try:
         with tenant_context(job_tenant(slug)) as tenant:
             yield tenant

@@ -35,6 +35,7 @@ from tenancy.models import Tenant
 from tenancy.provisioning import create_tenant, deprovision_tenant
 from tests.settings import BACKEND, PGBOUNCER, SERVER_1
 from tests.tenantapp.models import Note, Tag
+from tests.test_admin import users  # noqa: F401 (a fixture)
 from tests.test_schema_placement import SHARED_DATABASE, schema_server
 
 REPLICA = os.environ.get("TENANCY_TEST_PG_REPLICA_1")
@@ -543,3 +544,35 @@ def test_saving_an_object_with_deferred_fields_writes_only_what_it_loaded(ready,
             note.save()  # Django writes only the loaded fields
             fresh = Note.objects.using(alias_for(ready)).get(pk=pk)
             assert (fresh.text, fresh.author_id) == ("edited", 2)
+
+
+# --- what operators see -----------------------------------------------------------------
+
+
+def test_the_admin_page_and_the_metrics_show_each_replica(ready, settings, users):  # noqa: F811
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tenancy.metrics import register
+    from tests.test_admin import client_for
+
+    with tenant_context(ready):
+        assert served_by(Note.objects.all()) == ([], True)
+    page = client_for("view_tenant").get("/admin/tenancy/tenant/connections/")
+    assert "<tr><td>one</td><td>0</td><td>yes</td><td>0.0</td><td></td></tr>" in (
+        page.content.decode()
+    )
+    registry = CollectorRegistry()
+    register(registry)
+    text = generate_latest(registry).decode()
+    assert 'tenancy_replica_usable{replica="0",server="one"} 1.0' in text
+    assert 'tenancy_replica_lag_seconds{replica="0",server="one"} 0.0' in text
+
+
+def test_a_job_starts_with_no_writes_of_its_own(ready):
+    from tenancy.jobs import running_in
+
+    with tenant_context(ready):
+        Note.objects.create(text="written before the job")
+        assert Note.objects.all().db == alias_for(ready)
+    with running_in(ready.slug):
+        assert Note.objects.all().db == f"{alias_for(ready)}@r0"
