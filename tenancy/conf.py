@@ -660,19 +660,52 @@ def _validate_replicas(name: object, template: Mapping[str, Any], vendor: str) -
                 "database names are the same).",
             )
         for replica in replicas:
-            chosen = sorted(set(replica.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
-            if chosen:
-                raise _server_error(
-                    name,
-                    f"has a replica with OPTIONS {', '.join(map(repr, chosen))}; use "
-                    "HOST and PORT.",
-                )
+            _validate_replica(name, replica)
     for key, least in (("REPLICA_MAX_LAG", 0.0), ("REPLICA_STICKY_SECONDS", 0.0)):
         value = template.get(key)
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or value < least
         ):
             raise _server_error(name, f"has {key} {value!r}; it must be a number of seconds.")
+
+
+# Options that would let one replica entry reach several servers, or choose among them.
+REPLICA_REFUSED_OPTIONS = (
+    *CONNECTION_TARGET_OPTIONS,
+    "load_balance_hosts",
+    "target_session_attrs",
+)
+
+
+def _validate_replica(name: object, replica: Mapping[str, Any]) -> None:
+    """One replica entry reaches exactly one server: what tenancy checks on it (how far it
+    has replayed) must hold for every connection made with it."""
+    options = replica.get("OPTIONS") or {}
+    chosen = sorted(set(options) & set(REPLICA_REFUSED_OPTIONS))
+    if chosen:
+        raise _server_error(
+            name,
+            f"has a replica with OPTIONS {', '.join(map(repr, chosen))}; give each replica "
+            "its own entry, with HOST and PORT.",
+        )
+    if any("," in str(replica.get(key) or "") for key in ("HOST", "PORT")):
+        raise _server_error(
+            name,
+            f"has a replica with several hosts ({replica.get('HOST')!r}); give each replica "
+            "its own entry, never an address that leads to several servers.",
+        )
+    timeout = options.get("connect_timeout")
+    if timeout is not None:
+        try:
+            valid = not isinstance(timeout, bool) and float(timeout) >= 1
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise _server_error(
+                name,
+                f"has a replica with connect_timeout {timeout!r}; it must be at least 1 "
+                "(seconds).",
+            )
 
 
 def _validate_placement(name: object, template: Mapping[str, Any], vendor: str) -> None:

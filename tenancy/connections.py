@@ -222,10 +222,17 @@ def replica_of_alias(alias: str | None) -> str | None:
 
 def replica_settings(database: dict[str, Any], replica: Mapping[str, Any]) -> dict[str, Any]:
     """A database's settings as reached on a replica (or another address of its server):
-    the replica's HOST, PORT, USER, PASSWORD and OPTIONS over the database's, with a
-    connect timeout unless either sets one."""
+    the replica's HOST, PORT, USER, PASSWORD and OPTIONS over the database's, with the
+    replica's connect timeout (``REPLICA_CONNECT_TIMEOUT`` unless it sets one), and none of
+    the server's options that choose among servers."""
     settings = {**database, **{key: value for key, value in replica.items() if key != "OPTIONS"}}
-    options = {**(database.get("OPTIONS") or {}), **(replica.get("OPTIONS") or {})}
+    own = replica.get("OPTIONS") or {}
+    options = {
+        key: value
+        for key, value in (database.get("OPTIONS") or {}).items()
+        if key not in ("connect_timeout", "target_session_attrs", "load_balance_hosts")
+    }
+    options.update(own)
     options.setdefault("connect_timeout", REPLICA_CONNECT_TIMEOUT)
     settings["OPTIONS"] = options
     return settings

@@ -77,6 +77,7 @@ from tenancy.connections import (
     replica_of_alias,
     replica_settings,
 )
+from tenancy.exceptions import TenancyError
 from tenancy.reserved import DEFAULT_MAINTENANCE_DB
 
 if TYPE_CHECKING:
@@ -102,15 +103,19 @@ REPLICA_QUERY = (
     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
     "extract(epoch from pg_last_xact_replay_timestamp())"
 )
+# On a new connection to a replica: where it is.
+CONNECTION_QUERY = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
 # PostgreSQL's SQLSTATEs for a database or schema that does not exist.
 _MISSING_ON_REPLICA = frozenset({"3D000", "3F000"})
 # Statements that write nothing (a write is anything else, to be safe).
 _READ = re.compile(
     r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*"
-    r"(?:SELECT|SHOW|EXPLAIN|VALUES|FETCH|MOVE|CLOSE|DECLARE|SAVEPOINT|RELEASE|ROLLBACK"
-    r"|BEGIN|START|COMMIT|END|SET|RESET|DISCARD|DEALLOCATE)\b",
+    r"(?P<keyword>SELECT|SHOW|EXPLAIN|VALUES|FETCH|MOVE|CLOSE|DECLARE|SAVEPOINT|RELEASE"
+    r"|ROLLBACK|BEGIN|START|COMMIT|END|SET|RESET|DISCARD|DEALLOCATE)\b",
     re.IGNORECASE | re.DOTALL,
 )
+# In a statement that starts like a read: what makes it write after all.
+_WRITING_READ = re.compile(r"\bINTO\b|^EXPLAIN\b.*\bANALY[SZ]E\b", re.IGNORECASE | re.DOTALL)
 
 # Per tenant slug, when this context last wrote to it: a time.monotonic(), or None while
 # the transaction the write was in has not ended (the window starts when it does).
@@ -199,10 +204,30 @@ def lsn(text: str) -> int:
 # --- read-your-writes -------------------------------------------------------------------
 
 
+def only_reads(sql: Any) -> bool:
+    """Whether ``sql`` is a statement that writes nothing, by its first keyword; to be safe,
+    not when it holds more than one statement or a comment past its start, selects
+    ``INTO`` a table, or is an ``EXPLAIN ANALYZE`` (which runs what it explains).
+    ``SELECT`` of a function that writes is taken for a read."""
+    if not isinstance(sql, str):
+        return False
+    start = _READ.match(sql)
+    if start is None:
+        return False
+    statement = sql[start.start("keyword") :].rstrip().rstrip(";")
+    return not (
+        ";" in statement
+        or "/*" in statement
+        or "*/" in statement  # a nested comment ended early
+        or "--" in statement
+        or _WRITING_READ.search(statement)
+    )
+
+
 def note_statement(tenant_slug: str, in_transaction: bool, sql: Any) -> None:
     """A statement runs on a tenant's primary: unless it only reads, this context reads the
     tenant from the primary for ``REPLICA_STICKY_SECONDS`` after the write's transaction."""
-    if isinstance(sql, str) and _READ.match(sql):
+    if only_reads(sql):
         return
     writes = _writes.get() or {}
     when = None if in_transaction else time.monotonic()
@@ -249,7 +274,13 @@ def read_alias(tenant: AbstractTenant) -> str:
     first = _thread_index() % len(replicas)
     for offset in range(len(replicas)):
         index = (first + offset) % len(replicas)
-        alias = _usable(tenant, template, index, ready)  # type: ignore[arg-type]
+        try:
+            alias = _usable(tenant, template, index, ready)  # type: ignore[arg-type]
+        except Exception:  # a replica's trouble is never the user's: the primary serves
+            logger.exception(
+                "Tenant %s: replica %d of server %s was not used", *_names(tenant, index)
+            )
+            continue
         if alias is not None:
             return alias
     return alias_for(tenant)
@@ -376,6 +407,7 @@ class _Health:
     replica: _Probe
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_check: float = float("-inf")  # time.monotonic() of the next check
+    checked_at: float = float("-inf")  # and of the last
     failures: int = 0
     usable: bool = False
     checked: bool = False
@@ -463,6 +495,9 @@ def _usable(
             health.lock.release()
     if not health.usable or health.replayed < ready:
         return None
+    limit = float(template.get("REPLICA_MAX_LAG", DEFAULT_MAX_LAG))
+    if (health.lag or 0.0) + time.monotonic() - health.checked_at > limit + CHECK_INTERVAL:
+        return None  # its last check is too old to vouch for it (another thread checks)
     alias = replica_alias_for(tenant, index)
     if alias == alias_for(tenant):
         return None  # the test tenant: no replicas
@@ -471,14 +506,29 @@ def _usable(
         if not _alive(wrapper):
             wrapper.close()
             wrapper.ensure_connection()
-    except DatabaseError as exc:
+            # What the checks saw holds for a connection made since only if it is on
+            # the same server at the same point or later (a replica restarted, say).
+            if not _replayed_on(wrapper, ready):
+                wrapper.close()
+                return None
+    except (DatabaseError, TenancyError) as exc:
         wrapper.close()
         if getattr(exc.__cause__, "sqlstate", None) in _MISSING_ON_REPLICA:
             logger.warning("Tenant %s is not on replica %d of server %s", *_names(tenant, index))
             return None  # recorded as replayed, yet missing: this tenant's problem alone
+        if isinstance(exc, TenancyError):  # the cap: the primary's connection will do
+            return None
         _judge(health, tenant.server, index, False, None, f"unreachable: {_line(exc)}")
         return None
     return alias
+
+
+def _replayed_on(wrapper: BaseDatabaseWrapper, ready: int) -> bool:
+    """Whether the replica ``wrapper`` is connected to has replayed up to ``ready``."""
+    with wrapper.cursor() as cursor:
+        cursor.execute(CONNECTION_QUERY)
+        recovering, replayed = cursor.fetchone()
+    return bool(recovering) and replayed is not None and lsn(replayed) >= ready
 
 
 def _names(tenant: AbstractTenant, index: int) -> tuple[str, int, str]:
@@ -504,11 +554,11 @@ def _check(health: _Health, template: dict[str, Any], server: str, index: int) -
     try:
         try:
             primary_position, primary_now = health.primary.row(PRIMARY_QUERY)
-        except (DatabaseError, OSError, _Timeout) as exc:
+        except Exception as exc:  # psycopg's own errors too: the probes use libpq directly
             raise _Unusable(f"its primary did not answer: {_line(exc)}") from exc
         try:
             recovering, replayed, replayed_at = health.replica.row(REPLICA_QUERY)
-        except (DatabaseError, OSError, _Timeout) as exc:
+        except Exception as exc:
             raise _Unusable(f"unreachable: {_line(exc)}") from exc
         if recovering != "t":
             raise _Unusable("not in recovery: promoted, or not a replica")
@@ -555,7 +605,8 @@ def _judge(
     health.failures = 0 if usable else health.failures + 1
     wait = min(MAX_CHECK_INTERVAL, CHECK_INTERVAL * 2 ** max(0, health.failures - 1))
     health.usable, health.lag, health.problem, health.checked = usable, lag, problem, True
-    health.next_check = time.monotonic() + wait
+    health.checked_at = time.monotonic()
+    health.next_check = health.checked_at + wait
 
 
 def reset() -> None:

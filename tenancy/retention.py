@@ -160,15 +160,18 @@ def reactivate_tenant(tenant: AbstractTenant | str) -> AbstractTenant:
                 f"({one_line(result.error)}). Fix the cause and run `manage.py "
                 f"reactivate_tenant {slug}` again."
             )
+        current.ready_lsn = replicas.ready_mark(current)  # served as it is from now
         type(current)._default_manager.filter(pk=current.pk).update(
-            status=TenantStatus.ACTIVE, status_detail="", retained_until=None
+            status=TenantStatus.ACTIVE,
+            status_detail="",
+            retained_until=None,
+            ready_lsn=current.ready_lsn,
         )
         current.status, current.status_detail, current.retained_until = (
             TenantStatus.ACTIVE,
             "",
             None,
         )
-        replicas.mark_ready(current)
     return current
 
 
@@ -285,8 +288,14 @@ def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
             f"failed ({exc}). Fix the cause and run `manage.py reactivate_tenant {slug}` again."
         ) from exc
     retained = Path(tenant.retained_backup)
+    # Its database was made again from the backup: replicas serve it once they have that.
+    tenant.ready_lsn = replicas.ready_mark(tenant)
     type(tenant)._default_manager.filter(pk=tenant.pk).update(
-        status=TenantStatus.ACTIVE, status_detail="", retained_until=None, retained_backup=""
+        status=TenantStatus.ACTIVE,
+        status_detail="",
+        retained_until=None,
+        retained_backup="",
+        ready_lsn=tenant.ready_lsn,
     )
     tenant.status, tenant.status_detail, tenant.retained_until, tenant.retained_backup = (
         TenantStatus.ACTIVE,
@@ -294,7 +303,6 @@ def _reactivate_from_backup(tenant: AbstractTenant) -> AbstractTenant:
         None,
         "",
     )
-    replicas.mark_ready(tenant)  # its database was made again from the backup
     _remove_retained_backup(tenant, retained)
     return tenant
 

@@ -576,3 +576,105 @@ def test_a_job_starts_with_no_writes_of_its_own(ready):
         assert Note.objects.all().db == alias_for(ready)
     with running_in(ready.slug):
         assert Note.objects.all().db == f"{alias_for(ready)}@r0"
+
+
+# --- what a replica's trouble must not do ------------------------------------------------
+
+
+def primary_sql(statement, params=()):
+    host, port = SERVER_1["HOST"], SERVER_1["PORT"]
+    with psycopg.connect(
+        host=host, port=port, user="postgres", dbname="postgres", autocommit=True
+    ) as connection:
+        return connection.execute(statement, params).fetchall()
+
+
+def test_a_check_whose_connection_was_ended_is_no_error_for_the_user(ready):
+    with tenant_context(ready):
+        assert served_by(Note.objects.all()) == ([], True)
+    health = replicas._health[("one", 0)]
+    for probe in (health.primary, health.replica):
+        pid = probe.pgconn.backend_pid  # ended: a restart, an idle timeout, a failover
+        (primary_sql if probe is health.primary else replica_sql)(
+            f"SELECT pg_terminate_backend({int(pid)})"
+        )
+    time.sleep(0.3)
+    health.next_check = float("-inf")  # the next check is due
+    with tenant_context(ready):
+        assert served_by(Note.objects.all()) == ([], False)
+    assert replicas.replica_states()["one"][0]["problem"].startswith("its primary did not")
+
+
+def test_at_the_cap_a_read_uses_the_primarys_open_connection(ready, settings):
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "MAX_OPEN_CONNECTIONS": 1,
+        "CONNECTION_WAIT_TIMEOUT": 0.2,
+    }
+    close_all()
+    with tenant_context(ready):
+        cursor = tenant_connection().cursor()
+        cursor.execute("SELECT 1")  # a read, its cursor still open: the primary is held
+        queryset = Note.objects.all()
+        assert list(queryset) == []
+        assert queryset.db == alias_for(ready)
+        cursor.close()
+
+
+def test_a_stale_check_does_not_vouch_for_a_replica_while_another_thread_checks(ready, settings):
+    set_servers(settings, REPLICA_STICKY_SECONDS=0, REPLICA_MAX_LAG=1)
+    with tenant_context(ready):
+        assert served_by(Note.objects.all())[1] is True  # checked now: usable
+    health = replicas._health[("one", 0)]
+    with replay_paused():
+        elsewhere(add_note, ready, "written while the replica is stuck")
+        time.sleep(2.5)  # more than REPLICA_MAX_LAG and a check interval, without a read
+        holding, release = threading.Event(), threading.Event()
+
+        def checking():  # another request's thread, in the middle of the due check
+            with health.lock:
+                holding.set()
+                release.wait(5)
+
+        thread = threading.Thread(target=checking)
+        thread.start()
+        holding.wait()
+        try:
+            with tenant_context(ready):
+                rows, on_replica = served_by(Note.objects.all())
+        finally:
+            release.set()
+            thread.join()
+    assert (rows, on_replica) == (["written while the replica is stuck"], False)
+
+
+def test_a_tenant_reactivated_from_its_backup_reads_from_the_primary_until_replayed(
+    replicated, settings, tmp_path
+):
+    from unittest import mock
+
+    from tenancy.backends.postgresql import PostgreSQLServer
+    from tenancy.retention import archive_tenant, reactivate_tenant
+
+    settings.TENANCY = {**settings.TENANCY, "RETENTION_BACKUP_DIRECTORY": str(tmp_path)}
+    tenant = elsewhere(made_with_note, "replica-r", "r's note")
+    archive_tenant(tenant, days=1)
+    caught_up()
+    restore = PostgreSQLServer._restore_into
+    paused = contextlib.ExitStack()
+
+    def restore_into(self, name, source):
+        caught_up()  # the replica has the new database, still empty
+        paused.enter_context(replay_paused())
+        return restore(self, name, source)
+
+    with paused:
+        with mock.patch.object(PostgreSQLServer, "_restore_into", restore_into):
+            reactivated = elsewhere(reactivate_tenant, "replica-r")
+        replicas.reset()
+        with tenant_context(reactivated):
+            assert served_by(Note.objects.all()) == (["r's note"], False)
+    caught_up()
+    with tenant_context(reactivated):
+        assert served_by(Note.objects.all()) == (["r's note"], True)
+    elsewhere(deprovision_tenant, reactivated)
