@@ -119,17 +119,37 @@ def caught_up():
     replicas.reset()  # the next read checks again
 
 
+def replica_position():
+    return replicas.lsn(replica_sql("SELECT pg_last_wal_replay_lsn()::text")[0])
+
+
+def flushed_record():
+    """A WAL record on the primary, written and sent before this returns."""
+    with get_server("one")._cursor() as cursor:
+        cursor.execute("BEGIN")
+        cursor.execute("SET LOCAL synchronous_commit = on")
+        cursor.execute("SELECT pg_logical_emit_message(true, 'tenancy', 'test')")
+        cursor.execute("COMMIT")
+
+
 @contextlib.contextmanager
 def replay_paused():
-    """The replica replays nothing more in the block (paused once it has the next record)."""
+    """The replica replays nothing more in the block: paused, and seen not to replay a
+    record written since."""
     replica_sql("SELECT pg_wal_replay_pause()")
     try:
-        with get_server("one")._cursor() as cursor:
-            cursor.execute("SELECT pg_logical_emit_message(false, 'tenancy', 'pause')")
         deadline = time.monotonic() + 30
-        while replica_sql("SELECT pg_get_wal_replay_pause_state()")[0] != "paused":
+        while True:
             assert time.monotonic() < deadline, "the replica did not pause"
-            time.sleep(0.01)
+            flushed_record()
+            if replica_sql("SELECT pg_get_wal_replay_pause_state()")[0] != "paused":
+                time.sleep(0.01)
+                continue
+            before = replica_position()
+            flushed_record()
+            time.sleep(0.1)
+            if replica_position() == before:
+                break
         yield
     finally:
         replica_sql("SELECT pg_wal_replay_resume()")
@@ -344,17 +364,32 @@ def test_schema_tenants_read_their_own_schema_on_the_replica(shared_server):
             assert queryset.db == f"{alias_for(tenant)}@r0"
 
 
-def test_a_changed_database_is_read_from_the_primary_until_replayed(ready):
-    with replay_paused():
-        elsewhere(run_sql, ready, "CREATE TABLE migrated (id int)")  # a migration, say
-        replicas.mark_ready(ready)  # what migrate_tenant does once it has applied one
-        replicas.reset()
-        with tenant_context(ready):
-            assert Note.objects.all().db == alias_for(ready)
-    caught_up()
+def test_a_tenant_is_read_from_a_replica_only_past_its_recorded_position(ready):
+    recorded = ready.ready_lsn
+    position = replicas.ready_position(ready)
+    ahead = position + (1 << 32)  # where the replica has not replayed to
+    ready.ready_lsn = f"{ahead >> 32:X}/{ahead & 0xFFFFFFFF:X}:one:{ready.database_name}"
     with tenant_context(ready):
-        assert Note.objects.all().db == f"{alias_for(ready)}@r0"
-    elsewhere(run_sql, ready, "DROP TABLE migrated")
+        assert served_by(Note.objects.all()) == ([], False)
+    ready.ready_lsn = recorded
+    with tenant_context(ready):
+        assert served_by(Note.objects.all()) == ([], True)
+
+
+def test_a_changed_database_is_read_from_the_primary_until_replayed(ready):
+    try:
+        with replay_paused():
+            elsewhere(run_sql, ready, "CREATE TABLE migrated (id int)")  # a migration, say
+            replicas.mark_ready(ready)  # what migrate_tenant does once it has applied one
+            assert replica_position() < replicas.ready_position(ready)
+            replicas.reset()
+            with tenant_context(ready):
+                assert Note.objects.all().db == alias_for(ready)
+        caught_up()
+        with tenant_context(ready):
+            assert Note.objects.all().db == f"{alias_for(ready)}@r0"
+    finally:
+        elsewhere(run_sql, ready, "DROP TABLE IF EXISTS migrated")
 
 
 def run_sql(tenant, statement):
@@ -416,7 +451,11 @@ def test_a_replica_cut_off_from_its_primary_is_skipped_once_the_primary_writes(r
     caught_up()
 
 
-def test_a_stopped_replica_is_skipped_and_used_again_when_back(replicated, settings, caplog):
+def test_a_stopped_replica_is_skipped_and_used_again_when_back(
+    replicated, settings, caplog, monkeypatch
+):
+    # Logging configured by another test may have disabled the loggers that existed then.
+    monkeypatch.setattr(replicas.logger, "disabled", False)
     set_servers(settings, CONN_MAX_AGE=None)  # a connection kept open across the stop
     first, _ = make_tenants()
     with tenant_context(first):
