@@ -48,6 +48,21 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def replica_running():
+    """The replica, made for these tests when the harness makes it on demand
+    (``--replica-on-demand``): it then replays only what is written while they run."""
+    script = os.environ.get("TENANCY_TEST_PG_REPLICA_SCRIPT_1")
+    if not REPLICA or not script:
+        yield
+        return
+    subprocess.run([script, "start"], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run([script, "stop"], check=True, capture_output=True)
+
+
 def replica_server(**values):
     host, _, port = (REPLICA or ":").rpartition(":")
     return {**SERVER_1, "REPLICAS": [{"HOST": host, "PORT": port}], **values}
