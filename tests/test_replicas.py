@@ -6,6 +6,7 @@ The replica is cluster 1's, made with ``pg_basebackup -R``; tests pause its repl
 
 import contextlib
 import contextvars
+import logging
 import os
 import shlex
 import socket
@@ -469,8 +470,9 @@ def test_a_replica_cut_off_from_its_primary_is_skipped_once_the_primary_writes(r
 def test_a_stopped_replica_is_skipped_and_used_again_when_back(
     replicated, settings, caplog, monkeypatch
 ):
-    # Logging configured by another test may have disabled the loggers that existed then.
+    # Another test's logging set-up (Celery's test worker) may have raised the root's level.
     monkeypatch.setattr(replicas.logger, "disabled", False)
+    caplog.set_level(logging.WARNING, logger="tenancy.replicas")
     set_servers(settings, CONN_MAX_AGE=None)  # a connection kept open across the stop
     first, _ = make_tenants()
     with tenant_context(first):
