@@ -20,6 +20,7 @@ from django.db import IntegrityError, connections, transaction
 
 from tenancy import ledger, replicas
 from tenancy.backends import get_server
+from tenancy.backends.base import held_connections
 from tenancy.conf import tenancy_settings
 from tenancy.connections import connection_for, unregister
 from tenancy.context import tenant_context
@@ -93,6 +94,17 @@ def create_tenant(
     the same slug finishes an interrupted provisioning instead of failing. ``fields``:
     values for more fields of a custom tenant model."""
     validate_slug(slug)  # before any query: some strings cannot even be looked up
+    with held_connections():  # the server is asked several things: one connection
+        return _create_tenant(slug, name, domains, server, fields)
+
+
+def _create_tenant(
+    slug: str,
+    name: str,
+    domains: Iterable[str],
+    server: str | None,
+    fields: Mapping[str, Any] | None,
+) -> AbstractTenant:
     hostnames = validate_domains(domains)
     model = get_tenant_model()
     defaults: dict[str, object] = {**(fields or {}), "name": name or slug}
@@ -106,13 +118,14 @@ def create_tenant(
     _refuse_taken_domains(slug, hostnames)
     # The row and its domains together: a domain taken meanwhile leaves no tenant behind.
     with transaction.atomic(using="default"):
-        tenant, _ = model._default_manager.get_or_create(slug=slug, defaults=defaults)
+        tenant, created = model._default_manager.get_or_create(slug=slug, defaults=defaults)
         if existing is None:
             # Created by another process meanwhile: the same checks as for an existing one.
             _refuse_changing_existing(tenant, server, hostnames)
         add_domains(tenant, hostnames)
-    provision_tenant(tenant)
-    return tenant
+    # A row this call made was checked by its save() a moment ago, in the transaction
+    # that wrote it: its database name is not checked a third time.
+    return _provision(tenant, checked=created)
 
 
 def validate_domains(domains: Iterable[str]) -> list[str]:
@@ -264,8 +277,14 @@ def add_domains(tenant: AbstractTenant, domains: Iterable[str]) -> None:
 
 def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
     """Create (or reuse) the tenant's database, migrate it, seed it and activate it."""
+    with held_connections():
+        return _provision(tenant)
+
+
+def _provision(tenant: AbstractTenant, *, checked: bool = False) -> AbstractTenant:
     _refuse_in_other_hands(tenant)
-    _refuse_unavailable_database(tenant)
+    if not checked:
+        _refuse_unavailable_database(tenant)
     set_status(tenant, TenantStatus.PROVISIONING)
     try:
         _create_database(tenant)

@@ -105,8 +105,6 @@ REPLICA_QUERY = (
 )
 # On a new connection to a replica: where it is.
 CONNECTION_QUERY = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
-# PostgreSQL's SQLSTATEs for a database or schema that does not exist.
-_MISSING_ON_REPLICA = frozenset({"3D000", "3F000"})
 # Statements that write nothing (a write is anything else, to be safe).
 _READ = re.compile(
     r"\s*(?:(?:/\*.*?\*/|--[^\n]*(?:\n|$))\s*)*"
@@ -513,9 +511,6 @@ def _usable(
                 return None
     except (DatabaseError, TenancyError) as exc:
         wrapper.close()
-        if getattr(exc.__cause__, "sqlstate", None) in _MISSING_ON_REPLICA:
-            logger.warning("Tenant %s is not on replica %d of server %s", *_names(tenant, index))
-            return None  # recorded as replayed, yet missing: this tenant's problem alone
         if isinstance(exc, TenancyError):  # the cap: the primary's connection will do
             return None
         _judge(health, tenant.server, index, False, None, f"unreachable: {_line(exc)}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -246,3 +248,31 @@ class TemplateMissing(Exception):
 class DatabaseExists(TenancyError):
     """A database to be made exists already: someone else's, never dropped by the one who
     meant to make it."""
+
+
+_held = threading.local()
+
+
+def held_wrappers() -> dict[Any, Any] | None:
+    """The calling thread's kept connections (``held_connections``), or ``None``."""
+    return getattr(_held, "wrappers", None)
+
+
+@contextmanager
+def held_connections() -> Iterator[None]:
+    """Within the block, the calling thread's connections of tenancy's own to servers
+    (``_cursor``) are kept and used again, one per database, instead of one opened per
+    statement group; closed when the block ends. Provisioning asks a server several things
+    in a row (is the name free, does the spare exist, rename it): each would otherwise
+    cost a connection set-up. Nested blocks share the outer one's."""
+    if getattr(_held, "wrappers", None) is not None:
+        yield
+        return
+    _held.wrappers = {}
+    try:
+        yield
+    finally:
+        wrappers, _held.wrappers = _held.wrappers, None
+        for wrapper in wrappers.values():
+            with contextlib.suppress(Exception):
+                wrapper.close()

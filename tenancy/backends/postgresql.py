@@ -24,6 +24,7 @@ from tenancy.backends.base import (
     Fingerprint,
     TemplateInUse,
     TemplateMissing,
+    held_wrappers,
 )
 from tenancy.backends.client_programs import check_exit, client_program, reaped
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
@@ -147,12 +148,32 @@ class PostgreSQLServer(DatabaseServer):
             settings = self._direct_settings_for(database_name)
         else:
             settings = self._settings_for(database_name)
-        wrapper = _unpooled_wrapper(settings, alias)
+        held = held_wrappers()
+        if held is None:
+            wrapper = _unpooled_wrapper(settings, alias)
+            try:
+                with wrapper.cursor() as cursor:
+                    yield cursor
+            finally:
+                wrapper.close()
+            return
+        key = (alias, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        wrapper = held.pop(key, None)
+        if wrapper is not None and not _reusable(wrapper):
+            wrapper.close()
+            wrapper = None
+        if wrapper is None:
+            wrapper = _unpooled_wrapper(settings, alias)
         try:
             with wrapper.cursor() as cursor:
                 yield cursor
-        finally:
+        except BaseException:
+            wrapper.close()  # in whatever state the error left it: not used again
+            raise
+        if key in held:  # a block nested in one on the same database kept its own
             wrapper.close()
+        else:
+            held[key] = wrapper
 
     def database_exists(self, name: str) -> bool:
         with self._cursor() as cursor:
@@ -673,6 +694,19 @@ def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True)
         raw.rollback()
     finally:
         wrapper.close()  # ends the transaction, and the lock with it, if not done above
+
+
+def _reusable(wrapper: Any) -> bool:
+    """Whether a kept connection can serve the next statements: open, and outside any
+    transaction (a block that ended one way or another left none behind)."""
+    raw = wrapper.connection
+    return (
+        raw is not None
+        and not raw.closed
+        and not raw.broken
+        and wrapper.autocommit
+        and raw.info.transaction_status == 0  # IDLE
+    )
 
 
 def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
