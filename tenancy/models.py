@@ -157,20 +157,13 @@ class AbstractTenant(models.Model):
         stored = self._stored()
         self._check_identity(stored)
         self._check_database(stored)
-        if (
-            not self._state.adding
-            and not args
-            and kwargs.get("update_fields") is None
-            and not kwargs.get("force_insert")
-        ):
-            # ready_lsn is written where tenancy records it (tenancy.replicas): an
-            # instance read before then would put an older position back.
-            kwargs["update_fields"] = [
-                field.name
-                for field in self._meta.concrete_fields
-                if not field.primary_key and field.name != "ready_lsn"
-            ]
         super().save(*args, **kwargs)
+
+    def _do_update(self, base_qs: Any, using: Any, pk_val: Any, values: Any, *args: Any) -> Any:
+        # ready_lsn is written where tenancy records it (tenancy.replicas, with update()):
+        # an instance read before then would put an older position back.
+        values = [value for value in values if value[0].name != "ready_lsn"]
+        return super()._do_update(base_qs, using, pk_val, values, *args)
 
     def clean(self) -> None:
         super().clean()

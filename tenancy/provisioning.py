@@ -118,14 +118,12 @@ def _create_tenant(
     _refuse_taken_domains(slug, hostnames)
     # The row and its domains together: a domain taken meanwhile leaves no tenant behind.
     with transaction.atomic(using="default"):
-        tenant, created = model._default_manager.get_or_create(slug=slug, defaults=defaults)
+        tenant, _ = model._default_manager.get_or_create(slug=slug, defaults=defaults)
         if existing is None:
             # Created by another process meanwhile: the same checks as for an existing one.
             _refuse_changing_existing(tenant, server, hostnames)
         add_domains(tenant, hostnames)
-    # A row this call made was checked by its save() a moment ago, in the transaction
-    # that wrote it: its database name is not checked a third time.
-    return _provision(tenant, checked=created)
+    return _provision(tenant)
 
 
 def validate_domains(domains: Iterable[str]) -> list[str]:
@@ -281,10 +279,11 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
         return _provision(tenant)
 
 
-def _provision(tenant: AbstractTenant, *, checked: bool = False) -> AbstractTenant:
+def _provision(tenant: AbstractTenant) -> AbstractTenant:
     _refuse_in_other_hands(tenant)
-    if not checked:
-        _refuse_unavailable_database(tenant)
+    # Again, now that the row is committed: a tenant registering the same database
+    # through another entry of the same server at the same time sees one of the two.
+    _refuse_unavailable_database(tenant)
     set_status(tenant, TenantStatus.PROVISIONING)
     try:
         _create_database(tenant)

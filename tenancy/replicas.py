@@ -540,7 +540,7 @@ def _alive(wrapper: BaseDatabaseWrapper) -> bool:
         return True  # in use: not idle
     try:
         return not _readable(raw.pgconn.socket, 0.000001)
-    except (OSError, ValueError):
+    except Exception:  # the driver's own errors too: a connection it knows is gone
         return False
 
 

@@ -1,6 +1,9 @@
 """Connections of tenancy's own to a server, kept for the length of a provisioning."""
 
+import time
+
 import pytest
+from django.db import connections
 
 from tenancy.backends import get_server
 from tenancy.backends.base import held_connections
@@ -60,3 +63,25 @@ def test_provisioning_a_tenant_opens_one_maintenance_connection(db_access, monke
         assert len(maintenance) == 1, opened
     finally:
         deprovision_tenant(tenant)
+
+
+def test_a_kept_connection_the_server_ended_is_not_used_again(db_access):
+    server = get_server("one")
+    with held_connections():
+        kept = backend_pid(server)
+        with connections["default"].cursor() as cursor:  # as an idle timeout would
+            cursor.execute("SELECT pg_terminate_backend(%s)", [kept])
+        time.sleep(0.2)
+        assert server.database_exists("postgres")
+        assert backend_pid(server) != kept
+
+
+def test_a_maintenance_database_that_is_a_template_is_never_kept(db_access, settings):
+    servers = settings.TENANCY["SERVERS"]
+    settings.TENANCY = {
+        **settings.TENANCY,
+        "SERVERS": {**servers, "one": {**servers["one"], "MAINTENANCE_DB": "template1"}},
+    }
+    server = get_server("one")
+    with held_connections():
+        assert backend_pid(server) != backend_pid(server)  # CREATE DATABASE copies it

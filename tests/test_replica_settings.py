@@ -85,3 +85,14 @@ def test_a_replica_keeps_its_own_timeout_and_none_of_the_servers_choices():
     assert settings["OPTIONS"] == {"connect_timeout": 2, "sslmode": "require"}
     own = replica_settings(database, {"HOST": "replica", "OPTIONS": {"connect_timeout": 5}})
     assert own["OPTIONS"]["connect_timeout"] == 5
+
+
+def test_a_full_save_of_an_older_instance_keeps_the_recorded_position(alpha):
+    from tenancy.models import Tenant
+
+    older = Tenant.objects.get(pk=alpha.pk)
+    Tenant.objects.filter(pk=alpha.pk).update(ready_lsn="0/3000060:one:test_tenancy_alpha")
+    older.name = "Renamed"
+    older.save()  # read before the position was recorded
+    stored = Tenant.objects.get(pk=alpha.pk)
+    assert (stored.name, stored.ready_lsn) == ("Renamed", "0/3000060:one:test_tenancy_alpha")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import tempfile
 import threading
@@ -149,7 +150,7 @@ class PostgreSQLServer(DatabaseServer):
         else:
             settings = self._settings_for(database_name)
         held = held_wrappers()
-        if held is None:
+        if held is None or settings.get("NAME") in _TEMPLATE_DATABASES:
             wrapper = _unpooled_wrapper(settings, alias)
             try:
                 with wrapper.cursor() as cursor:
@@ -696,17 +697,30 @@ def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True)
         wrapper.close()  # ends the transaction, and the lock with it, if not done above
 
 
+# Never kept: a session on a template makes every CREATE DATABASE copying it fail.
+_TEMPLATE_DATABASES = frozenset({"template0", "template1"})
+
+
 def _reusable(wrapper: Any) -> bool:
-    """Whether a kept connection can serve the next statements: open, and outside any
-    transaction (a block that ended one way or another left none behind)."""
+    """Whether a kept connection can serve the next statements: open, outside any
+    transaction (a block that ended one way or another left none behind), and not ended
+    by the server meanwhile (an idle connection has nothing to read unless the server
+    said goodbye: ``idle_session_timeout``, a restart, a pooler's idle timeout)."""
     raw = wrapper.connection
-    return (
-        raw is not None
-        and not raw.closed
-        and not raw.broken
-        and wrapper.autocommit
-        and raw.info.transaction_status == 0  # IDLE
-    )
+    if (
+        raw is None
+        or raw.closed
+        or raw.broken
+        or not wrapper.autocommit
+        or raw.info.transaction_status != pq.TransactionStatus.IDLE
+    ):
+        return False
+    try:
+        poller = select.poll()  # not select(): descriptors may be above 1024
+        poller.register(raw.pgconn.socket, select.POLLIN)
+        return not poller.poll(0)
+    except Exception:
+        return False
 
 
 def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
