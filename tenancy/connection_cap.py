@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -39,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tenancy.backends.base import readable
 from tenancy.conf import tenancy_settings
 from tenancy.exceptions import ConnectionLimitReached
 
@@ -99,10 +99,8 @@ class _Ending:
     def ended(self, timeout: float = 0) -> bool:
         if time.monotonic() >= self.deadline:
             return True
-        poller = select.poll()  # not select(): descriptors may be above 1024
-        poller.register(self.watch, select.POLLIN)
         try:
-            return bool(poller.poll(timeout * 1000)) and not self.watch.recv(4096)
+            return readable(self.watch, timeout) and not self.watch.recv(4096)
         except OSError:
             return True
 

@@ -47,7 +47,6 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
-from tenancy.replicas import use_primary
 from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:
@@ -433,7 +432,7 @@ def _run_migrate(
     # Inside the tenant's context, RunPython code that uses tenant models without
     # `using=` reaches this database and not NoTenantError; never a read replica, which
     # may not have replayed what the migration wrote.
-    with tenant_context(tenant), use_primary():
+    with tenant_context(tenant), replicas.use_primary():
         # Not for a template: Django's whole `migrate` would apply what must run per tenant.
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb

@@ -55,7 +55,6 @@ import itertools
 import logging
 import os
 import re
-import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +66,7 @@ from django.core.signals import request_started
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Model
 
+from tenancy.backends.base import readable
 from tenancy.conf import SERVER_ONLY_KEYS, tenancy_settings
 from tenancy.connections import (
     alias_for,
@@ -239,9 +239,8 @@ def _sticky(tenant: AbstractTenant, template: dict[str, Any]) -> bool:
         return False
     written = writes[tenant.slug]
     if written is None:  # in a transaction, or just after one
-        if primary_in_transaction(tenant):
-            return True
-        _writes.set({**writes, tenant.slug: time.monotonic()})  # it ended by now
+        if not primary_in_transaction(tenant):
+            _writes.set({**writes, tenant.slug: time.monotonic()})  # it ended by now
         return True
     seconds = float(template.get("REPLICA_STICKY_SECONDS", DEFAULT_STICKY_SECONDS))
     return time.monotonic() - written < seconds
@@ -276,7 +275,10 @@ def read_alias(tenant: AbstractTenant) -> str:
             alias = _usable(tenant, template, index, ready)  # type: ignore[arg-type]
         except Exception:  # a replica's trouble is never the user's: the primary serves
             logger.exception(
-                "Tenant %s: replica %d of server %s was not used", *_names(tenant, index)
+                "Tenant %s: replica %d of server %s was not used",
+                tenant.slug,
+                index,
+                tenant.server,
             )
             continue
         if alias is not None:
@@ -350,7 +352,7 @@ class _Probe:
         results = []
         while True:
             while pgconn.is_busy():
-                if not _readable(pgconn.socket, deadline - time.monotonic()):
+                if not readable(pgconn.socket, deadline - time.monotonic()):
                     raise _Timeout(f"no answer within {self.timeout:g} s")
                 pgconn.consume_input()
             result = pgconn.get_result()
@@ -389,14 +391,6 @@ class _Probe:
 
 # Connection parameters of psycopg's, not libpq's.
 _NOT_LIBPQ = frozenset({"prepare_threshold", "cursor_factory", "context"})
-
-
-def _readable(sock: int, timeout: float) -> bool:
-    if timeout <= 0:
-        return False
-    poller = select.poll()  # not select(): descriptors may be above 1024
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(timeout * 1000))
 
 
 @dataclass
@@ -526,10 +520,6 @@ def _replayed_on(wrapper: BaseDatabaseWrapper, ready: int) -> bool:
     return bool(recovering) and replayed is not None and lsn(replayed) >= ready
 
 
-def _names(tenant: AbstractTenant, index: int) -> tuple[str, int, str]:
-    return tenant.slug, index, tenant.server
-
-
 def _alive(wrapper: BaseDatabaseWrapper) -> bool:
     """Whether ``wrapper`` has a connection the server has not closed meanwhile: an idle
     connection has nothing to read unless the server said goodbye."""
@@ -539,7 +529,7 @@ def _alive(wrapper: BaseDatabaseWrapper) -> bool:
     if not wrapper.autocommit or raw.info.transaction_status != 0:
         return True  # in use: not idle
     try:
-        return not _readable(raw.pgconn.socket, 0.000001)
+        return not readable(raw.pgconn.socket)
     except Exception:  # the driver's own errors too: a connection it knows is gone
         return False
 

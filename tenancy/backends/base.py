@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -276,3 +277,14 @@ def held_connections() -> Iterator[None]:
         for wrapper in wrappers.values():
             with contextlib.suppress(Exception):
                 wrapper.close()
+
+
+def readable(descriptor: Any, timeout: float = 0) -> bool:
+    """Whether ``descriptor`` (a socket or its number) has something to read within
+    ``timeout`` seconds; a timeout already past waits for nothing. An idle database
+    connection has nothing to read unless the server said goodbye."""
+    if timeout < 0:
+        return False
+    poller = select.poll()  # not select(): descriptors may be above 1024
+    poller.register(descriptor, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))

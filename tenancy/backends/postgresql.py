@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import tempfile
 import threading
@@ -26,6 +25,7 @@ from tenancy.backends.base import (
     TemplateInUse,
     TemplateMissing,
     held_wrappers,
+    readable,
 )
 from tenancy.backends.client_programs import check_exit, client_program, reaped
 from tenancy.conf import SERVER_ONLY_KEYS, server_vendor
@@ -716,9 +716,7 @@ def _reusable(wrapper: Any) -> bool:
     ):
         return False
     try:
-        poller = select.poll()  # not select(): descriptors may be above 1024
-        poller.register(raw.pgconn.socket, select.POLLIN)
-        return not poller.poll(0)
+        return not readable(raw.pgconn.socket)
     except Exception:
         return False
 
