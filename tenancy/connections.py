@@ -183,34 +183,35 @@ def alias_for(tenant: AbstractTenant) -> str:
     object for it to the calling thread on the thread's first use (no database connection
     is opened until a query needs one).
     """
-    registration = _registrations.get(tenant.slug)
-    if registration is not None and registration.published:
+    registration = _current_registration(tenant)
+    if registration.published:
         return registration.alias
-    if (
-        registration is None
-        or registration.server != tenant.server
-        or registration.database_name != tenant.database_name
-    ):
-        registration = _register(tenant)
     return _in_thread(registration, registration.alias, registration.settings)
 
 
 def replica_alias_for(tenant: AbstractTenant, index: int) -> str:
     """The connection alias of ``tenant``'s database on its server's replica ``index``,
     usable in the calling thread (``tenancy.replicas`` decides when reads go there)."""
-    registration = _registrations.get(tenant.slug)
-    if (
-        registration is None
-        or registration.published
-        or registration.server != tenant.server
-        or registration.database_name != tenant.database_name
-    ):
-        alias_for(tenant)
-        registration = _registrations[tenant.slug]
+    registration = _current_registration(tenant)
     if registration.published or index >= len(registration.replicas):
         return registration.alias
     alias = f"{registration.alias}{REPLICA_SEPARATOR}r{index}"
     return _in_thread(registration, alias, registration.replicas[index])
+
+
+def _current_registration(tenant: AbstractTenant) -> _Registration:
+    """``tenant``'s registration, made again when its server or database changed (a
+    published one never is)."""
+    registration = _registrations.get(tenant.slug)
+    if registration is not None and (
+        registration.published
+        or (
+            registration.server == tenant.server
+            and registration.database_name == tenant.database_name
+        )
+    ):
+        return registration
+    return _register(tenant)
 
 
 def replica_of_alias(alias: str | None) -> str | None:
