@@ -402,10 +402,13 @@ class _Health:
     checked_at: float = float("-inf")  # and of the last
     failures: int = 0
     usable: bool = False
-    checked: bool = False
     replayed: int = -1  # the replay position at the last check
     lag: float | None = None
     problem: str = "not checked yet"
+
+    @property
+    def checked(self) -> bool:
+        return self.checked_at > float("-inf")
 
 
 _health: dict[tuple[str, int], _Health] = {}
@@ -589,7 +592,7 @@ def _judge(
             )
     health.failures = 0 if usable else health.failures + 1
     wait = min(MAX_CHECK_INTERVAL, CHECK_INTERVAL * 2 ** max(0, health.failures - 1))
-    health.usable, health.lag, health.problem, health.checked = usable, lag, problem, True
+    health.usable, health.lag, health.problem = usable, lag, problem
     health.checked_at = time.monotonic()
     health.next_check = health.checked_at + wait
 
