@@ -592,11 +592,8 @@ def _validated_server(name: object, template: object) -> dict[str, Any]:
             "every request.",
         )
     options = template.get("OPTIONS") or {}
-    if vendor == "postgresql" and not all(re.fullmatch(r"[a-z_]+", str(k)) for k in options):
-        # libpq skips blanks around a keyword (" dbname" is dbname) and reads "a=b" as two.
-        raise _server_error(
-            name, "has an OPTIONS key that is not a plain libpq or Django parameter name."
-        )
+    if vendor == "postgresql":
+        _refuse_odd_option_keys(name, options, "an OPTIONS key")
     chosen = sorted(set(options) & set(CONNECTION_TARGET_OPTIONS))
     if vendor == "postgresql" and chosen:
         raise _server_error(
@@ -637,10 +634,20 @@ def _validate_direct(name: object, template: Mapping[str, Any], vendor: str) -> 
             "has DIRECT, which must be a dict of HOST, PORT and OPTIONS: the server's own "
             "address where HOST and PORT lead to a pooler, for pg_dump and pg_restore.",
         )
+    _refuse_odd_option_keys(name, direct.get("OPTIONS") or {}, "a DIRECT OPTIONS key")
     chosen = sorted(set(direct.get("OPTIONS") or {}) & set(CONNECTION_TARGET_OPTIONS))
     if chosen:
         raise _server_error(
             name, f"sets DIRECT OPTIONS {', '.join(map(repr, chosen))}; use HOST and PORT."
+        )
+
+
+def _refuse_odd_option_keys(name: object, options: Mapping[str, Any], what: str) -> None:
+    """libpq skips blanks around a keyword (" dbname" is dbname) and reads "a=b" as two:
+    a key that is not a plain parameter name would get past the checks of the names."""
+    if not all(re.fullmatch(r"[a-z_]+", str(key)) for key in options):
+        raise _server_error(
+            name, f"has {what} that is not a plain libpq or Django parameter name."
         )
 
 
@@ -681,6 +688,7 @@ def _validate_replica(name: object, replica: Mapping[str, Any]) -> None:
     """One replica entry reaches exactly one server: what tenancy checks on it (how far it
     has replayed) must hold for every connection made with it."""
     options = replica.get("OPTIONS") or {}
+    _refuse_odd_option_keys(name, options, "a replica with an OPTIONS key")
     chosen = sorted(set(options) & set(REPLICA_REFUSED_OPTIONS))
     if chosen:
         raise _server_error(

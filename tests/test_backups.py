@@ -340,6 +340,7 @@ def test_a_server_behind_a_transaction_pooler_needs_a_direct_route(gamma, settin
     [
         ({"NAME": "x"}, "must be a dict of HOST, PORT and OPTIONS"),
         ({"OPTIONS": {"dbname": "x"}}, "DIRECT OPTIONS 'dbname'"),
+        ({"OPTIONS": {" dbname": "x"}}, "DIRECT OPTIONS key that is not a plain"),
     ],
 )
 def test_direct_settings_are_validated(direct, message):

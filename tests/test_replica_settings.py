@@ -54,6 +54,7 @@ def test_statements_taken_for_writes(statement):
         ({"HOST": "r", "OPTIONS": {"load_balance_hosts": "random"}}, "'load_balance_hosts'"),
         ({"HOST": "r", "OPTIONS": {"target_session_attrs": "standby"}}, "'target_session_attrs'"),
         ({"HOST": "r", "OPTIONS": {"host": "other"}}, "'host'"),
+        ({"HOST": "r", "OPTIONS": {" host": "other"}}, "not a plain libpq"),
         ({"HOST": "r", "OPTIONS": {"connect_timeout": 0}}, "connect_timeout 0"),
         ({"NAME": "x"}, "must be a list of dicts of HOST, PORT"),
     ],
