@@ -149,17 +149,10 @@ class PostgreSQLServer(DatabaseServer):
             settings = self._direct_settings_for(database_name)
         else:
             settings = self._settings_for(database_name)
-        held = held_wrappers()
-        if held is None or settings.get("NAME") in _TEMPLATE_DATABASES:
-            wrapper = _unpooled_wrapper(settings, alias)
-            try:
-                with wrapper.cursor() as cursor:
-                    yield cursor
-            finally:
-                wrapper.close()
-            return
+        # Kept for the rest of a held_connections() block, unless on a template.
+        held = held_wrappers() if settings.get("NAME") not in _TEMPLATE_DATABASES else None
         key = (alias, tuple(sorted((k, repr(v)) for k, v in settings.items())))
-        wrapper = held.pop(key, None)
+        wrapper = held.pop(key, None) if held is not None else None
         if wrapper is not None and not _reusable(wrapper):
             wrapper.close()
             wrapper = None
@@ -171,7 +164,7 @@ class PostgreSQLServer(DatabaseServer):
         except BaseException:
             wrapper.close()  # in whatever state the error left it: not used again
             raise
-        if key in held:  # a block nested in one on the same database kept its own
+        if held is None or key in held:  # not kept, or a block nested in this one kept one
             wrapper.close()
         else:
             held[key] = wrapper
