@@ -24,11 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, cast
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import QuerySet
@@ -59,6 +61,21 @@ def fingerprint_of(applied: Iterable[MigrationKey]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+@dataclass
+class Entry:
+    """A tenant's entry to write: its ``applied`` migrations (``None``: its database could
+    not be read, and nothing is known of it) and the run's ``error``."""
+
+    tenant: AbstractTenant
+    applied: set[MigrationKey] | frozenset[MigrationKey] | None
+    error: str = ""
+    seconds: float = 0.0
+
+    @cached_property
+    def fingerprint(self) -> str | None:
+        return None if self.applied is None else fingerprint_of(self.applied)
+
+
 def record(
     tenant: AbstractTenant,
     applied: set[MigrationKey] | frozenset[MigrationKey] | None,
@@ -67,42 +84,111 @@ def record(
     seconds: float = 0.0,
     known: dict[Any, tuple[str | None, str]] | None = None,
 ) -> bool:
-    """Write ``tenant``'s entry: its ``applied`` migrations (``None``: its database could
-    not be read, and nothing is known of it) and the run's ``error``. Nothing is
-    written when ``known`` (tenant pk -> (fingerprint, error), read before and kept up
-    to date here) says the entry holds that already. Whether the entry is right now: a
-    write that fails is logged, and the entry removed if it can be (a tenant without
-    one is never reported current), never raised."""
-    fingerprint = None if applied is None else fingerprint_of(applied)
-    if known is not None and known.get(tenant.pk) == (fingerprint, error):
-        return True
-    database = registry_database()
-    try:
-        with transaction.atomic(using=database):
-            if applied is not None and fingerprint is not None:
-                migrations = sorted(f"{app}.{name}" for app, name in applied)
-                MigrationSet.objects.using(database).get_or_create(
-                    fingerprint=fingerprint,
-                    defaults={"migrations": json.dumps(migrations), "count": len(migrations)},
-                )
-            TenantMigrations.objects.using(database).update_or_create(
-                tenant_id=tenant.pk,
-                defaults={
-                    "applied_id": fingerprint,
-                    "error": error[:2000],
-                    "seconds": seconds,
-                    "recorded_at": timezone.now(),
-                },
-            )
-    except DatabaseError:
-        logger.exception("Tenant %s: the migration ledger was not written", tenant.slug)
-        forget(tenant.pk)
-        if known is not None:
-            known.pop(tenant.pk, None)
-        return False
+    """Write ``tenant``'s entry (``Entry``). Nothing is written when ``known`` (tenant
+    pk -> (fingerprint, error), read before and kept up to date here) says the entry
+    holds that already. Whether the entry is right now: a write that fails is logged,
+    and the entry removed if it can be (a tenant without one is never reported current),
+    never raised."""
+    return not record_many([Entry(tenant, applied, error, seconds)], known)
+
+
+def record_many(
+    entries: list[Entry], known: dict[Any, tuple[str | None, str]] | None = None
+) -> list[AbstractTenant]:
+    """``record`` for several tenants at once: one transaction of two statements, or of
+    one per entry when that fails (a tenant deleted meanwhile fails alone). The tenants
+    whose entry could not be written."""
     if known is not None:
-        known[tenant.pk] = (fingerprint, error)
+        entries = [e for e in entries if known.get(e.tenant.pk) != (e.fingerprint, e.error)]
+    if not entries:
+        return []
+    try:
+        _write(entries)
+        failed = []
+    except DatabaseError:
+        failed = [entry for entry in entries if not _write_alone(entry)]
+    if known is not None:
+        for entry in entries:
+            if any(entry is other for other in failed):
+                known.pop(entry.tenant.pk, None)
+            else:
+                known[entry.tenant.pk] = (entry.fingerprint, entry.error)
+    return [entry.tenant for entry in failed]
+
+
+def _write(entries: list[Entry]) -> None:
+    database = registry_database()
+    now = timezone.now()
+    sets = {e.fingerprint: e.applied for e in entries if e.fingerprint and e.applied is not None}
+    with transaction.atomic(using=database):
+        if sets:
+            found = []
+            for fingerprint, applied in sets.items():
+                migrations = sorted(f"{app}.{name}" for app, name in applied)
+                found.append(
+                    MigrationSet(
+                        fingerprint=fingerprint,
+                        migrations=json.dumps(migrations),
+                        count=len(migrations),
+                    )
+                )
+            MigrationSet.objects.using(database).bulk_create(found, ignore_conflicts=True)
+        TenantMigrations.objects.using(database).bulk_create(
+            [
+                TenantMigrations(
+                    tenant_id=entry.tenant.pk,
+                    applied_id=entry.fingerprint,
+                    error=entry.error[:2000],
+                    seconds=entry.seconds,
+                    recorded_at=now,
+                )
+                for entry in {entry.tenant.pk: entry for entry in entries}.values()
+            ],
+            update_conflicts=True,
+            unique_fields=["pk"],
+            update_fields=["applied", "error", "seconds", "recorded_at"],
+        )
+
+
+def _write_alone(entry: Entry) -> bool:
+    try:
+        _write([entry])
+    except DatabaseError:
+        logger.exception("Tenant %s: the migration ledger was not written", entry.tenant.slug)
+        forget(entry.tenant.pk)
+        return False
     return True
+
+
+class Batch:
+    """Entries of a fleet run written together (``record_many``): every ``size`` entries,
+    ``seconds`` after the oldest one waiting, and at ``flush``. An entry not written yet
+    leaves the tenant's older one, which a run of ``migrate_tenants`` can only show
+    behind (it migrates forwards). ``unrecorded``: the tenants whose write failed."""
+
+    def __init__(
+        self,
+        known: dict[Any, tuple[str | None, str]] | None,
+        size: int = 100,
+        seconds: float = 1.0,
+    ) -> None:
+        self.known = known
+        self.size = size
+        self.seconds = seconds
+        self.waiting: list[Entry] = []
+        self.since = 0.0
+        self.unrecorded: list[AbstractTenant] = []
+
+    def add(self, entry: Entry) -> None:
+        if not self.waiting:
+            self.since = time.monotonic()
+        self.waiting.append(entry)
+        if len(self.waiting) >= self.size or time.monotonic() - self.since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        self.unrecorded += record_many(waiting, self.known)
 
 
 def forget(tenant_pk: Any) -> None:
@@ -193,6 +279,27 @@ def _pending_of(state: Any, fingerprint: str, migrations: str | None) -> list[st
         found = [f"{app}.{name}" for app, name in state.pending(applied)]
         cache[fingerprint] = found
     return found
+
+
+def known_set(fingerprint: str, state: Any) -> frozenset[MigrationKey] | None:
+    """The migrations of the set ``fingerprint`` as the ledger stored them (``None``: a
+    set it has never seen): one query per set, kept on ``state``."""
+    cache: dict[str, frozenset[MigrationKey] | None] = state.known_sets
+    if fingerprint not in cache:
+        migrations = (
+            MigrationSet.objects.using(registry_database())
+            .filter(pk=fingerprint)
+            .values_list("migrations", flat=True)
+            .first()
+        )
+        cache[fingerprint] = (
+            None
+            if migrations is None
+            else frozenset(
+                cast(MigrationKey, tuple(name.split(".", 1))) for name in json.loads(migrations)
+            )
+        )
+    return cache[fingerprint]
 
 
 def states(tenants: Iterable[AbstractTenant], state: Any = None) -> dict[Any, LedgerState]:

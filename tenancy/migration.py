@@ -60,6 +60,9 @@ LOCK_KEY = int.from_bytes(b"tenancy", "big")
 
 MigrationKey = tuple[str, str]
 
+# psycopg.IsolationLevel's READ_UNCOMMITTED (the same in PostgreSQL) and READ_COMMITTED.
+_READ_COMMITTED = (1, 2)
+
 
 def lock_key(schema: str | None) -> int:
     """The advisory lock key of a tenant: ``LOCK_KEY`` in a database of its own; in a
@@ -90,6 +93,26 @@ class _Plan:
         MigrationKey, tuple[list[tuple[Operation, ProjectState, ProjectState]], ProjectState]
     ] = field(default_factory=dict)
     steps_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Whether the graph's conflicts and the applied set's history were checked: both
+    # depend on nothing else, so the first database that follows the plan checks them.
+    checked: bool = False
+
+    def in_one_transaction(self, connection: BaseDatabaseWrapper, is_template: bool) -> bool:
+        """Whether a database's whole run of this plan, its migration lock included, is
+        one transaction of its own connection: on PostgreSQL, when every migration of it
+        is atomic and Django's ``migrate`` is not needed for apps without migrations."""
+        options = connection.settings_dict.get("OPTIONS") or {}
+        return (
+            connection.vendor == "postgresql"
+            and connection.features.can_rollback_ddl
+            # Read again under the lock, the applied rows must be read with a snapshot
+            # taken after it: each statement's own, as in READ COMMITTED (the default).
+            and options.get("isolation_level", 2) in _READ_COMMITTED
+            and all(migration.atomic for migration, _ in self.plan)
+            and (
+                is_template or not self.loader.unmigrated_apps & tenancy_settings.tenant_app_labels
+            )
+        )
 
 
 class MigrationState:
@@ -104,8 +127,9 @@ class MigrationState:
         # The ledger's entries read before a run (``tenancy.ledger.known_entries``): a
         # tenant whose entry says what its database says is not written again.
         self.ledger_known: dict[Any, tuple[str | None, str]] | None = None
-        # What each migration set lacks of this graph (``tenancy.ledger``).
+        # What each migration set lacks of this graph, and what it holds (``tenancy.ledger``).
         self.pending_by_set: dict[str, list[str]] = {}
+        self.known_sets: dict[str, frozenset[MigrationKey] | None] = {}
 
     def plan_for(
         self,
@@ -234,13 +258,37 @@ def reset_state() -> None:
 
 def applied_migrations(connection: BaseDatabaseWrapper) -> set[MigrationKey]:
     """The (app, name) rows of ``django_migrations``: one query; empty without the table."""
-    recorder = MigrationRecorder(connection)
+    recorder = _Recorder(connection)
+    if connection.in_atomic_block and not recorder.has_table():
+        return set()  # a failed read would end the transaction
     try:
         return set(recorder.migration_qs.values_list("app", "name"))
     except DatabaseError:
         if recorder.has_table():
             raise
         return set()
+
+
+@contextmanager
+def _run_lock(
+    connection: BaseDatabaseWrapper, in_transaction: bool, *, wait: bool = True
+) -> Iterator[bool]:
+    """The migration lock of a run: with ``in_transaction``, taken in a transaction of
+    the database's own connection that the block runs in, and released when it ends
+    (the same lock as ``migration_lock``'s, without a connection of its own); otherwise
+    ``migration_lock``."""
+    if not in_transaction:
+        with migration_lock(connection, wait=wait) as acquired:
+            yield acquired
+        return
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    with transaction.atomic(using=connection.alias):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {function}(%s)", [lock_key(schema_of(connection.settings_dict))]
+            )
+            acquired = wait or bool(cursor.fetchone()[0])
+        yield acquired
 
 
 @contextmanager
@@ -333,7 +381,10 @@ def migrate_tenant(
         elif check_only:
             result.status = PENDING
         else:
-            with migration_lock(connection, wait=wait_for_lock) as acquired:
+            in_transaction = state.plan_for(
+                connection, applied, for_template=is_template
+            ).in_one_transaction(connection, is_template)
+            with _run_lock(connection, in_transaction, wait=wait_for_lock) as acquired:
                 if not acquired:
                     result.status = LOCKED
                 else:
@@ -346,20 +397,28 @@ def migrate_tenant(
                         token = ledger.in_tenancy_run.set(True)
                         try:
                             _run_migrate(
-                                tenant, connection, state, before, is_template, lock_timeout
+                                tenant,
+                                connection,
+                                state,
+                                before,
+                                is_template,
+                                lock_timeout,
+                                in_transaction,
                             )
                         finally:
                             ledger.in_tenancy_run.reset(token)
-                        applied = applied_migrations(connection)
-                        still_pending = state.pending(applied, skipped)
-                        result.applied = len(pending) - len(still_pending)
-                        if still_pending:
-                            raise RuntimeError(
-                                f"migrate left {len(still_pending)} migration(s) unapplied, "
-                                f"first {still_pending[0]}"
-                            )
-                        pending = still_pending
-                    result.status = MIGRATED if result.applied else UP_TO_DATE
+            if migrating:  # read after the run's transaction ended
+                applied = applied_migrations(connection)
+                still_pending = state.pending(applied, skipped)
+                result.applied = len(pending) - len(still_pending)
+                if still_pending:
+                    raise RuntimeError(
+                        f"migrate left {len(still_pending)} migration(s) unapplied, "
+                        f"first {still_pending[0]}"
+                    )
+                pending = still_pending
+            if result.status != LOCKED:
+                result.status = MIGRATED if result.applied else UP_TO_DATE
         if not check_only and result.status in (MIGRATED, UP_TO_DATE) and _in_ledger(tenant):
             ready_mark = _new_ready_mark(tenant, result)
         result.pending = [f"{app}.{name}" for app, name in pending]
@@ -385,6 +444,56 @@ def migrate_tenant(
     if ready_mark is not None:
         replicas.save_mark(tenant, ready_mark)
     return result
+
+
+def check_schema_tenants(
+    tenants: list[AbstractTenant], state: MigrationState
+) -> tuple[list[MigrationResult], list[AbstractTenant]]:
+    """``migrate_tenant(tenant, check_only=True)`` for the schema tenants of ``tenants``,
+    a few queries for each 500 of a shared database: the server computes each schema's
+    fingerprint of its applied migrations (``SchemaServer.migration_fingerprints``), the
+    fingerprint of a set the ledger has stored names that set, and the set says what is
+    pending, as reading the rows would. Their results, and the tenants left to check one
+    by one: of a database placement, with a set the ledger never stored, without the
+    table, or on a server that could not be read (the check one by one reports why)."""
+    from tenancy.backends import get_server
+
+    by_server: dict[str, list[AbstractTenant]] = {}
+    rest: list[AbstractTenant] = []
+    for tenant in tenants:
+        try:
+            holds_schemas = get_server(tenant.server).holds_schemas
+        except Exception:
+            holds_schemas = False
+        (by_server.setdefault(tenant.server, []) if holds_schemas else rest).append(tenant)
+    results = []
+    for server, group in by_server.items():
+        started = time.monotonic()
+        try:
+            found = get_server(server).migration_fingerprints(  # type: ignore[attr-defined]
+                [tenant.database_name for tenant in group]
+            )
+        except Exception:
+            rest += group
+            continue
+        seconds = round((time.monotonic() - started) / len(group), 3)
+        for tenant in group:
+            fingerprint = found.get(tenant.database_name)
+            applied = None if fingerprint is None else ledger.known_set(fingerprint, state)
+            if applied is None:
+                rest.append(tenant)
+                continue
+            pending = state.pending(set(applied))
+            results.append(
+                MigrationResult(
+                    tenant.slug,
+                    PENDING if pending else UP_TO_DATE,
+                    pending=[f"{app}.{name}" for app, name in pending],
+                    seconds=seconds,
+                    applied_set=applied,
+                )
+            )
+    return results, rest
 
 
 def _new_ready_mark(tenant: AbstractTenant, result: MigrationResult) -> str | None:
@@ -424,11 +533,18 @@ def _run_migrate(
     applied: set[MigrationKey],
     is_template: bool = False,
     lock_timeout: float | None = None,
+    in_transaction: bool = False,
 ) -> None:
     """What Django's `migrate` command does for one database, with the loaded graph, the
     plan and the pre-migration project state shared between databases (computing the
-    state from hundreds of applied migrations is most of `migrate`'s time)."""
+    state from hundreds of applied migrations is most of `migrate`'s time).
+    ``in_transaction``: the run is in the transaction its lock was taken in."""
     plan = state.plan_for(connection, applied, for_template=is_template)
+    if in_transaction and not plan.in_one_transaction(connection, is_template):
+        raise TenancyError(
+            f"The migrations of tenant {tenant.slug!r} changed while its migration lock was "
+            "awaited; run migrate_tenants again."
+        )
     # Inside the tenant's context, RunPython code that uses tenant models without
     # `using=` reaches this database and not NoTenantError; never a read replica, which
     # may not have replayed what the migration wrote.
@@ -437,15 +553,22 @@ def _run_migrate(
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb
             return
-        conflicts = plan.loader.detect_conflicts()
-        if conflicts:
-            raise CommandError(f"Conflicting migrations; run makemigrations --merge: {conflicts}")
+        if not plan.checked:
+            conflicts = plan.loader.detect_conflicts()
+            if conflicts:
+                raise CommandError(
+                    f"Conflicting migrations; run makemigrations --merge: {conflicts}"
+                )
+            plan.loader.check_consistent_history(connection)
+            plan.checked = True
         connection.prepare_database()
-        plan.loader.check_consistent_history(connection)
-        with _all_or_nothing(connection, plan), _lock_timeout(connection, lock_timeout):
+        with (
+            _all_or_nothing(connection, plan, in_transaction),
+            _lock_timeout(connection, lock_timeout),
+        ):
             quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
             emit_pre_migrate_signal(0, False, connection.alias, **quiet)
-            executor = _SharedPlanExecutor(connection, plan.loader, plan)
+            executor = _SharedPlanExecutor(connection, plan.loader, plan, bool(applied))
             post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
             if plan.post_apps is None:
                 post_state.clear_delayed_apps_cache()
@@ -455,7 +578,9 @@ def _run_migrate(
 
 
 @contextmanager
-def _all_or_nothing(connection: BaseDatabaseWrapper, plan: _Plan) -> Iterator[None]:
+def _all_or_nothing(
+    connection: BaseDatabaseWrapper, plan: _Plan, in_transaction: bool = False
+) -> Iterator[None]:
     """One transaction for a tenant's whole plan and its post_migrate handlers, where the
     database can roll DDL back and every migration of the plan is atomic.
 
@@ -464,8 +589,12 @@ def _all_or_nothing(connection: BaseDatabaseWrapper, plan: _Plan) -> Iterator[No
     applied but unrecorded, and every later run fails on "table already exists". In one
     transaction a killed migrator leaves the tenant exactly as it was before the run.
     A plan with a non-atomic migration (``atomic = False``, e.g. for
-    ``CREATE INDEX CONCURRENTLY``) runs as Django runs it.
+    ``CREATE INDEX CONCURRENTLY``) runs as Django runs it. ``in_transaction``: that
+    transaction is open already (``_run_lock``).
     """
+    if in_transaction:
+        yield
+        return
     if not connection.features.can_rollback_ddl or not all(
         migration.atomic for migration, _ in plan.plan
     ):
@@ -520,11 +649,15 @@ class _SharedPlanExecutor(MigrationExecutor):
     the graph from disk and the applied migrations from the database again."""
 
     def __init__(
-        self, connection: BaseDatabaseWrapper, loader: MigrationLoader, plan: _Plan
+        self,
+        connection: BaseDatabaseWrapper,
+        loader: MigrationLoader,
+        plan: _Plan,
+        has_table: bool = False,
     ) -> None:
         self.connection = connection
         self.loader = loader
-        self.recorder = MigrationRecorder(connection)
+        self.recorder = _Recorder(connection, has_table)
         self.progress_callback = None
         self.shared = plan
 
@@ -594,6 +727,28 @@ class _SharedPlanExecutor(MigrationExecutor):
                 found = (operations, current)
                 self.shared.steps[key] = found
         return found
+
+
+class _Recorder(MigrationRecorder):
+    """A recorder that knows ``django_migrations`` exists when its rows were just read
+    (``has_table``): Django asks by listing every table the search path sees, which in a
+    shared database of 1,000 tenant schemas takes longer than a migration."""
+
+    def __init__(self, connection: BaseDatabaseWrapper, has_table: bool = False) -> None:
+        super().__init__(connection)
+        self._known_table = has_table
+
+    def has_table(self) -> bool:
+        if self._known_table:
+            return True
+        if self.connection.vendor != "postgresql":
+            return super().has_table()
+        # The table the search path finds, as Django's list of visible tables would.
+        with self.connection.cursor() as cursor:
+            table = self.connection.ops.quote_name(self.Migration._meta.db_table)
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+            self._known_table = bool(cursor.fetchone()[0])
+        return self._known_table
 
 
 def _call_migrate(connection: BaseDatabaseWrapper) -> None:

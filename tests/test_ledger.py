@@ -207,3 +207,29 @@ def test_a_migrate_of_djangos_own_that_fails_is_never_taken_as_current(fleet, mi
     assert "did not finish" in results["gamma"]["error"]
     results, _, _ = run("--check", "--verify")  # read again: as it is
     assert statuses(results) == dict.fromkeys(SLUGS, "up-to-date")
+
+
+def test_entries_written_together_fail_alone(fleet, caplog):
+    """A fleet run writes its entries in batches; an entry that cannot be written (its
+    tenant deleted meanwhile) fails alone, and the others are written."""
+    from django.db import connections
+
+    from tenancy.connections import alias_for
+
+    caplog.set_level("CRITICAL", logger="tenancy.ledger")
+    TenantMigrations.objects.all().delete()
+    beta, gamma, omega = fleet
+    applied = {t.slug: applied_migrations(connections[alias_for(t)]) for t in fleet}
+    gone = Tenant(pk=omega.pk + 1000, slug="gone", database_name="gone", server="one")
+    batch = ledger.Batch(known={}, size=2)
+    batch.add(ledger.Entry(beta, applied[beta.slug]))
+    batch.add(ledger.Entry(gone, applied[gamma.slug]))  # written with the one before
+    assert {entry.tenant_id for entry in TenantMigrations.objects.all()} == {beta.pk}
+    assert [tenant.slug for tenant in batch.unrecorded] == ["gone"]
+    batch.add(ledger.Entry(gamma, applied[gamma.slug], error="boom"))
+    assert TenantMigrations.objects.count() == 1  # waits for the next flush
+    batch.flush()
+    assert recorded(beta) == applied[beta.slug]
+    assert TenantMigrations.objects.get(tenant=gamma).error == "boom"
+    assert set(batch.known) == {beta.pk, gamma.pk}
+    assert ledger.states([beta, gamma])[beta.pk].status == ledger.CURRENT

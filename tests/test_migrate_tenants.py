@@ -22,6 +22,7 @@ from tenancy.migration import (
     LOCKED,
     MIGRATED,
     PENDING,
+    LOCK_KEY,
     UP_TO_DATE,
     migrate_tenant,
     migration_lock,
@@ -329,6 +330,51 @@ def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
         assert Note.objects.count() == 1  # the data migration ran once
 
 
+@pytest.mark.skipif(BACKEND != "postgresql", reason="the lock in the run's transaction")
+@pytest.mark.parametrize("isolation", [None, "repeatable read"])
+def test_a_migrating_tenant_needs_no_connection_but_its_own(fleet, migrations, isolation):
+    """The migration lock is taken in the tenant's transaction (a connection of its own
+    under an isolation level whose snapshot would predate the lock), and no tenant after
+    the plan's first lists the tables of its database."""
+    import psycopg
+    from django.db.backends.signals import connection_created
+
+    from tenancy.backends.postgresql import LOCK_ALIAS
+    from tenancy.migration import MigrationState
+
+    migrations("tests.migrations_v2")
+    state = MigrationState()
+    gamma, omega = fleet[1], fleet[2]
+    assert migrate_tenant(gamma, state=state).status == MIGRATED
+    connection = connections[alias_for(omega)]
+    if isolation:
+        level = psycopg.IsolationLevel.REPEATABLE_READ
+        connection.settings_dict["OPTIONS"] = {"isolation_level": level}
+    opened = []
+
+    def note(sender, connection, **kwargs):
+        opened.append(connection.alias)
+
+    with CaptureQueriesContext(connection) as captured:
+        connection_created.connect(note)
+        try:
+            assert migrate_tenant(omega, state=state).status == MIGRATED
+        finally:
+            connection_created.disconnect(note)
+    statements = [query["sql"] for query in captured]
+    assert not [sql for sql in statements if "pg_table_is_visible" in sql]
+    if isolation:
+        assert opened == [LOCK_ALIAS]
+        assert not [sql for sql in statements if "advisory" in sql]
+    else:
+        assert opened == []
+        assert [sql for sql in statements if "advisory" in sql] == [
+            f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+        ]
+    with tenant_context(omega):
+        assert Note.objects.count() == 1
+
+
 def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):
     migrations("tests.migrations_v2")
     gamma = fleet[1]
@@ -336,9 +382,11 @@ def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):
     results = []
     with migration_lock(holder) as acquired:
         assert acquired
-        thread = threading.Thread(
-            target=lambda: results.append(migrate_tenant(gamma, wait_for_lock=False))
-        )
+        def migrate():
+            results.append(migrate_tenant(gamma, wait_for_lock=False))
+            connections.close_all()
+
+        thread = threading.Thread(target=migrate)
         thread.start()
         thread.join(timeout=60)
     assert [r.status for r in results] == [LOCKED]

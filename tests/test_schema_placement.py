@@ -8,12 +8,15 @@ errors and raw SQL.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
 from django.test import Client
 from psycopg import sql
@@ -416,6 +419,90 @@ def test_migrate_tenants_migrates_every_placement_with_a_lock_per_schema(schemas
             thread.start()
             thread.join(10)
     assert taken == [True, False]  # another schema of the database: yes; the same: no
+
+
+@postgresql_only
+def test_a_fleet_check_reads_every_schema_in_one_go_and_misses_nothing_behind(
+    schemas, migrations
+):
+    """A run reads the schemas of a shared database a few queries at a time, none on the
+    tenants' own connections: the server's fingerprint of each schema's rows is the
+    ledger's. A set the ledger never stored, a schema without the table and a database
+    tenant are read one by one; a migration added to the code is found pending."""
+    import json
+    from unittest import mock
+
+    from django.test.utils import CaptureQueriesContext
+
+    from tenancy import ledger
+    from tenancy.backends import schemas as schema_backend
+    from tenancy.connections import alias_for
+    from tenancy.management.commands import migrate_tenants as command
+    from tenancy.migration import applied_migrations
+
+    acme, globex, initech = with_note("acme"), with_note("globex"), with_note("initech")
+    with_note("hooli", server="one")
+    applied = applied_migrations(connection_for(acme))
+    found = get_server("shared").migration_fingerprints(
+        [acme.database_name, globex.database_name, "nothing"]
+    )
+    assert found == {
+        acme.database_name: ledger.fingerprint_of(applied),
+        globex.database_name: ledger.fingerprint_of(applied),
+    }
+    with connection_for(globex).cursor() as cursor:  # a set the ledger never stored
+        cursor.execute(
+            "INSERT INTO django_migrations (app, name, applied) VALUES ('gone', %s, now())",
+            [uuid.uuid4().hex],
+        )
+    with connection_for(initech).cursor() as cursor:
+        cursor.execute("DROP TABLE django_migrations")
+    close_all()
+
+    def run(read_on_acme: bool = False) -> tuple[dict[str, str], list[tuple[str, bool]]]:
+        calls: list[tuple[str, bool]] = []
+        migrate = command.migrate_tenant
+
+        def noted(tenant: Tenant, **options: object) -> object:
+            calls.append((tenant.slug, bool(options.get("check_only"))))
+            return migrate(tenant, **options)
+
+        out = io.StringIO()
+        with (
+            CaptureQueriesContext(connections[alias_for(acme)]) as on_acme,
+            mock.patch.object(schema_backend, "FINGERPRINT_BATCH", 2),
+            mock.patch.object(command, "migrate_tenant", noted),
+            pytest.raises(CommandError, match=r"1 tenant\(s\) failed: initech"),
+        ):
+            call_command("migrate_tenants", "--json", stdout=out)
+        if not read_on_acme:  # nothing read on acme's own connection
+            assert not [query for query in on_acme if "django_migrations" in query["sql"]]
+        lines = map(json.loads, out.getvalue().splitlines())
+        return {line["slug"]: line["status"] for line in lines if "slug" in line}, calls
+
+    statuses, calls = run()
+    assert statuses == {
+        "default": "up-to-date",
+        "acme": "up-to-date",  # from its fingerprint
+        "globex": "up-to-date",  # read alone: an extra row is not a pending migration
+        "initech": "failed",  # read alone: its tables exist, its record of them not
+        "hooli": "up-to-date",
+    }
+    # initech is found pending alone, and its migrating fails.
+    assert sorted(calls) == [
+        ("globex", True),
+        ("hooli", True),
+        ("initech", False),
+        ("initech", True),
+    ]
+
+    migrations("tests.migrations_v2")
+    statuses, calls = run(read_on_acme=True)
+    assert statuses["acme"] == statuses["globex"] == "migrated"
+    assert ("acme", False) in calls
+    assert ("acme", True) not in calls  # found pending in the batch
+    with tenant_context(acme):
+        assert sorted(texts()) == ["acme note", "welcome"]
 
 
 @postgresql_only

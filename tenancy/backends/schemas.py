@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any
 
@@ -56,6 +56,18 @@ DROP_LOCK_TIMEOUT_MS = 10_000
 
 # Advisory lock key in the shared database, around work on its spares.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyS", "big") >> 1
+
+
+# Schemas whose migrations one query reads (``migration_fingerprints``).
+FINGERPRINT_BATCH = 500
+
+# The ledger's fingerprint of a ``django_migrations`` table (``tenancy.ledger.fingerprint_of``)
+# as the server computes it: the SHA-256 of its distinct "app.name" lines, sorted in the
+# order of their bytes (as Python sorts them) and joined by newlines.
+_FINGERPRINT = (
+    "encode(sha256(convert_to(string_agg(DISTINCT (app || '.' || name) COLLATE \"C\", "
+    "E'\\n' ORDER BY (app || '.' || name) COLLATE \"C\"), 'UTF8')), 'hex')"
+)
 
 
 class SchemaServer(PostgreSQLServer):
@@ -120,6 +132,30 @@ class SchemaServer(PostgreSQLServer):
 
     def shared_database_exists(self) -> bool:
         return super().database_exists(self.database)
+
+    def migration_fingerprints(self, schemas: Sequence[str]) -> dict[str, str]:
+        """Schema -> the ledger's fingerprint of its ``django_migrations`` rows, for each
+        of ``schemas`` that has any: two queries per ``FINGERPRINT_BATCH`` schemas, on one
+        connection, where reading each schema's rows would be a round trip per schema."""
+        found: dict[str, str] = {}
+        with self._shared_cursor() as cursor:
+            for start in range(0, len(schemas), FINGERPRINT_BATCH):
+                cursor.execute(
+                    "SELECT n.nspname FROM pg_namespace n JOIN pg_class c "
+                    "ON c.relnamespace = n.oid WHERE c.relname = 'django_migrations' "
+                    "AND c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)",
+                    [list(schemas[start : start + FINGERPRINT_BATCH])],
+                )
+                having = sorted(row[0] for row in cursor.fetchall())
+                if not having:
+                    continue
+                each = sql.SQL(f"SELECT {{}}, {_FINGERPRINT} FROM {{}}.django_migrations")
+                query = sql.SQL(" UNION ALL ").join(
+                    each.format(sql.Literal(schema), sql.Identifier(schema)) for schema in having
+                )
+                cursor.execute(query.as_string(cursor.connection))
+                found.update((schema, digest) for schema, digest in cursor.fetchall() if digest)
+        return found
 
     def database_exists(self, name: str) -> bool:
         if not self.shared_database_exists():

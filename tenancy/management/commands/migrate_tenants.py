@@ -27,6 +27,7 @@ from tenancy.migration import (
     MigrationResult,
     MigrationState,
     applied_migrations,
+    check_schema_tenants,
     migrate_tenant,
     migration_lock,
 )
@@ -180,7 +181,6 @@ class Command(BaseCommand):
             return migrate_tenant(tenant, check_only=True, state=state, record=False)
 
         by_slug: dict[str, AbstractTenant] = {}
-        unrecorded: list[str] = []
 
         canary_failed = False
         # Filled by checked(), read by migrated() after it.
@@ -199,11 +199,11 @@ class Command(BaseCommand):
                     to_check.append(tenant)
                 else:
                     to_migrate.append(tenant)
+            # Schema tenants a few queries per shared database; the rest in threads.
+            answered, to_check = check_schema_tenants(to_check, state)
             per_check_server = options["jobs_per_server"] or CHECK_JOBS
-            for outcome in for_each_tenant(
-                check, to_check, jobs=CHECK_JOBS, per_server=per_check_server
-            ):
-                result = _migration_result(outcome)
+            checks = for_each_tenant(check, to_check, jobs=CHECK_JOBS, per_server=per_check_server)
+            for result in itertools.chain(answered, map(_migration_result, checks)):
                 if result.status == PENDING and not self.read_only:
                     to_migrate.append(by_slug[result.slug])
                     continue
@@ -232,20 +232,21 @@ class Command(BaseCommand):
             if from_ledger
             else itertools.chain(checked(), migrated())
         )
-        for result in results:
-            tenant = by_slug.get(result.slug)
-            if tenant is not None and not ledger.record(
-                tenant,
-                result.applied_set,
-                error=result.error,
-                seconds=result.seconds,
-                known=state.ledger_known,
-            ):
-                unrecorded.append(result.slug)
-            counts[result.status] += 1
-            if result.failed:
-                failed.append(result.slug)
-            self.report(result, state)
+        written = ledger.Batch(state.ledger_known)
+        try:
+            for result in results:
+                tenant = by_slug.get(result.slug)
+                if tenant is not None:
+                    written.add(
+                        ledger.Entry(tenant, result.applied_set, result.error, result.seconds)
+                    )
+                counts[result.status] += 1
+                if result.failed:
+                    failed.append(result.slug)
+                self.report(result, state)
+        finally:
+            written.flush()
+        unrecorded = [tenant.slug for tenant in written.unrecorded]
 
         self.progress.end()
         if unrecorded:
