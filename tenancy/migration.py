@@ -164,6 +164,39 @@ class MigrationState:
             self._plans.move_to_end(key)
             return plan
 
+    def prepare(self, tenant: AbstractTenant) -> None:
+        """Work out what every database with ``tenant``'s applied migrations shares
+        (their plan, its history check, each operation's states, the models after it),
+        as the first such database's run would: worker processes forked after this
+        inherit it instead of each working it out again. A failure is left for the
+        tenant's own run to report."""
+        connection = connections[alias_for(tenant)]
+        try:
+            applied = applied_migrations(connection)
+            if not self.pending(applied):
+                return
+            plan = self.plan_for(connection, applied)
+            if not plan.checked:
+                plan.loader.check_consistent_history(connection)
+                plan.checked = not plan.loader.detect_conflicts()
+            executor = _SharedPlanExecutor(connection, plan.loader, plan, bool(applied))
+            state = plan.state
+            for migration, backwards in plan.plan:
+                if backwards:
+                    return
+                state.apps  # noqa: B018 - rendered before each migration, as Django does
+                operations, state = executor._steps(state, migration)
+                for operation, before, _after in operations:
+                    if isinstance(operation, RunPython):
+                        before.apps  # noqa: B018 - what its code is given
+            if plan.post_apps is None:
+                state.clear_delayed_apps_cache()
+                plan.post_apps = state.apps
+        except Exception:
+            return
+        finally:
+            connection.close()
+
     @cached_property
     def _loader(self) -> MigrationLoader:
         return MigrationLoader(None, ignore_no_migrations=True)

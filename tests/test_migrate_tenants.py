@@ -19,10 +19,10 @@ from tenancy.connections import alias_for, registered_aliases
 from tenancy.management.commands import migrate_tenants as migrate_tenants_command
 from tenancy.migration import (
     FAILED,
+    LOCK_KEY,
     LOCKED,
     MIGRATED,
     PENDING,
-    LOCK_KEY,
     UP_TO_DATE,
     migrate_tenant,
     migration_lock,
@@ -373,6 +373,41 @@ def test_a_migrating_tenant_needs_no_connection_but_its_own(fleet, migrations, i
         ]
     with tenant_context(omega):
         assert Note.objects.count() == 1
+
+
+def test_what_tenants_share_is_worked_out_once_before_workers_fork(fleet, migrations):
+    """``MigrationState.prepare``: the plan, its states and the models after it, so that
+    the tenants migrated next (in workers forked after it) render nothing of their own."""
+    from django.db.migrations.state import StateApps
+
+    from tenancy.migration import MigrationState, applied_migrations
+
+    migrations("tests.migrations_v2")
+    state = MigrationState()
+    gamma, omega = fleet[1], fleet[2]
+    state.prepare(gamma)
+    (plan,) = state._plans.values()
+    assert plan.checked
+    assert plan.post_apps is not None
+    assert set(plan.steps) == {(m.app_label, m.name) for m, _ in plan.plan}
+    assert state.pending(applied_migrations(connections[alias_for(gamma)]))  # not migrated
+    rendered = []
+    init = StateApps.__init__
+
+    def counting(self, real_apps, models, *args, **kwargs):
+        if models:  # a render; a clone starts empty
+            rendered.append(models)
+        init(self, real_apps, models, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StateApps, "__init__", counting)
+        results = [migrate_tenant(tenant, state=state) for tenant in (gamma, omega)]
+    assert rendered == []
+    assert [result.status for result in results] == [MIGRATED, MIGRATED]
+    assert [state for state in rendered if "apps" not in state.__dict__] == []
+    for tenant in (gamma, omega):
+        with tenant_context(tenant):
+            assert Note.objects.count() == 1
 
 
 def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):

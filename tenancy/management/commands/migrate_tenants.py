@@ -216,6 +216,8 @@ class Command(BaseCommand):
             for number, cohort in enumerate(cohorts):
                 if canary_failed or (max_failures is not None and len(failed) >= max_failures):
                     return
+                if jobs > 1 and cohort:
+                    state.prepare(cohort[0])  # once, for every worker forked next
                 fan_out = for_each_tenant(
                     work, cohort, jobs=jobs, per_server=per_server, processes=True
                 )
