@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import django
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+from django.core.management.sql import emit_pre_migrate_signal
 from django.db import DatabaseError, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
@@ -47,6 +47,7 @@ from tenancy.conf import tenancy_settings
 from tenancy.connections import alias_for
 from tenancy.context import tenant_context
 from tenancy.exceptions import TenancyError
+from tenancy.post_migrate import emit_post_migrate
 from tenancy.schema_connections import schema_of
 
 if TYPE_CHECKING:
@@ -606,8 +607,9 @@ def _run_migrate(
             if plan.post_apps is None:
                 post_state.clear_delayed_apps_cache()
                 plan.post_apps = post_state.apps
-            quiet["apps"] = plan.post_apps
-            emit_post_migrate_signal(0, False, connection.alias, **quiet)
+            emit_post_migrate(
+                connection.alias, plan.post_apps, stdout=quiet["stdout"], plan=plan.plan
+            )
 
 
 @contextmanager

@@ -1,0 +1,126 @@
+"""``post_migrate`` after a tenant's migrations, in a project whose tenants hold
+``contenttypes`` and ``auth``: Django's content type and permission receivers are left
+out only when they have nothing to create, and every tenant ends with the rows Django
+would have made."""
+
+import json
+import textwrap
+
+from tests.generated_project import manager
+
+SETTINGS = """
+import os
+SECRET_KEY = "tests-only"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+TENANT_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "tests.tenantapp"]
+INSTALLED_APPS = ["tenancy", *TENANT_APPS]
+SQLITE = "django.db.backends.sqlite3"
+DATABASES = {{"default": {{"ENGINE": SQLITE, "NAME": "{data}/main.sqlite3"}}}}
+DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
+TENANCY = {{
+    "TENANT_APPS": TENANT_APPS,
+    "SERVERS": {{"default": {{"ENGINE": SQLITE, "DIRECTORY": "{data}"}}}},
+}}
+PACKAGE = os.environ.get("TENANTAPP_MIGRATIONS", "tests.tenantapp.migrations")
+MIGRATION_MODULES = {{"tenantapp": PACKAGE}}
+"""
+
+# Each tenant's content types and permissions, as (app, model) and (app, model, codename).
+ROWS = """
+import json
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from tenancy import tenant_context
+rows = {}
+for slug in ("acme", "globex", "hooli"):
+    with tenant_context(slug):
+        rows[slug] = [
+            sorted(ContentType.objects.values_list("app_label", "model")),
+            sorted(
+                Permission.objects.values_list(
+                    "content_type__app_label", "content_type__model", "codename", "name"
+                )
+            ),
+        ]
+print(json.dumps(rows))
+"""
+
+# Migrate the fleet, noting for each tenant whether Django's two receivers were left
+# out, and which other receivers ran for which apps.
+MIGRATE = """
+import json
+from django.core.management import call_command
+from django.db.models.signals import post_migrate
+from tenancy import post_migrate as tenancy_post_migrate
+decided, received = {}, {}
+check = tenancy_post_migrate._anything_to_create
+
+def noted(using, state_apps):
+    decided[using] = check(using, state_apps)
+    return decided[using]
+
+def receiver(sender, using, apps, **kwargs):
+    assert apps.get_model("tenantapp", "Note")  # the state after migrating
+    received.setdefault(using, []).append(sender.label)
+
+tenancy_post_migrate._anything_to_create = noted
+post_migrate.connect(receiver)
+call_command("migrate_tenants", verbosity=0)
+print(json.dumps([decided, received]))
+"""
+
+DELETE = """
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from tenancy import tenant_context
+with tenant_context("acme"):
+    Permission.objects.filter(codename="view_note").delete()
+with tenant_context("globex"):
+    ContentType.objects.filter(app_label="tenantapp", model="label").delete()
+"""
+
+
+def test_djangos_receivers_run_exactly_when_they_have_something_to_create(tmp_path, monkeypatch):
+    (tmp_path / "post_migrate_settings.py").write_text(SETTINGS.format(data=tmp_path))
+    manage = manager(tmp_path, "post_migrate_settings")
+
+    def shell(code: str) -> str:
+        return manage("shell", "-v", "0", "-c", textwrap.dedent(code))
+
+    manage("migrate_tenants")
+    for slug in ("acme", "globex", "initech"):
+        manage("create_tenant", slug)
+    shell(DELETE)  # acme lacks a permission; globex a content type (and its permissions)
+
+    monkeypatch.setenv("TENANTAPP_MIGRATIONS", "tests.migrations_v3")
+    decided, received = json.loads(shell(MIGRATE).strip().splitlines()[-1])
+    manage("create_tenant", "hooli")  # made by Django's receivers alone, at v3
+    rows = json.loads(shell(ROWS).strip().splitlines()[-1])
+
+    # Django's receivers ran where something was missing, and were left out for initech.
+    assert decided == {"tenant:acme": True, "tenant:globex": True, "tenant:initech": False}
+    # Every other receiver ran once per app with models, in Django's order.
+    apps = ["tenancy", "auth", "contenttypes", "tenantapp"]
+    del received["default"]  # the main database's migrate, Django's own
+    assert received == {f"tenant:{slug}": apps for slug in ("acme", "globex", "initech")}
+    # What Django's receivers made again is what they make for a new tenant.
+    assert rows["acme"] == rows["hooli"]
+    assert rows["globex"] == rows["hooli"]
+    assert ["tenantapp", "label", "view_label", "Can view label"] in rows["globex"][1]
+
+
+def test_an_asynchronous_receiver_leaves_the_signal_to_django():
+    from django.db.models.signals import post_migrate
+
+    from tenancy.post_migrate import _receivers_by_app
+
+    async def receiver(sender, **kwargs):
+        pass
+
+    assert _receivers_by_app() is not None
+    post_migrate.connect(receiver)
+    try:
+        assert _receivers_by_app() is None  # Django runs those together, after the rest
+    finally:
+        post_migrate.disconnect(receiver)
