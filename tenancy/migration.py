@@ -494,11 +494,14 @@ def check_schema_tenants(
 
     by_server: dict[str, list[AbstractTenant]] = {}
     rest: list[AbstractTenant] = []
+    placements: dict[str, bool] = {}  # server -> whether it holds schemas
     for tenant in tenants:
-        try:
-            holds_schemas = get_server(tenant.server).holds_schemas
-        except Exception:
-            holds_schemas = False
+        if tenant.server not in placements:
+            try:
+                placements[tenant.server] = get_server(tenant.server).holds_schemas
+            except Exception:
+                placements[tenant.server] = False
+        holds_schemas = placements[tenant.server]
         (by_server.setdefault(tenant.server, []) if holds_schemas else rest).append(tenant)
     results = []
     for server, group in by_server.items():

@@ -7,24 +7,18 @@ import json
 import textwrap
 
 from tests.generated_project import manager
+from tests.test_users_per_tenant import SETTINGS as PER_TENANT_USERS
 
-SETTINGS = """
+# The users-per-tenant project (contenttypes and auth in TENANT_APPS), its tenant app's
+# migrations chosen by the environment.
+SETTINGS = (
+    PER_TENANT_USERS
+    + """
 import os
-SECRET_KEY = "tests-only"
-USE_TZ = True
-DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-TENANT_APPS = ["django.contrib.auth", "django.contrib.contenttypes", "tests.tenantapp"]
-INSTALLED_APPS = ["tenancy", *TENANT_APPS]
-SQLITE = "django.db.backends.sqlite3"
-DATABASES = {{"default": {{"ENGINE": SQLITE, "NAME": "{data}/main.sqlite3"}}}}
-DATABASE_ROUTERS = ["tenancy.routers.TenantRouter"]
-TENANCY = {{
-    "TENANT_APPS": TENANT_APPS,
-    "SERVERS": {{"default": {{"ENGINE": SQLITE, "DIRECTORY": "{data}"}}}},
-}}
 PACKAGE = os.environ.get("TENANTAPP_MIGRATIONS", "tests.tenantapp.migrations")
 MIGRATION_MODULES = {{"tenantapp": PACKAGE}}
 """
+)
 
 # Each tenant's content types and permissions, as (app, model) and (app, model, codename).
 ROWS = """
