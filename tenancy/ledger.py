@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, cast
 
@@ -70,10 +71,19 @@ class Entry:
     applied: set[MigrationKey] | frozenset[MigrationKey] | None
     error: str = ""
     seconds: float = 0.0
+    # When the database was read (None: now). An entry read before the one the ledger
+    # holds (another process's, written meanwhile) does not replace it.
+    read_at: datetime | None = None
 
     @cached_property
     def fingerprint(self) -> str | None:
         return None if self.applied is None else fingerprint_of(self.applied)
+
+
+def entry_of(tenant: AbstractTenant, result: Any) -> Entry:
+    """The entry of ``migrate_tenant``'s ``result`` for ``tenant``."""
+    read_at = None if result.read_at is None else datetime.fromtimestamp(result.read_at, UTC)
+    return Entry(tenant, result.applied_set, result.error, result.seconds, read_at)
 
 
 def record(
@@ -89,7 +99,7 @@ def record(
     holds that already. Whether the entry is right now: a write that fails is logged,
     and the entry removed if it can be (a tenant without one is never reported current),
     never raised."""
-    return not record_many([Entry(tenant, applied, error, seconds)], known)
+    return not record_many([Entry(tenant, applied, error, seconds, timezone.now())], known)
 
 
 def record_many(
@@ -98,6 +108,7 @@ def record_many(
     """``record`` for several tenants at once: one transaction of two statements, or of
     one per entry when that fails (a tenant deleted meanwhile fails alone). The tenants
     whose entry could not be written."""
+    entries = list({entry.tenant.pk: entry for entry in entries}.values())  # the last of each
     if known is not None:
         entries = [e for e in entries if known.get(e.tenant.pk) != (e.fingerprint, e.error)]
     if not entries:
@@ -117,9 +128,38 @@ def record_many(
 
 
 def _write(entries: list[Entry]) -> None:
+    """The entries, in one transaction: their sets, then each tenant's entry, unless the
+    ledger holds one read later than it (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``,
+    PostgreSQL's and SQLite's)."""
     database = registry_database()
+    connection = connections[database]
     now = timezone.now()
     sets = {e.fingerprint: e.applied for e in entries if e.fingerprint and e.applied is not None}
+    quote = connection.ops.quote_name
+    table = quote(TenantMigrations._meta.db_table)
+    fields = ("tenant", "applied", "error", "seconds", "recorded_at")
+    columns = [
+        quote(cast(str, cast(Any, TenantMigrations._meta.get_field(name)).column))
+        for name in fields
+    ]
+    tenant_column, recorded_column = columns[0], columns[-1]
+    rows = [
+        (
+            entry.tenant.pk,
+            entry.fingerprint,
+            entry.error[:2000],
+            entry.seconds,
+            connection.ops.adapt_datetimefield_value(entry.read_at or now),
+        )
+        for entry in entries
+    ]
+    statement = (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        + ", ".join(["(%s, %s, %s, %s, %s)"] * len(rows))
+        + f" ON CONFLICT ({tenant_column}) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
+        + f" WHERE {table}.{recorded_column} <= excluded.{recorded_column}"
+    )
     with transaction.atomic(using=database):
         if sets:
             found = []
@@ -133,21 +173,8 @@ def _write(entries: list[Entry]) -> None:
                     )
                 )
             MigrationSet.objects.using(database).bulk_create(found, ignore_conflicts=True)
-        TenantMigrations.objects.using(database).bulk_create(
-            [
-                TenantMigrations(
-                    tenant_id=entry.tenant.pk,
-                    applied_id=entry.fingerprint,
-                    error=entry.error[:2000],
-                    seconds=entry.seconds,
-                    recorded_at=now,
-                )
-                for entry in {entry.tenant.pk: entry for entry in entries}.values()
-            ],
-            update_conflicts=True,
-            unique_fields=["pk"],
-            update_fields=["applied", "error", "seconds", "recorded_at"],
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(statement, [value for row in rows for value in row])
 
 
 def _write_alone(entry: Entry) -> bool:
@@ -161,10 +188,12 @@ def _write_alone(entry: Entry) -> bool:
 
 
 class Batch:
-    """Entries of a fleet run written together (``record_many``): every ``size`` entries,
-    ``seconds`` after the oldest one waiting, and at ``flush``. An entry not written yet
-    leaves the tenant's older one, which a run of ``migrate_tenants`` can only show
-    behind (it migrates forwards). ``unrecorded``: the tenants whose write failed."""
+    """Entries of a fleet run written together (``record_many``): when ``size`` are
+    waiting, when one more comes ``seconds`` or more after the oldest waiting one, and at
+    ``flush``. An entry not written yet leaves the tenant's older one, which a run of
+    ``migrate_tenants`` can only show behind (it migrates forwards); an entry written
+    late never replaces one read after it. ``unrecorded``: the tenants whose write
+    failed."""
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import io
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -61,9 +61,6 @@ LOCK_KEY = int.from_bytes(b"tenancy", "big")
 
 MigrationKey = tuple[str, str]
 
-# psycopg.IsolationLevel's READ_UNCOMMITTED (the same in PostgreSQL) and READ_COMMITTED.
-_READ_COMMITTED = (1, 2)
-
 
 def lock_key(schema: str | None) -> int:
     """The advisory lock key of a tenant: ``LOCK_KEY`` in a database of its own; in a
@@ -102,18 +99,28 @@ class _Plan:
         """Whether a database's whole run of this plan, its migration lock included, is
         one transaction of its own connection: on PostgreSQL, when every migration of it
         is atomic and Django's ``migrate`` is not needed for apps without migrations."""
-        options = connection.settings_dict.get("OPTIONS") or {}
-        return (
-            connection.vendor == "postgresql"
-            and connection.features.can_rollback_ddl
-            # Read again under the lock, the applied rows must be read with a snapshot
-            # taken after it: each statement's own, as in READ COMMITTED (the default).
-            and options.get("isolation_level", 2) in _READ_COMMITTED
-            and all(migration.atomic for migration, _ in self.plan)
-            and (
-                is_template or not self.loader.unmigrated_apps & tenancy_settings.tenant_app_labels
-            )
+        return in_one_transaction(
+            connection,
+            (migration for migration, _ in self.plan),
+            self.loader.unmigrated_apps,
+            is_template,
         )
+
+
+def in_one_transaction(
+    connection: BaseDatabaseWrapper,
+    migrations: Iterable[Migration],
+    unmigrated_apps: set[str],
+    is_template: bool,
+) -> bool:
+    """Whether a run of ``migrations`` on ``connection``'s database is one transaction of
+    that connection, its migration lock included (``_Plan.in_one_transaction``)."""
+    return (
+        connection.vendor == "postgresql"
+        and connection.features.can_rollback_ddl
+        and all(migration.atomic for migration in migrations)
+        and (is_template or not unmigrated_apps & tenancy_settings.tenant_app_labels)
+    )
 
 
 class MigrationState:
@@ -144,6 +151,14 @@ class MigrationState:
             plan = self._plans.get(key)
             if plan is None:
                 executor = MigrationExecutor(connection)
+                if set(executor.loader.applied_migrations) != set(applied):
+                    # Read again by the loader, the database has changed since: another
+                    # migrator's work, which a plan for ``applied`` would repeat or skip.
+                    raise TenancyError(
+                        f"The applied migrations of database "
+                        f"{connection.settings_dict['NAME']!r} changed while they were "
+                        "read (another migrator at work); run migrate_tenants again."
+                    )
                 targets = executor.loader.graph.leaf_nodes()
                 # Django's own step in `migrate` (private, unchanged from 4.x to 6.x).
                 state = cast(Any, executor)._create_project_state(with_applied_migrations=True)
@@ -166,33 +181,21 @@ class MigrationState:
             return plan
 
     def prepare(self, tenant: AbstractTenant) -> None:
-        """Work out what every database with ``tenant``'s applied migrations shares
-        (their plan, its history check, each operation's states, the models after it),
-        as the first such database's run would: worker processes forked after this
-        inherit it instead of each working it out again. A failure is left for the
-        tenant's own run to report."""
+        """Work out the plan of the databases with ``tenant``'s applied migrations (the
+        graph and the project state before it, rendered) and its history check, as the
+        first such database's run would: worker processes forked after this inherit it
+        instead of each working it out again. A failure is left for the tenant's own run
+        to report. (The states of each operation are left to each process's first
+        tenant, after its ``pre_migrate``, whose receivers may add operations.)"""
         connection = connections[alias_for(tenant)]
         try:
             applied = applied_migrations(connection)
             if not self.pending(applied):
                 return
             plan = self.plan_for(connection, applied)
-            if not plan.checked:
+            if not plan.checked and not plan.loader.detect_conflicts():
                 plan.loader.check_consistent_history(connection)
-                plan.checked = not plan.loader.detect_conflicts()
-            executor = _SharedPlanExecutor(connection, plan.loader, plan, bool(applied))
-            state = plan.state
-            for migration, backwards in plan.plan:
-                if backwards:
-                    return
-                state.apps  # noqa: B018 - rendered before each migration, as Django does
-                operations, state = executor._steps(state, migration)
-                for operation, before, _after in operations:
-                    if isinstance(operation, RunPython):
-                        before.apps  # noqa: B018 - what its code is given
-            if plan.post_apps is None:
-                state.clear_delayed_apps_cache()
-                plan.post_apps = state.apps
+                plan.checked = True
         except Exception:
             return
         finally:
@@ -201,6 +204,20 @@ class MigrationState:
     @cached_property
     def _loader(self) -> MigrationLoader:
         return MigrationLoader(None, ignore_no_migrations=True)
+
+    def migrations(self, keys: Iterable[MigrationKey]) -> Iterator[Migration]:
+        """The migrations of ``keys`` (graph nodes), and those a squashed one replaces
+        (a database that has applied some of them runs the rest instead)."""
+        found = self._loader.disk_migrations
+        for key in keys:
+            yield found[key]
+            for replaced in self._replaces.get(key, ()):
+                if replaced in found:
+                    yield found[replaced]
+
+    @property
+    def unmigrated_apps(self) -> set[str]:
+        return self._loader.unmigrated_apps
 
     @cached_property
     def nodes(self) -> frozenset[MigrationKey]:
@@ -318,6 +335,10 @@ def _run_lock(
     function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     with transaction.atomic(using=connection.alias):
         with connection.cursor() as cursor:
+            # What is read again under the lock must be read in a snapshot taken after
+            # it, each statement's own, whatever the server's or the role's default
+            # (default_transaction_isolation): before the transaction's first query.
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cursor.execute(
                 f"SELECT {function}(%s)", [lock_key(schema_of(connection.settings_dict))]
             )
@@ -364,6 +385,7 @@ class MigrationResult:
     error: str = ""
     # What the database had applied when the run ended (None: not read), for the ledger.
     applied_set: frozenset[MigrationKey] | None = field(default=None, repr=False)
+    read_at: float | None = field(default=None, repr=False)  # time.time() of that read
 
     @property
     def failed(self) -> bool:
@@ -371,7 +393,7 @@ class MigrationResult:
 
     def as_dict(self) -> dict[str, Any]:
         found = asdict(self)
-        del found["applied_set"]
+        del found["applied_set"], found["read_at"]
         return found
 
 
@@ -415,9 +437,12 @@ def migrate_tenant(
         elif check_only:
             result.status = PENDING
         else:
-            in_transaction = state.plan_for(
-                connection, applied, for_template=is_template
-            ).in_one_transaction(connection, is_template)
+            in_transaction = in_one_transaction(
+                connection,
+                state.migrations(pending),
+                state.unmigrated_apps,
+                is_template,
+            )
             with _run_lock(connection, in_transaction, wait=wait_for_lock) as acquired:
                 if not acquired:
                     result.status = LOCKED
@@ -473,6 +498,7 @@ def migrate_tenant(
     if result.failed and applied is None and migrating and connection is not None:
         applied = _read_again(connection)
     result.applied_set = None if applied is None else frozenset(applied)
+    result.read_at = time.time()
     if record and _in_ledger(tenant):
         ledger.record(tenant, applied, error=result.error, seconds=result.seconds)
     if ready_mark is not None:
@@ -505,7 +531,7 @@ def check_schema_tenants(
         (by_server.setdefault(tenant.server, []) if holds_schemas else rest).append(tenant)
     results = []
     for server, group in by_server.items():
-        started = time.monotonic()
+        started, read_at = time.monotonic(), time.time()
         try:
             found = get_server(server).migration_fingerprints(  # type: ignore[attr-defined]
                 [tenant.database_name for tenant in group]
@@ -528,6 +554,7 @@ def check_schema_tenants(
                     pending=[f"{app}.{name}" for app, name in pending],
                     seconds=seconds,
                     applied_set=applied,
+                    read_at=read_at,
                 )
             )
     return results, rest

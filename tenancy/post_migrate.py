@@ -8,10 +8,10 @@ migration that adds no model and no permission, the usual case in a fleet) that 
 of the cost of migrating it.
 
 ``emit_post_migrate`` reads the database's content types and permissions in two queries
-and, when nothing is missing that either receiver would create, sends the signal to every
-other receiver, in Django's order, without those two. When anything is missing, or the
-signal has asynchronous receivers, Django sends it as always, so what either receiver
-creates is always Django's own doing.
+and sends the signal to every receiver, in Django's order, leaving those two out for the
+apps where they have nothing to create. Where anything is missing they run, so what
+either creates is always Django's own doing; where an app has asynchronous receivers,
+Django sends the signal for it.
 """
 
 from __future__ import annotations
@@ -26,24 +26,36 @@ from django.db.models.signals import post_migrate
 
 
 def emit_post_migrate(using: str, state_apps: Any, **kwargs: Any) -> None:
-    """``emit_post_migrate_signal(0, False, using, apps=state_apps, **kwargs)``, without
-    Django's content type and permission receivers when they have nothing to create."""
+    """``emit_post_migrate_signal(0, False, using, apps=state_apps, **kwargs)``, with
+    Django's content type and permission receivers left out for the apps where they have
+    nothing to create. Each app's receivers are read when its turn comes, as ``send``
+    reads them; what is missing is read again after a receiver of the project's own ran
+    (it may have removed rows Django's would make again)."""
     djangos = _djangos_receivers()
-    receivers = _receivers_by_app()
-    if djangos and receivers is not None and not _anything_to_create(using, state_apps):
-        named = {"verbosity": 0, "interactive": False, "using": using, "apps": state_apps}
-        for app_config, found in receivers:
-            for receiver in found:
-                if receiver not in djangos:
-                    receiver(
-                        signal=post_migrate,
-                        sender=app_config,
-                        app_config=app_config,
-                        **named,
-                        **kwargs,
-                    )
+    if not djangos:
+        emit_post_migrate_signal(0, False, using, apps=state_apps, **kwargs)
         return
-    emit_post_migrate_signal(0, False, using, apps=state_apps, **kwargs)
+    named = {"verbosity": 0, "interactive": False, "using": using, "apps": state_apps, **kwargs}
+    missing: set[str] | None = None  # apps with something to create; None: not read yet
+    for app_config in global_apps.get_app_configs():
+        if app_config.models_module is None:
+            continue
+        receivers = _sync_receivers(app_config)
+        if receivers is None:  # asynchronous receivers: Django sends it, all together
+            post_migrate.send(sender=app_config, app_config=app_config, **named)
+            missing = None
+            continue
+        for receiver in receivers:
+            if receiver in djangos:
+                if missing is None:
+                    missing = _apps_missing_rows(using, state_apps)
+                if missing is not None and app_config.label not in missing:
+                    continue
+            receiver(signal=post_migrate, sender=app_config, app_config=app_config, **named)
+            if receiver not in djangos and not _djangos_own(receiver):
+                missing = None
+        if missing is not None:
+            missing.discard(app_config.label)  # Django's made them, if they had to
 
 
 def _djangos_receivers() -> tuple[Callable[..., Any], ...]:
@@ -59,30 +71,29 @@ def _djangos_receivers() -> tuple[Callable[..., Any], ...]:
     return tuple(found)
 
 
-def _receivers_by_app() -> list[tuple[Any, list[Callable[..., Any]]]] | None:
-    """Each app with models and its synchronous ``post_migrate`` receivers, as Django's
-    ``send`` finds them; ``None`` when any is asynchronous (Django runs those together,
-    after the others) or the signal's internals are not as expected."""
-    found = []
-    for app_config in global_apps.get_app_configs():
-        if app_config.models_module is None:
-            continue
-        try:
-            sync, asynchronous = post_migrate._live_receivers(app_config)
-        except (AttributeError, TypeError, ValueError):
-            return None
-        if asynchronous:
-            return None
-        found.append((app_config, list(sync)))
-    return found
+def _sync_receivers(app_config: Any) -> list[Callable[..., Any]] | None:
+    """The app's ``post_migrate`` receivers, as ``send`` finds them; ``None`` when any is
+    asynchronous (Django runs those together, after the others) or the signal's
+    internals are not as expected."""
+    try:
+        sync, asynchronous = post_migrate._live_receivers(app_config)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return None if asynchronous else list(sync)
 
 
-def _anything_to_create(using: str, state_apps: Any) -> bool:
-    """Whether ``create_contenttypes`` or ``create_permissions`` would create a row in
-    ``using`` for the models of ``state_apps`` (the project state after migrating): a
-    content type of a model of an installed app, or one of a model's permissions (by
-    content type and codename, as they compare). Also true whenever they would do
-    something this does not look at."""
+def _djangos_own(receiver: Callable[..., Any]) -> bool:
+    """A receiver of Django's own (sites' default site, auth's renamed permissions):
+    none of them removes a content type or a permission that Django's would make."""
+    return str(getattr(receiver, "__module__", "")).startswith("django.")
+
+
+def _apps_missing_rows(using: str, state_apps: Any) -> set[str] | None:
+    """The labels of the apps for which ``create_contenttypes`` or ``create_permissions``
+    would create a row in ``using`` for the models of ``state_apps`` (the project state
+    after migrating): a content type of a model, or one of a model's permissions (by
+    content type and codename, as they compare). ``None`` when they would do something
+    this does not look at: let them run for every app."""
     from django.contrib.auth.management import (  # type: ignore[attr-defined]
         _get_all_permissions,
     )
@@ -90,9 +101,9 @@ def _anything_to_create(using: str, state_apps: Any) -> bool:
     try:
         content_type = state_apps.get_model("contenttypes", "ContentType")
     except LookupError:
-        return True
+        return None
     if not router.allow_migrate_model(using, content_type):
-        return True  # create_permissions would still make content types there
+        return None  # create_permissions would still make content types there
     try:
         permission = state_apps.get_model("auth", "Permission")
     except LookupError:
@@ -110,6 +121,7 @@ def _anything_to_create(using: str, state_apps: Any) -> bool:
         if permission is not None
         else set()
     )
+    missing = set()
     for app_config in global_apps.get_app_configs():
         if app_config.models_module is None:
             continue
@@ -119,11 +131,13 @@ def _anything_to_create(using: str, state_apps: Any) -> bool:
             continue
         for model in models:
             pk = content_types.get((model._meta.app_label, model._meta.model_name))
-            if pk is None:
-                return True
-            if permission is None:
-                continue
-            for codename, _name in _get_all_permissions(model._meta):
-                if (pk, codename) not in permissions:
-                    return True
-    return False
+            if pk is None or (
+                permission is not None
+                and any(
+                    (pk, codename) not in permissions
+                    for codename, _name in _get_all_permissions(model._meta)
+                )
+            ):
+                missing.add(app_config.label)
+                break
+    return missing

@@ -233,3 +233,25 @@ def test_entries_written_together_fail_alone(fleet, caplog):
     assert TenantMigrations.objects.get(tenant=gamma).error == "boom"
     assert set(batch.known) == {beta.pk, gamma.pk}
     assert ledger.states([beta, gamma])[beta.pk].status == ledger.CURRENT
+
+
+def test_an_entry_read_before_the_one_held_never_replaces_it(fleet):
+    """A fleet run's entry written late (batched) after another process recorded the
+    tenant again (a restore, a migrate of Django's own) leaves the later one."""
+    from datetime import timedelta
+
+    from django.db import connections
+    from django.utils import timezone
+
+    from tenancy.connections import alias_for
+
+    beta = fleet[0]
+    applied = applied_migrations(connections[alias_for(beta)])
+    behind = applied - {max(applied)}
+    ledger.record(beta, applied)
+    earlier = timezone.now() - timedelta(seconds=5)
+    assert ledger.record_many([ledger.Entry(beta, behind, read_at=earlier)]) == []
+    assert recorded(beta) == applied
+    assert ledger.record_many([ledger.Entry(beta, behind, read_at=timezone.now())]) == []
+    assert recorded(beta) == behind
+    assert ledger.states([beta])[beta.pk].status == ledger.BEHIND

@@ -333,13 +333,12 @@ def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
 @pytest.mark.skipif(BACKEND != "postgresql", reason="the lock in the run's transaction")
 @pytest.mark.parametrize("isolation", [None, "repeatable read"])
 def test_a_migrating_tenant_needs_no_connection_but_its_own(fleet, migrations, isolation):
-    """The migration lock is taken in the tenant's transaction (a connection of its own
-    under an isolation level whose snapshot would predate the lock), and no tenant after
-    the plan's first lists the tables of its database."""
+    """The migration lock is taken in the tenant's transaction, which reads under READ
+    COMMITTED whatever the connection's isolation level; no tenant after the plan's
+    first lists the tables of its database."""
     import psycopg
     from django.db.backends.signals import connection_created
 
-    from tenancy.backends.postgresql import LOCK_ALIAS
     from tenancy.migration import MigrationState
 
     migrations("tests.migrations_v2")
@@ -363,22 +362,87 @@ def test_a_migrating_tenant_needs_no_connection_but_its_own(fleet, migrations, i
             connection_created.disconnect(note)
     statements = [query["sql"] for query in captured]
     assert not [sql for sql in statements if "pg_table_is_visible" in sql]
-    if isolation:
-        assert opened == [LOCK_ALIAS]
-        assert not [sql for sql in statements if "advisory" in sql]
-    else:
-        assert opened == []
-        assert [sql for sql in statements if "advisory" in sql] == [
-            f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
-        ]
+    assert opened == []
+    lock = statements.index(f"SELECT pg_advisory_xact_lock({LOCK_KEY})")
+    assert statements[lock - 1] == "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
     with tenant_context(omega):
         assert Note.objects.count() == 1
 
 
+@pytest.mark.skipif(BACKEND != "postgresql", reason="a server default of PostgreSQL's")
+def test_two_migrators_never_both_migrate_under_a_repeatable_read_default(fleet, migrations):
+    """A database whose sessions default to REPEATABLE READ: the second migrator's read
+    under the lock still sees what the first committed, and the data migration runs once."""
+    migrations("tests.migrations_v3")  # 0003_welcome: RunPython only, no DDL to collide
+    gamma = fleet[1]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            f'ALTER DATABASE "{gamma.database_name}" '
+            "SET default_transaction_isolation = 'repeatable read'"
+        )
+    connections[alias_for(gamma)].close()
+    barrier, results = threading.Barrier(2, timeout=60), []
+
+    def migrate():
+        barrier.wait()
+        results.append(migrate_tenant(gamma))
+        connections.close_all()
+
+    threads = [threading.Thread(target=migrate) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(r.status for r in results) == [MIGRATED, UP_TO_DATE], results
+    with tenant_context(gamma):
+        assert Note.objects.count() == 1
+        with connections[alias_for(gamma)].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM django_migrations WHERE name = '0003_welcome'")
+            assert cursor.fetchone()[0] == 1
+
+
+def test_a_plan_is_never_kept_for_a_set_the_database_no_longer_has(fleet, migrations, monkeypatch):
+    """Another migrator applies a migration between tenancy's read of a database's rows
+    and the plan's: the plan is not kept under the older set, and the next tenant with
+    that set is migrated in full."""
+    from tenancy import migration
+
+    migrations("tests.migrations_extra")
+    state = migration.MigrationState()
+    gamma, omega = fleet[1], fleet[2]
+    build = migration.MigrationExecutor.__init__
+    stepped_in = []
+
+    def meanwhile(self, connection, *args, **kwargs):
+        if not stepped_in:
+            stepped_in.append(True)
+            with tenant_context(gamma):
+                call_command(
+                    "migrate",
+                    "tenantapp",
+                    "0003",
+                    database=alias_for(gamma),
+                    verbosity=0,
+                    stdout=io.StringIO(),
+                )
+        build(self, connection, *args, **kwargs)
+
+    monkeypatch.setattr(migration.MigrationExecutor, "__init__", meanwhile)
+    state.prepare(gamma)
+    assert stepped_in
+    assert state._plans == {}
+    monkeypatch.setattr(migration.MigrationExecutor, "__init__", build)
+    result = migrate_tenant(omega, state=state)
+    assert (result.status, result.applied) == (MIGRATED, 2)
+    with tenant_context(omega):
+        assert list(Note.objects.values_list("text", flat=True)) == ["welcome"]
+    assert migrate_tenant(gamma, state=state).status == MIGRATED
+
+
 def test_what_tenants_share_is_worked_out_once_before_workers_fork(fleet, migrations):
-    """``MigrationState.prepare``: the plan, its states and the models after it, so that
-    the tenants migrated next (in workers forked after it) render nothing of their own."""
-    from django.db.migrations.state import StateApps
+    """``MigrationState.prepare``: the plan and its history check, so that the tenants
+    migrated next (in workers forked after it) load and render no graph of their own."""
+    from django.db.migrations.loader import MigrationLoader
 
     from tenancy.migration import MigrationState, applied_migrations
 
@@ -388,23 +452,20 @@ def test_what_tenants_share_is_worked_out_once_before_workers_fork(fleet, migrat
     state.prepare(gamma)
     (plan,) = state._plans.values()
     assert plan.checked
-    assert plan.post_apps is not None
-    assert set(plan.steps) == {(m.app_label, m.name) for m, _ in plan.plan}
+    assert "apps" in plan.state.__dict__  # rendered
     assert state.pending(applied_migrations(connections[alias_for(gamma)]))  # not migrated
-    rendered = []
-    init = StateApps.__init__
+    loads = []
+    build_graph = MigrationLoader.build_graph
 
-    def counting(self, real_apps, models, *args, **kwargs):
-        if models:  # a render; a clone starts empty
-            rendered.append(models)
-        init(self, real_apps, models, *args, **kwargs)
+    def counting(self):
+        loads.append(self)
+        return build_graph(self)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(StateApps, "__init__", counting)
+        patch.setattr(MigrationLoader, "build_graph", counting)
         results = [migrate_tenant(tenant, state=state) for tenant in (gamma, omega)]
-    assert rendered == []
+    assert loads == []
     assert [result.status for result in results] == [MIGRATED, MIGRATED]
-    assert [state for state in rendered if "apps" not in state.__dict__] == []
     for tenant in (gamma, omega):
         with tenant_context(tenant):
             assert Note.objects.count() == 1
@@ -417,6 +478,7 @@ def test_skip_locked_skips_a_database_being_migrated(fleet, migrations):
     results = []
     with migration_lock(holder) as acquired:
         assert acquired
+
         def migrate():
             results.append(migrate_tenant(gamma, wait_for_lock=False))
             connections.close_all()

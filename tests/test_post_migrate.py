@@ -6,6 +6,8 @@ would have made."""
 import json
 import textwrap
 
+import pytest
+
 from tests.generated_project import manager
 from tests.test_users_per_tenant import SETTINGS as PER_TENANT_USERS
 
@@ -40,25 +42,32 @@ for slug in ("acme", "globex", "hooli"):
 print(json.dumps(rows))
 """
 
-# Migrate the fleet, noting for each tenant whether Django's two receivers were left
-# out, and which other receivers ran for which apps.
+# A receiver of the project's own, in a module of the project.
+HOOKS = """
+received = {}
+
+def receiver(sender, using, apps, **kwargs):
+    assert apps.get_model("tenantapp", "Note")  # the state after migrating
+    received.setdefault(using, []).append(sender.label)
+"""
+
+# Migrate the fleet, noting for each tenant which apps were found with rows missing each
+# time that was read, and which apps the project's receiver ran for.
 MIGRATE = """
 import json
 from django.core.management import call_command
 from django.db.models.signals import post_migrate
 from tenancy import post_migrate as tenancy_post_migrate
-decided, received = {}, {}
-check = tenancy_post_migrate._anything_to_create
+from project_hooks import receiver, received
+decided = {}
+check = tenancy_post_migrate._apps_missing_rows
 
 def noted(using, state_apps):
-    decided[using] = check(using, state_apps)
-    return decided[using]
+    found = check(using, state_apps)
+    decided.setdefault(using, []).append(sorted(found))
+    return found
 
-def receiver(sender, using, apps, **kwargs):
-    assert apps.get_model("tenantapp", "Note")  # the state after migrating
-    received.setdefault(using, []).append(sender.label)
-
-tenancy_post_migrate._anything_to_create = noted
+tenancy_post_migrate._apps_missing_rows = noted
 post_migrate.connect(receiver)
 call_command("migrate_tenants", verbosity=0)
 print(json.dumps([decided, received]))
@@ -77,6 +86,7 @@ with tenant_context("globex"):
 
 def test_djangos_receivers_run_exactly_when_they_have_something_to_create(tmp_path, monkeypatch):
     (tmp_path / "post_migrate_settings.py").write_text(SETTINGS.format(data=tmp_path))
+    (tmp_path / "project_hooks.py").write_text(HOOKS)
     manage = manager(tmp_path, "post_migrate_settings")
 
     def shell(code: str) -> str:
@@ -92,8 +102,13 @@ def test_djangos_receivers_run_exactly_when_they_have_something_to_create(tmp_pa
     manage("create_tenant", "hooli")  # made by Django's receivers alone, at v3
     rows = json.loads(shell(ROWS).strip().splitlines()[-1])
 
-    # Django's receivers ran where something was missing, and were left out for initech.
-    assert decided == {"tenant:acme": True, "tenant:globex": True, "tenant:initech": False}
+    # Read before each app's turn (the project's receiver ran after the app before, and
+    # may have removed rows): Django's receivers ran for the app with rows missing only.
+    assert decided == {
+        "tenant:acme": [["tenantapp"]] * 4,
+        "tenant:globex": [["tenantapp"]] * 4,
+        "tenant:initech": [[]] * 4,
+    }
     # Every other receiver ran once per app with models, in Django's order.
     apps = ["tenancy", "auth", "contenttypes", "tenantapp"]
     del received["default"]  # the main database's migrate, Django's own
@@ -105,16 +120,51 @@ def test_djangos_receivers_run_exactly_when_they_have_something_to_create(tmp_pa
 
 
 def test_an_asynchronous_receiver_leaves_the_signal_to_django():
+    from django.apps import apps
     from django.db.models.signals import post_migrate
 
-    from tenancy.post_migrate import _receivers_by_app
+    from tenancy.post_migrate import _sync_receivers
 
     async def receiver(sender, **kwargs):
         pass
 
-    assert _receivers_by_app() is not None
+    app_config = apps.get_app_config("tenantapp")
+    assert _sync_receivers(app_config) is not None
     post_migrate.connect(receiver)
     try:
-        assert _receivers_by_app() is None  # Django runs those together, after the rest
+        assert _sync_receivers(app_config) is None  # Django runs those together, last
     finally:
         post_migrate.disconnect(receiver)
+
+
+RENAMED = """
+import json
+from django.contrib.contenttypes.models import ContentType
+from tenancy import tenant_context
+rows = {}
+for slug in ("acme", "globex", "initech"):
+    with tenant_context(slug):
+        rows[slug] = sorted(
+            ContentType.objects.filter(
+                app_label="tenantapp", model__in=["attachment", "enclosure"]
+            ).values_list("model", flat=True)
+        )
+print(json.dumps(rows))
+"""
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_renamed_model_keeps_its_content_type(tmp_path, monkeypatch, jobs):
+    """contenttypes' pre_migrate adds a RenameContentType after each RenameModel: every
+    tenant gets it, in one process or in workers."""
+    (tmp_path / "post_migrate_settings.py").write_text(SETTINGS.format(data=tmp_path))
+    manage = manager(tmp_path, "post_migrate_settings")
+    manage("migrate_tenants")
+    for slug in ("acme", "globex", "initech"):
+        manage("create_tenant", slug)
+    monkeypatch.setenv("TENANTAPP_MIGRATIONS", "tests.migrations_rename")
+    manage("migrate_tenants", "--jobs", jobs)
+    rows = json.loads(
+        manage("shell", "-v", "0", "-c", textwrap.dedent(RENAMED)).strip().splitlines()[-1]
+    )
+    assert rows == {slug: ["enclosure"] for slug in ("acme", "globex", "initech")}

@@ -239,9 +239,7 @@ class Command(BaseCommand):
             for result in results:
                 tenant = by_slug.get(result.slug)
                 if tenant is not None:
-                    written.add(
-                        ledger.Entry(tenant, result.applied_set, result.error, result.seconds)
-                    )
+                    written.add(ledger.entry_of(tenant, result))
                 counts[result.status] += 1
                 if result.failed:
                     failed.append(result.slug)
