@@ -310,27 +310,6 @@ def _pending_of(state: Any, fingerprint: str, migrations: str | None) -> list[st
     return found
 
 
-def known_set(fingerprint: str, state: Any) -> frozenset[MigrationKey] | None:
-    """The migrations of the set ``fingerprint`` as the ledger stored them (``None``: a
-    set it has never seen): one query per set, kept on ``state``."""
-    cache: dict[str, frozenset[MigrationKey] | None] = state.known_sets
-    if fingerprint not in cache:
-        migrations = (
-            MigrationSet.objects.using(registry_database())
-            .filter(pk=fingerprint)
-            .values_list("migrations", flat=True)
-            .first()
-        )
-        cache[fingerprint] = (
-            None
-            if migrations is None
-            else frozenset(
-                cast(MigrationKey, tuple(name.split(".", 1))) for name in json.loads(migrations)
-            )
-        )
-    return cache[fingerprint]
-
-
 def states(tenants: Iterable[AbstractTenant], state: Any = None) -> dict[Any, LedgerState]:
     """tenant pk -> its ``LedgerState``: one query for the entries, and one per migration
     set this process has not seen with this graph."""

@@ -135,9 +135,8 @@ class MigrationState:
         # The ledger's entries read before a run (``tenancy.ledger.known_entries``): a
         # tenant whose entry says what its database says is not written again.
         self.ledger_known: dict[Any, tuple[str | None, str]] | None = None
-        # What each migration set lacks of this graph, and what it holds (``tenancy.ledger``).
+        # What each migration set lacks of this graph (``tenancy.ledger``).
         self.pending_by_set: dict[str, list[str]] = {}
-        self.known_sets: dict[str, frozenset[MigrationKey] | None] = {}
 
     def plan_for(
         self,
@@ -510,12 +509,12 @@ def check_schema_tenants(
     tenants: list[AbstractTenant], state: MigrationState
 ) -> tuple[list[MigrationResult], list[AbstractTenant]]:
     """``migrate_tenant(tenant, check_only=True)`` for the schema tenants of ``tenants``,
-    a few queries for each 500 of a shared database: the server computes each schema's
-    fingerprint of its applied migrations (``SchemaServer.migration_fingerprints``), the
-    fingerprint of a set the ledger has stored names that set, and the set says what is
-    pending, as reading the rows would. Their results, and the tenants left to check one
-    by one: of a database placement, with a set the ledger never stored, without the
-    table, or on a server that could not be read (the check one by one reports why)."""
+    a few queries for each 500 of a shared database: the server computes the fingerprint
+    of each schema's applied migrations (``SchemaServer.migration_fingerprints``, the
+    ledger's), and the rows of one schema per distinct fingerprint, read and fingerprinted
+    here, say which set it is. Their results, and the tenants left to check one by one:
+    of a database placement, without the table, whose set changed while it was read, or
+    on a server that could not be read (the check one by one reports why)."""
     from tenancy.backends import get_server
 
     by_server: dict[str, list[AbstractTenant]] = {}
@@ -530,19 +529,20 @@ def check_schema_tenants(
         holds_schemas = placements[tenant.server]
         (by_server.setdefault(tenant.server, []) if holds_schemas else rest).append(tenant)
     results = []
-    for server, group in by_server.items():
+    for name, group in by_server.items():
+        server = cast(Any, get_server(name))
         started, read_at = time.monotonic(), time.time()
         try:
-            found = get_server(server).migration_fingerprints(  # type: ignore[attr-defined]
-                [tenant.database_name for tenant in group]
-            )
+            found = server.migration_fingerprints([tenant.database_name for tenant in group])
         except Exception:
             rest += group
             continue
-        seconds = round((time.monotonic() - started) / len(group), 3)
+        sets: dict[str, frozenset[MigrationKey] | None] = {}
         for tenant in group:
             fingerprint = found.get(tenant.database_name)
-            applied = None if fingerprint is None else ledger.known_set(fingerprint, state)
+            if fingerprint is not None and fingerprint not in sets:
+                sets[fingerprint] = _set_of(server, tenant.database_name, fingerprint)
+            applied = None if fingerprint is None else sets[fingerprint]
             if applied is None:
                 rest.append(tenant)
                 continue
@@ -552,12 +552,21 @@ def check_schema_tenants(
                     tenant.slug,
                     PENDING if pending else UP_TO_DATE,
                     pending=[f"{app}.{name}" for app, name in pending],
-                    seconds=seconds,
+                    seconds=round((time.monotonic() - started) / len(group), 3),
                     applied_set=applied,
                     read_at=read_at,
                 )
             )
     return results, rest
+
+
+def _set_of(server: Any, schema: str, fingerprint: str) -> frozenset[MigrationKey] | None:
+    """The applied migrations of ``schema``, if they are still the set ``fingerprint``."""
+    try:
+        applied = frozenset(server.migrations_of(schema))
+    except Exception:
+        return None
+    return applied if ledger.fingerprint_of(applied) == fingerprint else None
 
 
 def _new_ready_mark(tenant: AbstractTenant, result: MigrationResult) -> str | None:

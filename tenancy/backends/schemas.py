@@ -157,6 +157,13 @@ class SchemaServer(PostgreSQLServer):
                 found.update((schema, digest) for schema, digest in cursor.fetchall() if digest)
         return found
 
+    def migrations_of(self, schema: str) -> set[tuple[str, str]]:
+        """The (app, name) rows of ``schema``'s ``django_migrations``."""
+        with self._shared_cursor() as cursor:
+            query = sql.SQL("SELECT app, name FROM {}.django_migrations")
+            cursor.execute(query.format(sql.Identifier(schema)).as_string(cursor.connection))
+            return {(app, name) for app, name in cursor.fetchall()}
+
     def database_exists(self, name: str) -> bool:
         if not self.shared_database_exists():
             return False
