@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, cast
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -82,7 +83,10 @@ class Entry:
 
 def entry_of(tenant: AbstractTenant, result: Any) -> Entry:
     """The entry of ``migrate_tenant``'s ``result`` for ``tenant``."""
-    read_at = None if result.read_at is None else datetime.fromtimestamp(result.read_at, UTC)
+    read_at = None
+    if result.read_at is not None:  # a time.time(), as timezone.now() would give it
+        zone = UTC if settings.USE_TZ else None
+        read_at = datetime.fromtimestamp(result.read_at, zone)
     return Entry(tenant, result.applied_set, result.error, result.seconds, read_at)
 
 
@@ -108,7 +112,13 @@ def record_many(
     """``record`` for several tenants at once: one transaction of two statements, or of
     one per entry when that fails (a tenant deleted meanwhile fails alone). The tenants
     whose entry could not be written."""
-    entries = list({entry.tenant.pk: entry for entry in entries}.values())  # the last of each
+    now = timezone.now()
+    latest: dict[Any, Entry] = {}  # each tenant's entry read last
+    for entry in entries:
+        held = latest.get(entry.tenant.pk)
+        if held is None or (entry.read_at or now) >= (held.read_at or now):
+            latest[entry.tenant.pk] = entry
+    entries = list(latest.values())
     if known is not None:
         entries = [e for e in entries if known.get(e.tenant.pk) != (e.fingerprint, e.error)]
     if not entries:

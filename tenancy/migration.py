@@ -150,7 +150,7 @@ class MigrationState:
             plan = self._plans.get(key)
             if plan is None:
                 executor = MigrationExecutor(connection)
-                if set(executor.loader.applied_migrations) != set(applied):
+                if set(executor.loader.applied_migrations) != _as_loaded(executor.loader, applied):
                     # Read again by the loader, the database has changed since: another
                     # migrator's work, which a plan for ``applied`` would repeat or skip.
                     raise TenancyError(
@@ -247,6 +247,18 @@ class MigrationState:
             and node not in skipped
             and not (node in self._replaces and all(r in applied for r in self._replaces[node]))
         )
+
+
+def _as_loaded(loader: MigrationLoader, applied: set[MigrationKey]) -> set[MigrationKey]:
+    """``applied`` (rows of ``django_migrations``) as the loader counts them: a squashed
+    migration is applied when every migration it replaces is, row or not."""
+    found = set(applied)
+    for key, migration in loader.replacements.items():
+        if all(replaced in applied for replaced in migration.replaces):
+            found.add(key)
+        else:
+            found.discard(key)
+    return found
 
 
 def per_tenant_migrations(loader: MigrationLoader) -> frozenset[MigrationKey]:
@@ -417,12 +429,13 @@ def migrate_tenant(
     connection: BaseDatabaseWrapper | None = None
     is_template = getattr(tenant, "is_template", False)
     applied: set[MigrationKey] | None = None  # as the database has them now
+    read_at = time.time()  # when ``applied`` was read last, for the ledger
     migrating = False
     ready_mark = None  # the tenant's new ready_lsn, when it changes
     try:
         connection = connections[alias_for(tenant)]
         skipped = state.per_tenant() if is_template else frozenset()
-        applied = applied_migrations(connection)
+        read_at, applied = time.time(), applied_migrations(connection)
         if applied & skipped:
             raise TenancyError(
                 f"The template database {tenant.database_name!r} has "
@@ -447,7 +460,7 @@ def migrate_tenant(
                     result.status = LOCKED
                 else:
                     # Read again under the lock: another migrator may have finished.
-                    applied = applied_migrations(connection)
+                    read_at, applied = time.time(), applied_migrations(connection)
                     pending = state.pending(applied, skipped)
                     if pending:
                         before, applied = applied, None  # unknown until read again
@@ -466,7 +479,7 @@ def migrate_tenant(
                         finally:
                             ledger.in_tenancy_run.reset(token)
             if migrating:  # read after the run's transaction ended
-                applied = applied_migrations(connection)
+                read_at, applied = time.time(), applied_migrations(connection)
                 still_pending = state.pending(applied, skipped)
                 result.applied = len(pending) - len(still_pending)
                 if still_pending:
@@ -495,11 +508,11 @@ def migrate_tenant(
             connection.close()
     result.seconds = round(time.monotonic() - started, 3)
     if result.failed and applied is None and migrating and connection is not None:
-        applied = _read_again(connection)
+        read_at, applied = time.time(), _read_again(connection)
     result.applied_set = None if applied is None else frozenset(applied)
-    result.read_at = time.time()
+    result.read_at = read_at
     if record and _in_ledger(tenant):
-        ledger.record(tenant, applied, error=result.error, seconds=result.seconds)
+        ledger.record_many([ledger.entry_of(tenant, result)])
     if ready_mark is not None:
         replicas.save_mark(tenant, ready_mark)
     return result
@@ -640,7 +653,14 @@ def _run_migrate(
             _lock_timeout(connection, lock_timeout),
         ):
             quiet = {"stdout": io.StringIO(), "apps": plan.state.apps, "plan": plan.plan}
+            # What pre_migrate adds to a migration whose steps are kept (contenttypes'
+            # RenameContentType, once per database) would not run again: taken out again,
+            # so that the plan's migrations do not grow with every database.
+            with plan.steps_lock:
+                kept = [(m, list(m.operations)) for m, _ in plan.plan if _key(m) in plan.steps]
             emit_pre_migrate_signal(0, False, connection.alias, **quiet)
+            for migration, operations in kept:
+                cast(list[Operation], migration.operations)[:] = operations
             executor = _SharedPlanExecutor(connection, plan.loader, plan, bool(applied))
             post_state = executor.migrate(plan.targets, plan=plan.plan, state=plan.state.clone())
             if plan.post_apps is None:
@@ -781,7 +801,7 @@ class _SharedPlanExecutor(MigrationExecutor):
     def _steps(
         self, state: ProjectState, migration: Migration
     ) -> tuple[list[tuple[Operation, ProjectState, ProjectState]], ProjectState]:
-        key = (migration.app_label, migration.name)
+        key = _key(migration)
         with self.shared.steps_lock:
             found = self.shared.steps.get(key)
             if found is None:
@@ -801,6 +821,10 @@ class _SharedPlanExecutor(MigrationExecutor):
                 found = (operations, current)
                 self.shared.steps[key] = found
         return found
+
+
+def _key(migration: Migration) -> MigrationKey:
+    return (migration.app_label, migration.name)
 
 
 class _Recorder(MigrationRecorder):

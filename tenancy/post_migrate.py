@@ -82,10 +82,22 @@ def _sync_receivers(app_config: Any) -> list[Callable[..., Any]] | None:
     return None if asynchronous else list(sync)
 
 
+# Django's other post_migrate receivers, which neither remove nor rename a content type or
+# a permission of another app than the one they run for (sites' default site; Django 6's
+# renaming of a renamed model's permissions, within its app).
+_HARMLESS = frozenset(
+    {
+        "django.contrib.sites.management.create_default_site",
+        "django.contrib.auth.management.rename_permissions_after_model_rename",
+    }
+)
+
+
 def _djangos_own(receiver: Callable[..., Any]) -> bool:
-    """A receiver of Django's own (sites' default site, auth's renamed permissions):
-    none of them removes a content type or a permission that Django's would make."""
-    return str(getattr(receiver, "__module__", "")).startswith("django.")
+    """One of ``_HARMLESS`` (named exactly: code run by ``manage.py shell`` has a module
+    name of Django's too)."""
+    name = f"{getattr(receiver, '__module__', '')}.{getattr(receiver, '__qualname__', '')}"
+    return name in _HARMLESS
 
 
 def _apps_missing_rows(using: str, state_apps: Any) -> set[str] | None:

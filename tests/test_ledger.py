@@ -255,3 +255,13 @@ def test_an_entry_read_before_the_one_held_never_replaces_it(fleet):
     assert ledger.record_many([ledger.Entry(beta, behind, read_at=timezone.now())]) == []
     assert recorded(beta) == behind
     assert ledger.states([beta])[beta.pk].status == ledger.BEHIND
+
+
+def test_a_project_without_time_zones_records_too(fleet, settings):
+    TenantMigrations.objects.all().delete()
+    settings.USE_TZ = False
+    results, error, status = run("--check", "--verify")
+    assert (error, status) == ("", 0)
+    assert set(statuses(results).values()) == {"up-to-date"}
+    assert TenantMigrations.objects.count() == len(fleet)
+    assert ledger.states(fleet)[fleet[0].pk].status == ledger.CURRENT

@@ -439,6 +439,56 @@ def test_a_plan_is_never_kept_for_a_set_the_database_no_longer_has(fleet, migrat
     assert migrate_tenant(gamma, state=state).status == MIGRATED
 
 
+def test_a_squashed_migration_added_after_its_originals_were_applied(fleet, migrations):
+    """A squash of migrations every tenant has applied, and a migration after it: the
+    loader counts the squash applied though no row says so, and tenants migrate."""
+    from tenancy.migration import MigrationState
+
+    migrations("tests.migrations_squash")
+    state = MigrationState()
+    results = [migrate_tenant(tenant, state=state) for tenant in fleet[1:]]
+    assert [(result.status, result.applied) for result in results] == [(MIGRATED, 1)] * 2
+
+
+def test_what_pre_migrate_adds_to_a_shared_plan_runs_once_per_database(fleet, migrations):
+    """A pre_migrate receiver that adds an operation to the plan's migrations (as
+    contenttypes' does after each RenameModel) adds it for each database: the shared
+    migrations keep one copy, and each database runs it once."""
+    from importlib import import_module
+
+    from django.apps import apps as django_apps
+    from django.db import migrations as operations
+    from django.db.models.signals import pre_migrate
+
+    from tenancy.migration import MigrationState
+
+    migrations("tests.migrations_v2")
+    state = MigrationState()
+    original = import_module("tests.migrations_v2.0002_note_text_index").Migration
+    ran = []
+
+    def note(apps, schema_editor):
+        ran.append(schema_editor.connection.alias)
+
+    def add(plan=None, **kwargs):
+        for migration, _backwards in plan or []:
+            migration.operations.insert(0, operations.RunPython(note))
+
+    pre_migrate.connect(add, sender=django_apps.get_app_config("tenantapp"))
+    try:
+        for tenant in fleet:
+            assert migrate_tenant(tenant, state=state).status == MIGRATED
+    finally:
+        pre_migrate.disconnect(add, sender=django_apps.get_app_config("tenantapp"))
+    (plan,) = state._plans.values()
+    [(migration, _backwards)] = plan.plan
+    assert [type(operation).__name__ for operation in migration.operations] == [
+        "RunPython",  # the one added, once
+        *(type(operation).__name__ for operation in original.operations),
+    ]
+    assert ran == [alias_for(tenant) for tenant in fleet]
+
+
 def test_what_tenants_share_is_worked_out_once_before_workers_fork(fleet, migrations):
     """``MigrationState.prepare``: the plan and its history check, so that the tenants
     migrated next (in workers forked after it) load and render no graph of their own."""

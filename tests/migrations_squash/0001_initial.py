@@ -1,0 +1,3 @@
+import importlib
+
+Migration = importlib.import_module("tests.tenantapp.migrations.0001_initial").Migration
