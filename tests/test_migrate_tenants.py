@@ -310,14 +310,13 @@ def test_inactive_tenants_are_skipped_unless_named(fleet, migrations):
     assert [line.split()[1:3] for line in tenant_lines(lines)] == [["omega", "1"]]
 
 
-def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
-    migrations("tests.migrations_v2")
-    gamma = fleet[1]
+def two_migrators_at_once(tenant):
+    """``migrate_tenant(tenant)`` in two threads started together: their results."""
     barrier, results = threading.Barrier(2, timeout=60), []
 
     def migrate():
         barrier.wait()
-        results.append(migrate_tenant(gamma))
+        results.append(migrate_tenant(tenant))
         connections.close_all()
 
     threads = [threading.Thread(target=migrate) for _ in range(2)]
@@ -325,6 +324,13 @@ def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return results
+
+
+def test_two_migrators_never_work_on_one_database_at_once(fleet, migrations):
+    migrations("tests.migrations_v2")
+    gamma = fleet[1]
+    results = two_migrators_at_once(gamma)
     assert sorted(r.status for r in results) == [MIGRATED, UP_TO_DATE], results
     with tenant_context(gamma):
         assert Note.objects.count() == 1  # the data migration ran once
@@ -381,18 +387,7 @@ def test_two_migrators_never_both_migrate_under_a_repeatable_read_default(fleet,
             "SET default_transaction_isolation = 'repeatable read'"
         )
     connections[alias_for(gamma)].close()
-    barrier, results = threading.Barrier(2, timeout=60), []
-
-    def migrate():
-        barrier.wait()
-        results.append(migrate_tenant(gamma))
-        connections.close_all()
-
-    threads = [threading.Thread(target=migrate) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = two_migrators_at_once(gamma)
     assert sorted(r.status for r in results) == [MIGRATED, UP_TO_DATE], results
     with tenant_context(gamma):
         assert Note.objects.count() == 1
