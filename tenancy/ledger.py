@@ -57,10 +57,14 @@ FAILED = "failed"
 UNKNOWN = "unknown"
 
 
+def _lines(applied: Iterable[MigrationKey]) -> list[str]:
+    """The sorted ``app.name`` lines of a set of applied migrations, as stored."""
+    return sorted(f"{app}.{name}" for app, name in applied)
+
+
 def fingerprint_of(applied: Iterable[MigrationKey]) -> str:
     """The SHA-256 of the sorted ``app.name`` lines of a set of applied migrations."""
-    lines = sorted(f"{app}.{name}" for app, name in applied)
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    return hashlib.sha256("\n".join(_lines(applied)).encode()).hexdigest()
 
 
 @dataclass
@@ -129,8 +133,9 @@ def record_many(
     except DatabaseError:
         failed = [entry for entry in entries if not _write_alone(entry)]
     if known is not None:
+        unwritten = {entry.tenant.pk for entry in failed}
         for entry in entries:
-            if any(entry is other for other in failed):
+            if entry.tenant.pk in unwritten:
                 known.pop(entry.tenant.pk, None)
             else:
                 known[entry.tenant.pk] = (entry.fingerprint, entry.error)
@@ -174,7 +179,7 @@ def _write(entries: list[Entry]) -> None:
         if sets:
             found = []
             for fingerprint, applied in sets.items():
-                migrations = sorted(f"{app}.{name}" for app, name in applied)
+                migrations = _lines(applied)
                 found.append(
                     MigrationSet(
                         fingerprint=fingerprint,

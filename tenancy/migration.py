@@ -95,16 +95,16 @@ class _Plan:
     # depend on nothing else, so the first database that follows the plan checks them.
     checked: bool = False
 
-    def in_one_transaction(self, connection: BaseDatabaseWrapper, is_template: bool) -> bool:
-        """Whether a database's whole run of this plan, its migration lock included, is
-        one transaction of its own connection: on PostgreSQL, when every migration of it
-        is atomic and Django's ``migrate`` is not needed for apps without migrations."""
-        return in_one_transaction(
-            connection,
-            (migration for migration, _ in self.plan),
-            self.loader.unmigrated_apps,
-            is_template,
-        )
+    def check(self, connection: BaseDatabaseWrapper) -> None:
+        """Django's checks before migrating (conflicts in the graph, the database's
+        history), once: they depend only on the graph and the applied set."""
+        if self.checked:
+            return
+        conflicts = self.loader.detect_conflicts()
+        if conflicts:
+            raise CommandError(f"Conflicting migrations; run makemigrations --merge: {conflicts}")
+        self.loader.check_consistent_history(connection)
+        self.checked = True
 
 
 def in_one_transaction(
@@ -114,7 +114,8 @@ def in_one_transaction(
     is_template: bool,
 ) -> bool:
     """Whether a run of ``migrations`` on ``connection``'s database is one transaction of
-    that connection, its migration lock included (``_Plan.in_one_transaction``)."""
+    that connection, its migration lock included: on PostgreSQL, when every migration
+    of it is atomic and Django's ``migrate`` is not needed for apps without migrations."""
     return (
         connection.vendor == "postgresql"
         and connection.features.can_rollback_ddl
@@ -191,10 +192,7 @@ class MigrationState:
             applied = applied_migrations(connection)
             if not self.pending(applied):
                 return
-            plan = self.plan_for(connection, applied)
-            if not plan.checked and not plan.loader.detect_conflicts():
-                plan.loader.check_consistent_history(connection)
-                plan.checked = True
+            self.plan_for(connection, applied).check(connection)
         except Exception:
             return
         finally:
@@ -532,18 +530,19 @@ def check_schema_tenants(
 
     by_server: dict[str, list[AbstractTenant]] = {}
     rest: list[AbstractTenant] = []
-    placements: dict[str, bool] = {}  # server -> whether it holds schemas
+    servers: dict[str, Any] = {}  # name -> the server, if it holds schemas
     for tenant in tenants:
-        if tenant.server not in placements:
+        if tenant.server not in servers:
             try:
-                placements[tenant.server] = get_server(tenant.server).holds_schemas
+                server = get_server(tenant.server)
             except Exception:
-                placements[tenant.server] = False
-        holds_schemas = placements[tenant.server]
+                server = None
+            servers[tenant.server] = server if server and server.holds_schemas else None
+        holds_schemas = servers[tenant.server] is not None
         (by_server.setdefault(tenant.server, []) if holds_schemas else rest).append(tenant)
     results = []
     for name, group in by_server.items():
-        server = cast(Any, get_server(name))
+        server = servers[name]
         started, read_at = time.monotonic(), time.time()
         try:
             found = server.migration_fingerprints([tenant.database_name for tenant in group])
@@ -626,7 +625,10 @@ def _run_migrate(
     state from hundreds of applied migrations is most of `migrate`'s time).
     ``in_transaction``: the run is in the transaction its lock was taken in."""
     plan = state.plan_for(connection, applied, for_template=is_template)
-    if in_transaction and not plan.in_one_transaction(connection, is_template):
+    migrations = (migration for migration, _ in plan.plan)
+    if in_transaction and not in_one_transaction(
+        connection, migrations, plan.loader.unmigrated_apps, is_template
+    ):
         raise TenancyError(
             f"The migrations of tenant {tenant.slug!r} changed while its migration lock was "
             "awaited; run migrate_tenants again."
@@ -639,14 +641,7 @@ def _run_migrate(
         if not is_template and plan.loader.unmigrated_apps & tenancy_settings.tenant_app_labels:
             _call_migrate(connection)  # tables of apps without migrations need syncdb
             return
-        if not plan.checked:
-            conflicts = plan.loader.detect_conflicts()
-            if conflicts:
-                raise CommandError(
-                    f"Conflicting migrations; run makemigrations --merge: {conflicts}"
-                )
-            plan.loader.check_consistent_history(connection)
-            plan.checked = True
+        plan.check(connection)
         connection.prepare_database()
         with (
             _all_or_nothing(connection, plan, in_transaction),
