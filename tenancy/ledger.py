@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +34,13 @@ from functools import cached_property
 from typing import Any, cast
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    DatabaseError,
+    IntegrityError,
+    connections,
+    transaction,
+)
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -142,14 +148,55 @@ def record_many(
     return [entry.tenant for entry in failed]
 
 
+# The migration sets this process wrote or found (registry alias, its database, the
+# fingerprint). A set is never changed or deleted, so an entry naming one of these is
+# written alone, outside a transaction: one statement. Should the set be gone all the
+# same (a test run's flushed tables), the entry's foreign key fails at once, and the
+# entry is written again with its set.
+_stored: set[tuple[str, str, str]] = set()
+
+
 def _write(entries: list[Entry]) -> None:
-    """The entries, in one transaction: their sets, then each tenant's entry, unless the
-    ledger holds one read later than it (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``,
-    PostgreSQL's and SQLite's)."""
+    """The entries: each tenant's entry, unless the ledger holds one read later than it
+    (``INSERT ... ON CONFLICT DO UPDATE ... WHERE``, PostgreSQL's and SQLite's), after
+    their sets in the same transaction, or in one statement alone when the sets are
+    stored already (``_stored``)."""
     database = registry_database()
     connection = connections[database]
-    now = timezone.now()
+    place = (database, str(connection.settings_dict["NAME"]))
     sets = {e.fingerprint: e.applied for e in entries if e.fingerprint and e.applied is not None}
+    if not connection.in_atomic_block and all((*place, f) in _stored for f in sets):
+        try:
+            _write_entries(entries, connection)
+            return
+        except IntegrityError:
+            _stored.difference_update((*place, f) for f in sets)
+    _write_with_sets(entries, connection, sets)
+    _stored.update((*place, f) for f in sets)
+
+
+def _write_with_sets(
+    entries: list[Entry], connection: Any, sets: Mapping[str, Iterable[MigrationKey]]
+) -> None:
+    database = connection.alias
+    with transaction.atomic(using=database):
+        if sets:
+            found = []
+            for fingerprint, applied in sets.items():
+                migrations = _lines(applied)
+                found.append(
+                    MigrationSet(
+                        fingerprint=fingerprint,
+                        migrations=json.dumps(migrations),
+                        count=len(migrations),
+                    )
+                )
+            MigrationSet.objects.using(database).bulk_create(found, ignore_conflicts=True)
+        _write_entries(entries, connection)
+
+
+def _write_entries(entries: list[Entry], connection: Any) -> None:
+    now = timezone.now()
     quote = connection.ops.quote_name
     table = quote(TenantMigrations._meta.db_table)
     fields = ("tenant", "applied", "error", "seconds", "recorded_at")
@@ -175,21 +222,8 @@ def _write(entries: list[Entry]) -> None:
         + ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
         + f" WHERE {table}.{recorded_column} <= excluded.{recorded_column}"
     )
-    with transaction.atomic(using=database):
-        if sets:
-            found = []
-            for fingerprint, applied in sets.items():
-                migrations = _lines(applied)
-                found.append(
-                    MigrationSet(
-                        fingerprint=fingerprint,
-                        migrations=json.dumps(migrations),
-                        count=len(migrations),
-                    )
-                )
-            MigrationSet.objects.using(database).bulk_create(found, ignore_conflicts=True)
-        with connection.cursor() as cursor:
-            cursor.execute(statement, [value for row in rows for value in row])
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [value for row in rows for value in row])
 
 
 def _write_alone(entry: Entry) -> bool:

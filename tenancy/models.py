@@ -139,6 +139,10 @@ class AbstractTenant(models.Model):
     def __str__(self) -> str:
         return self.slug
 
+    # (server, database name) that tenancy.provisioning has just found free for this new
+    # tenant: its save() does not ask again (provisioning asks once more after it).
+    _tenancy_checked_database: tuple[str, str]
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         # save() validates too: slugs and database names end up in SQL identifiers,
         # file paths and connection aliases, and are never trusted to the caller.
@@ -223,6 +227,9 @@ class AbstractTenant(models.Model):
         # Unchanged, it was checked when it was set: the change form shows the database
         # name read-only, and an error for a field the form lacks would be a crash.
         if stored is not None and stored[1:] == (self.server, self.database_name):
+            return
+        checked = self.__dict__.pop("_tenancy_checked_database", None)
+        if stored is None and checked == (self.server, self.database_name):
             return
         check_database_name_available(self, new=new)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,19 +111,37 @@ def _create_tenant(
     if server is not None:
         defaults["server"] = server
     existing = model._default_manager.filter(slug=slug).first()
+    new = model(slug=slug, **defaults)
     if existing is None:
-        _refuse_unavailable_database(model(slug=slug, **defaults), new=True)
+        _refuse_unavailable_database(new, new=True)
+        name = new.database_name or tenancy_settings.database_name_for(slug)
+        new._tenancy_checked_database = (new.server, name)  # save() need not ask again
     else:
         _refuse_changing_existing(existing, server, hostnames)
     _refuse_taken_domains(slug, hostnames)
     # The row and its domains together: a domain taken meanwhile leaves no tenant behind.
-    with transaction.atomic(using="default"):
-        tenant, _ = model._default_manager.get_or_create(slug=slug, defaults=defaults)
+    with transaction.atomic(using="default") if hostnames else nullcontext():
         if existing is None:
+            tenant, recorded = _insert_tenant(new)
             # Created by another process meanwhile: the same checks as for an existing one.
             _refuse_changing_existing(tenant, server, hostnames)
+        else:
+            tenant, recorded = model._default_manager.get_or_create(slug=slug, defaults=defaults)
         add_domains(tenant, hostnames)
-    return _provision(tenant)
+    return _provision(tenant, recorded=recorded)
+
+
+def _insert_tenant(new: AbstractTenant) -> tuple[AbstractTenant, bool]:
+    """The new tenant's row, and whether it was inserted here (not by another process
+    meanwhile). Outside a transaction that is the INSERT alone, one round trip, where
+    ``get_or_create`` would look first and insert in a savepoint."""
+    connection = connections["default"]
+    try:
+        with transaction.atomic(using="default") if connection.in_atomic_block else nullcontext():
+            new.save(force_insert=True, using="default")
+            return new, True
+    except IntegrityError:
+        return type(new)._default_manager.get(slug=new.slug), False
 
 
 def validate_domains(domains: Iterable[str]) -> list[str]:
@@ -279,12 +297,15 @@ def provision_tenant(tenant: AbstractTenant) -> AbstractTenant:
         return _provision(tenant)
 
 
-def _provision(tenant: AbstractTenant) -> AbstractTenant:
+def _provision(tenant: AbstractTenant, *, recorded: bool = False) -> AbstractTenant:
+    """``recorded``: the row was just inserted from this instance (so it says what the
+    row holds)."""
     _refuse_in_other_hands(tenant)
     # Again, now that the row is committed: a tenant registering the same database
     # through another entry of the same server at the same time sees one of the two.
     _refuse_unavailable_database(tenant)
-    set_status(tenant, TenantStatus.PROVISIONING)
+    if not recorded or (tenant.status, tenant.status_detail) != (TenantStatus.PROVISIONING, ""):
+        set_status(tenant, TenantStatus.PROVISIONING)
     try:
         _create_database(tenant)
         result = migrate_tenant(tenant)  # one query when the copy is up to date

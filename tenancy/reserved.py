@@ -42,6 +42,8 @@ from tenancy.exceptions import ReservedDatabaseError
 from tenancy.validators import is_valid_slug, validate_database_name
 
 if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
     from tenancy.models import AbstractTenant
 
 SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
@@ -113,14 +115,16 @@ def registered_tenant(
     """The tenant, other than the one with slug ``other_than``, whose database is
     ``database_name`` on ``server`` or on another entry of TENANCY['SERVERS'] that
     addresses the same server."""
+    return _registered(server, database_name, other_than=other_than).order_by("slug").first()
+
+
+def _registered(server: str, database_name: str, *, other_than: str) -> QuerySet[Any]:
     from tenancy.models import get_tenant_model  # the model validates with this module
 
     tenants = get_tenant_model()._default_manager.filter(
         server__in=_entries_of(server), database_name=database_name
     )
-    if other_than:
-        tenants = tenants.exclude(slug=other_than)
-    return tenants.order_by("slug").first()
+    return tenants.exclude(slug=other_than) if other_than else tenants
 
 
 def _entries_of(server: str) -> list[str]:
@@ -133,21 +137,38 @@ def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | N
     """Why tenant ``slug`` cannot have ``database_name`` on ``server``: reserved, or
     another tenant's; ``None`` when it can."""
     reason = reserved_reason(server, database_name)
-    if reason is None:
-        other = registered_tenant(server, database_name, other_than=slug)
-        if other is not None:
-            reason = f"the database of tenant {other.slug!r}"
-    if reason is None:
-        mover = moving_to(server, database_name, other_than=slug)
-        if mover is not None:
-            reason = f"where tenant {mover!r} is being moved"
-    return reason
+    if reason is not None:
+        return reason
+    # registered_tenant() and moving_to() in one query: the tenant first, then a move.
+    from django.db.models import F, Value
+
+    by_tenant = _registered(server, database_name, other_than=slug)
+    by_move = _moves(server, database_name, other_than=slug)
+    order, who = "tenancy_claim_order", "tenancy_claimant"  # no model's field names
+    claims = by_tenant.annotate(**{order: Value(0), who: F("slug")})
+    moves = by_move.annotate(**{order: Value(1), who: F("tenant__slug")})
+    claims, moves = (q.order_by().values_list(order, who) for q in (claims, moves))
+    claim = claims.union(moves, all=True).order_by(order, who).first()
+    if claim is None:
+        return None
+    moving, other = claim
+    if moving:
+        return f"where tenant {other!r} is being moved"
+    return f"the database of tenant {other!r}"
 
 
 def moving_to(server: str, database_name: str, *, other_than: str = "") -> str | None:
     """The slug of the tenant, other than ``other_than``, whose move (or restore) in
     progress copies its database from or to ``database_name`` on ``server`` (or an entry
     of the same server): until it ends, the source and the copy are both that tenant's."""
+    return (
+        _moves(server, database_name, other_than=other_than)
+        .values_list("tenant__slug", flat=True)
+        .first()
+    )
+
+
+def _moves(server: str, database_name: str, *, other_than: str) -> QuerySet[Any]:
     from django.db.models import Q
 
     from tenancy.models import TenantMove
@@ -158,9 +179,7 @@ def moving_to(server: str, database_name: str, *, other_than: str = "") -> str |
         | Q(target_server__in=same_server, target_database=database_name)
         | Q(target_server__in=same_server, target_database="", database_name=database_name)
     )
-    if other_than:
-        moves = moves.exclude(tenant__slug=other_than)
-    return moves.values_list("tenant__slug", flat=True).first()
+    return moves.exclude(tenant__slug=other_than) if other_than else moves
 
 
 def database_name_unavailable(tenant: AbstractTenant, *, new: bool = False) -> str | None:

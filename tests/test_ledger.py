@@ -257,6 +257,32 @@ def test_an_entry_read_before_the_one_held_never_replaces_it(fleet):
     assert ledger.states([beta])[beta.pk].status == ledger.BEHIND
 
 
+def test_a_set_gone_from_the_ledger_is_written_again_with_the_entry(fleet):
+    """An entry naming a set this process stored before is written alone, in one
+    statement; should the set be gone all the same (tables flushed), the entry is
+    written again with its set."""
+    from django.db import connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from tenancy.connections import alias_for
+    from tenancy.models import MigrationSet
+
+    beta = fleet[0]
+    applied = applied_migrations(connections[alias_for(beta)])
+    assert not connection.in_atomic_block  # where the one statement is used
+    assert ledger.record(beta, applied)
+    with CaptureQueriesContext(connection) as queries:
+        assert ledger.record(beta, applied)
+    assert [query["sql"].split()[:3] for query in queries] == [
+        ["INSERT", "INTO", f'"{TenantMigrations._meta.db_table}"']
+    ]
+    TenantMigrations.objects.all().delete()
+    MigrationSet.objects.all().delete()
+    assert ledger.record(beta, applied)
+    assert recorded(beta) == applied
+    assert ledger.states([beta])[beta.pk].status == ledger.CURRENT
+
+
 def test_a_project_without_time_zones_records_too(fleet, settings):
     TenantMigrations.objects.all().delete()
     settings.USE_TZ = False

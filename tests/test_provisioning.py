@@ -53,6 +53,22 @@ def test_create_tenant_creates_migrates_and_activates(db_access):
         assert Note.objects.count() == 0
 
 
+def test_a_new_tenant_is_recorded_in_one_statement_and_checked_twice(db_access):
+    """A new tenant's row is inserted outside any transaction (nothing to undo but the
+    INSERT itself), and its database name is found free once before the INSERT and once
+    after it (save() does not ask a third time)."""
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections["default"]) as queries:
+        tenant = create_tenant("counted")
+    statements = [query["sql"] for query in queries]
+    table = Tenant._meta.db_table
+    assert len([s for s in statements if s.startswith(f'INSERT INTO "{table}"')]) == 1
+    assert not [s for s in statements if "SAVEPOINT" in s]
+    assert len([s for s in statements if "tenancy_claim_order" in s]) == 2
+    assert Tenant.objects.get(slug="counted").status == TenantStatus.ACTIVE == tenant.status
+
+
 def test_create_tenant_on_another_server(db_access):
     tenant = create_tenant("gamma", server="two")
     assert tenant.server == "two"

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import IO, Any
 
+from django.db import DatabaseError
 from psycopg import errors, sql
 
 from tenancy.backends import get_server
@@ -98,6 +99,8 @@ class SchemaServer(PostgreSQLServer):
                 f"TENANCY['SERVERS'][{self.name!r}] names DATABASE {self.database!r}, which "
                 f"is {reason}; give the server's tenant schemas a database of their own."
             )
+        if self.shared_database_exists():
+            return False
         return super().create_database(self.database)
 
     def _unavailable_reason(self) -> str | None:
@@ -131,7 +134,18 @@ class SchemaServer(PostgreSQLServer):
             )
 
     def shared_database_exists(self) -> bool:
-        return super().database_exists(self.database)
+        """Asked of the shared database itself, by connecting to it: in a
+        ``held_connections()`` block that connection is what the next question uses,
+        where asking the maintenance database would cost one more. The maintenance
+        database is asked only when the shared one cannot be reached: if it exists, the
+        error was another (no privilege to connect, too many connections) and is raised."""
+        try:
+            with self._shared_cursor():
+                return True
+        except DatabaseError:
+            if super().database_exists(self.database):
+                raise
+            return False
 
     def migration_fingerprints(self, schemas: Sequence[str]) -> dict[str, str]:
         """Schema -> the ledger's fingerprint of its ``django_migrations`` rows, for each
