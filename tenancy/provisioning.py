@@ -135,13 +135,19 @@ def _insert_tenant(new: AbstractTenant) -> tuple[AbstractTenant, bool]:
     """The new tenant's row, and whether it was inserted here (not by another process
     meanwhile). Outside a transaction that is the INSERT alone, one round trip, where
     ``get_or_create`` would look first and insert in a savepoint."""
-    connection = connections["default"]
+    database = registry_database()
+    atomic = transaction.atomic(using=database)
     try:
-        with transaction.atomic(using="default") if connection.in_atomic_block else nullcontext():
-            new.save(force_insert=True, using="default")
+        with atomic if connections[database].in_atomic_block else nullcontext():
+            new.save(force_insert=True, using=database)
             return new, True
     except IntegrityError:
-        return type(new)._default_manager.get(slug=new.slug), False
+        found = type(new)._default_manager.filter(slug=new.slug).first()
+        if found is not None:
+            return found, False
+        # Not the slug: the database name, registered meanwhile by another tenant.
+        _refuse_unavailable_database(new)
+        raise
 
 
 def validate_domains(domains: Iterable[str]) -> list[str]:
@@ -198,6 +204,8 @@ def _refuse_in_other_hands(tenant: AbstractTenant) -> None:
 
 
 def _refuse_taken_domains(slug: str, hostnames: list[str]) -> None:
+    if not hostnames:
+        return
     taken = Domain.objects.filter(domain__in=hostnames).exclude(tenant__slug=slug)
     for domain in taken.select_related("tenant")[:1]:
         raise _domain_taken(domain, slug)

@@ -60,6 +60,7 @@ try:  # schema servers need psycopg; a project on SQLite alone may not have it
 except ImportError:  # pragma: no cover - tested in a subprocess without psycopg
     sql = None  # type: ignore[assignment]
 
+from tenancy.backends.base import readable
 from tenancy.exceptions import TenancyError
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ SCHEMA_KEY = "TENANCY_SCHEMA"
 POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+_CONNECTION_OK = 0  # psycopg.pq.ConnStatus.OK
 
 
 class _Shared:
@@ -506,7 +508,7 @@ def _lend(
     conn_params: dict[str, Any],
 ) -> Any:
     connections = _thread.by_database.setdefault(key, [])
-    shared = next((candidate for candidate in connections if candidate.is_free()), None)
+    shared = next((c for c in connections if c.is_free() and not _ended(c)), None)
     if shared is None:
         raw = open_connection(conn_params)  # sets the wrapper's isolation_level
         max_age = wrapper.settings_dict["CONN_MAX_AGE"]
@@ -519,6 +521,66 @@ def _lend(
         cast(Any, wrapper).isolation_level = shared.isolation_level
     shared.users.add(wrapper)
     return shared.raw
+
+
+# The owner of a shared connection while tenancy's own statements run on it (``borrowed``).
+_BORROWER = cast("BaseDatabaseWrapper", object())
+
+
+@contextlib.contextmanager
+def borrowed(settings_dict: dict[str, Any]) -> Iterator[Any | None]:
+    """The driver connection this thread's schema tenants share to the database of
+    ``settings_dict`` (a schema tenant's entry; its schema does not matter), when one is
+    open and free; else ``None``. For statements that neither depend on the search path
+    nor change it, on the catalog (does a schema exist, create or rename one), which
+    would otherwise cost a connection of their own. Meanwhile it is no tenant's: the
+    tenants' connection objects lent it let go, and a statement of theirs is lent another
+    one. Left in a transaction or broken, it is closed afterwards. One the server ended
+    (``_ended``) is not lent."""
+    connections = _thread.by_database.get(_database_key(settings_dict), [])
+    shared = next((c for c in connections if _lendable(c)), None)
+    if shared is None:
+        yield None
+        return
+    for user in list(shared.users):
+        user.connection = None
+    shared.users.clear()
+    shared.owner = _BORROWER
+    raw = shared.raw
+    try:
+        yield raw
+    finally:
+        shared.owner = None
+        if raw.closed or raw.broken or not raw.autocommit or raw.info.transaction_status != _IDLE:
+            _close(shared)
+
+
+def holds_lendable(settings_dict: dict[str, Any]) -> bool:
+    """Whether ``borrowed(settings_dict)`` would lend a connection (and so whether the
+    thread is connected to that database), changing nothing."""
+    return any(_lendable(c) for c in _thread.by_database.get(_database_key(settings_dict), []))
+
+
+def _lendable(shared: _Shared) -> bool:
+    return shared.is_free() and not shared.has_open_cursors() and not _ended(shared)
+
+
+def _ended(shared: _Shared) -> bool:
+    """Whether the server ended the idle connection ``shared`` (a restart,
+    ``idle_session_timeout``, ``pg_terminate_backend``): it is then not lent again, and
+    is closed at the thread's next safe point. An idle connection has something to read
+    only when the server said goodbye or sent a notification (``LISTEN``): what there is
+    is read (a notification stays for the driver), and only a connection the read found
+    closed counts as ended."""
+    pgconn = shared.raw.pgconn
+    try:
+        for _ in range(2):  # the goodbye, then the end of the stream
+            if not readable(pgconn.socket):
+                break
+            pgconn.consume_input()
+    except Exception:  # closed: no socket, or nothing but the end to read
+        return True
+    return bool(pgconn.status != _CONNECTION_OK)
 
 
 def _bound(wrapper: BaseDatabaseWrapper) -> _Shared | None:
@@ -542,9 +604,10 @@ def _take(shared: _Shared, wrapper: BaseDatabaseWrapper) -> None:
 
 def _owned_by_another(shared: _Shared, wrapper: BaseDatabaseWrapper) -> TenancyError:
     owner = shared.owner
+    holder = "another tenant" if owner in (None, _BORROWER) else cast(Any, owner).alias
     return TenancyError(
         f"Tenant connection {wrapper.alias} cannot run a statement now: "
-        f"{owner.alias if owner is not None else 'another tenant'} has a transaction open "
+        f"{holder} has a transaction open "
         "on the same shared connection. Make a new cursor (a cursor made before the "
         "transaction began stays on its connection)."
     )
@@ -575,7 +638,8 @@ def close_old(is_busy: Callable[[BaseDatabaseWrapper], bool]) -> None:
     now = time.monotonic()
     for connections in list(_thread.by_database.values()):
         for shared in list(connections):
-            broken = shared.raw.closed or shared.raw.broken
+            raw = shared.raw
+            broken = raw.closed or raw.broken or (shared.is_free() and _ended(shared))
             old = shared.close_at is not None and now >= shared.close_at
             if not broken and not (old and shared.is_free()):
                 continue

@@ -69,6 +69,28 @@ def test_a_new_tenant_is_recorded_in_one_statement_and_checked_twice(db_access):
     assert Tenant.objects.get(slug="counted").status == TenantStatus.ACTIVE == tenant.status
 
 
+def test_a_database_name_taken_between_the_check_and_the_insert_is_reported(
+    db_access, monkeypatch
+):
+    """Another process registers the new tenant's database name (under another slug)
+    after the check: the unique constraint refuses the row, and the message says whose
+    database it is."""
+    from tenancy import provisioning
+    from tenancy.conf import tenancy_settings
+
+    name = tenancy_settings.database_name_for("racer")
+    checked = provisioning._refuse_taken_domains
+
+    def meanwhile(slug, hostnames):
+        Tenant.objects.bulk_create([Tenant(slug="other", server="one", database_name=name)])
+        checked(slug, hostnames)
+
+    monkeypatch.setattr(provisioning, "_refuse_taken_domains", meanwhile)
+    with pytest.raises(ProvisioningError, match="it is the database of tenant 'other'"):
+        create_tenant("racer", server="one")
+    assert not Tenant.objects.filter(slug="racer").exists()
+
+
 def test_create_tenant_on_another_server(db_access):
     tenant = create_tenant("gamma", server="two")
     assert tenant.server == "two"

@@ -25,6 +25,7 @@ from tenancy import NoTenantError, TenantRemoved, atomic, tenant_context
 from tenancy.backends import get_server
 from tenancy.conf import TenancySettings, shared_database_name
 from tenancy.connections import (
+    alias_for,
     close_all,
     close_old_connections,
     connection_for,
@@ -570,6 +571,117 @@ def test_spare_schemas_are_claimed_then_made_again(settings, schemas):
         with tenant_context(tenant):
             assert texts() == [f"{tenant.slug} note"]
     assert Domain.objects.filter(tenant__server="shared").count() == 2
+
+
+def test_provisioning_beside_served_tenants_sets_up_no_connection_of_its_own(settings, schemas):
+    """On a thread serving tenants of the server, provisioning asks the shared database's
+    catalog (is the name free, claim a spare) on the connection they share, outside a
+    pooler in transaction mode; every tenant still reads its own rows."""
+    from django.db.backends.signals import connection_created
+
+    from tenancy.backends.schemas import SHARED_ALIAS
+    from tenancy.signals import tenant_provisioned
+
+    settings.TENANCY = {**settings.TENANCY, "SPARE_DATABASES": 1}
+    acme = with_note("acme")  # a spare is made after it
+    with tenant_context(acme):
+        assert texts() == ["acme note"]  # the thread's shared connection is open, and free
+    own, provisioned = [], []
+
+    def opened(sender, connection, **kwargs):
+        if not provisioned:  # not the spare made afterwards (in the test's thread)
+            own.append(connection.alias == SHARED_ALIAS)
+
+    def done(sender, tenant, **kwargs):
+        provisioned.append(tenant.slug)
+
+    connection_created.connect(opened)
+    tenant_provisioned.connect(done)
+    try:
+        globex = create_tenant("globex", server="shared")
+    finally:
+        connection_created.disconnect(opened)
+        tenant_provisioned.disconnect(done)
+    assert provisioned == ["globex"]
+    assert any(own) is bool(schemas)  # its own connection only behind a pooler
+    with tenant_context(globex):
+        Note.objects.create(text="globex note")
+    for tenant in (acme, globex):
+        with tenant_context(tenant):
+            assert texts() == [f"{tenant.slug} note"]
+
+
+def test_a_connection_lent_to_the_catalog_is_no_tenants_meanwhile(schemas):
+    """While tenancy's statements run on the tenants' shared connection, a tenant's
+    statement is lent another one; a transaction left open on it closes it."""
+    acme, globex = with_note("acme"), with_note("globex")
+    with tenant_context(acme):
+        assert texts() == ["acme note"]
+    server = get_server("shared")
+    with server._catalog_cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        catalogs = cursor.fetchone()[0]
+        with tenant_context(globex):
+            assert texts() == ["globex note"]
+            with connections[alias_for(globex)].cursor() as tenants:
+                tenants.execute("SELECT pg_backend_pid()")
+                assert tenants.fetchone()[0] != catalogs
+        cursor.execute("BEGIN")
+    with tenant_context(acme):
+        assert texts() == ["acme note"]
+        with connections[alias_for(acme)].cursor() as tenants:
+            tenants.execute("SELECT pg_backend_pid()")
+            assert tenants.fetchone()[0] != catalogs  # the one left in a transaction closed
+
+
+@pytest.mark.skipif(PGBOUNCER, reason="PgBouncer keeps its client connections")
+def test_provisioning_after_the_server_ended_the_shared_connection(schemas):
+    """A shared connection the server has ended (a restart, idle_session_timeout) is not
+    lent to provisioning, nor to a tenant, and is closed at the thread's next safe point."""
+    import time
+
+    acme = with_note("acme")
+    with connections[alias_for(acme)].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    with get_server("one")._cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
+    time.sleep(0.05)  # the goodbye message reaches the client
+    globex = with_note("globex")
+    close_old_connections()  # a request's end: the ended connection is closed
+    for tenant in (acme, globex):
+        with tenant_context(tenant):
+            assert texts() == [f"{tenant.slug} note"]
+
+
+@pytest.mark.skipif(PGBOUNCER, reason="LISTEN needs a session of its own")
+def test_a_notification_waiting_on_the_shared_connection_is_no_goodbye(schemas):
+    """A notification (LISTEN) waiting on the shared connection does not make it look
+    ended: a thread's safe point keeps it, and an iterator open across it."""
+    import time
+
+    if schemas:
+        pytest.skip("LISTEN needs a session: refused with TRANSACTION_POOLING")
+    acme = with_note("acme")
+    Note.objects.using(alias_for(acme)).bulk_create(Note(text=f"{n}") for n in range(3))
+
+    def backend() -> int:
+        with connections[alias_for(acme)].cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return cursor.fetchone()[0]
+
+    with connections[alias_for(acme)].cursor() as cursor:
+        cursor.execute("LISTEN tenancy_test")
+    listening = backend()
+    with tenant_context(acme):
+        rows = Note.objects.order_by("text").values_list("text", flat=True).iterator(1)
+        assert next(rows) == "0"
+        with get_server("shared")._shared_cursor() as other:
+            other.execute("NOTIFY tenancy_test")
+        time.sleep(0.05)
+        close_old_connections()
+        assert list(rows) == ["1", "2", "acme note"]
+    assert backend() == listening
 
 
 def test_a_schema_server_that_looks_pooled_is_warned_about(settings):

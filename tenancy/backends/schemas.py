@@ -16,9 +16,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import IO, Any
+from typing import IO, Any, cast
 
-from django.db import DatabaseError
+import psycopg
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.utils import DatabaseErrorWrapper
 from psycopg import errors, sql
 
 from tenancy.backends import get_server
@@ -47,6 +49,7 @@ from tenancy.reserved import (
     registered_tenant,
     template_reason,
 )
+from tenancy.schema_connections import POOLED_KEY, borrowed, holds_lendable
 from tenancy.validators import validate_database_name
 
 SHARED_ALIAS = "tenancy:shared"
@@ -71,6 +74,15 @@ _FINGERPRINT = (
 )
 
 
+class _Driver:
+    """What Django's ``DatabaseErrorWrapper`` needs of a connection object, to raise the
+    driver's errors as Django's (with the driver's as ``__cause__``) on a driver
+    connection tenancy holds without one."""
+
+    Database = psycopg
+    errors_occurred = False
+
+
 class SchemaServer(PostgreSQLServer):
     holds_schemas = True
     can_clone = False  # PostgreSQL copies databases, not schemas: spares are migrated
@@ -89,6 +101,33 @@ class SchemaServer(PostgreSQLServer):
 
     def _shared_cursor(self) -> AbstractContextManager[Any]:
         return self._cursor(self.database, SHARED_ALIAS)
+
+    @contextmanager
+    def _catalog_cursor(self) -> Iterator[Any]:
+        """A cursor for statements on the shared database's catalog that neither depend
+        on the search path nor change it (does a schema exist, create or rename one): on
+        the connection this thread's tenants of the server share, when one is open and
+        free (``schema_connections.borrowed``), else on tenancy's own. Provisioning a
+        tenant then sets up no connection of its own. Errors are Django's, as a
+        ``_shared_cursor``'s are. Behind a pooler in transaction mode, tenancy's own."""
+        if self.template.get("TRANSACTION_POOLING"):
+            with self._shared_cursor() as cursor:
+                yield cursor
+            return
+        with borrowed(self._tenant_settings()) as raw:
+            if raw is None:
+                with self._shared_cursor() as cursor:
+                    yield cursor
+                return
+            with DatabaseErrorWrapper(cast(Any, _Driver())), raw.cursor() as cursor:
+                yield cursor
+
+    def _tenant_settings(self) -> dict[str, Any]:
+        """A tenant's ``DATABASES`` entry on this server, its schema aside
+        (``tenancy.connections.connection_settings``)."""
+        database = self._settings_for(self.database)
+        database[POOLED_KEY] = bool(self.template.get("TRANSACTION_POOLING"))
+        return dict(connections.configure_settings({DEFAULT_DB_ALIAS: {}, "x": database})["x"])
 
     def create_shared_database(self) -> bool:
         """Create the shared database unless it exists; ``ReservedDatabaseError`` when it
@@ -134,18 +173,14 @@ class SchemaServer(PostgreSQLServer):
             )
 
     def shared_database_exists(self) -> bool:
-        """Asked of the shared database itself, by connecting to it: in a
-        ``held_connections()`` block that connection is what the next question uses,
-        where asking the maintenance database would cost one more. The maintenance
-        database is asked only when the shared one cannot be reached: if it exists, the
-        error was another (no privilege to connect, too many connections) and is raised."""
-        try:
-            with self._shared_cursor():
-                return True
-        except DatabaseError:
-            if super().database_exists(self.database):
-                raise
-            return False
+        """Whether the shared database exists: yes without a question when this thread's
+        tenants of the server hold a connection to it (``_catalog_cursor`` would lend
+        it), else asked of the maintenance database. (Connecting to find out is no
+        answer: behind PgBouncer, a failed login holds every later one back.)"""
+        pooled = self.template.get("TRANSACTION_POOLING")
+        if not pooled and holds_lendable(self._tenant_settings()):
+            return True
+        return super().database_exists(self.database)
 
     def migration_fingerprints(self, schemas: Sequence[str]) -> dict[str, str]:
         """Schema -> the ledger's fingerprint of its ``django_migrations`` rows, for each
@@ -181,14 +216,14 @@ class SchemaServer(PostgreSQLServer):
     def database_exists(self, name: str) -> bool:
         if not self.shared_database_exists():
             return False
-        with self._shared_cursor() as cursor:
+        with self._catalog_cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
             return cursor.fetchone() is not None
 
     def create_database(self, name: str) -> bool:
         _validate_schema_name(name)
         self.create_shared_database()
-        with self._shared_cursor() as cursor:
+        with self._catalog_cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name])
             if cursor.fetchone() is not None:
                 return False
@@ -395,7 +430,7 @@ class SchemaServer(PostgreSQLServer):
             _validate_schema_name(schema)
         if not self.shared_database_exists():
             return False
-        with self._shared_cursor() as cursor:
+        with self._catalog_cursor() as cursor:
             cursor.execute(
                 "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) ORDER BY nspname",
                 [candidates],
