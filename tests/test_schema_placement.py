@@ -611,6 +611,7 @@ def test_provisioning_beside_served_tenants_sets_up_no_connection_of_its_own(set
             assert texts() == [f"{tenant.slug} note"]
 
 
+@pytest.mark.skipif(PGBOUNCER, reason="PgBouncer gives one server session to several clients")
 def test_a_connection_lent_to_the_catalog_is_no_tenants_meanwhile(schemas):
     """While tenancy's statements run on the tenants' shared connection, a tenant's
     statement is lent another one; a transaction left open on it closes it."""
