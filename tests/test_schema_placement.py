@@ -573,6 +573,7 @@ def test_spare_schemas_are_claimed_then_made_again(settings, schemas):
     assert Domain.objects.filter(tenant__server="shared").count() == 2
 
 
+@postgresql_only
 def test_provisioning_beside_served_tenants_sets_up_no_connection_of_its_own(settings, schemas):
     """On a thread serving tenants of the server, provisioning asks the shared database's
     catalog (is the name free, claim a spare) on the connection they share, outside a
@@ -611,6 +612,7 @@ def test_provisioning_beside_served_tenants_sets_up_no_connection_of_its_own(set
             assert texts() == [f"{tenant.slug} note"]
 
 
+@postgresql_only
 @pytest.mark.skipif(PGBOUNCER, reason="PgBouncer gives one server session to several clients")
 def test_a_connection_lent_to_the_catalog_is_no_tenants_meanwhile(schemas):
     """While tenancy's statements run on the tenants' shared connection, a tenant's
@@ -635,6 +637,7 @@ def test_a_connection_lent_to_the_catalog_is_no_tenants_meanwhile(schemas):
             assert tenants.fetchone()[0] != catalogs  # the one left in a transaction closed
 
 
+@postgresql_only
 @pytest.mark.skipif(PGBOUNCER, reason="PgBouncer keeps its client connections")
 def test_provisioning_after_the_server_ended_the_shared_connection(schemas):
     """A shared connection the server has ended (a restart, idle_session_timeout) is not
@@ -655,6 +658,7 @@ def test_provisioning_after_the_server_ended_the_shared_connection(schemas):
             assert texts() == [f"{tenant.slug} note"]
 
 
+@postgresql_only
 @pytest.mark.skipif(PGBOUNCER, reason="LISTEN needs a session of its own")
 def test_a_notification_waiting_on_the_shared_connection_is_no_goodbye(schemas):
     """A notification (LISTEN) waiting on the shared connection does not make it look
