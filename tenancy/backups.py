@@ -52,7 +52,13 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from tenancy import ledger, replicas
 from tenancy.backends import get_server
-from tenancy.backends.base import CHUNK, DatabaseExists, DatabaseServer, DumpContents, Fingerprint
+from tenancy.backends.base import (
+    DatabaseExists,
+    DatabaseServer,
+    DumpContents,
+    DumpFile,
+    Fingerprint,
+)
 from tenancy.conf import PLACEMENTS, SCHEMAS_PLACEMENT, server_vendor, tenancy_settings
 from tenancy.connections import unregister
 from tenancy.exceptions import TenancyError, one_line
@@ -447,21 +453,19 @@ class _Backup:
     """An open backup file: its manifest, checked, and its dump member."""
 
     path: Path
-    archive: tarfile.TarFile
+    file: IO[bytes]
     manifest: Manifest
     member: tarfile.TarInfo
     signed: bool
 
-    def dump(self) -> IO[bytes]:
-        stream = self.archive.extractfile(self.member)
-        assert stream is not None  # a regular file
-        return stream
+    def dump(self) -> DumpFile:
+        return DumpFile(self.file, self.member.offset_data, self.member.size)
 
     def check_digest(self) -> None:
         """``BackupError`` unless the dump is the one the manifest describes: read whole
         before anything is restored from it."""
-        digest, stream = hashlib.sha256(), self.dump()
-        while chunk := stream.read(CHUNK):
+        digest = hashlib.sha256()
+        for chunk in self.dump().chunks():
             digest.update(chunk)
         if digest.hexdigest() != self.manifest.dump_sha256:
             raise BackupError(
@@ -510,7 +514,7 @@ def _open_backup(path: Path) -> Iterator[_Backup]:
                     f"{path} is damaged: its dump is not the one its manifest describes."
                 )
             signed = _signed(text, signature)
-            yield _Backup(path, archive, manifest, member, signed)
+            yield _Backup(path, handle, manifest, member, signed)
 
 
 def _has(archive: tarfile.TarFile, name: str) -> bool:

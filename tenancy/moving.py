@@ -42,7 +42,7 @@ from django.db import DatabaseError, connections, transaction
 
 from tenancy import replicas
 from tenancy.backends import get_server
-from tenancy.backends.base import DatabaseServer, Fingerprint
+from tenancy.backends.base import DatabaseServer, DumpFile, Fingerprint
 from tenancy.backends.client_programs import check_exit, client_program, reaped
 from tenancy.backends.sqlite import SQLiteServer
 from tenancy.conf import tenancy_settings
@@ -558,8 +558,7 @@ def _relocate(
                 progress("copied", copied, total)
 
         source.dump(name, keep)
-        dumped.seek(0)
-        target.restore_database(name, dumped, schema=source.home_schema(name))
+        target.restore_database(name, DumpFile.whole(dumped), schema=source.home_schema(name))
     return copied
 
 

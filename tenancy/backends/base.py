@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -86,6 +87,40 @@ class DumpContents:
 
 # A dump is handed over in chunks of this many bytes.
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DumpFile:
+    """A dump to restore: ``size`` bytes from byte ``offset`` of the open file ``file``
+    (the member of a backup's tar file, or a temporary file of its own)."""
+
+    file: IO[bytes]
+    offset: int
+    size: int
+
+    @classmethod
+    def whole(cls, file: IO[bytes]) -> DumpFile:
+        """All that was written to ``file``."""
+        file.flush()
+        return cls(file, 0, os.fstat(file.fileno()).st_size)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The dump's bytes, in chunks of at most ``CHUNK``."""
+        # pread: the file's position is left alone, so a thread can read the dump while
+        # another uses the file.
+        position, end = self.offset, self.offset + self.size
+        while position < end:
+            chunk = os.pread(self.file.fileno(), min(CHUNK, end - position), position)
+            if not chunk:
+                raise TenancyError(f"the dump ends {end - position} bytes early")
+            position += len(chunk)
+            yield chunk
+
+    def descriptor(self) -> int:
+        """The file's descriptor positioned at the dump's first byte, for a program that
+        reads the dump from its standard input itself (not through this process)."""
+        os.lseek(self.file.fileno(), self.offset, os.SEEK_SET)
+        return self.file.fileno()
 
 
 class DatabaseServer:
@@ -208,14 +243,14 @@ class DatabaseServer:
         return None
 
     def restore_database(
-        self, name: str, source: IO[bytes], *, schema: str | None, isolated: bool = False
+        self, name: str, dump: DumpFile, *, schema: str | None, isolated: bool = False
     ) -> None:
-        """Make database ``name``, which must not exist, from a dump read from ``source``
-        whose tables are in ``schema`` (the ``home_schema`` of the server it was dumped
-        from, which may keep its tenants otherwise than this one); a failure leaves no
-        database or an incomplete one, for the caller to drop (``drop_leftovers`` too).
-        ``isolated``: a dump this project did not make, whose SQL must run where no other
-        tenant's data is (a server whose tenants share a database restores it aside)."""
+        """Make database ``name``, which must not exist, from ``dump``, whose tables are
+        in ``schema`` (the ``home_schema`` of the server it was dumped from, which may keep
+        its tenants otherwise than this one); a failure leaves no database or an incomplete
+        one, for the caller to drop (``drop_leftovers`` too). ``isolated``: a dump this project
+        did not make, whose SQL must run where no other tenant's data is (a server whose
+        tenants share a database restores it aside)."""
         raise NotImplementedError
 
     def drop_leftovers(self, name: str) -> None:

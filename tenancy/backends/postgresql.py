@@ -21,6 +21,7 @@ from tenancy.backends.base import (
     DatabaseExists,
     DatabaseServer,
     DumpContents,
+    DumpFile,
     Fingerprint,
     TemplateInUse,
     TemplateMissing,
@@ -465,20 +466,19 @@ class PostgreSQLServer(DatabaseServer):
     def restore_database(
         self,
         database_name: str,
-        source: IO[bytes],
+        dump: DumpFile,
         *,
         schema: str | None,
         isolated: bool = False,
     ) -> None:
-        """``pg_restore`` of a custom-format dump read from ``source`` into the new
-        database ``database_name``, in one transaction, objects owned by this server's
-        user (as provisioning makes them), grants not restored (the roles may not exist
-        here). A dump of a schema tenant (``schema`` other than ``public``) has its schema
-        made the database's ``public``, where a tenant of its own database keeps its
-        tables."""
+        """``pg_restore`` of the custom-format ``dump`` into the new database
+        ``database_name``, in one transaction, objects owned by this server's user (as
+        provisioning makes them), grants not restored (the roles may not exist here). A dump
+        of a schema tenant (``schema`` other than ``public``) has its schema made the
+        database's ``public``, where a tenant of its own database keeps its tables."""
         if not self.create_database(database_name):
             raise DatabaseExists(f"database {database_name!r} exists on server {self.name!r}")
-        self._restore_into(database_name, source)
+        self._restore_into(database_name, dump)
         if schema not in (None, "public"):
             with self._cursor(database_name, direct=True) as cursor:
                 query = sql.SQL(
@@ -486,8 +486,13 @@ class PostgreSQLServer(DatabaseServer):
                 ).format(sql.Identifier(schema))
                 cursor.execute(query.as_string(cursor.connection))
 
-    def _restore_into(self, database_name: str, source: IO[bytes]) -> None:
-        """``pg_restore`` of the dump read from ``source`` into database ``database_name``."""
+    def _restore_into(self, database_name: str, dump: DumpFile) -> None:
+        """``pg_restore`` of ``dump`` into database ``database_name``. It reads the dump
+        from the file itself, its standard input placed at the dump's first byte: fed
+        through a pipe by this process, 50 MB took 0.1 s longer. It uses nothing after the
+        dump's last block: tenancy's dumps are written through a pipe, so they name no
+        positions of their blocks (which would be wrong in a larger file), and pg_restore
+        reads the blocks in turn from the end of the table of contents."""
         self._check_direct_route(database_name)
         with (
             self.client_connection(database_name) as (dsn, environment),
@@ -495,19 +500,12 @@ class PostgreSQLServer(DatabaseServer):
         ):
             restore = subprocess.Popen(
                 [client_program("pg_restore"), *RESTORE_OPTIONS, "--dbname", dsn],
-                stdin=subprocess.PIPE,
+                stdin=dump.descriptor(),
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
                 env=environment,
             )
             with reaped(restore):
-                assert restore.stdin is not None
-                try:
-                    while chunk := source.read(CHUNK):
-                        restore.stdin.write(chunk)
-                    restore.stdin.close()
-                except BrokenPipeError:
-                    pass  # pg_restore ended; its errors say why
                 restore.wait()
             check_exit("pg_restore", restore, errors)
 

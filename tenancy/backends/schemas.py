@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import IO, Any, cast
+from typing import Any, cast
 
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -24,7 +24,7 @@ from django.db.utils import DatabaseErrorWrapper
 from psycopg import errors, sql
 
 from tenancy.backends import get_server
-from tenancy.backends.base import DatabaseExists, DumpContents, Fingerprint
+from tenancy.backends.base import DatabaseExists, DumpContents, DumpFile, Fingerprint
 from tenancy.backends.postgresql import (
     _CLUSTER,
     _ROW_TEXT,
@@ -265,7 +265,7 @@ class SchemaServer(PostgreSQLServer):
         return self._dump(self.database, sink, schema=database_name)
 
     def restore_database(
-        self, name: str, source: IO[bytes], *, schema: str | None, isolated: bool = False
+        self, name: str, dump: DumpFile, *, schema: str | None, isolated: bool = False
     ) -> None:
         """``pg_restore`` into the shared database of a dump whose tables are in
         ``schema``, as schema ``name`` (in one transaction: a failure leaves no schema).
@@ -278,13 +278,13 @@ class SchemaServer(PostgreSQLServer):
             raise DatabaseExists(f"schema {name!r} exists on server {self.name!r}")
         self.create_shared_database()
         if schema == name and not isolated:
-            self._restore_into(self.database, source)
+            self._restore_into(self.database, dump)
             return
         plain, scratch = PostgreSQLServer(self.name, self.template), self._scratch_name(name)
         self.drop_leftovers(name)
         plain.create_database(scratch)
         try:
-            plain._restore_into(scratch, source)
+            plain._restore_into(scratch, dump)
             with plain._cursor(scratch, direct=True) as cursor:
                 _refuse_what_a_schema_cannot_hold(cursor, self.name, name, schema or "public")
                 if schema != name:
@@ -298,8 +298,7 @@ class SchemaServer(PostgreSQLServer):
                     renamed.write(chunk)
 
                 plain._dump(scratch, keep, schema=name)
-                renamed.seek(0)
-                self._restore_into(self.database, renamed)
+                self._restore_into(self.database, DumpFile.whole(renamed))
         finally:
             self.drop_leftovers(name)
 

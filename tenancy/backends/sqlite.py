@@ -6,12 +6,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from tenancy.backends.base import (
@@ -19,6 +18,7 @@ from tenancy.backends.base import (
     DatabaseExists,
     DatabaseServer,
     DumpContents,
+    DumpFile,
     Fingerprint,
     TemplateMissing,
 )
@@ -181,12 +181,12 @@ class SQLiteServer(DatabaseServer):
     def restore_database(
         self,
         database_name: str,
-        source: IO[bytes],
+        dump: DumpFile,
         *,
         schema: str | None = None,
         isolated: bool = False,
     ) -> None:
-        """The file read from ``source`` into a private file, checked to be a sound SQLite
+        """The file of ``dump`` copied into a private file, checked to be a sound SQLite
         database, then linked into place (never over an existing one)."""
         target = self.path(database_name)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,8 @@ class SQLiteServer(DatabaseServer):
         partial = private_path(target)
         try:
             with partial.open("wb") as restored:
-                shutil.copyfileobj(source, restored, CHUNK)
+                for chunk in dump.chunks():
+                    restored.write(chunk)
                 restored.flush()
                 os.fsync(restored.fileno())
             with contextlib.closing(sqlite3.connect(sqlite_uri(partial), uri=True)) as check:
