@@ -35,8 +35,9 @@ import logging
 import os
 import re
 import tarfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -457,22 +458,37 @@ class _Backup:
     manifest: Manifest
     member: tarfile.TarInfo
     signed: bool
+    digest: _DigestReader | None = None
 
     def dump(self) -> DumpFile:
-        return DumpFile(self.file, self.member.offset_data, self.member.size)
+        """The dump, handed to the server once its digest matched (``check_digest``)."""
+        return self._dump_file(check=self.check_digest)
+
+    def start_digest_check(self) -> None:
+        """Start reading the dump's SHA-256, in a thread: the restore makes the database
+        meanwhile, and the dump is handed to the server once it matched."""
+        if self.digest is None:
+            self.digest = _DigestReader(self._dump_file())
 
     def check_digest(self) -> None:
         """``BackupError`` unless the dump is the one the manifest describes: read whole
         before anything is restored from it."""
-        digest = hashlib.sha256()
-        for chunk in self.dump().chunks():
-            digest.update(chunk)
-        if digest.hexdigest() != self.manifest.dump_sha256:
+        self.start_digest_check()
+        assert self.digest is not None
+        if self.digest.result() != self.manifest.dump_sha256:
             raise BackupError(
                 f"{self.path}, a backup of tenant {self.manifest.slug!r}, is damaged: its "
                 "dump differs from the one its manifest describes (SHA-256); nothing was "
                 "restored."
             )
+
+    def close(self) -> None:
+        """Stop reading the digest (before the file is closed)."""
+        if self.digest is not None:
+            self.digest.stop()
+
+    def _dump_file(self, check: Callable[[], None] | None = None) -> DumpFile:
+        return DumpFile(self.file, self.member.offset_data, self.member.size, check)
 
     def refuse_unsigned(self, trust: bool) -> None:
         if not self.signed and not trust:
@@ -513,8 +529,11 @@ def _open_backup(path: Path) -> Iterator[_Backup]:
                 raise BackupError(
                     f"{path} is damaged: its dump is not the one its manifest describes."
                 )
-            signed = _signed(text, signature)
-            yield _Backup(path, handle, manifest, member, signed)
+            backup = _Backup(path, handle, manifest, member, _signed(text, signature))
+            try:
+                yield backup
+            finally:
+                backup.close()
 
 
 def _has(archive: tarfile.TarFile, name: str) -> bool:
@@ -545,6 +564,41 @@ def _signed(data: bytes, signature: bytes) -> bool:
         return False
     keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
     return any(constant_time_compare(_sign(data, key), signature) for key in keys)
+
+
+class _DigestReader(threading.Thread):
+    """The SHA-256 of a dump, read in a thread of its own (hashlib lets go of the GIL):
+    ``result`` waits for it; ``stop`` ends the reading early."""
+
+    def __init__(self, dump: DumpFile) -> None:
+        super().__init__(name="tenancy-digest", daemon=True)
+        self.dump = dump
+        self.stopped = threading.Event()
+        self.hexdigest = ""
+        self.failure: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            for chunk in self.dump.chunks():
+                if self.stopped.is_set():
+                    return
+                digest.update(chunk)
+        except BaseException as exc:
+            self.failure = exc
+            return
+        self.hexdigest = digest.hexdigest()
+
+    def result(self) -> str:
+        self.join()
+        if self.failure is not None:
+            raise self.failure
+        return self.hexdigest
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
 
 
 # -- restoring -----------------------------------------------------------------------------
@@ -593,7 +647,8 @@ def restore_tenant(
                 f"Tenant {slug!r} cannot be restored inside a transaction on the main "
                 "database; restore it outside transaction.atomic()."
             )
-        backup.check_digest()  # before anything runs what the dump holds
+        # Read while the database is made; awaited before anything reads the dump.
+        backup.start_digest_check()
         try:
             with tenant_lock(slug):
                 existing = get_tenant_model()._default_manager.filter(slug=slug).first()
@@ -681,6 +736,7 @@ def _continue_recorded(
             f"Tenant {tenant.slug!r} is being moved to server {record.target_server!r}; "
             "finish or undo the move first (`manage.py move_tenant`)."
         )
+    backup.check_digest()  # a damaged file leaves even what the interrupted run left
     report = _report(tenant.slug, record.target_server, record.target_name, backup.manifest)
     report.replaced, report.resumed = f"{record.database_name} on {record.source_server}", True
     if record.step == MoveStep.SWITCHED:
@@ -704,7 +760,9 @@ def _restore_new(
     a side copy is suspended (not served, no jobs: it is for looking at)."""
     manifest = backup.manifest
     if tenant is not None:
-        # A restore of it was killed: its database is incomplete, made again.
+        # A restore of it was killed: its database is incomplete, made again (not from a
+        # damaged file: that leaves it as it is).
+        backup.check_digest()
         server_name = tenant.server
         if server is not None and server != server_name:
             raise BackupError(

@@ -5,6 +5,7 @@ then given to the tenant; a failure leaves every tenant and database as it was."
 import builtins
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def rewrite_manifest(path, change, *, sign=True):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+
+
+def damaged_copy(path, target):
+    """The backup at ``path`` written to ``target`` with a byte inside its dump changed."""
+    data = bytearray(Path(path).read_bytes())
+    data[512 + 4000] ^= 0xFF
+    target.write_bytes(bytes(data))
+    return target
 
 
 def leftover_restore(tenant):
@@ -187,10 +196,7 @@ def test_a_side_copy_is_a_tenant_of_its_own_without_domains(gamma, backup):
 
 
 def test_a_damaged_backup_is_refused_and_leaves_nothing(gamma, backup, tmp_path):
-    path = tmp_path / "damaged.tar"
-    data = bytearray(Path(backup.path).read_bytes())
-    data[512 + 4000] ^= 0xFF  # a byte inside the dump
-    path.write_bytes(bytes(data))
+    path = damaged_copy(backup.path, tmp_path / "damaged.tar")
     with tenant_context(gamma):
         Note.objects.create(text="kept")
     before = databases()
@@ -207,6 +213,58 @@ def test_a_damaged_backup_is_refused_and_leaves_nothing(gamma, backup, tmp_path)
         restore_tenant(path, as_slug="damaged")
     assert not Tenant.objects.filter(slug="damaged").exists()
     assert databases() == before
+
+
+def test_a_dump_other_than_the_manifests_is_never_handed_to_the_server(
+    gamma, backup, tmp_path, monkeypatch
+):
+    # Another dump of gamma with as many rows (one note's text changed) in place of the
+    # backup's, its size in the signed manifest: only the digest tells them apart. It is
+    # read while the database is made, and pg_restore never starts on a dump that fails it.
+    with tenant_context(gamma):
+        Note.objects.filter(text="note 00").update(text="note XX")
+    other = backup_tenant(gamma, tmp_path / "other.tar")
+    with tarfile.open(other.path) as archive:
+        dump = archive.extractfile(archive.getnames()[0]).read()
+    path = tmp_path / "swapped.tar"
+    with tarfile.open(backup.path) as archive, tarfile.open(path, "w") as swapped:
+        for member in archive:
+            data = dump if member.name.startswith("database.") else archive.extractfile(member)
+            member.size = len(dump) if member.name.startswith("database.") else member.size
+            swapped.addfile(member, io.BytesIO(data) if isinstance(data, bytes) else data)
+    rewrite_manifest(path, lambda manifest: manifest.update(dump_bytes=len(dump)))
+    programs = []
+    popen = subprocess.Popen
+
+    def started(args, *rest, **options):
+        programs.append(Path(args[0]).name)
+        return popen(args, *rest, **options)
+
+    monkeypatch.setattr(subprocess, "Popen", started)
+    before = databases()
+    with pytest.raises(BackupError, match="damaged"):
+        restore_tenant(path, as_slug="swapped")
+    assert "pg_restore" not in programs
+    assert not Tenant.objects.filter(slug="swapped").exists()
+    assert databases() == before
+
+
+def test_a_damaged_file_leaves_an_interrupted_restore_as_it_was(gamma, backup, tmp_path):
+    path = damaged_copy(backup.path, tmp_path / "damaged.tar")
+    leftover_restore(gamma)
+    with pytest.raises(BackupError, match="damaged"):
+        restore_tenant(path, replace=True)
+    assert get_server("one").database_exists("test_tenancy_gamma_leftover")
+    assert TenantMove.objects.filter(tenant_id=gamma.pk).exists()
+    # Nor is a killed restore of a new tenant made again from it.
+    abort_restore("gamma")
+    deprovision_tenant(Tenant.objects.get(slug="gamma"))
+    tenant = Tenant.objects.create(slug="gamma", server="one", status=TenantStatus.RESTORING)
+    get_server("one").create_database(tenant.database_name)
+    with pytest.raises(BackupError, match="damaged"):
+        restore_tenant(path)
+    assert Tenant.objects.get(slug="gamma").status == TenantStatus.RESTORING
+    assert get_server("one").database_exists(tenant.database_name)
 
 
 def test_rows_that_differ_from_the_manifest_are_refused(gamma, backup):

@@ -92,11 +92,14 @@ CHUNK = 1 << 20
 @dataclass(frozen=True)
 class DumpFile:
     """A dump to restore: ``size`` bytes from byte ``offset`` of the open file ``file``
-    (the member of a backup's tar file, or a temporary file of its own)."""
+    (the member of a backup's tar file, or a temporary file of its own). ``check``, when
+    given, is called before any of it is handed out and raises when it must not be: a
+    backup's digest is read meanwhile (``tenancy.backups``)."""
 
     file: IO[bytes]
     offset: int
     size: int
+    check: Callable[[], None] | None = field(default=None, compare=False)
 
     @classmethod
     def whole(cls, file: IO[bytes]) -> DumpFile:
@@ -106,6 +109,8 @@ class DumpFile:
 
     def chunks(self) -> Iterator[bytes]:
         """The dump's bytes, in chunks of at most ``CHUNK``."""
+        if self.check is not None:
+            self.check()
         # pread: the file's position is left alone, so a thread can read the dump while
         # another uses the file.
         position, end = self.offset, self.offset + self.size
@@ -119,6 +124,8 @@ class DumpFile:
     def descriptor(self) -> int:
         """The file's descriptor positioned at the dump's first byte, for a program that
         reads the dump from its standard input itself (not through this process)."""
+        if self.check is not None:
+            self.check()
         os.lseek(self.file.fileno(), self.offset, os.SEEK_SET)
         return self.file.fileno()
 
@@ -248,7 +255,8 @@ class DatabaseServer:
         """Make database ``name``, which must not exist, from ``dump``, whose tables are
         in ``schema`` (the ``home_schema`` of the server it was dumped from, which may keep
         its tenants otherwise than this one); a failure leaves no database or an incomplete
-        one, for the caller to drop (``drop_leftovers`` too). ``isolated``: a dump this project
+        one, for the caller to drop (``drop_leftovers`` too). The dump is read once the
+        database is made: its ``check`` runs meanwhile. ``isolated``: a dump this project
         did not make, whose SQL must run where no other tenant's data is (a server whose
         tenants share a database restores it aside)."""
         raise NotImplementedError
