@@ -59,6 +59,7 @@ from tenancy.backends.base import (
     DumpContents,
     DumpFile,
     Fingerprint,
+    held_connections,
 )
 from tenancy.conf import PLACEMENTS, SCHEMAS_PLACEMENT, server_vendor, tenancy_settings
 from tenancy.connections import unregister
@@ -650,7 +651,9 @@ def restore_tenant(
         # Read while the database is made; awaited before anything reads the dump.
         backup.start_digest_check()
         try:
-            with tenant_lock(slug):
+            # The server is asked several things in a row (is the name free, make the
+            # database): one connection to each database, not one per question.
+            with tenant_lock(slug), held_connections():
                 existing = get_tenant_model()._default_manager.filter(slug=slug).first()
                 record = (
                     TenantMove.objects.filter(tenant_id=existing.pk).first()
