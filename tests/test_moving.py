@@ -4,6 +4,7 @@ undone by running it again."""
 
 import json
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -415,6 +416,16 @@ def test_an_inherited_libpq_service_does_not_redirect_the_copy(gamma, monkeypatc
     before = texts(gamma)
     move_tenant(gamma, "two")
     assert texts(Tenant.objects.get(slug="gamma")) == before
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="client programs are PostgreSQL's")
+def test_client_programs_read_the_password_from_a_file_of_the_owners_only(db_access):
+    with get_server("one").client_connection("test_tenancy_gamma") as (dsn, environment):
+        service_file = Path(environment["PGSERVICEFILE"])
+        assert dsn == "service=tenancy"
+        assert service_file.stat().st_mode & 0o077 == 0
+        assert "dbname=test_tenancy_gamma" in service_file.read_text().splitlines()
+    assert not service_file.exists()
 
 
 def test_a_delete_while_another_run_holds_the_tenant_is_refused(gamma):
