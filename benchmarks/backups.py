@@ -17,9 +17,9 @@ two sides alternate which goes first):
   file written under a private name, synced and linked into place;
 - **pg_restore by hand**: ``createdb``, then ``pg_restore --single-transaction
   --no-owner --no-acl --exit-on-error`` of the dump file into it;
-- **restore_tenant --as**: a new tenant recorded, the same pg_restore fed from the tar
-  file, the digest checked, the rows counted and compared with the manifest, the
-  migrations checked, the tenant activated.
+- **restore_tenant --as**: a new tenant recorded, the same pg_restore reading the tar
+  file once the dump's digest (read while the database is created) matched, the rows
+  counted and compared with the manifest, the migrations checked, the tenant activated.
 
 Printed: medians of the runs in seconds and tenancy's time over the tools' (the overhead).
 """
