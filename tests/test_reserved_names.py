@@ -294,3 +294,49 @@ def test_database_name_patterns_with_a_fixed_part_are_accepted(settings, pattern
     settings.TENANCY = {**settings.TENANCY, "DATABASE_NAME": pattern}
     tenancy_settings.validate()
     assert "tenancy.E001" not in [message.id for message in check_settings()]
+
+
+def test_a_database_is_claimed_by_its_tenant_and_by_a_move_from_or_to_it(db_access, settings):
+    """The one query behind every free-name check: a tenant's database on any entry of
+    the same server, the source of a move, its named target, and a restore's target
+    under the source's name, each claim it; the tenant asking is left out."""
+    from tenancy.models import MoveKind, MoveStep, TenantMove
+    from tenancy.reserved import unavailable_reason
+
+    servers = settings.TENANCY["SERVERS"]
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "alias": servers["one"]}}
+    Tenant.objects.create(slug="owner", server="alias", database_name="test_db_owned")
+    mover = Tenant.objects.create(slug="mover", server="two", database_name="test_db_moving")
+    assert unavailable_reason("one", "test_db_owned", slug="other") == (
+        "the database of tenant 'owner'"
+    )
+    assert unavailable_reason("alias", "test_db_owned", slug="owner") is None
+    assert unavailable_reason("one", "test_db_free", slug="other") is None
+
+    def move(**fields: str) -> None:
+        TenantMove.objects.all().delete()
+        values = {"source_server": "two", "target_server": "one", "database_name": "x"}
+        TenantMove.objects.create(
+            tenant=mover,
+            kind=MoveKind.MOVE,
+            previous_status=TenantStatus.ACTIVE,
+            step=MoveStep.COPYING,
+            **{**values, **fields},
+        )
+
+    moving = "where tenant 'mover' is being moved"
+    move(source_server="one", database_name="test_db_a")  # from test_db_a on server one
+    assert unavailable_reason("alias", "test_db_a", slug="other") == moving
+    assert unavailable_reason("one", "test_db_a", slug="mover") is None
+    move(target_database="test_db_b")  # to test_db_b on server one
+    assert unavailable_reason("one", "test_db_b", slug="other") == moving
+    assert unavailable_reason("two", "test_db_b", slug="other") is None
+    move(target_database="", database_name="test_db_c")  # to server one, the same name
+    assert unavailable_reason("alias", "test_db_c", slug="other") == moving
+    assert unavailable_reason("one", "test_db_owned", slug="other") == (
+        "the database of tenant 'owner'"  # a tenant's before a move's
+    )
+    move(target_database="test_db_owned")
+    assert unavailable_reason("one", "test_db_owned", slug="other") == (
+        "the database of tenant 'owner'"
+    )
