@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -460,15 +461,30 @@ class _Backup:
     member: tarfile.TarInfo
     signed: bool
     digest: _DigestReader | None = None
+    # The file's identity and times when its digest was started (``check_unchanged``).
+    state: tuple[int, ...] = ()
+    copies: list[IO[bytes]] = field(default_factory=list)
 
     def dump(self) -> DumpFile:
-        """The dump, handed to the server once its digest matched (``check_digest``)."""
-        return self._dump_file(check=self.check_digest)
+        """The dump, handed to the server once its digest matched (``check_digest``).
+        A signed dump was written through a pipe, so it names no positions of its blocks,
+        and ``pg_restore`` reads it in place, from the backup file. Another may have
+        been written by ``pg_dump --file``, whose positions count from the dump's own
+        start: it is read from a private copy."""
+        if self.signed:
+            return self._dump_file(check=self.check_digest)
+        self.check_digest()
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the backup)
+        self.copies.append(copy)
+        for chunk in self._dump_file().chunks():
+            copy.write(chunk)
+        return DumpFile.whole(copy)
 
     def start_digest_check(self) -> None:
         """Start reading the dump's SHA-256, in a thread: the restore makes the database
         meanwhile, and the dump is handed to the server once it matched."""
         if self.digest is None:
+            self.state = _file_state(self.file)
             self.digest = _DigestReader(self._dump_file())
 
     def check_digest(self) -> None:
@@ -476,17 +492,32 @@ class _Backup:
         before anything is restored from it."""
         self.start_digest_check()
         assert self.digest is not None
-        if self.digest.result() != self.manifest.dump_sha256:
+        try:
+            digest = self.digest.result()
+        except (OSError, TenancyError) as exc:
+            raise BackupError(f"{self.path} cannot be read ({one_line(exc)}).") from None
+        if digest != self.manifest.dump_sha256:
             raise BackupError(
                 f"{self.path}, a backup of tenant {self.manifest.slug!r}, is damaged: its "
                 "dump differs from the one its manifest describes (SHA-256); nothing was "
                 "restored."
             )
 
+    def check_unchanged(self) -> None:
+        """``BackupError`` when the backup file was written to since its digest was
+        started (its change time moved): what was restored may not be what was checked."""
+        if self.state and _file_state(self.file) != self.state:
+            raise BackupError(
+                f"{self.path} was written to while it was being restored; the restore was "
+                "undone. Restore it again once nothing writes to it."
+            )
+
     def close(self) -> None:
-        """Stop reading the digest (before the file is closed)."""
+        """Stop reading the digest (before the file is closed); remove the copies."""
         if self.digest is not None:
             self.digest.stop()
+        for copy in self.copies:
+            copy.close()
 
     def _dump_file(self, check: Callable[[], None] | None = None) -> DumpFile:
         return DumpFile(self.file, self.member.offset_data, self.member.size, check)
@@ -565,6 +596,13 @@ def _signed(data: bytes, signature: bytes) -> bool:
         return False
     keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
     return any(constant_time_compare(_sign(data, key), signature) for key in keys)
+
+
+def _file_state(file: IO[bytes]) -> tuple[int, ...]:
+    """What changes when a file is written to, even by someone who puts its modification
+    time back: its change time (with its identity, size and modification time)."""
+    status = os.fstat(file.fileno())
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
 
 
 class _DigestReader(threading.Thread):
@@ -923,6 +961,7 @@ def _restore_database(
             name, backup.dump(), schema=manifest.home_schema, isolated=not backup.signed
         )
     with timed_step(report.steps, "verified"):
+        backup.check_unchanged()
         restored = server.fingerprint(name, checksums=False)
         differences = manifest.fingerprint.relative_to(manifest.home_schema).differences(
             restored.relative_to(server.home_schema(name))

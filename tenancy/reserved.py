@@ -148,6 +148,9 @@ def unavailable_reason(server: str, database_name: str, *, slug: str) -> str | N
     return f"the database of tenant {other!r}"
 
 
+_TENANT_COLUMNS = ("slug", "server", "database_name")
+
+
 def _claim(server: str, database_name: str, *, other_than: str) -> tuple[int, str] | None:
     """``registered_tenant()`` and ``moving_to()`` in one query: ``(0, slug)`` of the
     tenant (other than ``other_than``) whose database this is, else ``(1, slug)`` of one
@@ -157,9 +160,17 @@ def _claim(server: str, database_name: str, *, other_than: str) -> tuple[int, st
     server to answer it."""
     from tenancy.models import TenantMove, get_tenant_model, registry_database
 
+    tenants, moves = get_tenant_model()._meta, TenantMove._meta
+    if any(tenants.get_field(name).model is not tenants.model for name in _TENANT_COLUMNS):
+        # Fields of a parent model's table (multi-table inheritance): the ORM's queries.
+        tenant = _registered(server, database_name, other_than=other_than).order_by("slug")
+        found = tenant.values_list("slug", flat=True).first()
+        if found is not None:
+            return 0, found
+        mover = moving_to(server, database_name, other_than=other_than)
+        return None if mover is None else (1, mover)
     connection = connections[registry_database()]
     quote = connection.ops.quote_name
-    tenants, moves = get_tenant_model()._meta, TenantMove._meta
 
     def column(table: Any, name: str | None) -> str:
         return f"{quote(table.db_table)}.{quote(table.get_field(name).column)}"

@@ -506,6 +506,66 @@ def test_a_backup_not_signed_by_this_project_is_restored_only_when_trusted(gamma
     assert len(texts(Tenant.objects.get(slug="gamma-copy"))) == 25
 
 
+def test_a_backup_written_to_while_it_is_restored_is_undone(gamma, backup, tmp_path, monkeypatch):
+    """The file is opened once, and its digest read before the dump runs; a write into
+    it afterwards (the same file, in place) is found before the restored database is
+    given to anyone, and the restore undone."""
+    with tenant_context(gamma):
+        Note.objects.filter(text="note 00").update(text="note XX")
+    other = backup_tenant(gamma, tmp_path / "other")
+    with tarfile.open(other.path) as archive:
+        replacement = archive.extractfile(archive.getnames()[0]).read()
+    path, checked = Path(backup.path), backups_module._Backup.check_digest
+
+    def check_then_write(self):
+        checked(self)  # the genuine, signed dump
+        with path.open("r+b") as file:
+            file.seek(self.member.offset_data)
+            file.write(replacement[: self.member.size])
+
+    monkeypatch.setattr(backups_module._Backup, "check_digest", check_then_write)
+    before = databases()
+    with pytest.raises(BackupError, match="was written to while it was being restored"):
+        restore_tenant(path, as_slug="gamma-copy")
+    assert databases() == before
+    assert not Tenant.objects.filter(slug="gamma-copy").exists()
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="pg_dump's")
+def test_a_trusted_dump_written_by_pg_dump_to_a_file_is_restored(gamma, backup, tmp_path):
+    """A dump written by ``pg_dump --file`` names the positions of its blocks from its own
+    start; inside a backup file it is read from a copy of its own."""
+    import hashlib
+
+    from tenancy.backends.client_programs import client_program
+
+    dump = tmp_path / "file.dump"
+    with get_server("one").client_connection(gamma.database_name) as (dsn, environment):
+        subprocess.run(
+            [client_program("pg_dump"), "--format=custom", "--file", str(dump), dsn],
+            env=environment,
+            check=True,
+        )
+    data, path = dump.read_bytes(), Path(backup.path)
+    with tarfile.open(path) as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive}
+    name = next(name for name in members if name.startswith("database."))
+    members[name] = data
+    with tarfile.open(path, "w") as archive:
+        for member, content in members.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    digest = hashlib.sha256(data).hexdigest()
+    rewrite_manifest(
+        path,
+        lambda manifest: manifest.update(dump_bytes=len(data), dump_sha256=digest),
+        sign=False,
+    )
+    restore_tenant(path, as_slug="gamma-copy", trust=True)
+    assert texts(Tenant.objects.get(slug="gamma-copy")) == texts(gamma)
+
+
 def test_a_manifest_changed_after_signing_is_not_trusted(gamma, backup, settings):
     rewrite_manifest(
         Path(backup.path), lambda manifest: manifest.update(name="Changed"), sign=False

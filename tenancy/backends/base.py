@@ -107,10 +107,15 @@ class DumpFile:
         file.flush()
         return cls(file, 0, os.fstat(file.fileno()).st_size)
 
-    def chunks(self) -> Iterator[bytes]:
-        """The dump's bytes, in chunks of at most ``CHUNK``."""
+    def verify(self) -> None:
+        """Raise unless the dump may be handed out (its ``check``): before anything is
+        done on its account, even removing what an earlier attempt left."""
         if self.check is not None:
             self.check()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The dump's bytes, in chunks of at most ``CHUNK``."""
+        self.verify()
         # pread: the file's position is left alone, so a thread can read the dump while
         # another uses the file.
         position, end = self.offset, self.offset + self.size
@@ -124,8 +129,7 @@ class DumpFile:
     def descriptor(self) -> int:
         """The file's descriptor positioned at the dump's first byte, for a program that
         reads the dump from its standard input itself (not through this process)."""
-        if self.check is not None:
-            self.check()
+        self.verify()
         os.lseek(self.file.fileno(), self.offset, os.SEEK_SET)
         return self.file.fileno()
 

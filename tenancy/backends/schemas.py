@@ -274,6 +274,7 @@ class SchemaServer(PostgreSQLServer):
         ``isolated`` one, whose SQL then runs in the scratch database only (only
         schema ``name``, dumped again from there, reaches the shared database)."""
         _validate_schema_name(name)
+        dump.verify()
         if self.database_exists(name):
             raise DatabaseExists(f"schema {name!r} exists on server {self.name!r}")
         self.create_shared_database()

@@ -189,6 +189,7 @@ class SQLiteServer(DatabaseServer):
         """The file of ``dump`` copied into a private file, checked to be a sound SQLite
         database, then linked into place (never over an existing one)."""
         target = self.path(database_name)
+        dump.verify()
         self.directory.mkdir(parents=True, exist_ok=True)
         remove_partial_files_of_dead_processes(target)
         partial = private_path(target)
