@@ -15,7 +15,7 @@ import hashlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 
 import psycopg
@@ -110,23 +110,24 @@ class SchemaServer(PostgreSQLServer):
         free (``schema_connections.borrowed``), else on tenancy's own. Provisioning a
         tenant then sets up no connection of its own. Errors are Django's, as a
         ``_shared_cursor``'s are. Behind a pooler in transaction mode, tenancy's own."""
-        if self.template.get("TRANSACTION_POOLING"):
-            with self._shared_cursor() as cursor:
-                yield cursor
-            return
-        with borrowed(self._tenant_settings()) as raw:
+        tenants = self._lendable_settings()
+        with borrowed(tenants) if tenants is not None else nullcontext() as raw:
             if raw is None:
                 with self._shared_cursor() as cursor:
                     yield cursor
-                return
-            with DatabaseErrorWrapper(cast(Any, _Driver())), raw.cursor() as cursor:
-                yield cursor
+            else:
+                with DatabaseErrorWrapper(cast(Any, _Driver())), raw.cursor() as cursor:
+                    yield cursor
 
-    def _tenant_settings(self) -> dict[str, Any]:
+    def _lendable_settings(self) -> dict[str, Any] | None:
         """A tenant's ``DATABASES`` entry on this server, its schema aside
-        (``tenancy.connections.connection_settings``)."""
+        (``tenancy.connections.connection_settings``), whose thread's shared connection
+        tenancy may use for its catalog statements; ``None`` behind a pooler in
+        transaction mode, where tenancy uses its own."""
+        if self.template.get("TRANSACTION_POOLING"):
+            return None
         database = self._settings_for(self.database)
-        database[POOLED_KEY] = bool(self.template.get("TRANSACTION_POOLING"))
+        database[POOLED_KEY] = False
         return dict(connections.configure_settings({DEFAULT_DB_ALIAS: {}, "x": database})["x"])
 
     def create_shared_database(self) -> bool:
@@ -177,8 +178,8 @@ class SchemaServer(PostgreSQLServer):
         tenants of the server hold a connection to it (``_catalog_cursor`` would lend
         it), else asked of the maintenance database. (Connecting to find out is no
         answer: behind PgBouncer, a failed login holds every later one back.)"""
-        pooled = self.template.get("TRANSACTION_POOLING")
-        if not pooled and holds_lendable(self._tenant_settings()):
+        tenants = self._lendable_settings()
+        if tenants is not None and holds_lendable(tenants):
             return True
         return super().database_exists(self.database)
 
