@@ -9,8 +9,10 @@ the measuring process, as a WSGI server calls it. Plain Django serves the same v
 its only database; django-tenants finds the tenant by its host in its Domain table and sets
 the schema; tenancy finds it in ``tenancy.Domain`` in the main database and routes to the
 tenant's database; tenancy with schema placement routes to the tenant's schema of a shared
-database instead; tenancy with users per tenant keeps users and sessions in the tenant's
-database (auth and sessions in TENANT_APPS). All on the one cluster of TENANCY_TEST_PG_1.
+database instead, or (main) to the tenant's schema of the main database, as django-tenants
+keeps it, on the main database's connection; tenancy with users per tenant keeps users and
+sessions in the tenant's database (auth and sessions in TENANT_APPS). All on the one
+cluster of TENANCY_TEST_PG_1.
 
 Rows: persistent connections (CONN_MAX_AGE=600) and Django's default (CONN_MAX_AGE=0),
 anonymous and signed in (a session cookie of a user signed in on that tenant; the view
@@ -44,9 +46,22 @@ DJANGO_TENANTS = "4.0.1"  # pinned: the version measured
 BENCH_VENV = ROOT / ".venv-bench"
 HOST = "alpha.localhost"
 USERNAME = "bench"
-VARIANTS = ("plain", "django_tenants", "tenancy", "tenancy_schemas", "tenancy_users")
-# The tenancy variants, as printed: a database per tenant, a schema per tenant, users per tenant.
-TENANCY_VARIANTS = {"tenancy": "tenancy", "tenancy_schemas": "schemas", "tenancy_users": "users"}
+VARIANTS = (
+    "plain",
+    "django_tenants",
+    "tenancy",
+    "tenancy_schemas",
+    "tenancy_main",
+    "tenancy_users",
+)
+# The tenancy variants, as printed: a database per tenant, a schema per tenant (of a shared
+# database; of the main database), users per tenant.
+TENANCY_VARIANTS = {
+    "tenancy": "tenancy",
+    "tenancy_schemas": "schemas",
+    "tenancy_main": "main",
+    "tenancy_users": "users",
+}
 ROWS = (
     ("persistent connections (CONN_MAX_AGE=600), anonymous", 600, False),
     ("persistent connections (CONN_MAX_AGE=600), signed in", 600, True),
@@ -390,9 +405,10 @@ def main() -> None:
     )
     print(
         "\ntenancy: a database per tenant, users and sessions in the main database; schemas: "
-        "the same with schema placement;\nusers: a database per tenant holding its users and "
-        "sessions too. Ratios: each tenancy variant's ms / plain's and / django-tenants'.\n"
-        f"\n{'':56} {'ms per request':^44} {'statements':^24}\n"
+        "the same with schema placement;\nmain: schemas of the main database (one connection "
+        "for both); users: a database per tenant holding its users\nand sessions too. "
+        "Ratios: each tenancy variant's ms / plain's and / django-tenants'.\n"
+        f"\n{'':56} {'ms per request':^54} {'statements':^30}\n"
         f"{'':56} {'plain':>8} {'dj-ten.':>8}"
         + "".join(f" {name:>8}" for name in TENANCY_VARIANTS.values())
         + f" {'pl':>4} {'dt':>4}"

@@ -32,6 +32,10 @@ class TenancyConfig(AppConfig):
 
         guards.install()  # CrossTenantError for objects the router never sees
 
+        from tenancy import main_database
+
+        main_database.install()  # schema tenants in the main database share its connection
+
         _install_contrib_sites()
 
         from tenancy import registry_cache, registry_stamp

@@ -68,6 +68,55 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id="tenancy.W003",
                 )
             )
+    errors.extend(_check_main_database())
+    return errors
+
+
+def _check_main_database() -> list[checks.CheckMessage]:
+    """A schema server keeping its tenants in the main database (``tenancy.main_database``):
+    refused behind a pooler in transaction mode; a warning when the main database cannot
+    share its connection with them."""
+    from django.db import DEFAULT_DB_ALIAS, connections
+
+    from tenancy.backends.schemas import SchemaServer
+    from tenancy.main_database import different_settings
+
+    errors: list[checks.CheckMessage] = []
+    if DEFAULT_DB_ALIAS not in settings.DATABASES:
+        return errors
+    for name, template in tenancy_settings.SERVERS.items():
+        if not is_schema_server(template):
+            continue
+        server = SchemaServer(name, template)
+        if not server.holds_main_database:
+            continue
+        if template.get("TRANSACTION_POOLING"):
+            errors.append(
+                checks.Error(
+                    f"TENANCY['SERVERS'][{name!r}] keeps its tenants in the main database "
+                    "behind a pooler in transaction mode, where a tenant's temporary table "
+                    "would stay on a server connection the project's statements get next.",
+                    hint="Give the server's tenant schemas a database of their own, or reach "
+                    "the main database without a pooler in transaction mode.",
+                    id="tenancy.E011",
+                )
+            )
+            continue
+        main = connections[DEFAULT_DB_ALIAS].settings_dict
+        # The names match (holds_main_database); a test run renames one before the other.
+        differing = [key for key in different_settings(main, server) if key != "NAME"]
+        if differing:
+            errors.append(
+                checks.Warning(
+                    f"TENANCY['SERVERS'][{name!r}] keeps its tenants in the main database, "
+                    f"but its {', '.join(differing)} differ from DATABASES['default']: the "
+                    "main database keeps a connection of its own beside the tenants'.",
+                    hint="Build the server entry from DATABASES['default'] "
+                    "({**DATABASES['default'], 'PLACEMENT': 'schemas', 'DATABASE': ...}) "
+                    "to share one connection.",
+                    id="tenancy.W005",
+                )
+            )
     return errors
 
 

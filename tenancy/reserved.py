@@ -239,6 +239,9 @@ def database_name_unavailable(tenant: AbstractTenant, *, new: bool = False) -> s
         return None
     if tenant.server not in tenancy_settings.SERVERS:
         return None
+    refusal = get_server(tenant.server).shared_database_refusal() if new else None
+    if refusal is not None:
+        return f"Tenant {tenant.slug!r} cannot be created: {refusal}"
     reason = unavailable_reason(tenant.server, name, slug=tenant.slug)
     if reason is None and new and _exists(tenant.server, name):
         return (

@@ -71,6 +71,10 @@ if TYPE_CHECKING:
 SCHEMA_KEY = "TENANCY_SCHEMA"
 POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 
+# The search path of the main database's statements on a connection it shares with
+# schema tenants of that database (``tenancy.main_database``): the project's tables.
+MAIN_SCHEMA = "public"
+
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 _CONNECTION_OK = 0  # psycopg.pq.ConnStatus.OK
 
@@ -134,15 +138,22 @@ def schema_of(settings_dict: dict[str, Any]) -> str | None:
     return cast(str | None, settings_dict.get(SCHEMA_KEY))
 
 
-def instrument(wrapper: BaseDatabaseWrapper) -> None:
+def instrument(
+    wrapper: BaseDatabaseWrapper, *, main_key: Callable[[], str] | None = None
+) -> None:
     """Make a schema tenant's connection object share its thread's connection to the
-    shared database, with its schema on the search path for each of its statements."""
-    schema = schema_of(wrapper.settings_dict)
+    shared database, with its schema on the search path for each of its statements.
+
+    With ``main_key``, ``wrapper`` is the main database's (``tenancy.main_database``),
+    whose schema tenants are schemas of that database: its statements run with
+    ``MAIN_SCHEMA`` on the search path, on the connection of the database key
+    ``main_key()`` names when it connects (the tenants', or one of its own)."""
+    schema = MAIN_SCHEMA if main_key is not None else schema_of(wrapper.settings_dict)
     assert schema is not None
     path: _SessionPath = (
         _TransactionPath(schema) if wrapper.settings_dict.get(POOLED_KEY) else _SessionPath(schema)
     )
-    key = _database_key(wrapper.settings_dict)
+    tenant_key = database_key(wrapper.settings_dict) if main_key is None else ""
     instrumented = cast(Any, wrapper)
     open_connection = wrapper.get_new_connection
     set_raw_autocommit = instrumented._set_autocommit
@@ -150,7 +161,14 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
     create_cursor, chunked_cursor = wrapper.create_cursor, wrapper.chunked_cursor
 
     def get_new_connection(conn_params: dict[str, Any]) -> Any:
-        return _lend(wrapper, key, open_connection, conn_params)
+        if main_key is None:
+            return _lend(wrapper, tenant_key, open_connection, conn_params)
+        raw = _lend(wrapper, main_key(), open_connection, conn_params)
+        # What Django runs as it connects (its own set-up, connection_created receivers
+        # such as django.contrib.postgres's type lookups) runs with the main path.
+        with wrapper.wrap_database_errors:
+            path.switch(_thread.by_raw[id(raw)])
+        return raw
 
     def set_autocommit(autocommit: bool) -> None:
         shared = _bound(wrapper)
@@ -181,7 +199,10 @@ def instrument(wrapper: BaseDatabaseWrapper) -> None:
         return end_transaction
 
     def close() -> None:
+        shared = _bound(wrapper)
         _release(wrapper)
+        if main_key is not None and shared is not None:
+            _close_for_main(shared)
 
     def schema_cursor(name: str | None = None) -> Any:
         cursor = create_cursor(name)
@@ -494,9 +515,10 @@ class _TransactionPath(_SessionPath):
             shared.schema = None
 
 
-def _database_key(settings_dict: dict[str, Any]) -> str:
-    # Tenants of two server entries share a connection only if it is the same
-    # connection in every setting but the schema.
+def database_key(settings_dict: dict[str, Any]) -> str:
+    """Which of the thread's shared connections a schema tenant's ``DATABASES`` entry
+    takes one from. Tenants of two server entries share a connection only if it is the
+    same connection in every setting but the schema."""
     items = sorted((k, repr(v)) for k, v in settings_dict.items() if k != SCHEMA_KEY)
     return repr(items)
 
@@ -537,7 +559,7 @@ def borrowed(settings_dict: dict[str, Any]) -> Iterator[Any | None]:
     tenants' connection objects lent it let go, and a statement of theirs is lent another
     one. Left in a transaction or broken, it is closed afterwards. One the server ended
     (``_ended``) is not lent."""
-    connections = _thread.by_database.get(_database_key(settings_dict), [])
+    connections = _thread.by_database.get(database_key(settings_dict), [])
     shared = next((c for c in connections if _lendable(c)), None)
     if shared is None:
         yield None
@@ -558,7 +580,7 @@ def borrowed(settings_dict: dict[str, Any]) -> Iterator[Any | None]:
 def holds_lendable(settings_dict: dict[str, Any]) -> bool:
     """Whether ``borrowed(settings_dict)`` would lend a connection (and so whether the
     thread is connected to that database), changing nothing."""
-    return any(_lendable(c) for c in _thread.by_database.get(_database_key(settings_dict), []))
+    return any(_lendable(c) for c in _thread.by_database.get(database_key(settings_dict), []))
 
 
 def _lendable(shared: _Shared) -> bool:
@@ -629,6 +651,20 @@ def _release(wrapper: BaseDatabaseWrapper) -> None:
         shared.owner = None
     if raw.closed or raw.broken:
         _close(shared)
+
+
+def _close_for_main(shared: _Shared) -> None:
+    """Django closed the main database's connection object (``CONN_MAX_AGE``, an error,
+    ``connections.close_all()``): the connection it was lent is closed as Django would
+    close its own, unless a tenant is using it (a transaction, a cursor still read from);
+    the tenants lent it meanwhile connect again."""
+    if shared.raw.closed or not shared.is_free() or shared.has_open_cursors():
+        return
+    if any(user.in_atomic_block for user in shared.users):
+        return
+    for user in list(shared.users):
+        user.connection = None
+    _close(shared)
 
 
 def close_old(is_busy: Callable[[BaseDatabaseWrapper], bool]) -> None:

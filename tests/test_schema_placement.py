@@ -534,22 +534,6 @@ def test_a_system_schema_is_never_dropped_or_given(schemas, schema):
 
 
 @postgresql_only
-def test_the_shared_database_cannot_be_the_main_database(settings, schemas):
-    main = connections["default"].settings_dict["NAME"]
-    servers = settings.TENANCY["SERVERS"]
-    settings.TENANCY = {
-        **settings.TENANCY,
-        "SERVERS": {**servers, "shared": {**servers["shared"], "DATABASE": "tenancy"}},
-    }
-    assert get_server("shared").database == main
-    with pytest.raises(ProvisioningError, match="is the project's database"):
-        create_tenant("acme", server="shared")
-    with get_server("shared")._shared_cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_namespace WHERE nspname LIKE 'test_tenancy_acme%%'")
-        assert cursor.fetchone() is None
-
-
-@postgresql_only
 def test_spare_schemas_are_claimed_then_made_again(settings, schemas):
     settings.TENANCY = {**settings.TENANCY, "SPARE_DATABASES": 1}
     acme = with_note("acme")  # no spare yet: made by migrating; then one is made

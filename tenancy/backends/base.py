@@ -182,6 +182,11 @@ class DatabaseServer:
         address hold the same databases."""
         raise NotImplementedError
 
+    def shared_database_refusal(self, *, ask_registry: bool = False) -> str | None:
+        """Why the database holding the server's tenant schemas cannot be its (a schema
+        server's), as a one-line message; ``None`` when it can, or holds none."""
+        return None
+
     def is_configured_as(self, database: Mapping[str, Any], name: str) -> bool:
         """Whether ``database`` (an entry of ``settings.DATABASES``) is this server's
         database ``name``."""

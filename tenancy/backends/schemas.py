@@ -5,8 +5,10 @@ The operations of ``DatabaseServer`` act on schemas of that database: a tenant's
 "database name" is its schema's name, so the registry, provisioning, spares and the drop
 checks work unchanged, and moving a tenant between placements changes only its server.
 The shared database is created (from the maintenance database) with the first schema.
-It is never one of ``settings.DATABASES``: a search path gone wrong would then meet the
-project's own tables.
+It is never one of ``settings.DATABASES``, where a search path gone wrong would meet the
+project's own tables, but the main database itself when the server names it: tenants
+then live beside the project's tables, and share the main database's connection
+(``tenancy.main_database``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, cast
 
 import psycopg
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.utils import DatabaseErrorWrapper
 from psycopg import errors, sql
@@ -110,7 +113,7 @@ class SchemaServer(PostgreSQLServer):
         free (``schema_connections.borrowed``), else on tenancy's own. Provisioning a
         tenant then sets up no connection of its own. Errors are Django's, as a
         ``_shared_cursor``'s are. Behind a pooler in transaction mode, tenancy's own."""
-        tenants = self._lendable_settings()
+        tenants = self.lendable_settings()
         with borrowed(tenants) if tenants is not None else nullcontext() as raw:
             if raw is None:
                 with self._shared_cursor() as cursor:
@@ -119,7 +122,7 @@ class SchemaServer(PostgreSQLServer):
                 with DatabaseErrorWrapper(cast(Any, _Driver())), raw.cursor() as cursor:
                     yield cursor
 
-    def _lendable_settings(self) -> dict[str, Any] | None:
+    def lendable_settings(self) -> dict[str, Any] | None:
         """A tenant's ``DATABASES`` entry on this server, its schema aside
         (``tenancy.connections.connection_settings``), whose thread's shared connection
         tenancy may use for its catalog statements; ``None`` behind a pooler in
@@ -133,24 +136,40 @@ class SchemaServer(PostgreSQLServer):
     def create_shared_database(self) -> bool:
         """Create the shared database unless it exists; ``ReservedDatabaseError`` when it
         is one of the project's databases."""
-        reason = self._unavailable_reason()
-        if reason is not None:
-            raise ReservedDatabaseError(
-                f"TENANCY['SERVERS'][{self.name!r}] names DATABASE {self.database!r}, which "
-                f"is {reason}; give the server's tenant schemas a database of their own."
-            )
+        refusal = self.shared_database_refusal(ask_registry=True)
+        if refusal is not None:
+            raise ReservedDatabaseError(refusal)
         if self.shared_database_exists():
             return False
         return super().create_database(self.database)
 
-    def _unavailable_reason(self) -> str | None:
-        """Why the shared database cannot be this server's: the project's, a system or
-        maintenance database, a template or a spare, or a database tenant's."""
+    def shared_database_refusal(self, *, ask_registry: bool = False) -> str | None:
+        """Why the shared database cannot be this server's, as a one-line message: the
+        project's (but the main database, away from a pooler in transaction mode), a
+        system or maintenance database, a template or a spare, or (``ask_registry``) a
+        database tenant's; ``None`` when it can be."""
+        reason = self._unavailable_reason(ask_registry)
+        if reason is None:
+            return None
+        return (
+            f"TENANCY['SERVERS'][{self.name!r}] names DATABASE {self.database!r}, which "
+            f"is {reason}; give the server's tenant schemas a database of their own."
+        )
+
+    def _unavailable_reason(self, ask_registry: bool) -> str | None:
+        if self.holds_main_database:
+            if self.template.get("TRANSACTION_POOLING"):
+                return (
+                    "the main database: its tenants cannot be reached through a pooler in "
+                    "transaction mode, where a tenant's temporary table would stay on a "
+                    "server connection the project's statements get next"
+                )
+            return None
         plain = PostgreSQLServer(self.name, self.template)
         reason = protected_reason(plain, self.database, shared=False) or template_reason(
             self.database
         )
-        if reason is not None:
+        if reason is not None or not ask_registry:
             return reason
         # registered_tenant() looks on every entry at the address of the one it is given.
         for name in tenancy_settings.SERVERS:
@@ -160,9 +179,19 @@ class SchemaServer(PostgreSQLServer):
                 return f"the database of tenant {tenant.slug!r}" if tenant else None
         return None
 
+    @property
+    def holds_main_database(self) -> bool:
+        """Whether the server's tenants are schemas of the main database
+        (``DATABASES["default"]``, ``tenancy.main_database``)."""
+        plain = PostgreSQLServer(self.name, self.template)
+        return plain.is_configured_as(settings.DATABASES[DEFAULT_DB_ALIAS], self.database)
+
     def drop_shared_test_database(self) -> None:
         """Drop the shared database of a test run (``tenancy.testing``), whose name is a
-        test database's; refused for any other."""
+        test database's; refused for any other. The main database's test database is
+        left to Django, which made it."""
+        if self.holds_main_database:
+            return
         if not is_test_run() or not self.database.startswith(TEST_DATABASE_PREFIX):
             raise ReservedDatabaseError(
                 f"Database {self.database!r} of server {self.name!r} is not dropped: only a "
@@ -178,7 +207,7 @@ class SchemaServer(PostgreSQLServer):
         tenants of the server hold a connection to it (``_catalog_cursor`` would lend
         it), else asked of the maintenance database. (Connecting to find out is no
         answer: behind PgBouncer, a failed login holds every later one back.)"""
-        tenants = self._lendable_settings()
+        tenants = self.lendable_settings()
         if tenants is not None and holds_lendable(tenants):
             return True
         return super().database_exists(self.database)

@@ -1,0 +1,119 @@
+"""Schema tenants in the main database: one connection per thread for the project's
+tables and every tenant's.
+
+A schema server may name the main database (``DATABASES["default"]``) as the database
+holding its tenant schemas, beside the project's own tables in ``public`` (the layout of
+django-tenants). Then the main database's connection objects join the thread's
+connection to that database as one more user (``schema_connections.instrument`` with a
+``main_key``): a request that reads the signed-in user and then the tenant's rows
+connects once, where two databases cost two connections (a backend each, on every
+request with ``CONN_MAX_AGE = 0``).
+
+The main database's statements run with ``public, pg_temp`` on the search path, set
+outside any transaction as a tenant's is, so that a tenant's path never reaches them, and
+switching between a tenant and the main database drops the other's temporary tables.
+Transactions are owned as between tenants: inside the main database's ``atomic()`` a
+tenant's statement gets a connection of its own, and the other way round.
+
+The connection is shared only when it would be the same connection: the same server,
+database, user, password, ``OPTIONS``, ``TIME_ZONE`` and ``AUTOCOMMIT`` in the server's
+entry as in ``DATABASES["default"]``, and not behind a pooler in transaction mode
+(``TRANSACTION_POOLING``), where the main database's statements would need a transaction
+each. Otherwise the main database keeps a connection of its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from tenancy import schema_connections
+from tenancy.conf import is_schema_server, tenancy_settings
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from tenancy.backends.schemas import SchemaServer
+
+# What makes two DATABASES entries the same connection (a shared one is set up once).
+CONNECTION_KEYS = (
+    "ENGINE",
+    "HOST",
+    "PORT",
+    "USER",
+    "PASSWORD",
+    "NAME",
+    "OPTIONS",
+    "TIME_ZONE",
+    "AUTOCOMMIT",
+)
+
+
+def holding_server(database: dict[str, Any]) -> SchemaServer | None:
+    """The schema server that keeps its tenants in the database of ``database`` (the
+    main database's entry): its ``DATABASE`` at the same address (by any of the names
+    ``reserved.configured_names`` gives it, in a test run or not); ``None`` if none
+    does, or only behind a pooler in transaction mode."""
+    from tenancy.backends.postgresql import PostgreSQLServer
+    from tenancy.backends.schemas import SchemaServer
+
+    for name, template in tenancy_settings.SERVERS.items():
+        if not is_schema_server(template) or template.get("TRANSACTION_POOLING"):
+            continue
+        server = SchemaServer(name, template)
+        if PostgreSQLServer(name, template).is_configured_as(database, server.database):
+            return server
+    return None
+
+
+def shares_connection(database: dict[str, Any], server: SchemaServer) -> bool:
+    """Whether the main database (``database``) and ``server``'s tenants can share one
+    connection: the same settings in each of ``CONNECTION_KEYS``."""
+    tenants = server.lendable_settings()
+    return tenants is not None and not different_settings(database, server, tenants)
+
+
+def different_settings(
+    database: dict[str, Any], server: SchemaServer, tenants: dict[str, Any] | None = None
+) -> list[str]:
+    """The ``CONNECTION_KEYS`` in which the main database's ``database`` and ``server``'s
+    tenants differ."""
+    if tenants is None:
+        tenants = server.lendable_settings() or {}
+    return [key for key in CONNECTION_KEYS if database.get(key) != tenants.get(key)]
+
+
+def _database_key(wrapper: BaseDatabaseWrapper) -> str:
+    """The shared connections the main database's ``wrapper`` takes one from as it
+    connects: its schema tenants', or (its settings naming another database now, as
+    before a test run creates its test database) its own."""
+    database = wrapper.settings_dict
+    server = holding_server(database)
+    if server is not None and shares_connection(database, server):
+        tenants = server.lendable_settings()
+        assert tenants is not None
+        return schema_connections.database_key(tenants)
+    return "main:" + schema_connections.database_key(database)
+
+
+def instrument(wrapper: BaseDatabaseWrapper) -> None:
+    schema_connections.instrument(wrapper, main_key=lambda: _database_key(wrapper))
+
+
+def install() -> None:
+    """Make each thread's main database connection object, as Django creates it, share
+    the connection of the schema tenants in its database, when a server keeps them
+    there."""
+    create_connection = connections.create_connection
+    if getattr(create_connection, "tenancy_main_database", False):
+        return
+
+    def create(alias: str) -> Any:
+        wrapper = create_connection(alias)
+        if alias == DEFAULT_DB_ALIAS and holding_server(wrapper.settings_dict) is not None:
+            instrument(wrapper)
+        return wrapper
+
+    create.tenancy_main_database = True  # type: ignore[attr-defined]
+    connections.create_connection = create  # type: ignore[method-assign]
