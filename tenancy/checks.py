@@ -79,7 +79,7 @@ def _check_main_database() -> list[checks.CheckMessage]:
     from django.db import DEFAULT_DB_ALIAS, connections
 
     from tenancy.backends.schemas import SchemaServer
-    from tenancy.main_database import different_settings
+    from tenancy.main_database import CONNECTION_KEYS, different_settings
 
     errors: list[checks.CheckMessage] = []
     if DEFAULT_DB_ALIAS not in settings.DATABASES:
@@ -111,9 +111,9 @@ def _check_main_database() -> list[checks.CheckMessage]:
                     f"TENANCY['SERVERS'][{name!r}] keeps its tenants in the main database, "
                     f"but its {', '.join(differing)} differ from DATABASES['default']: the "
                     "main database keeps a connection of its own beside the tenants'.",
-                    hint="Build the server entry from DATABASES['default'] "
-                    "({**DATABASES['default'], 'PLACEMENT': 'schemas', 'DATABASE': ...}) "
-                    "to share one connection.",
+                    hint="Give the server entry the same "
+                    f"{', '.join(key for key in CONNECTION_KEYS if key != 'NAME')} as "
+                    "DATABASES['default'] to share one connection.",
                     id="tenancy.W005",
                 )
             )

@@ -24,7 +24,7 @@ each. Otherwise the main database keeps a connection of its own.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -99,6 +99,7 @@ def _database_key(wrapper: BaseDatabaseWrapper) -> str:
 
 def instrument(wrapper: BaseDatabaseWrapper) -> None:
     schema_connections.instrument(wrapper, main_key=lambda: _database_key(wrapper))
+    cast(Any, wrapper).tenancy_main_database = True
 
 
 def install() -> None:
@@ -117,3 +118,18 @@ def install() -> None:
 
     create.tenancy_main_database = True  # type: ignore[attr-defined]
     connections.create_connection = create  # type: ignore[method-assign]
+    instrument_made()
+
+
+def instrument_made() -> None:
+    """The calling thread's main database connection object made before ``install()``
+    (Django makes one as it imports the models, for their table names' length), unless
+    it is connected already."""
+    made = getattr(cast(Any, connections)._connections, DEFAULT_DB_ALIAS, None)
+    if (
+        made is not None
+        and made.connection is None
+        and not getattr(made, "tenancy_main_database", False)
+        and holding_server(made.settings_dict) is not None
+    ):
+        instrument(made)

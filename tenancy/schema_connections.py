@@ -138,9 +138,7 @@ def schema_of(settings_dict: dict[str, Any]) -> str | None:
     return cast(str | None, settings_dict.get(SCHEMA_KEY))
 
 
-def instrument(
-    wrapper: BaseDatabaseWrapper, *, main_key: Callable[[], str] | None = None
-) -> None:
+def instrument(wrapper: BaseDatabaseWrapper, *, main_key: Callable[[], str] | None = None) -> None:
     """Make a schema tenant's connection object share its thread's connection to the
     shared database, with its schema on the search path for each of its statements.
 

@@ -292,3 +292,26 @@ def test_the_system_check_names_what_keeps_the_connections_apart(settings, db_ac
     assert "OPTIONS" in warning.msg
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "main": direct}}
     assert [error for error in check_settings() if "'main'" in error.msg] == []
+
+
+def test_the_connection_object_django_made_before_tenancy_was_ready_shares_too(main):
+    """Django makes the main thread's main connection object as it imports the models,
+    before tenancy's ``ready()``: tenancy makes it share as well."""
+    from django.db.utils import ConnectionHandler
+
+    from tenancy.main_database import instrument_made
+
+    tenant = with_note("main-early")
+    main.close()
+    made = ConnectionHandler.create_connection(connections, "default")  # not tenancy's
+    connections["default"] = made
+    wrappers = len(made.execute_wrappers)
+    try:
+        instrument_made()
+        instrument_made()  # once only
+        assert len(made.execute_wrappers) == wrappers + 1
+        assert backend_pid(made) == tenant_pid(tenant)
+        assert tenant_migrations_in(made) == 0
+    finally:
+        made.close()
+        connections["default"] = main

@@ -9,7 +9,5 @@ from benchmarks.request_path_project.settings_tenancy import SERVER, TENANCY
 DATABASES = {"default": {**SERVER, "NAME": "bench_path_main_in"}}
 TENANCY = {
     **TENANCY,
-    "SERVERS": {
-        "pg": {**DATABASES["default"], "PLACEMENT": "schemas", "DATABASE": "bench_path_main_in"}
-    },
+    "SERVERS": {"pg": {**SERVER, "PLACEMENT": "schemas", "DATABASE": "bench_path_main_in"}},
 }
