@@ -98,7 +98,7 @@ def _check_main_database() -> list[checks.CheckMessage]:
                     "would stay on a server connection the project's statements get next.",
                     hint="Give the server's tenant schemas a database of their own, or reach "
                     "the main database without a pooler in transaction mode.",
-                    id="tenancy.E011",
+                    id="tenancy.E012",
                 )
             )
             continue

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from tenancy import schema_connections
-from tenancy.conf import is_schema_server, tenancy_settings
+from tenancy.conf import is_schema_server, server_vendor, tenancy_settings
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -58,7 +59,13 @@ def holding_server(database: dict[str, Any]) -> SchemaServer | None:
     from tenancy.backends.postgresql import PostgreSQLServer
     from tenancy.backends.schemas import SchemaServer
 
-    for name, template in tenancy_settings.SERVERS.items():
+    try:
+        if server_vendor(database) != "postgresql":
+            return None  # SQLite has no schemas
+        servers = tenancy_settings.SERVERS
+    except ImproperlyConfigured:
+        return None  # the system checks report it
+    for name, template in servers.items():
         if not is_schema_server(template) or template.get("TRANSACTION_POOLING"):
             continue
         server = SchemaServer(name, template)

@@ -284,7 +284,7 @@ def test_the_system_check_names_what_keeps_the_connections_apart(settings, db_ac
     direct = {key: value for key, value in pooled.items() if key != "TRANSACTION_POOLING"}
     servers = settings.TENANCY["SERVERS"]
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "pooled": pooled}}
-    assert [error.id for error in check_settings() if "'pooled'" in error.msg] == ["tenancy.E011"]
+    assert [error.id for error in check_settings() if "'pooled'" in error.msg] == ["tenancy.E012"]
     elsewhere = {**direct, "OPTIONS": {"application_name": "elsewhere"}}
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "main": elsewhere}}
     [warning] = [error for error in check_settings() if "'main'" in error.msg]
