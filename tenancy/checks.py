@@ -78,7 +78,6 @@ def _check_main_database() -> list[checks.CheckMessage]:
     share its connection with them."""
     from django.db import DEFAULT_DB_ALIAS, connections
 
-    from tenancy.backends.schemas import SchemaServer
     from tenancy.main_database import CONNECTION_KEYS, different_settings
 
     errors: list[checks.CheckMessage] = []
@@ -87,6 +86,8 @@ def _check_main_database() -> list[checks.CheckMessage]:
     for name, template in tenancy_settings.SERVERS.items():
         if not is_schema_server(template):
             continue
+        from tenancy.backends.schemas import SchemaServer  # psycopg: schemas need it
+
         server = SchemaServer(name, template)
         if not server.holds_main_database:
             continue

@@ -56,15 +56,15 @@ def holding_server(database: dict[str, Any]) -> SchemaServer | None:
     main database's entry): its ``DATABASE`` at the same address (by any of the names
     ``reserved.configured_names`` gives it, in a test run or not); ``None`` if none
     does, or only behind a pooler in transaction mode."""
-    from tenancy.backends.postgresql import PostgreSQLServer
-    from tenancy.backends.schemas import SchemaServer
-
     try:
         if server_vendor(database) != "postgresql":
-            return None  # SQLite has no schemas
+            return None  # SQLite has no schemas (and a project on it may have no psycopg)
         servers = tenancy_settings.SERVERS
     except ImproperlyConfigured:
         return None  # the system checks report it
+    from tenancy.backends.postgresql import PostgreSQLServer
+    from tenancy.backends.schemas import SchemaServer
+
     for name, template in servers.items():
         if not is_schema_server(template) or template.get("TRANSACTION_POOLING"):
             continue
