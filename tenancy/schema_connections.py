@@ -76,6 +76,7 @@ POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 MAIN_SCHEMA = "public"
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
+_INERROR = 3  # psycopg.pq.TransactionStatus.INERROR: a failed transaction, only a rollback runs
 _CONNECTION_OK = 0  # psycopg.pq.ConnStatus.OK
 
 
@@ -421,8 +422,8 @@ class _SessionPath:
 
     def switch(self, shared: _Shared) -> None:
         raw, schema = shared.raw, self.schema
-        if shared.schema == schema:
-            return
+        if shared.schema == schema or raw.info.transaction_status == _INERROR:
+            return  # failed: only the rollback (to a savepoint) runs, the path is set after
         if raw.info.transaction_status != _IDLE:
             # Inside the tenant's own transaction the path was set before it began; a
             # statement since may have changed it: set it for the rest of the
@@ -474,7 +475,7 @@ class _TransactionPath(_SessionPath):
             raw.execute(self._with_discard(shared, sql.SQL("BEGIN; ") + self.set_local))
             shared.schema = self.schema
             return True
-        if shared.schema != self.schema:
+        if shared.schema != self.schema and raw.info.transaction_status != _INERROR:
             raw.execute(self.set_local)  # begun by the caller, or the path may have changed
             shared.schema = self.schema
         return False
@@ -486,7 +487,8 @@ class _TransactionPath(_SessionPath):
                 f"{wrapper.alias} is behind a pooler in transaction mode: callproc(), "
                 "copy() and stream() on it need a transaction (tenancy.atomic())."
             )
-        if raw.info.transaction_status == _IDLE or shared.schema != self.schema:
+        status = raw.info.transaction_status
+        if status == _IDLE or (shared.schema != self.schema and status != _INERROR):
             raw.execute(self.set_local)
             shared.schema = self.schema
 
@@ -660,8 +662,6 @@ def _close_for_main(shared: _Shared) -> None:
         return
     if any(user.in_atomic_block for user in shared.users):
         return
-    for user in list(shared.users):
-        user.connection = None
     _close(shared)
 
 
@@ -680,8 +680,6 @@ def close_old(is_busy: Callable[[BaseDatabaseWrapper], bool]) -> None:
             users = list(shared.users)
             if not broken and (shared.has_open_cursors() or any(is_busy(u) for u in users)):
                 continue
-            for user in users:
-                user.connection = None
             _close(shared)
 
 
@@ -690,12 +688,21 @@ def close_all() -> None:
     objects were closed)."""
     for connections in list(_thread.by_database.values()):
         for shared in list(connections):
-            for user in list(shared.users):
-                user.connection = None
             _close(shared)
 
 
 def _close(shared: _Shared) -> None:
+    """Close ``shared``; the connection objects lent it are left as Django's ``close()``
+    leaves one: without a connection, to get another at their next statement; or, inside
+    ``atomic()``, closed until the outermost block ends, which then fails (the server
+    rolled the transaction back; no later statement of the block may run on its own)."""
+    for user in list(shared.users):
+        if user.in_atomic_block and user.connection is shared.raw:
+            user.closed_in_transaction = True
+            user.needs_rollback = True
+        elif user.connection is shared.raw:
+            user.connection = None
+    shared.users.clear()
     for connections in _thread.by_database.values():
         if shared in connections:
             connections.remove(shared)

@@ -8,19 +8,23 @@ went wrong.
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.backends.signals import connection_created
 
 from tenancy import atomic, tenant_context
 from tenancy.backends import get_server
 from tenancy.checks import check_settings
-from tenancy.connections import close_all, tenant_connection
+from tenancy.connections import close_all, close_old_connections, tenant_connection
+from tenancy.exceptions import TenancyError
 from tenancy.main_database import holding_server
 from tenancy.models import Tenant
 from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
 from tests.conftest import client_sessions
 from tests.settings import BACKEND, PGBOUNCER, SERVER_1
+from tests.sharedapp.models import Plan
 from tests.tenantapp.models import Note
 
 pytestmark = pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
@@ -315,3 +319,68 @@ def test_the_connection_object_django_made_before_tenancy_was_ready_shares_too(m
     finally:
         made.close()
         connections["default"] = main
+
+
+# --- a transaction of the main database's is never split or lost ------------------------
+
+
+def terminate(wrapper) -> None:
+    """End ``wrapper``'s backend from another session, as a server restart would."""
+    pid = backend_pid(wrapper)
+    with get_server("one")._cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    deadline = time.monotonic() + 5
+    while client_sessions("one", [wrapper.settings_dict["NAME"]]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_closing_every_connection_inside_atomic_fails_the_block(main):
+    """tenancy's ``close_all()`` inside the main database's ``atomic()``: the rest of the
+    block must not run on its own (autocommitted) and the block fails."""
+    tenant = with_note("main-close-all")
+    with pytest.raises((TenancyError, DatabaseError)), transaction.atomic():
+        Plan.objects.create(name="before")
+        with tenant_context(tenant):
+            Note.objects.count()
+        close_all()
+        Plan.objects.create(name="after")
+    assert list(Plan.objects.filter(name__in=["before", "after"])) == []
+
+
+@pytest.mark.parametrize("inside", ["main", "tenant"])
+def test_a_connection_ended_inside_atomic_fails_the_block_at_a_safe_point(main, inside):
+    tenant = with_note(f"main-ended-{inside}")
+    model, field = (Plan, "name") if inside == "main" else (Note, "text")
+    with tenant_context(tenant):
+        block = transaction.atomic() if inside == "main" else atomic()
+        with pytest.raises((TenancyError, DatabaseError)), block:
+            model.objects.create(**{field: "before"})
+            terminate(main if inside == "main" else tenant_connection())
+            with pytest.raises(DatabaseError):
+                model.objects.create(**{field: "on the ended connection"})
+            close_old_connections()  # tenancy's safe point (a request, the test client)
+            model.objects.create(**{field: "after"})
+        assert not model.objects.filter(**{f"{field}__in": ["before", "after"]}).exists()
+
+
+@pytest.mark.parametrize("who", ["main", "tenant"])
+def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_going(main, who):
+    """A statement naming ``schema`` makes the path be set again before the next one; a
+    failed statement after it must not make that ``SET`` fail the rollback to the savepoint
+    (``get_or_create``'s pattern)."""
+    tenant = with_note(f"main-savepoint-{who}")
+    model, field = (Plan, "name") if who == "main" else (Note, "text")
+    with tenant_context(tenant):
+        using = "default" if who == "main" else tenant_connection().alias
+        with transaction.atomic(using=using):
+            kept = model.objects.create(**{field: "outer"})
+            with connections[using].cursor() as cursor:
+                cursor.execute("SELECT 'schema'")
+            with pytest.raises(IntegrityError), transaction.atomic(using=using):
+                model.objects.create(pk=kept.pk, **{field: "a duplicate"})
+            model.objects.create(**{field: "after"})
+        assert set(
+            model.objects.filter(**{f"{field}__in": ["outer", "after"]}).values_list(
+                field, flat=True
+            )
+        ) == {"outer", "after"}

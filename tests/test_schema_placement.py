@@ -17,7 +17,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.test import Client
 from psycopg import sql
 
@@ -1023,3 +1023,21 @@ def test_a_schema_tenant_archived_as_a_backup_comes_back(schemas, settings, tmp_
     reactivate_tenant("acme")
     with tenant_context(Tenant.objects.get(slug="acme")):
         assert texts() == ["acme note"]
+
+
+@postgresql_only
+def test_a_failed_statement_in_a_savepoint_leaves_the_tenants_transaction_going(schemas):
+    """After a statement that makes the path be set again (it names ``schema``), a failed
+    statement in a savepoint: the rollback to the savepoint must run without a ``SET``
+    first (which would fail in the failed transaction), as ``get_or_create`` needs."""
+    acme = with_note("acme")
+    with tenant_context(acme):
+        alias = tenant_connection().alias
+        with atomic():
+            kept = Note.objects.create(text="outer")
+            with tenant_connection().cursor() as cursor:
+                cursor.execute("SELECT 'schema'")
+            with pytest.raises(IntegrityError), transaction.atomic(using=alias):
+                Note.objects.create(pk=kept.pk, text="a duplicate")
+            Note.objects.create(text="after")
+        assert sorted(texts()) == ["acme note", "after", "outer"]
