@@ -24,6 +24,7 @@ each. Otherwise the main database keeps a connection of its own.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
     from tenancy.backends.schemas import SchemaServer
+
+logger = logging.getLogger(__name__)
 
 # What makes two DATABASES entries the same connection (a shared one is set up once).
 CONNECTION_KEYS = (
@@ -53,23 +56,21 @@ CONNECTION_KEYS = (
 
 def holding_server(database: dict[str, Any]) -> SchemaServer | None:
     """The schema server that keeps its tenants in the database of ``database`` (the
-    main database's entry): its ``DATABASE`` at the same address (by any of the names
-    ``reserved.configured_names`` gives it, in a test run or not); ``None`` if none
-    does, or only behind a pooler in transaction mode."""
+    main database's entry, ``SchemaServer.holds``); ``None`` if none does, or only
+    behind a pooler in transaction mode."""
     try:
         if server_vendor(database) != "postgresql":
             return None  # SQLite has no schemas (and a project on it may have no psycopg)
         servers = tenancy_settings.SERVERS
     except ImproperlyConfigured:
         return None  # the system checks report it
-    from tenancy.backends.postgresql import PostgreSQLServer
     from tenancy.backends.schemas import SchemaServer
 
     for name, template in servers.items():
         if not is_schema_server(template) or template.get("TRANSACTION_POOLING"):
             continue
         server = SchemaServer(name, template)
-        if PostgreSQLServer(name, template).is_configured_as(database, server.database):
+        if server.holds(database):
             return server
     return None
 
@@ -93,15 +94,56 @@ def different_settings(
 
 def _database_key(wrapper: BaseDatabaseWrapper) -> str:
     """The shared connections the main database's ``wrapper`` takes one from as it
-    connects: its schema tenants', or (its settings naming another database now, as
-    before a test run creates its test database) its own."""
+    connects: its schema tenants'; or (its settings naming another database now, as
+    before a test run creates its test database; its tables found elsewhere than in
+    ``public``) its own, where tenancy leaves its search path alone."""
     database = wrapper.settings_dict
     server = holding_server(database)
     if server is not None and shares_connection(database, server):
         tenants = server.lendable_settings()
         assert tenants is not None
-        return schema_connections.database_key(tenants)
-    return "main:" + schema_connections.database_key(database)
+        key = schema_connections.database_key(tenants)
+        if _finds_its_tables_in_public(wrapper, key):
+            return key
+    return schema_connections.PRIVATE_PREFIX + schema_connections.database_key(database)
+
+
+# Database key -> whether the main database's sessions find its tables in ``public``
+# alone (asked once per process).
+_in_public: dict[str, bool] = {}
+
+
+def _finds_its_tables_in_public(wrapper: BaseDatabaseWrapper, key: str) -> bool:
+    """Whether a session of the main database finds the project's tables in ``public``
+    alone, as tenancy's ``public, pg_temp`` for its statements would: its default search
+    path (``reset_val``: the server's, the role's or database's, ``OPTIONS``') is
+    ``public`` or ``"$user", public`` with no schema of the role's name. Otherwise (a
+    schema per role, another path) the main database keeps a connection of its own, whose
+    path tenancy does not set, and a warning says why. Asked once per process, on a
+    connection of its own."""
+    known = _in_public.get(key)
+    if known is not None:
+        return known
+    raw = type(wrapper).get_new_connection(wrapper, wrapper.get_connection_params())
+    try:
+        path, role_schema = raw.execute(
+            "SELECT reset_val, EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = current_user)"
+            " FROM pg_settings WHERE name = 'search_path'"
+        ).fetchone()
+    finally:
+        raw.close()
+    schemas = [part.strip() for part in str(path).split(",") if part.strip()]
+    per_role = [part for part in schemas if part in ('"$user"', "$user")]
+    others = [part for part in schemas if part not in per_role]
+    found = others == ["public"] and not (per_role and role_schema)
+    if not found:
+        logger.warning(
+            "The main database's search path is %s: its tables are not found in public "
+            "alone, so it keeps a connection of its own beside its schema tenants'.",
+            path,
+        )
+    _in_public[key] = found
+    return found
 
 
 def instrument(wrapper: BaseDatabaseWrapper) -> None:

@@ -82,6 +82,11 @@ def protected_reason(
         return "a system database of PostgreSQL"
     if database_server.holds_schemas and is_system_schema(database_name):
         return "a schema of PostgreSQL's own or shared by every user of the database"
+    if database_server.holds_schemas and database_name in _role_names(database_server):
+        return (
+            "the name of a database role, whose sessions find a schema of that name first "
+            'on their default search path ("$user")'
+        )
     if database_name in _maintenance_databases(database_server):
         return "the server's maintenance database (MAINTENANCE_DB)"
     for alias, database in configured_databases():
@@ -354,6 +359,15 @@ def configured_databases() -> list[tuple[str, Mapping[str, Any]]]:
             ):
                 entries.append((alias, database))
     return entries
+
+
+def _role_names(server: DatabaseServer) -> set[str]:
+    """The roles the project connects as: the ``USER`` of each server entry and of each
+    of ``DATABASES`` (a session of one of them on the shared database, tenancy's or
+    another program's, would find a schema named after it before ``public``)."""
+    users = [template.get("USER") for template in tenancy_settings.SERVERS.values()]
+    users += [database.get("USER") for _, database in configured_databases()]
+    return {str(user) for user in users if user}
 
 
 def _maintenance_databases(server: DatabaseServer) -> set[str]:

@@ -75,6 +75,10 @@ POOLED_KEY = "TENANCY_TRANSACTION_POOLING"
 # schema tenants of that database (``tenancy.main_database``): the project's tables.
 MAIN_SCHEMA = "public"
 
+# The database keys of connections the main database keeps to itself (not its tenants'):
+# tenancy sets no search path on them.
+PRIVATE_PREFIX = "main:"
+
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 _INERROR = 3  # psycopg.pq.TransactionStatus.INERROR: a failed transaction, only a rollback runs
 _CONNECTION_OK = 0  # psycopg.pq.ConnStatus.OK
@@ -90,13 +94,18 @@ class _Shared:
         "isolation_level",
         "last_schema",
         "owner",
+        "private",
         "raw",
         "schema",
         "users",
     )
 
-    def __init__(self, raw: Any, isolation_level: Any, max_age: float | None) -> None:
+    def __init__(
+        self, raw: Any, isolation_level: Any, max_age: float | None, private: bool = False
+    ) -> None:
         self.raw = raw
+        # The main database's own (PRIVATE_PREFIX): its search path is left as it is.
+        self.private = private
         self.isolation_level = isolation_level
         self.close_at = None if max_age is None else time.monotonic() + max_age
         # The search path known to be set on it (for the session, or for the transaction
@@ -422,7 +431,9 @@ class _SessionPath:
 
     def switch(self, shared: _Shared) -> None:
         raw, schema = shared.raw, self.schema
-        if shared.schema == schema or raw.info.transaction_status == _INERROR:
+        if shared.schema == schema or shared.private:
+            return
+        if raw.info.transaction_status == _INERROR:
             return  # failed: only the rollback (to a savepoint) runs, the path is set after
         if raw.info.transaction_status != _IDLE:
             # Inside the tenant's own transaction the path was set before it began; a
@@ -534,7 +545,8 @@ def _lend(
     if shared is None:
         raw = open_connection(conn_params)  # sets the wrapper's isolation_level
         max_age = wrapper.settings_dict["CONN_MAX_AGE"]
-        shared = _Shared(raw, getattr(wrapper, "isolation_level", None), max_age)
+        private = key.startswith(PRIVATE_PREFIX)
+        shared = _Shared(raw, getattr(wrapper, "isolation_level", None), max_age, private)
         connections.append(shared)
         _thread.by_raw[id(raw)] = shared
         with _lock:

@@ -384,3 +384,46 @@ def test_a_failed_statement_in_a_savepoint_leaves_the_transaction_going(main, wh
                 field, flat=True
             )
         ) == {"outer", "after"}
+
+
+def test_a_main_database_whose_tables_are_found_elsewhere_keeps_its_connection(main, monkeypatch):
+    """A schema named after the main database's role (PostgreSQL's "$user" on its default
+    path, where a project may keep its tables): tenancy's ``public`` would find others, so
+    the main database keeps a connection of its own, with its own path."""
+    from tenancy import main_database
+
+    tenant = with_note("main-role-path")
+    role = main.settings_dict["USER"]
+    with get_server("main")._shared_cursor() as cursor:
+        cursor.execute(f'CREATE SCHEMA "{role}"')
+        cursor.execute(
+            f'CREATE TABLE "{role}".django_migrations '
+            "AS SELECT * FROM public.django_migrations WHERE false"
+        )
+    monkeypatch.setattr(main_database, "_in_public", {})  # asked again, once
+    try:
+        main.close()
+        assert backend_pid(main) != tenant_pid(tenant)
+        with main.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM django_migrations")  # the role's schema's
+            assert cursor.fetchone()[0] == 0
+        with tenant_context(tenant):
+            assert tenant_migrations_in(tenant_connection()) == 1
+    finally:
+        main.close()
+        with get_server("main")._shared_cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA "{role}" CASCADE')
+
+
+def test_a_schema_is_never_named_after_a_role_the_project_connects_as(main, settings):
+    """A session of that role (psql, a report, another program) would find the tenant's
+    tables first on its default search path ("$user", public)."""
+    role = "test_reporting"  # a test run's tenant names start so
+    reporting = {**SERVER_1, "PLACEMENT": "schemas", "DATABASE": MAIN, "USER": role}
+    servers = settings.TENANCY["SERVERS"]
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "reporting": reporting}}
+    for server in ("main", "reporting"):  # refused on every server of that database
+        with pytest.raises(ProvisioningError, match="database role"):
+            create_tenant("main-role", server=server, fields={"database_name": role})
+    assert not Tenant.objects.filter(slug="main-role").exists()
+    assert not get_server("main").database_exists(role)

@@ -40,6 +40,7 @@ from tenancy.backends.postgresql import (
 from tenancy.conf import (
     TEST_DATABASE_PREFIX,
     is_test_run,
+    server_vendor,
     shared_database_name,
     tenancy_settings,
 )
@@ -183,8 +184,20 @@ class SchemaServer(PostgreSQLServer):
     def holds_main_database(self) -> bool:
         """Whether the server's tenants are schemas of the main database
         (``DATABASES["default"]``, ``tenancy.main_database``)."""
-        plain = PostgreSQLServer(self.name, self.template)
-        return plain.is_configured_as(settings.DATABASES[DEFAULT_DB_ALIAS], self.database)
+        return self.holds(settings.DATABASES[DEFAULT_DB_ALIAS])
+
+    def holds(self, database: Mapping[str, Any]) -> bool:
+        """Whether the server's tenants are schemas of the database of ``database`` (an
+        entry of ``DATABASES``): at the same address, under the name it has now; in a test
+        run, before Django renames it to its test database, under its own name. (Not any
+        other name Django may give it: a server naming ``test_<main database>`` outside a
+        test run keeps its tenants in a database of its own.)"""
+        if server_vendor(database) != "postgresql":
+            return False
+        if server_address(database) != server_address(self.template):
+            return False
+        name = database.get("NAME")
+        return name == self.database or (is_test_run() and name == self.template["DATABASE"])
 
     def drop_shared_test_database(self) -> None:
         """Drop the shared database of a test run (``tenancy.testing``), whose name is a
