@@ -612,6 +612,11 @@ def _ended(shared: _Shared) -> bool:
             if not readable(pgconn.socket):
                 break
             pgconn.consume_input()
+            # Handed to the driver as its own reads do: its notifies() and handlers
+            # would not see them in libpq's queue until the socket had more to read.
+            while notification := pgconn.notifies():
+                if pgconn.notify_handler:
+                    pgconn.notify_handler(notification)
     except Exception:  # closed: no socket, or nothing but the end to read
         return True
     return bool(pgconn.status != _CONNECTION_OK)

@@ -665,10 +665,13 @@ def test_a_notification_waiting_on_the_shared_connection_is_no_goodbye(schemas):
     with tenant_context(acme):
         rows = Note.objects.order_by("text").values_list("text", flat=True).iterator(1)
         assert next(rows) == "0"
+        raw = connections[alias_for(acme)].connection
         with get_server("shared")._shared_cursor() as other:
             other.execute("NOTIFY tenancy_test")
         time.sleep(0.05)
         close_old_connections()
+        # The notification the safe point read is still the driver's to deliver.
+        assert [n.channel for n in raw.notifies(timeout=1, stop_after=1)] == ["tenancy_test"]
         assert list(rows) == ["1", "2", "acme note"]
     assert backend() == listening
 
