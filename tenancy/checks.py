@@ -104,6 +104,19 @@ def _check_main_database() -> list[checks.CheckMessage]:
             )
             continue
         main = connections[DEFAULT_DB_ALIAS].settings_dict
+        if main.get("DISABLE_SERVER_SIDE_CURSORS"):
+            errors.append(
+                checks.Warning(
+                    f"TENANCY['SERVERS'][{name!r}] keeps its tenants in the main database, "
+                    "which disables server-side cursors as a database behind a pooler in "
+                    "transaction mode does; there a search path set for the session would "
+                    "stay on a server connection that another client gets next.",
+                    hint="Behind a pooler in transaction mode, give the tenant schemas a "
+                    "database of their own (with TRANSACTION_POOLING in the server entry); "
+                    "otherwise silence tenancy.W003.",
+                    id="tenancy.W003",
+                )
+            )
         # The names match (holds_main_database); a test run renames one before the other.
         differing = [key for key in different_settings(main, server) if key != "NAME"]
         if differing:

@@ -283,7 +283,7 @@ def test_behind_a_transaction_pooler_the_main_database_holds_no_tenants(settings
         assert cursor.fetchone() is None
 
 
-def test_the_system_check_names_what_keeps_the_connections_apart(settings, db_access):
+def test_the_system_check_names_what_keeps_the_connections_apart(settings, db_access, monkeypatch):
     pooled = {**SERVER_1, "PLACEMENT": "schemas", "DATABASE": MAIN, "TRANSACTION_POOLING": True}
     direct = {key: value for key, value in pooled.items() if key != "TRANSACTION_POOLING"}
     servers = settings.TENANCY["SERVERS"]
@@ -296,6 +296,10 @@ def test_the_system_check_names_what_keeps_the_connections_apart(settings, db_ac
     assert "OPTIONS" in warning.msg
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "main": direct}}
     assert [error for error in check_settings() if "'main'" in error.msg] == []
+    # The main database reached as through a pooler, the server entry saying nothing of it.
+    monkeypatch.setitem(connections["default"].settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    found = [error.id for error in check_settings() if "'main'" in error.msg]
+    assert "tenancy.W003" in found
 
 
 def test_the_connection_object_django_made_before_tenancy_was_ready_shares_too(main):
