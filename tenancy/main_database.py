@@ -17,9 +17,10 @@ tenant's statement gets a connection of its own, and the other way round.
 
 The connection is shared only when it would be the same connection: the same server,
 database, user, password, ``OPTIONS``, ``TIME_ZONE`` and ``AUTOCOMMIT`` in the server's
-entry as in ``DATABASES["default"]``, and not behind a pooler in transaction mode
-(``TRANSACTION_POOLING``), where the main database's statements would need a transaction
-each. Otherwise the main database keeps a connection of its own.
+entry as in ``DATABASES["default"]``; not behind a pooler in transaction mode
+(``TRANSACTION_POOLING``, refused: ``tenancy.E012``); and when the main database's
+sessions find its tables in ``public`` alone (``_finds_its_tables_in_public``). Otherwise
+the main database keeps a connection of its own, whose search path tenancy leaves alone.
 """
 
 from __future__ import annotations

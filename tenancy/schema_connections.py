@@ -41,7 +41,13 @@ on a server connection that another client gets next: the path is then set with
 transaction of its own (``_TransactionPath``).
 
 A connection is closed at a thread's safe points (``close_old``) when no tenant uses it
-any more and the server's ``CONN_MAX_AGE`` says so, or when it is broken.
+any more and the server's ``CONN_MAX_AGE`` says so, or when it is broken. A connection
+object inside ``atomic()`` whose connection is closed stays closed until its outermost
+block ends, which then fails, as Django leaves one it closes there.
+
+When a server keeps its tenants in the main database (``tenancy.main_database``), the
+main database's connection objects are one more user of the thread's connection, with
+``public, pg_temp`` as their path (``MAIN_SCHEMA``).
 """
 
 from __future__ import annotations
