@@ -16,8 +16,8 @@ Transactions are owned as between tenants: inside the main database's ``atomic()
 tenant's statement gets a connection of its own, and the other way round.
 
 The connection is shared only when it would be the same connection: the same server,
-database, user, password, ``OPTIONS``, ``TIME_ZONE`` and ``AUTOCOMMIT`` in the server's
-entry as in ``DATABASES["default"]``; not behind a pooler in transaction mode
+database, user, password, ``OPTIONS``, ``TIME_ZONE``, ``AUTOCOMMIT`` and ``CONN_MAX_AGE``
+in the server's entry as in ``DATABASES["default"]``; not behind a pooler in transaction mode
 (``TRANSACTION_POOLING``, refused: ``tenancy.E012``); and when the main database's
 sessions find its tables in ``public`` alone (``_finds_its_tables_in_public``). Otherwise
 the main database keeps a connection of its own, whose search path tenancy leaves alone.
@@ -52,6 +52,7 @@ CONNECTION_KEYS = (
     "OPTIONS",
     "TIME_ZONE",
     "AUTOCOMMIT",
+    "CONN_MAX_AGE",  # its lifetime is the one of whoever opened it
 )
 
 
@@ -125,8 +126,13 @@ def _finds_its_tables_in_public(wrapper: BaseDatabaseWrapper, key: str) -> bool:
     known = _in_public.get(key)
     if known is not None:
         return known
+    from psycopg import sql
+
     raw = type(wrapper).get_new_connection(wrapper, wrapper.get_connection_params())
     try:
+        role = (wrapper.settings_dict.get("OPTIONS") or {}).get("assume_role")
+        if role:  # Django sets it on each new connection: its "$user" is that role
+            raw.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
         path, role_schema = raw.execute(
             "SELECT reset_val, EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = current_user)"
             " FROM pg_settings WHERE name = 'search_path'"
@@ -150,6 +156,18 @@ def _finds_its_tables_in_public(wrapper: BaseDatabaseWrapper, key: str) -> bool:
 def instrument(wrapper: BaseDatabaseWrapper) -> None:
     schema_connections.instrument(wrapper, main_key=lambda: _database_key(wrapper))
     cast(Any, wrapper).tenancy_main_database = True
+    creation = cast(Any, wrapper.creation)
+
+    def destroy_test_db(*args: Any, **kwargs: Any) -> Any:
+        # The shared connection outlives the main database's connection object (a tenant
+        # may have opened it; it closes at a safe point): Django's DROP DATABASE would
+        # find it still there.
+        from tenancy.connections import close_all
+
+        close_all()
+        return type(creation)._destroy_test_db(creation, *args, **kwargs)
+
+    creation._destroy_test_db = destroy_test_db
 
 
 def install() -> None:

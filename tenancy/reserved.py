@@ -362,11 +362,14 @@ def configured_databases() -> list[tuple[str, Mapping[str, Any]]]:
 
 
 def _role_names(server: DatabaseServer) -> set[str]:
-    """The roles the project connects as: the ``USER`` of each server entry and of each
-    of ``DATABASES`` (a session of one of them on the shared database, tenancy's or
-    another program's, would find a schema named after it before ``public``)."""
-    users = [template.get("USER") for template in tenancy_settings.SERVERS.values()]
-    users += [database.get("USER") for _, database in configured_databases()]
+    """The roles the project connects as: the ``USER`` (and ``OPTIONS["assume_role"]``) of
+    each server entry and of each of ``DATABASES`` (a session of one of them on the
+    shared database, tenancy's or another program's, would find a schema named after it
+    before ``public``)."""
+    entries: list[Mapping[str, Any]] = [*tenancy_settings.SERVERS.values()]
+    entries += [database for _, database in configured_databases()]
+    users = [entry.get("USER") for entry in entries]
+    users += [(entry.get("OPTIONS") or {}).get("assume_role") for entry in entries]
     return {str(user) for user in users if user}
 
 

@@ -43,7 +43,8 @@ transaction of its own (``_TransactionPath``).
 A connection is closed at a thread's safe points (``close_old``) when no tenant uses it
 any more and the server's ``CONN_MAX_AGE`` says so, or when it is broken. A connection
 object inside ``atomic()`` whose connection is closed stays closed until its outermost
-block ends, which then fails, as Django leaves one it closes there.
+block ends (its next statement raises; nothing of the block is committed), as Django
+leaves one it closes there.
 
 When a server keeps its tenants in the main database (``tenancy.main_database``), the
 main database's connection objects are one more user of the thread's connection, with
@@ -717,8 +718,9 @@ def close_all() -> None:
 def _close(shared: _Shared) -> None:
     """Close ``shared``; the connection objects lent it are left as Django's ``close()``
     leaves one: without a connection, to get another at their next statement; or, inside
-    ``atomic()``, closed until the outermost block ends, which then fails (the server
-    rolled the transaction back; no later statement of the block may run on its own)."""
+    ``atomic()``, closed until the outermost block ends (the server rolled the transaction
+    back: a later statement of the block raises instead of running on its own, and
+    nothing of the block is committed)."""
     for user in list(shared.users):
         if user.in_atomic_block and user.connection is shared.raw:
             user.closed_in_transaction = True

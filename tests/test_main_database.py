@@ -14,7 +14,7 @@ import pytest
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.backends.signals import connection_created
 
-from tenancy import atomic, tenant_context
+from tenancy import atomic, schema_connections, tenant_context
 from tenancy.backends import get_server
 from tenancy.checks import check_settings
 from tenancy.connections import close_all, close_old_connections, tenant_connection
@@ -431,3 +431,48 @@ def test_a_schema_is_never_named_after_a_role_the_project_connects_as(main, sett
             create_tenant("main-role", server=server, fields={"database_name": role})
     assert not Tenant.objects.filter(slug="main-role").exists()
     assert not get_server("main").database_exists(role)
+    # A role the project's sessions take on (Django's OPTIONS["assume_role"]) as well.
+    owner = {**reporting, "USER": SERVER_1["USER"], "OPTIONS": {"assume_role": "test_owner"}}
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "reporting": owner}}
+    with pytest.raises(ProvisioningError, match="database role"):
+        create_tenant("main-role", server="main", fields={"database_name": "test_owner"})
+
+
+def test_the_role_a_main_database_takes_on_is_the_one_asked_about(main, monkeypatch):
+    """With ``OPTIONS["assume_role"]`` the main database's "$user" is that role: a schema
+    of its name (where such a project keeps its tables) keeps the connections apart."""
+    from tenancy import main_database
+
+    with get_server("main")._shared_cursor() as cursor:
+        cursor.execute("CREATE ROLE test_owner")
+        cursor.execute("CREATE SCHEMA test_owner AUTHORIZATION test_owner")
+    options = main.settings_dict["OPTIONS"]
+    try:
+        monkeypatch.setattr(main_database, "_in_public", {})
+        assert main_database._finds_its_tables_in_public(main, "asked")
+        main.settings_dict["OPTIONS"] = {**options, "assume_role": "test_owner"}
+        assert not main_database._finds_its_tables_in_public(main, "asked again")
+    finally:
+        main.settings_dict["OPTIONS"] = options
+        with get_server("main")._shared_cursor() as cursor:
+            cursor.execute("DROP SCHEMA test_owner")
+            cursor.execute("DROP ROLE test_owner")
+
+
+def test_django_drops_the_main_test_database_past_the_shared_connection(main, monkeypatch):
+    """A tenant opened the thread's connection, and the main database's connection object
+    is closed already: Django's DROP DATABASE of the test database would meet the shared
+    connection, which tenancy closes first."""
+    from django.db.backends.postgresql.creation import DatabaseCreation
+
+    tenant = with_note("main-drop")
+    main.close()
+    tenant_pid(tenant)
+    open_when_dropped = []
+
+    def drop(creation, *args, **kwargs):  # Django's, without the DROP
+        open_when_dropped.append(schema_connections.open_count())
+
+    monkeypatch.setattr(DatabaseCreation, "_destroy_test_db", drop)
+    main.creation._destroy_test_db("test_database_name", verbosity=0)
+    assert open_when_dropped == [0]

@@ -299,6 +299,55 @@ def test_tenant_fixture_isolates_tests(project: pytest.Pytester) -> None:
     result.assert_outcomes(passed=11)
 
 
+IN_MAIN = (
+    """
+from django.db import connections, transaction
+
+from notes.models import Note
+from tenancy import tenant_context
+from tenancy.models import Tenant
+from tenancy.testing import TEST_TENANT_ALIAS
+
+
+def test_the_test_tenant_is_a_schema_of_the_main_test_database(tenant):
+    Note.objects.create(text="first")
+    assert Note.objects.count() == 1
+    assert connections[TEST_TENANT_ALIAS].settings_dict["NAME"] == "test_shop"
+    assert "notes_note" not in connections["default"].introspection.table_names()
+    assert Tenant.objects.filter(slug="test").exists()
+
+
+def test_factory_tenants_and_the_main_database_in_one_block(tenant, tenant_factory):
+    acme = tenant_factory("acme")
+    with transaction.atomic():
+        Tenant.objects.filter(slug="acme").update(name="Acme")
+        with tenant_context(acme):
+            Note.objects.create(text="acme")
+            assert list(Note.objects.values_list("text", flat=True)) == ["acme"]
+    assert Note.objects.count() == 0  # the test tenant's
+"""
+    + ROLLBACKS
+)
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
+def test_fixtures_with_tenants_in_the_main_database(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test tenant as a schema of Django's test database, under pytest and Django's
+    runner: each run ends with the test database dropped (past the shared connection)."""
+    monkeypatch.setenv("SHOP_MAIN_SCHEMAS", "1")
+    project.makepyfile(check_in_main=IN_MAIN, check_cases=CASES)
+    result = project.runpytest_subprocess("-p", "no:randomly", "-W", "error::pytest.PytestWarning")
+    result.assert_outcomes(passed=11)
+    assert not get_server("one").database_exists("test_shop")  # dropped by Django
+    result = project.run(
+        sys.executable, "-m", "django", "test", "-p", "check_cases.py", "--settings=shop.settings"
+    )
+    assert result.ret == 0, result.stderr.str()
+    result.stderr.fnmatch_lines(["Ran 6 tests in *", "OK"])
+
+
 @pytest.mark.skipif(BACKEND != "postgresql", reason="schemas are PostgreSQL's")
 def test_fixtures_on_a_schema_server(
     project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch

@@ -58,3 +58,7 @@ TENANCY = {
 if os.environ.get("SHOP_SCHEMAS"):  # tenants as schemas of a shared database (PostgreSQL)
     SERVERS["schemas"] = {**SERVERS["second"], "PLACEMENT": "schemas", "DATABASE": "shop_schemas"}
     TENANCY["DEFAULT_SERVER"] = "schemas"
+
+if os.environ.get("SHOP_MAIN_SCHEMAS"):  # tenants as schemas of the main database
+    SERVERS["inmain"] = {**SERVERS["main"], "PLACEMENT": "schemas", "DATABASE": "shop"}
+    TENANCY["DEFAULT_SERVER"] = "inmain"
