@@ -154,6 +154,9 @@ def _finds_its_tables_in_public(wrapper: BaseDatabaseWrapper, key: str) -> bool:
 
 
 def instrument(wrapper: BaseDatabaseWrapper) -> None:
+    """Make the main database's connection object ``wrapper`` one more user of its
+    thread's connection to its database (``_database_key`` decides which, as it
+    connects), and have Django's drop of its test database close that first."""
     schema_connections.instrument(wrapper, main_key=lambda: _database_key(wrapper))
     cast(Any, wrapper).tenancy_main_database = True
     creation = cast(Any, wrapper.creation)
