@@ -118,7 +118,8 @@ def _check_main_database() -> list[checks.CheckMessage]:
                 )
             )
         # The names match (holds_main_database); a test run renames one before the other.
-        differing = [key for key in different_settings(main, server) if key != "NAME"]
+        tenants = server.lendable_settings() or {}  # not pooled: never None here
+        differing = [key for key in different_settings(main, tenants) if key != "NAME"]
         if differing:
             errors.append(
                 checks.Warning(

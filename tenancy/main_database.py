@@ -77,33 +77,22 @@ def holding_server(database: dict[str, Any]) -> SchemaServer | None:
     return None
 
 
-def shares_connection(database: dict[str, Any], server: SchemaServer) -> bool:
-    """Whether the main database (``database``) and ``server``'s tenants can share one
-    connection: the same settings in each of ``CONNECTION_KEYS``."""
-    tenants = server.lendable_settings()
-    return tenants is not None and not different_settings(database, server, tenants)
-
-
-def different_settings(
-    database: dict[str, Any], server: SchemaServer, tenants: dict[str, Any] | None = None
-) -> list[str]:
-    """The ``CONNECTION_KEYS`` in which the main database's ``database`` and ``server``'s
-    tenants differ."""
-    if tenants is None:
-        tenants = server.lendable_settings() or {}
+def different_settings(database: dict[str, Any], tenants: dict[str, Any]) -> list[str]:
+    """The ``CONNECTION_KEYS`` in which the main database's ``database`` and a tenant's
+    entry on its server (``SchemaServer.lendable_settings``) differ."""
     return [key for key in CONNECTION_KEYS if database.get(key) != tenants.get(key)]
 
 
 def _database_key(wrapper: BaseDatabaseWrapper) -> str:
     """The shared connections the main database's ``wrapper`` takes one from as it
-    connects: its schema tenants'; or (its settings naming another database now, as
-    before a test run creates its test database; its tables found elsewhere than in
-    ``public``) its own, where tenancy leaves its search path alone."""
+    connects: its schema tenants' when it can be the same connection (the same
+    ``CONNECTION_KEYS``); or (its settings naming another database now, as before a test
+    run creates its test database; its tables found elsewhere than in ``public``) its
+    own, where tenancy leaves its search path alone."""
     database = wrapper.settings_dict
-    server = holding_server(database)
-    if server is not None and shares_connection(database, server):
-        tenants = server.lendable_settings()
-        assert tenants is not None
+    server = holding_server(database)  # never one behind a pooler in transaction mode
+    tenants = server.lendable_settings() if server is not None else None
+    if tenants is not None and not different_settings(database, tenants):
         key = schema_connections.database_key(tenants)
         if _finds_its_tables_in_public(wrapper, key):
             return key

@@ -683,9 +683,7 @@ def _close_for_main(shared: _Shared) -> None:
     close its own, unless a tenant is using it (a transaction, a cursor still read from);
     the tenants lent it meanwhile connect again."""
     if shared.raw.closed or not shared.is_free() or shared.has_open_cursors():
-        return
-    if any(user.in_atomic_block for user in shared.users):
-        return
+        return  # a user inside atomic() owns it: not free
     _close(shared)
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the tests of moves, restores and retention."""
+"""Helpers shared by the tests of moves, restores and retention, and of connections."""
 
 from __future__ import annotations
 
@@ -49,3 +49,10 @@ def recorded_move(tenant: Any, step: str = MoveStep.PREPARED, **fields: Any) -> 
         **fields,
     }
     return TenantMove.objects.create(**values)
+
+
+def backend_pid(wrapper: Any) -> int:
+    """The PostgreSQL backend a connection object's statements run on now."""
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])

@@ -23,6 +23,7 @@ from tenancy.main_database import holding_server
 from tenancy.models import Tenant
 from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
 from tests.conftest import client_sessions
+from tests.helpers import backend_pid
 from tests.settings import BACKEND, PGBOUNCER, SERVER_1
 from tests.sharedapp.models import Plan
 from tests.tenantapp.models import Note
@@ -72,12 +73,6 @@ def with_note(slug: str) -> Tenant:
                 [MARKER, slug],
             )
     return tenant
-
-
-def backend_pid(wrapper) -> int:
-    with wrapper.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        return int(cursor.fetchone()[0])
 
 
 def tenant_pid(tenant: Tenant) -> int:

@@ -38,6 +38,7 @@ from tenancy.migration import migration_lock
 from tenancy.models import Domain, Tenant
 from tenancy.provisioning import ProvisioningError, create_tenant, deprovision_tenant
 from tests.conftest import client_sessions
+from tests.helpers import backend_pid
 from tests.settings import BACKEND, PGBOUNCER, SERVER_1, SERVER_2
 from tests.tenantapp.models import Note
 from tests.test_admin import client_for
@@ -610,15 +611,12 @@ def test_a_connection_lent_to_the_catalog_is_no_tenants_meanwhile(schemas):
         catalogs = cursor.fetchone()[0]
         with tenant_context(globex):
             assert texts() == ["globex note"]
-            with connections[alias_for(globex)].cursor() as tenants:
-                tenants.execute("SELECT pg_backend_pid()")
-                assert tenants.fetchone()[0] != catalogs
+            assert backend_pid(connections[alias_for(globex)]) != catalogs
         cursor.execute("BEGIN")
     with tenant_context(acme):
         assert texts() == ["acme note"]
-        with connections[alias_for(acme)].cursor() as tenants:
-            tenants.execute("SELECT pg_backend_pid()")
-            assert tenants.fetchone()[0] != catalogs  # the one left in a transaction closed
+        # the one left in a transaction closed
+        assert backend_pid(connections[alias_for(acme)]) != catalogs
 
 
 @postgresql_only
@@ -629,9 +627,7 @@ def test_provisioning_after_the_server_ended_the_shared_connection(schemas):
     import time
 
     acme = with_note("acme")
-    with connections[alias_for(acme)].cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = cursor.fetchone()[0]
+    pid = backend_pid(connections[alias_for(acme)])
     with get_server("one")._cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
     time.sleep(0.05)  # the goodbye message reaches the client
@@ -654,14 +650,9 @@ def test_a_notification_waiting_on_the_shared_connection_is_no_goodbye(schemas):
     acme = with_note("acme")
     Note.objects.using(alias_for(acme)).bulk_create(Note(text=f"{n}") for n in range(3))
 
-    def backend() -> int:
-        with connections[alias_for(acme)].cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid()")
-            return cursor.fetchone()[0]
-
     with connections[alias_for(acme)].cursor() as cursor:
         cursor.execute("LISTEN tenancy_test")
-    listening = backend()
+    listening = backend_pid(connections[alias_for(acme)])
     with tenant_context(acme):
         rows = Note.objects.order_by("text").values_list("text", flat=True).iterator(1)
         assert next(rows) == "0"
@@ -673,7 +664,7 @@ def test_a_notification_waiting_on_the_shared_connection_is_no_goodbye(schemas):
         # The notification the safe point read is still the driver's to deliver.
         assert [n.channel for n in raw.notifies(timeout=1, stop_after=1)] == ["tenancy_test"]
         assert list(rows) == ["1", "2", "acme note"]
-    assert backend() == listening
+    assert backend_pid(connections[alias_for(acme)]) == listening
 
 
 def test_a_schema_server_that_looks_pooled_is_warned_about(settings):
