@@ -80,13 +80,14 @@ def protected_reason(
     database_server = server if isinstance(server, DatabaseServer) else get_server(server)
     if database_name in SYSTEM_DATABASES:
         return "a system database of PostgreSQL"
-    if database_server.holds_schemas and is_system_schema(database_name):
-        return "a schema of PostgreSQL's own or shared by every user of the database"
-    if database_server.holds_schemas and database_name in _role_names(database_server):
-        return (
-            "the name of a database role, whose sessions find a schema of that name first "
-            'on their default search path ("$user")'
-        )
+    if database_server.holds_schemas:
+        if is_system_schema(database_name):
+            return "a schema of PostgreSQL's own or shared by every user of the database"
+        if database_name in _role_names(database_server):
+            return (
+                "the name of a database role, whose sessions find a schema of that name "
+                'first on their default search path ("$user")'
+            )
     if database_name in _maintenance_databases(database_server):
         return "the server's maintenance database (MAINTENANCE_DB)"
     for alias, database in configured_databases():
