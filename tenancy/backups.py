@@ -57,7 +57,6 @@ from tenancy.backends import get_server
 from tenancy.backends.base import (
     DatabaseExists,
     DatabaseServer,
-    DumpContents,
     DumpFile,
     Fingerprint,
     held_connections,
@@ -277,8 +276,22 @@ def backup_tenant(tenant: AbstractTenant | str, path: str | Path | None = None) 
     The tenant goes on serving meanwhile. ``BackupError`` when it cannot be backed up; an
     existing file is never replaced."""
     slug = tenant if isinstance(tenant, str) else tenant.slug
-    with tenant_lock(slug):  # not moved, restored or deleted meanwhile
-        return backup_locked(_current(slug), path)
+    with held_connections():
+        # The dump's connection is opened while the lock is taken. The tenant is read
+        # again under the lock: a connection to where it no longer is goes unused.
+        _prepare_dump(_find(slug) if isinstance(tenant, str) else tenant)
+        # Not moved, restored or deleted meanwhile; the main database is only read.
+        with tenant_lock(slug, in_transaction=True):
+            return backup_locked(_current(slug), path)
+
+
+def _prepare_dump(tenant: AbstractTenant | None) -> None:
+    """Start opening what a dump of ``tenant`` as it was read reads through. A guess:
+    what is wrong with it is met, and said, once the tenant is read under its lock."""
+    if tenant is None or tenant.status not in BACKED_UP_STATUSES:
+        return
+    with contextlib.suppress(Exception):
+        get_server(tenant.server).prepare_dump(tenant.database_name)
 
 
 def backup_locked(tenant: AbstractTenant, path: str | Path | None = None) -> BackupReport:
@@ -354,9 +367,24 @@ def _write_archive(
                 digest.update(chunk)
                 size += len(chunk)
 
-            contents = server.dump(tenant.database_name, sink)
+            described: dict[str, Any] = {}
+            contents = server.dump(
+                tenant.database_name,
+                sink,
+                # Read while pg_dump works: the registry's part of the manifest.
+                meanwhile=lambda: described.update(_description(tenant, server)),
+            )
             out.write(_padding(size))
-            manifest = _manifest(tenant, server, contents, size, digest.hexdigest(), now)
+            manifest = Manifest(
+                **described,
+                migrations=contents.migrations,
+                tables={name: rows for name, (rows, _) in contents.fingerprint.tables.items()},
+                sequences=contents.fingerprint.sequences,
+                dump_bytes=size,
+                dump_sha256=digest.hexdigest(),
+                created_at=now.isoformat(),
+                server_version=contents.server_version,
+            )
             text = json.dumps(manifest.as_json(), indent=2, sort_keys=True).encode()
             out.write(_header(MANIFEST, len(text), now))
             out.write(text + _padding(len(text)))
@@ -381,36 +409,24 @@ def _write_archive(
     return manifest, target.stat().st_size
 
 
-def _manifest(
-    tenant: AbstractTenant,
-    server: DatabaseServer,
-    contents: DumpContents,
-    size: int,
-    sha256: str,
-    now: datetime,
-) -> Manifest:
+def _description(tenant: AbstractTenant, server: DatabaseServer) -> dict[str, Any]:
+    """The manifest's values that are not the dump's: the tenant, as the registry has it,
+    and the versions."""
     domains = Domain.objects.filter(tenant_id=tenant.pk).order_by("domain")
     vendor = server_vendor(tenancy_settings.server(tenant.server))
-    return Manifest(
-        slug=tenant.slug,
-        name=tenant.name,
-        server=tenant.server,
-        vendor=vendor,
-        placement=server.placement,
-        database_name=tenant.database_name,
-        status=tenant.status,
-        domains=[(domain.domain, domain.is_primary) for domain in domains],
-        migrations=contents.migrations,
-        tables={name: rows for name, (rows, _) in contents.fingerprint.tables.items()},
-        sequences=contents.fingerprint.sequences,
-        dump_member=DUMP_MEMBERS[vendor],
-        dump_bytes=size,
-        dump_sha256=sha256,
-        created_at=now.isoformat(),
-        server_version=contents.server_version,
-        tenancy_version=_version("tenancy"),
-        django_version=django.get_version(),
-    )
+    return {
+        "slug": tenant.slug,
+        "name": tenant.name,
+        "server": tenant.server,
+        "vendor": vendor,
+        "placement": server.placement,
+        "database_name": tenant.database_name,
+        "status": tenant.status,
+        "domains": [(domain.domain, domain.is_primary) for domain in domains],
+        "dump_member": DUMP_MEMBERS[vendor],
+        "tenancy_version": _version("tenancy"),
+        "django_version": django.get_version(),
+    }
 
 
 def _header(name: str, size: int, when: datetime) -> bytes:
@@ -690,23 +706,37 @@ def restore_tenant(
         backup.start_digest_check()
         try:
             # The server is asked several things in a row (is the name free, make the
-            # database): one connection to each database, not one per question.
-            with tenant_lock(slug), held_connections():
-                existing = get_tenant_model()._default_manager.filter(slug=slug).first()
-                record = (
-                    TenantMove.objects.filter(tenant_id=existing.pk).first()
-                    if existing is not None
-                    else None
-                )
-                if existing is not None and record is not None:
-                    return _continue_recorded(existing, record, backup, replace)
-                if existing is None or existing.status == TenantStatus.RESTORING:
-                    return _restore_new(existing, slug, backup, server, as_slug is not None)
-                return _restore_replacing(existing, backup, server, replace, keep_replaced)
+            # database): one connection to each database, not one per question, the
+            # first opened while the lock is taken.
+            with held_connections():
+                _prepare_restore(server, manifest)
+                with tenant_lock(slug):
+                    existing = _find(slug)
+                    record = (
+                        TenantMove.objects.filter(tenant_id=existing.pk).first()
+                        if existing is not None
+                        else None
+                    )
+                    if existing is not None and record is not None:
+                        return _continue_recorded(existing, record, backup, replace)
+                    if existing is None or existing.status == TenantStatus.RESTORING:
+                        return _restore_new(existing, slug, backup, server, as_slug is not None)
+                    return _restore_replacing(existing, backup, server, replace, keep_replaced)
         except BackupError:
             raise
         except (DatabaseError, OSError, TenancyError) as exc:
             raise BackupError(f"Tenant {slug!r} was not restored ({one_line(exc)}).") from exc
+
+
+def _prepare_restore(server: str | None, manifest: Manifest) -> None:
+    """Start opening what a restore to the server it most likely goes to asks first. A
+    guess, which the tenant read under its lock may prove wrong: the connection then goes
+    unused."""
+    name = server or manifest.server
+    if name not in tenancy_settings.SERVERS:
+        name = tenancy_settings.DEFAULT_SERVER
+    with contextlib.suppress(Exception):  # what is wrong is met, and said, where it is used
+        get_server(name).prepare_restore()
 
 
 def restore_locked(tenant: AbstractTenant, path: str | Path) -> RestoreReport:
@@ -833,6 +863,8 @@ def _restore_new(
         message = database_name_unavailable(tenant, new=True)
         if message is not None:
             raise BackupError(message)
+        name = tenant.database_name or tenancy_settings.database_name_for(slug)
+        tenant._tenancy_checked_database = (server_name, name)  # save() need not ask again
     report = _report(slug, server_name, "", manifest)
     free, skipped = ([], []) if side_copy else _free_domains(manifest, slug)
     with transaction.atomic(using=registry_database()):
@@ -962,9 +994,9 @@ def _restore_database(
         )
     with timed_step(report.steps, "verified"):
         backup.check_unchanged()
-        restored = server.fingerprint(name, checksums=False)
+        restored = server.contents(name)
         differences = manifest.fingerprint.relative_to(manifest.home_schema).differences(
-            restored.relative_to(server.home_schema(name))
+            restored.fingerprint.relative_to(server.home_schema(name))
         )
         if differences:
             raise BackupError(
@@ -974,6 +1006,9 @@ def _restore_database(
         report.tables = len(manifest.tables)
         report.rows = sum(manifest.tables.values())
     with timed_step(report.steps, "migrated"):
+        applied = {_migration_key(key) for key in restored.migrations}
+        if not migration_state().pending(applied):
+            return frozenset(applied)  # read with the rows: no migrator, no connection
         stand_in = RestoredDatabase(f"_restore.{slug}", server.name, name)
         try:
             result = migrate_tenant(stand_in)  # type: ignore[arg-type]
@@ -986,6 +1021,12 @@ def _restore_database(
             )
         report.migrations_applied = result.applied
     return result.applied_set
+
+
+def _migration_key(text: str) -> tuple[str, str]:
+    """``(app, name)`` of a migration written ``app.name`` (no app label has a dot)."""
+    app, _, name = text.partition(".")
+    return app, name
 
 
 def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:
@@ -1072,9 +1113,14 @@ def _report(slug: str, server: str, name: str, manifest: Manifest) -> RestoreRep
 
 
 def _current(slug: str) -> AbstractTenant:
-    found: AbstractTenant | None = get_tenant_model()._default_manager.filter(slug=slug).first()
+    found = _find(slug)
     if found is None:
         raise BackupError(f"There is no tenant {slug[:80]!r}.")
+    return found
+
+
+def _find(slug: str) -> AbstractTenant | None:
+    found: AbstractTenant | None = get_tenant_model()._default_manager.filter(slug=slug).first()
     return found
 
 

@@ -248,9 +248,32 @@ class DatabaseServer:
 
     # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
 
-    def dump(self, name: str, sink: Callable[[bytes], None]) -> DumpContents:
+    def dump(
+        self,
+        name: str,
+        sink: Callable[[bytes], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> DumpContents:
         """Dump the database ``name`` as it is at one moment, handing the dump to ``sink``
-        in chunks while the tenant goes on serving; what it holds is read at that moment."""
+        in chunks while the tenant goes on serving; what it holds is read at that moment.
+        ``meanwhile`` is called once while the dump is being written: the caller's own
+        work, which then costs no time of its own."""
+        raise NotImplementedError
+
+    def prepare_dump(self, name: str) -> None:
+        """Within ``held_connections()``: start opening what ``dump`` of ``name`` reads
+        through, while the caller goes on (takes the tenant's lock)."""
+        return None
+
+    def prepare_restore(self) -> None:
+        """Within ``held_connections()``: start opening what a restore to this server
+        asks first (is a name free, make the database), while the caller goes on."""
+        return None
+
+    def contents(self, name: str) -> DumpContents:
+        """What the database ``name`` holds, as ``dump`` reads it (rows without
+        checksums, sequences, migrations applied): a restored database is compared with
+        its backup's manifest."""
         raise NotImplementedError
 
     def home_schema(self, name: str) -> str | None:

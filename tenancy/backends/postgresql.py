@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -143,16 +144,13 @@ class PostgreSQLServer(DatabaseServer):
     ) -> Iterator[Any]:
         """A cursor on a connection of tenancy's own to the maintenance database, or to
         the server's database ``database_name`` (``direct``: not through a pooler)."""
-        if database_name is None:
-            settings = self._maintenance_settings()
-        elif direct:
-            settings = self._direct_settings_for(database_name)
-        else:
-            settings = self._settings_for(database_name)
+        settings = self._cursor_settings(database_name, direct)
         # Kept for the rest of a held_connections() block, unless on a template.
         held = held_wrappers() if settings.get("NAME") not in _TEMPLATE_DATABASES else None
-        key = (alias, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        key = _held_key(alias, settings)
         wrapper = held.pop(key, None) if held is not None else None
+        if isinstance(wrapper, _Connecting):
+            wrapper = wrapper.result()
         if wrapper is not None and not _reusable(wrapper):
             wrapper.close()
             wrapper = None
@@ -168,6 +166,34 @@ class PostgreSQLServer(DatabaseServer):
             wrapper.close()
         else:
             held[key] = wrapper
+
+    def _cursor_settings(self, database_name: str | None, direct: bool) -> dict[str, Any]:
+        if database_name is None:
+            return self._maintenance_settings()
+        if direct:
+            return self._direct_settings_for(database_name)
+        return self._settings_for(database_name)
+
+    def connect_ahead(
+        self,
+        database_name: str | None = None,
+        alias: str = MAINTENANCE_ALIAS,
+        *,
+        direct: bool = False,
+    ) -> None:
+        """Within ``held_connections()``: open the connection that ``_cursor`` with these
+        arguments will use, in a thread of its own, while the caller goes on (takes a
+        lock, waits for a program): its set-up, a few milliseconds, then costs no time of
+        its own. ``_cursor`` waits for it. A failure to connect is met again, and raised,
+        where the connection is used; one never used is closed with the block. Outside
+        such a block it does nothing."""
+        held = held_wrappers()
+        if held is None:
+            return
+        settings = self._cursor_settings(database_name, direct)
+        key = _held_key(alias, settings)
+        if settings.get("NAME") not in _TEMPLATE_DATABASES and key not in held:
+            held[key] = _Connecting(_unpooled_wrapper(settings, alias))
 
     def database_exists(self, name: str) -> bool:
         with self._cursor() as cursor:
@@ -412,15 +438,36 @@ class PostgreSQLServer(DatabaseServer):
 
     # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
 
-    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+    def dump(
+        self,
+        database_name: str,
+        sink: Callable[[bytes], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> DumpContents:
         """``pg_dump`` in custom format (compressed, as by hand) of an exported snapshot,
         which the row counts and the applied migrations are read in meanwhile; writes go
         on. Not through a pooler (``DIRECT``): pg_dump's session settings would stay."""
         validate_database_name(database_name)
-        return self._dump(database_name, sink)
+        return self._dump(database_name, sink, meanwhile)
+
+    def prepare_dump(self, database_name: str) -> None:
+        validate_database_name(database_name)
+        self.connect_ahead(database_name, BACKUP_ALIAS, direct=True)
+
+    def prepare_restore(self) -> None:
+        self.connect_ahead()
+
+    def contents(self, database_name: str) -> DumpContents:
+        validate_database_name(database_name)
+        with self._cursor(database_name) as cursor:
+            return _contents(cursor)
 
     def _dump(
-        self, database_name: str, sink: Callable[[bytes], None], schema: str | None = None
+        self,
+        database_name: str,
+        sink: Callable[[bytes], None],
+        meanwhile: Callable[[], None] | None = None,
+        schema: str | None = None,
     ) -> DumpContents:
         """``dump`` of database ``database_name``, or of its ``schema`` only."""
         self._check_direct_route(database_name)
@@ -452,6 +499,8 @@ class PostgreSQLServer(DatabaseServer):
                         # Read by PostgreSQL while pg_dump reads: two backends at once.
                         fingerprint = _fingerprint(cursor, checksums=False, schema=schema)
                         migrations = _applied_migrations(cursor, schema)
+                        if meanwhile is not None:
+                            meanwhile()
                     except BaseException:
                         dump.kill()
                         raise
@@ -481,7 +530,8 @@ class PostgreSQLServer(DatabaseServer):
         database's ``public``, where a tenant of its own database keeps its tables."""
         if not self.create_database(database_name):
             raise DatabaseExists(f"database {database_name!r} exists on server {self.name!r}")
-        self._restore_into(database_name, dump)
+        # Opened while pg_restore works, for what is asked next: what it holds.
+        self._restore_into(database_name, dump, lambda: self.connect_ahead(database_name))
         if schema not in (None, "public"):
             with self._cursor(database_name, direct=True) as cursor:
                 query = sql.SQL(
@@ -489,13 +539,19 @@ class PostgreSQLServer(DatabaseServer):
                 ).format(sql.Identifier(schema))
                 cursor.execute(query.as_string(cursor.connection))
 
-    def _restore_into(self, database_name: str, dump: DumpFile) -> None:
+    def _restore_into(
+        self,
+        database_name: str,
+        dump: DumpFile,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> None:
         """``pg_restore`` of ``dump`` into database ``database_name``. It reads the dump
         from the file itself, its standard input placed at the dump's first byte: fed
         through a pipe by this process, 50 MB took 0.1 s longer. It uses nothing after the
         dump's last block: tenancy's dumps are written through a pipe, so they name no
         positions of their blocks (which would be wrong in a larger file), and pg_restore
-        reads the blocks in turn from the end of the table of contents."""
+        reads the blocks in turn from the end of the table of contents. ``meanwhile`` is
+        called once pg_restore has started."""
         self._check_direct_route(database_name)
         with (
             self.client_connection(database_name) as (dsn, environment),
@@ -509,6 +565,8 @@ class PostgreSQLServer(DatabaseServer):
                 env=environment,
             )
             with reaped(restore):
+                if meanwhile is not None:
+                    meanwhile()
                 restore.wait()
             check_exit("pg_restore", restore, errors)
 
@@ -585,6 +643,17 @@ def _fingerprint(cursor: Any, checksums: bool, schema: str | None = None) -> Fin
     )
     sequences = {name: int(value) for name, value in cursor.fetchall()}
     return Fingerprint(tables, sequences)
+
+
+def _contents(cursor: Any, schema: str | None = None) -> DumpContents:
+    """``contents`` of the database of ``cursor`` (of its ``schema`` only), in one
+    snapshot."""
+    cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    fingerprint = _fingerprint(cursor, checksums=False, schema=schema)
+    migrations = _applied_migrations(cursor, schema)
+    cursor.execute("COMMIT")
+    version = cursor.connection.info.parameter_status("server_version") or ""
+    return DumpContents(fingerprint, migrations, version)
 
 
 def _applied_migrations(cursor: Any, schema: str | None = None) -> list[str]:
@@ -677,9 +746,11 @@ def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True)
     connection, and with it the lock.
     """
     wrapper = _unpooled_wrapper(settings_dict, LOCK_ALIAS)
+    # The driver's connection alone: Django's set-up of one (its time zone, a role) is a
+    # round trip of no use to a lock.
+    with wrapper.wrap_database_errors:
+        raw = wrapper.get_new_connection(wrapper.get_connection_params())
     try:
-        wrapper.ensure_connection()
-        raw = wrapper.connection
         raw.autocommit = False
         function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
         row = raw.execute(f"SELECT {function}(%s)", [key]).fetchone()
@@ -688,7 +759,7 @@ def advisory_lock(settings_dict: dict[str, Any], key: int, *, wait: bool = True)
         # to end the transaction after the next run may already have asked for the lock.
         raw.rollback()
     finally:
-        wrapper.close()  # ends the transaction, and the lock with it, if not done above
+        raw.close()  # ends the transaction, and the lock with it, if not done above
 
 
 # Never kept: a session on a template makes every CREATE DATABASE copying it fail.
@@ -713,6 +784,35 @@ def _reusable(wrapper: Any) -> bool:
         return not readable(raw.pgconn.socket)
     except Exception:
         return False
+
+
+def _held_key(alias: str, settings: dict[str, Any]) -> tuple[Any, ...]:
+    """What a connection kept by ``held_connections`` is found again by."""
+    return (alias, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+
+
+class _Connecting(threading.Thread):
+    """A connection of tenancy's own being opened in a thread of its own
+    (``connect_ahead``); ``result`` waits for it. The wrapper is made in the calling
+    thread, whose it stays: only its connecting happens here."""
+
+    def __init__(self, wrapper: Any) -> None:
+        super().__init__(name="tenancy-connect", daemon=True)
+        self.wrapper = wrapper
+        self.start()
+
+    def run(self) -> None:
+        # A failure leaves the wrapper unconnected: not reusable, so the statements that
+        # were to use it connect again and meet the error themselves.
+        with contextlib.suppress(Exception):
+            self.wrapper.ensure_connection()
+
+    def result(self) -> Any:
+        self.join()
+        return self.wrapper
+
+    def close(self) -> None:
+        self.result().close()
 
 
 def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:

@@ -31,8 +31,10 @@ from tenancy.backends.base import DatabaseExists, DumpContents, DumpFile, Finger
 from tenancy.backends.postgresql import (
     _CLUSTER,
     _ROW_TEXT,
+    BACKUP_ALIAS,
     PostgreSQLServer,
     _compose,
+    _contents,
     _fingerprint,
     advisory_lock,
     server_address,
@@ -302,10 +304,27 @@ class SchemaServer(PostgreSQLServer):
     def home_schema(self, name: str) -> str | None:
         return name
 
-    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+    def dump(
+        self,
+        database_name: str,
+        sink: Callable[[bytes], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> DumpContents:
         """``pg_dump --schema`` of the tenant's schema in the shared database."""
         _validate_schema_name(database_name)
-        return self._dump(self.database, sink, schema=database_name)
+        return self._dump(self.database, sink, meanwhile, schema=database_name)
+
+    def prepare_dump(self, database_name: str) -> None:
+        _validate_schema_name(database_name)
+        self.connect_ahead(self.database, BACKUP_ALIAS, direct=True)
+
+    def prepare_restore(self) -> None:
+        return None  # a schema restore asks the shared database, on a lent connection
+
+    def contents(self, database_name: str) -> DumpContents:
+        _validate_schema_name(database_name)
+        with self._shared_cursor() as cursor:
+            return _contents(cursor, database_name)
 
     def restore_database(
         self, name: str, dump: DumpFile, *, schema: str | None, isolated: bool = False

@@ -148,7 +148,12 @@ class SQLiteServer(DatabaseServer):
 
     # -- backing up and restoring a tenant (tenancy.backups) ---------------------------
 
-    def dump(self, database_name: str, sink: Callable[[bytes], None]) -> DumpContents:
+    def dump(
+        self,
+        database_name: str,
+        sink: Callable[[bytes], None],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> DumpContents:
         """A copy through SQLite's backup API (one consistent state, writes go on), read
         for what it holds, then handed to ``sink``."""
         source = self.path(database_name)
@@ -167,16 +172,19 @@ class SQLiteServer(DatabaseServer):
                 contextlib.closing(sqlite3.connect(copy)) as target,
             ):
                 src.backup(target)
-                (version,) = target.execute("SELECT sqlite_version()").fetchone()
-                migrations = _applied_migrations(target)
-            fingerprint = fingerprint_file(copy, checksums=False)
+            contents = _file_contents(copy)
+            if meanwhile is not None:
+                meanwhile()
             with copy.open("rb") as dumped:
                 while chunk := dumped.read(CHUNK):
                     sink(chunk)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 copy.unlink()
-        return DumpContents(fingerprint, migrations, str(version))
+        return contents
+
+    def contents(self, database_name: str) -> DumpContents:
+        return _file_contents(self.path(database_name))
 
     def restore_database(
         self,
@@ -281,6 +289,16 @@ def fingerprint_file(path: Path, *, checksums: bool = True) -> Fingerprint:
         ).fetchone():
             sequences = dict(connection.execute("SELECT name, seq FROM sqlite_sequence"))
     return Fingerprint(tables, sequences)
+
+
+def _file_contents(path: Path) -> DumpContents:
+    """What the database file ``path``, which nothing writes to, holds."""
+    with contextlib.closing(
+        sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    ) as connection:
+        (version,) = connection.execute("SELECT sqlite_version()").fetchone()
+        migrations = _applied_migrations(connection)
+    return DumpContents(fingerprint_file(path, checksums=False), migrations, str(version))
 
 
 def _applied_migrations(connection: sqlite3.Connection) -> list[str]:
