@@ -7,15 +7,18 @@ import io
 import json
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import OperationalError, connections, transaction
 
 from tenancy import backups as backups_module
-from tenancy import tenant_context
+from tenancy import ledger, tenant_context
 from tenancy.backends import get_server
+from tenancy.backends.base import held_connections, held_wrappers
 from tenancy.backups import (
     BackupError,
     abort_restore,
@@ -25,6 +28,7 @@ from tenancy.backups import (
 )
 from tenancy.models import Domain, MoveKind, MoveStep, Tenant, TenantMove, TenantStatus
 from tenancy.provisioning import create_tenant, deprovision_tenant
+from tenancy.tenant_locks import tenant_lock
 from tests.helpers import recorded_move
 from tests.settings import BACKEND
 from tests.tenantapp.models import Note, Tag
@@ -709,3 +713,79 @@ def test_a_direct_address_that_reaches_another_server_is_refused(gamma, settings
     with pytest.raises(BackupError, match="DIRECT address reaches another server"):
         backup_tenant(gamma, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def lock_is_free(slug):
+    """Whether another thread (on connections of its own) could take ``slug``'s lock."""
+    found = []
+
+    def attempt():
+        try:
+            with tenant_lock(slug, wait=False) as acquired:
+                found.append(acquired)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    return found == [True]
+
+
+def test_a_backup_holds_the_tenants_lock_until_it_ends(gamma, tmp_path, monkeypatch):
+    seen = []
+    locked = backups_module.backup_locked
+
+    def backup_locked(tenant, path):
+        # The lock is taken in a transaction of the main database's connection.
+        seen.append((lock_is_free("gamma"), connections["default"].in_atomic_block))
+        return locked(tenant, path)
+
+    monkeypatch.setattr(backups_module, "backup_locked", backup_locked)
+    backup_tenant(gamma, tmp_path)
+    assert seen == [(False, BACKEND == "postgresql")]
+    assert lock_is_free("gamma")
+    assert not connections["default"].in_atomic_block
+    # Inside the caller's transaction, the lock still ends with the backup.
+    with transaction.atomic():
+        backup_tenant(gamma, tmp_path)
+        assert lock_is_free("gamma")
+    assert seen[1] == (False, True)
+
+
+def test_a_backup_reads_the_tenant_again_under_its_lock(gamma, beta, tmp_path):
+    """A tenant read before (the caller's), which says another tenant's database, is
+    backed up from its own: the connection opened ahead for that database goes unused."""
+    stale = Tenant.objects.get(slug="gamma")
+    stale.database_name = beta.database_name
+    report = backup_tenant(stale, tmp_path)
+    assert read_manifest(report.path).database_name == gamma.database_name
+    copy = restore_tenant(report.path, as_slug="gamma-copy")
+    assert texts(Tenant.objects.get(slug=copy.slug)) == texts(gamma) != texts(beta)
+
+
+def test_a_restore_with_nothing_to_migrate_runs_no_migrator(gamma, backup, monkeypatch):
+    def migrate_tenant(tenant):
+        raise AssertionError("the restored database had nothing to migrate")
+
+    monkeypatch.setattr(backups_module, "migrate_tenant", migrate_tenant)
+    report = restore_tenant(backup.path, as_slug="gamma-copy")
+    assert report.migrations_applied == 0
+    copy = Tenant.objects.get(slug="gamma-copy")
+    assert ledger.states([copy])[copy.pk].status == ledger.CURRENT
+    assert texts(copy) == texts(gamma)
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite opens no connections ahead")
+def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(gamma):
+    server = get_server("one")
+    with held_connections():
+        server.connect_ahead(gamma.database_name)
+        (ahead,) = held_wrappers().values()
+        assert server.contents(gamma.database_name).migrations
+        assert list(held_wrappers().values()) == [ahead.wrapper]  # the same, kept
+    assert ahead.wrapper.connection is None  # closed with the block
+    with held_connections():
+        server.connect_ahead("test_tenancy_no_such_database")
+        with pytest.raises(OperationalError, match="test_tenancy_no_such_database"):
+            server.contents("test_tenancy_no_such_database")
