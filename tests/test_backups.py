@@ -742,13 +742,13 @@ def test_a_backup_holds_the_tenants_lock_until_it_ends(gamma, tmp_path, monkeypa
         return locked(tenant, path)
 
     monkeypatch.setattr(backups_module, "backup_locked", backup_locked)
-    backup_tenant(gamma, tmp_path)
+    backup_tenant(gamma, tmp_path / "first.tar")
     assert seen == [(False, BACKEND == "postgresql")]
     assert lock_is_free("gamma")
     assert not connections["default"].in_atomic_block
     # Inside the caller's transaction, the lock still ends with the backup.
     with transaction.atomic():
-        backup_tenant(gamma, tmp_path)
+        backup_tenant(gamma, tmp_path / "second.tar")
         assert lock_is_free("gamma")
     assert seen[1] == (False, True)
 
