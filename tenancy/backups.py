@@ -280,8 +280,7 @@ def backup_tenant(tenant: AbstractTenant | str, path: str | Path | None = None) 
         # The dump's connection is opened while the lock is taken. The tenant is read
         # again under the lock: a connection to where it no longer is goes unused.
         _prepare_dump(_find(slug) if isinstance(tenant, str) else tenant)
-        # Not moved, restored or deleted meanwhile; the main database is only read.
-        with tenant_lock(slug, in_transaction=True):
+        with tenant_lock(slug):  # not moved, restored or deleted meanwhile
             return backup_locked(_current(slug), path)
 
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import connections, transaction
+from django.db import connections
 
 from tenancy.backends.sqlite import file_lock, sqlite_path
 
@@ -18,29 +18,15 @@ _local_locks_lock = threading.Lock()
 
 
 @contextmanager
-def tenant_lock(slug: str, *, wait: bool = True, in_transaction: bool = False) -> Iterator[bool]:
+def tenant_lock(slug: str, *, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of tenant ``slug``; yields whether it was taken (always True when
     ``wait``). PostgreSQL: an advisory lock in the main database, on a connection of its
-    own; SQLite: a file lock beside the main database (one for every tenant).
-
-    ``in_transaction``, for a block that only reads the main database: the lock is taken
-    in a transaction of the main database's connection, which the block's statements on
-    it then run in, sparing a connection's set-up and end (a few milliseconds). Inside a
-    transaction there already, it is taken on a connection of its own as usual: it must
-    end with the block, not with the caller's transaction."""
+    own; SQLite: a file lock beside the main database (one for every tenant)."""
     from tenancy.models import registry_database
 
     connection = connections[registry_database()]
     digest = hashlib.blake2b(slug.encode(), digest_size=8, person=b"tenancy-lock").digest()
     key = int.from_bytes(digest, "big") >> 1  # a positive bigint
-    if connection.vendor == "postgresql" and in_transaction and not connection.in_atomic_block:
-        function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-        with transaction.atomic(using=connection.alias):
-            with connection.cursor() as cursor:
-                cursor.execute(f"SELECT {function}(%s)", [key])
-                acquired = wait or bool(cursor.fetchone()[0])
-            yield acquired
-        return
     if connection.vendor == "postgresql":
         from tenancy.backends.postgresql import advisory_lock  # psycopg is optional
 

@@ -5,20 +5,25 @@ then given to the tenant; a failure leaves every tenant and database as it was."
 import builtins
 import io
 import json
+import socket
 import subprocess
 import tarfile
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import OperationalError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
+from django.db.backends.signals import connection_created
+from psycopg import sql
 
 from tenancy import backups as backups_module
 from tenancy import ledger, tenant_context
 from tenancy.backends import get_server
 from tenancy.backends.base import held_connections, held_wrappers
+from tenancy.backends.postgresql import MAINTENANCE_ALIAS, PostgreSQLServer
 from tenancy.backups import (
     BackupError,
     abort_restore,
@@ -737,20 +742,18 @@ def test_a_backup_holds_the_tenants_lock_until_it_ends(gamma, tmp_path, monkeypa
     locked = backups_module.backup_locked
 
     def backup_locked(tenant, path):
-        # The lock is taken in a transaction of the main database's connection.
-        seen.append((lock_is_free("gamma"), connections["default"].in_atomic_block))
+        seen.append(lock_is_free("gamma"))
         return locked(tenant, path)
 
     monkeypatch.setattr(backups_module, "backup_locked", backup_locked)
     backup_tenant(gamma, tmp_path / "first.tar")
-    assert seen == [(False, BACKEND == "postgresql")]
+    assert seen == [False]
     assert lock_is_free("gamma")
-    assert not connections["default"].in_atomic_block
     # Inside the caller's transaction, the lock still ends with the backup.
     with transaction.atomic():
         backup_tenant(gamma, tmp_path / "second.tar")
         assert lock_is_free("gamma")
-    assert seen[1] == (False, True)
+    assert seen == [False, False]
 
 
 def test_a_backup_reads_the_tenant_again_under_its_lock(gamma, beta, tmp_path):
@@ -789,3 +792,94 @@ def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(ga
         server.connect_ahead("test_tenancy_no_such_database")
         with pytest.raises(OperationalError, match="test_tenancy_no_such_database"):
             server.contents("test_tenancy_no_such_database")
+
+
+def ddl_would_wait(table):
+    """Whether a migration's ``ALTER TABLE`` of the main database's ``table`` would wait."""
+    settings = connections["default"].get_connection_params()
+    with psycopg.connect(**settings, autocommit=True) as raw:
+        try:
+            with raw.transaction():
+                raw.execute("SET LOCAL lock_timeout = '200ms'")
+                raw.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table))
+                )
+        except psycopg.errors.LockNotAvailable:
+            return True
+    return False
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="table locks are PostgreSQL's")
+def test_a_backup_keeps_no_lock_on_the_registrys_tables_while_it_dumps(
+    gamma, tmp_path, monkeypatch
+):
+    """A deploy's migration of the registry never waits for a tenant's dump (and every
+    request resolving a tenant behind it)."""
+    seen = []
+    dump = type(get_server("one")).dump
+
+    def dump_and_look(self, name, sink, meanwhile=None):
+        contents = dump(self, name, sink, meanwhile)
+        seen.append([ddl_would_wait(model._meta.db_table) for model in (Tenant, Domain)])
+        return contents
+
+    monkeypatch.setattr(type(get_server("one")), "dump", dump_and_look)
+    backup_tenant(gamma, tmp_path)
+    assert seen == [[False, False]]
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite opens no connections ahead")
+def test_a_connection_opened_ahead_is_set_up_as_any_other(db_access):
+    """Django's set-up of it (connection_created receivers, a role to take) runs in the
+    thread that uses it, and its failure is raised there."""
+    seen = []
+
+    def receiver(sender, connection, **kwargs):
+        if connection.alias == MAINTENANCE_ALIAS:
+            with connection.cursor() as cursor:  # the using thread's: allowed
+                cursor.execute("SET application_name = 'set up'")
+            seen.append(threading.current_thread() is threading.main_thread())
+
+    server = get_server("one")
+    connection_created.connect(receiver)
+    try:
+        with held_connections():
+            server.connect_ahead()
+            with server._cursor() as cursor:
+                cursor.execute("SHOW application_name")
+                assert cursor.fetchone()[0] == "set up"
+    finally:
+        connection_created.disconnect(receiver)
+    assert seen == [True]
+    unusable = PostgreSQLServer(
+        "one", {**server.template, "OPTIONS": {"assume_role": "tenancy_no_such_role"}}
+    )
+    with held_connections():
+        unusable.connect_ahead()
+        with pytest.raises(DatabaseError, match="tenancy_no_such_role"):
+            unusable.database_exists("postgres")
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite opens no connections ahead")
+def test_a_connection_opened_ahead_and_never_used_is_not_waited_for(gamma, settings, tmp_path):
+    """The server a tenant read before its lock was on (it moved since) accepts
+    connections and never answers: the backup, from where the tenant is now, does not
+    wait for it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing ever answers
+    old = {**settings.TENANCY["SERVERS"]["one"], "HOST": "127.0.0.1"}
+    old["PORT"] = str(silent.getsockname()[1])
+    settings.TENANCY = {**settings.TENANCY, "SERVERS": {**settings.TENANCY["SERVERS"], "old": old}}
+    stale = Tenant.objects.get(slug="gamma")
+    stale.server = "old"
+    done = []
+    thread = threading.Thread(target=lambda: done.append(backup_tenant(stale, tmp_path)))
+    try:
+        thread.start()
+        thread.join(timeout=60)  # without a connect timeout, waiting would be forever
+        assert done
+        assert read_manifest(done[0].path).server == "one"
+    finally:
+        silent.close()  # the connection attempt ends
+        thread.join()

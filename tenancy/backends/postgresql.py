@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import tempfile
@@ -150,7 +149,7 @@ class PostgreSQLServer(DatabaseServer):
         key = _held_key(alias, settings)
         wrapper = held.pop(key, None) if held is not None else None
         if isinstance(wrapper, _Connecting):
-            wrapper = wrapper.result()
+            wrapper = wrapper.adopted()
         if wrapper is not None and not _reusable(wrapper):
             wrapper.close()
             wrapper = None
@@ -184,9 +183,9 @@ class PostgreSQLServer(DatabaseServer):
         """Within ``held_connections()``: open the connection that ``_cursor`` with these
         arguments will use, in a thread of its own, while the caller goes on (takes a
         lock, waits for a program): its set-up, a few milliseconds, then costs no time of
-        its own. ``_cursor`` waits for it. A failure to connect is met again, and raised,
-        where the connection is used; one never used is closed with the block. Outside
-        such a block it does nothing."""
+        its own. ``_cursor`` waits for it. A failure is met again, and raised, where the
+        connection is used; one never used is closed, without waiting for it, with the
+        block. Outside such a block it does nothing."""
         held = held_wrappers()
         if held is None:
             return
@@ -793,26 +792,58 @@ def _held_key(alias: str, settings: dict[str, Any]) -> tuple[Any, ...]:
 
 class _Connecting(threading.Thread):
     """A connection of tenancy's own being opened in a thread of its own
-    (``connect_ahead``); ``result`` waits for it. The wrapper is made in the calling
-    thread, whose it stays: only its connecting happens here."""
+    (``connect_ahead``). Only the driver's connect runs there; Django's set-up of it (time
+    zone, role, ``connection_created``) runs in the wrapper's own thread, in ``adopted``,
+    as for any connection. One never adopted is not waited for: it is closed once open."""
 
     def __init__(self, wrapper: Any) -> None:
         super().__init__(name="tenancy-connect", daemon=True)
-        self.wrapper = wrapper
+        self.wrapper, self.parameters = wrapper, wrapper.get_connection_params()
+        self.raw: Any = None
+        self.abandoned = False
+        self.lock = threading.Lock()
         self.start()
 
     def run(self) -> None:
-        # A failure leaves the wrapper unconnected: not reusable, so the statements that
-        # were to use it connect again and meet the error themselves.
-        with contextlib.suppress(Exception):
-            self.wrapper.ensure_connection()
+        try:
+            raw = self.wrapper.get_new_connection(self.parameters)
+        except Exception:
+            return  # met again, and raised, where the connection is used
+        with self.lock:
+            if not self.abandoned:
+                self.raw = raw
+                return
+        raw.close()
 
-    def result(self) -> Any:
-        self.join()
-        return self.wrapper
+    def adopted(self) -> Any:
+        """The wrapper, connected through the connection opened ahead and set up here;
+        ``None`` when either failed (the caller connects again and meets the error)."""
+        try:
+            self.join()
+        except BaseException:
+            self.close()
+            raise
+        raw, self.raw = self.raw, None
+        if raw is None:
+            return None
+        wrapper = self.wrapper
+        wrapper.get_new_connection = lambda parameters: raw  # Django's connect() with it
+        try:
+            wrapper.ensure_connection()
+        except Exception:
+            wrapper.close()
+            raw.close()
+            return None
+        finally:
+            del wrapper.get_new_connection
+        return wrapper
 
     def close(self) -> None:
-        self.result().close()
+        with self.lock:
+            self.abandoned = True
+            raw, self.raw = self.raw, None
+        if raw is not None:
+            raw.close()
 
 
 def _unpooled_wrapper(settings_dict: dict[str, Any], alias: str) -> Any:
