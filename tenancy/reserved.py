@@ -167,7 +167,7 @@ def _claim(server: str, database_name: str, *, other_than: str) -> tuple[int, st
     from tenancy.models import TenantMove, get_tenant_model, registry_database
 
     tenants, moves = get_tenant_model()._meta, TenantMove._meta
-    if any(tenants.get_field(name).model is not tenants.model for name in _TENANT_COLUMNS):
+    if not _columns_in_own_table(tenants):
         # Fields of a parent model's table (multi-table inheritance): the ORM's queries.
         tenant = _registered(server, database_name, other_than=other_than).order_by("slug")
         found = tenant.values_list("slug", flat=True).first()
@@ -203,6 +203,12 @@ def _claim(server: str, database_name: str, *, other_than: str) -> tuple[int, st
         cursor.execute(query, params)
         row = cursor.fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _columns_in_own_table(tenants: Any) -> bool:
+    """Whether the tenant model's own table has the columns ``_claim`` reads (not a
+    parent's, as with multi-table inheritance)."""
+    return all(tenants.get_field(name).model is tenants.model for name in _TENANT_COLUMNS)
 
 
 def moving_to(server: str, database_name: str, *, other_than: str = "") -> str | None:

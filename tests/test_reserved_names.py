@@ -296,12 +296,20 @@ def test_database_name_patterns_with_a_fixed_part_are_accepted(settings, pattern
     assert "tenancy.E001" not in [message.id for message in check_settings()]
 
 
-def test_a_database_is_claimed_by_its_tenant_and_by_a_move_from_or_to_it(db_access, settings):
+@pytest.mark.parametrize("parent_table", [False, True], ids=["sql", "orm"])
+def test_a_database_is_claimed_by_its_tenant_and_by_a_move_from_or_to_it(
+    db_access, settings, monkeypatch, parent_table
+):
     """The one query behind every free-name check: a tenant's database on any entry of
     the same server, the source of a move, its named target, and a restore's target
-    under the source's name, each claim it; the tenant asking is left out."""
+    under the source's name, each claim it; the tenant asking is left out. Alike through
+    the ORM's queries, which a tenant model whose columns are a parent's gets."""
+    from tenancy import reserved
     from tenancy.models import MoveKind, MoveStep, TenantMove
     from tenancy.reserved import unavailable_reason
+
+    if parent_table:
+        monkeypatch.setattr(reserved, "_columns_in_own_table", lambda tenants: False)
 
     servers = settings.TENANCY["SERVERS"]
     settings.TENANCY = {**settings.TENANCY, "SERVERS": {**servers, "alias": servers["one"]}}
