@@ -719,10 +719,10 @@ def test_a_tenant_reactivated_from_its_backup_reads_from_the_primary_until_repla
     restore = PostgreSQLServer._restore_into
     paused = contextlib.ExitStack()
 
-    def restore_into(self, name, source):
+    def restore_into(self, name, source, *rest):
         caught_up()  # the replica has the new database, still empty
         paused.enter_context(replay_paused())
-        return restore(self, name, source)
+        return restore(self, name, source, *rest)
 
     with paused:
         with mock.patch.object(PostgreSQLServer, "_restore_into", restore_into):
