@@ -3,9 +3,12 @@ not at all; restored into a new database, checked against the manifest, migrated
 then given to the tenant; a failure leaves every tenant and database as it was."""
 
 import builtins
+import contextlib
+import hashlib
 import io
 import json
 import socket
+import sqlite3
 import subprocess
 import tarfile
 import threading
@@ -760,7 +763,7 @@ def test_a_backup_reads_the_tenant_again_under_its_lock(gamma, beta, tmp_path):
     """A tenant read before (the caller's), which says another tenant's database, is
     backed up from its own: the connection opened ahead for that database goes unused."""
     stale = Tenant.objects.get(slug="gamma")
-    stale.database_name = beta.database_name
+    stale.server, stale.database_name = beta.server, beta.database_name
     report = backup_tenant(stale, tmp_path)
     assert read_manifest(report.path).database_name == gamma.database_name
     copy = restore_tenant(report.path, as_slug="gamma-copy")
@@ -883,3 +886,69 @@ def test_a_connection_opened_ahead_and_never_used_is_not_waited_for(gamma, setti
     finally:
         silent.close()  # the connection attempt ends
         thread.join()
+
+
+class Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt or a SystemExit."""
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite opens no connections ahead")
+def test_an_interrupt_while_a_connection_opened_ahead_is_set_up_leaves_it_closed(db_access):
+    def receiver(sender, connection, **kwargs):
+        if connection.alias == MAINTENANCE_ALIAS:
+            raise Interrupted
+
+    server = get_server("one")
+    connection_created.connect(receiver)
+    try:
+        with held_connections():
+            server.connect_ahead()
+            (ahead,) = held_wrappers().values()
+            ahead.join()
+            raw = ahead.raw
+            with pytest.raises(Interrupted):
+                server.database_exists("postgres")
+            assert raw.closed
+    finally:
+        connection_created.disconnect(receiver)
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="DIRECT is PostgreSQL's")
+def test_the_direct_routes_check_keeps_no_connection_open(gamma):
+    """Asked once per dump or restore, it leaves nothing open for the rest of either."""
+    one = get_server("one")
+    address = {"HOST": one.template["HOST"], "PORT": one.template["PORT"]}
+    server = PostgreSQLServer("one", {**one.template, "DIRECT": address})
+    with held_connections():
+        server._check_direct_route(gamma.database_name)
+        assert held_wrappers() == {}
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="a SQLite file is edited here")
+def test_a_restored_database_that_cannot_be_read_is_one_clean_error(gamma, backup, tmp_path):
+    """A trusted backup from elsewhere whose migrations table is of another shape."""
+    path = Path(backup.path)
+    with tarfile.open(path) as archive:
+        members = {member.name: archive.extractfile(member).read() for member in archive}
+    work = tmp_path / "work.sqlite3"
+    work.write_bytes(members["database.sqlite3"])
+    with contextlib.closing(sqlite3.connect(work)) as database:
+        database.execute("ALTER TABLE django_migrations RENAME COLUMN app TO label")
+        database.commit()
+    data = members["database.sqlite3"] = work.read_bytes()
+    path.unlink()
+    with tarfile.open(path, "w") as archive:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    rewrite_manifest(
+        path,
+        lambda manifest: manifest.update(
+            dump_bytes=len(data), dump_sha256=hashlib.sha256(data).hexdigest()
+        ),
+        sign=False,
+    )
+    with pytest.raises(BackupError, match="cannot be read"):
+        restore_tenant(path, as_slug="gamma-copy", trust=True)
+    assert not Tenant.objects.filter(slug="gamma-copy").exists()

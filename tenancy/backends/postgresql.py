@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -113,7 +114,8 @@ class PostgreSQLServer(DatabaseServer):
             return
         problem = f"server {self.name!r}: its DIRECT address reaches another server than its "
         try:
-            with self._cursor(database_name, direct=True) as cursor:
+            # Asked once per dump or restore: nothing kept open for the rest of it.
+            with self._cursor(database_name, direct=True, keep=False) as cursor:
                 cursor.execute(_IDENTITY, [database_name])
                 direct = cursor.fetchone()
         except DatabaseError as exc:
@@ -121,7 +123,7 @@ class PostgreSQLServer(DatabaseServer):
                 f"{problem}HOST and PORT, or none ({' '.join(str(exc).split())[:200]}); "
                 f"correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             ) from exc
-        if direct is None or tuple(direct) != self._database_identity(database_name):
+        if direct is None or tuple(direct) != self._database_identity(database_name, keep=False):
             raise TenancyError(
                 f"{problem}HOST and PORT; correct TENANCY['SERVERS'][{self.name!r}]['DIRECT']"
             )
@@ -140,14 +142,18 @@ class PostgreSQLServer(DatabaseServer):
         alias: str = MAINTENANCE_ALIAS,
         *,
         direct: bool = False,
+        keep: bool = True,
     ) -> Iterator[Any]:
         """A cursor on a connection of tenancy's own to the maintenance database, or to
-        the server's database ``database_name`` (``direct``: not through a pooler)."""
+        the server's database ``database_name`` (``direct``: not through a pooler).
+        Within ``held_connections()`` the connection is kept for the block's later
+        statements, unless on a template or, with ``keep`` false, opened for these."""
         settings = self._cursor_settings(database_name, direct)
-        # Kept for the rest of a held_connections() block, unless on a template.
         held = held_wrappers() if settings.get("NAME") not in _TEMPLATE_DATABASES else None
         key = _held_key(alias, settings)
         wrapper = held.pop(key, None) if held is not None else None
+        if held is not None and wrapper is None and not keep:
+            held = None  # opened for these statements alone
         if isinstance(wrapper, _Connecting):
             wrapper = wrapper.adopted()
         if wrapper is not None and not _reusable(wrapper):
@@ -191,7 +197,10 @@ class PostgreSQLServer(DatabaseServer):
             return
         settings = self._cursor_settings(database_name, direct)
         key = _held_key(alias, settings)
-        if settings.get("NAME") not in _TEMPLATE_DATABASES and key not in held:
+        if settings.get("NAME") in _TEMPLATE_DATABASES or key in held:
+            return
+        # Never raises: whatever is wrong is met where the connection is used.
+        with contextlib.suppress(Exception):
             held[key] = _Connecting(_unpooled_wrapper(settings, alias))
 
     def database_exists(self, name: str) -> bool:
@@ -338,10 +347,12 @@ class PostgreSQLServer(DatabaseServer):
     def database_identity(self, database_name: str) -> tuple[Any, ...] | None:
         return self._database_identity(database_name)
 
-    def _database_identity(self, database_name: str) -> tuple[Any, ...] | None:
+    def _database_identity(
+        self, database_name: str, *, keep: bool = True
+    ) -> tuple[Any, ...] | None:
         """The database's oid and its cluster's start (``_IDENTITY``), on every server,
         where ``database_identity`` of a schema server tells a schema."""
-        with self._cursor() as cursor:
+        with self._cursor(keep=keep) as cursor:
             cursor.execute(_IDENTITY, [database_name])
             row = cursor.fetchone()
         return None if row is None else tuple(row)
@@ -666,7 +677,7 @@ def _applied_migrations(cursor: Any, schema: str | None = None) -> list[str]:
     if not cursor.fetchone()[0]:
         return []
     cursor.execute(f"SELECT app || '.' || name FROM {name} ORDER BY app, name")
-    return [found for (found,) in cursor.fetchall()]
+    return [found for (found,) in cursor.fetchall() if found is not None]  # NULLs: none
 
 
 # What tells one cluster from another: no two clusters on a port started at the same
@@ -830,9 +841,11 @@ class _Connecting(threading.Thread):
         wrapper.get_new_connection = lambda parameters: raw  # Django's connect() with it
         try:
             wrapper.ensure_connection()
-        except Exception:
+        except BaseException as exc:
             wrapper.close()
             raw.close()
+            if not isinstance(exc, Exception):
+                raise  # an interrupt: nothing left open
             return None
         finally:
             del wrapper.get_new_connection

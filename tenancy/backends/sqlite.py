@@ -293,12 +293,16 @@ def fingerprint_file(path: Path, *, checksums: bool = True) -> Fingerprint:
 
 def _file_contents(path: Path) -> DumpContents:
     """What the database file ``path``, which nothing writes to, holds."""
-    with contextlib.closing(
-        sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    ) as connection:
-        (version,) = connection.execute("SELECT sqlite_version()").fetchone()
-        migrations = _applied_migrations(connection)
-    return DumpContents(fingerprint_file(path, checksums=False), migrations, str(version))
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        ) as connection:
+            (version,) = connection.execute("SELECT sqlite_version()").fetchone()
+            migrations = _applied_migrations(connection)
+        fingerprint = fingerprint_file(path, checksums=False)
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        raise TenancyError(f"the database file {path.name} cannot be read: {exc}") from exc
+    return DumpContents(fingerprint, migrations, str(version))
 
 
 def _applied_migrations(connection: sqlite3.Connection) -> list[str]:
@@ -310,7 +314,7 @@ def _applied_migrations(connection: sqlite3.Connection) -> list[str]:
     found = connection.execute(
         "SELECT app || '.' || name FROM django_migrations ORDER BY app, name"
     )
-    return [name for (name,) in found]
+    return [name for (name,) in found if name is not None]  # a row with NULLs is none
 
 
 @contextlib.contextmanager
