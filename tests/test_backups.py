@@ -783,7 +783,7 @@ def test_a_restore_with_nothing_to_migrate_runs_no_migrator(gamma, backup, monke
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite opens no connections ahead")
-def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(gamma):
+def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(gamma, monkeypatch):
     server = get_server("one")
     with held_connections():
         server.connect_ahead(gamma.database_name)
@@ -791,10 +791,21 @@ def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(ga
         assert server.contents(gamma.database_name).migrations
         assert list(held_wrappers().values()) == [ahead.wrapper]  # the same, kept
     assert ahead.wrapper.connection is None  # closed with the block
+    # A connect that failed ahead is raised, not tried a second time (a login refused
+    # twice, a timeout waited out twice).
+    wrapper_class = type(ahead.wrapper)
+    connect, attempts = wrapper_class.get_new_connection, []
+
+    def counted(self, parameters):
+        attempts.append(parameters["dbname"])
+        return connect(self, parameters)
+
+    monkeypatch.setattr(wrapper_class, "get_new_connection", counted)
     with held_connections():
         server.connect_ahead("test_tenancy_no_such_database")
         with pytest.raises(OperationalError, match="test_tenancy_no_such_database"):
             server.contents("test_tenancy_no_such_database")
+    assert attempts == ["test_tenancy_no_such_database"]
 
 
 def ddl_would_wait(table):
@@ -877,7 +888,14 @@ def test_a_connection_opened_ahead_and_never_used_is_not_waited_for(gamma, setti
     stale = Tenant.objects.get(slug="gamma")
     stale.server = "old"
     done = []
-    thread = threading.Thread(target=lambda: done.append(backup_tenant(stale, tmp_path)))
+
+    def back_up():
+        try:
+            done.append(backup_tenant(stale, tmp_path))
+        finally:
+            connections.close_all()  # this thread's
+
+    thread = threading.Thread(target=back_up)
     try:
         thread.start()
         thread.join(timeout=60)  # without a connect timeout, waiting would be forever

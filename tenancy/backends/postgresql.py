@@ -811,6 +811,7 @@ class _Connecting(threading.Thread):
         super().__init__(name="tenancy-connect", daemon=True)
         self.wrapper, self.parameters = wrapper, wrapper.get_connection_params()
         self.raw: Any = None
+        self.failure: Exception | None = None
         self.abandoned = False
         self.lock = threading.Lock()
         self.start()
@@ -818,8 +819,9 @@ class _Connecting(threading.Thread):
     def run(self) -> None:
         try:
             raw = self.wrapper.get_new_connection(self.parameters)
-        except Exception:
-            return  # met again, and raised, where the connection is used
+        except Exception as exc:
+            self.failure = exc  # raised where the connection is used
+            return
         with self.lock:
             if not self.abandoned:
                 self.raw = raw
@@ -828,13 +830,17 @@ class _Connecting(threading.Thread):
 
     def adopted(self) -> Any:
         """The wrapper, connected through the connection opened ahead and set up here;
-        ``None`` when either failed (the caller connects again and meets the error)."""
+        ``None`` when the set-up failed (the caller connects again and meets the error).
+        A failed connect is raised, as Django's error: it is not tried twice."""
         try:
             self.join()
         except BaseException:
             self.close()
             raise
         raw, self.raw = self.raw, None
+        if self.failure is not None:
+            with self.wrapper.wrap_database_errors:
+                raise self.failure
         if raw is None:
             return None
         wrapper = self.wrapper
