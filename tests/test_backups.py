@@ -25,6 +25,7 @@ from psycopg import sql
 from tenancy import backups as backups_module
 from tenancy import ledger, tenant_context
 from tenancy.backends import get_server
+from tenancy.backends import postgresql as postgresql_backend
 from tenancy.backends.base import held_connections, held_wrappers
 from tenancy.backends.postgresql import MAINTENANCE_ALIAS, PostgreSQLServer
 from tenancy.backups import (
@@ -806,6 +807,17 @@ def test_a_connection_opened_ahead_is_the_one_used_and_a_failure_is_met_there(ga
         with pytest.raises(OperationalError, match="test_tenancy_no_such_database"):
             server.contents("test_tenancy_no_such_database")
     assert attempts == ["test_tenancy_no_such_database"]
+    # One that failed long before its use (a wait for a lock meanwhile) is tried again.
+    monkeypatch.setattr(postgresql_backend, "FRESH_FAILURE", 0.0)
+    with held_connections():
+        server.connect_ahead("test_tenancy_made_meanwhile")
+        held_wrappers()[next(iter(held_wrappers()))].join()
+        server.create_database("test_tenancy_made_meanwhile")
+        try:
+            assert server.contents("test_tenancy_made_meanwhile").migrations == []
+        finally:
+            server.drop_database("test_tenancy_made_meanwhile")
+    assert attempts.count("test_tenancy_made_meanwhile") == 2
 
 
 def ddl_would_wait(table):

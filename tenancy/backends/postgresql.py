@@ -52,6 +52,9 @@ RESTORE_OPTIONS = ("--no-owner", "--no-acl", "--exit-on-error", "--single-transa
 # Advisory lock key in the maintenance database, around work on the template.
 TEMPLATE_LOCK_KEY = int.from_bytes(b"tenancyT", "big") >> 1
 
+# How long a connect that failed ahead of its use stays the answer (``_Connecting``).
+FRESH_FAILURE = 1.0
+
 # How long sessions ended for a move may take to exit (a busy server is slow to).
 SESSIONS_END_TIMEOUT = 15.0
 
@@ -812,6 +815,7 @@ class _Connecting(threading.Thread):
         self.wrapper, self.parameters = wrapper, wrapper.get_connection_params()
         self.raw: Any = None
         self.failure: Exception | None = None
+        self.failed_at = 0.0
         self.abandoned = False
         self.lock = threading.Lock()
         self.start()
@@ -820,7 +824,7 @@ class _Connecting(threading.Thread):
         try:
             raw = self.wrapper.get_new_connection(self.parameters)
         except Exception as exc:
-            self.failure = exc  # raised where the connection is used
+            self.failure, self.failed_at = exc, time.monotonic()
             return
         with self.lock:
             if not self.abandoned:
@@ -831,14 +835,16 @@ class _Connecting(threading.Thread):
     def adopted(self) -> Any:
         """The wrapper, connected through the connection opened ahead and set up here;
         ``None`` when the set-up failed (the caller connects again and meets the error).
-        A failed connect is raised, as Django's error: it is not tried twice."""
+        A connect that failed just now is raised, as Django's error, rather than tried
+        twice (a login refused twice, a timeout waited out twice); one that failed
+        longer ago (the caller waited for a lock meanwhile) is tried again."""
         try:
             self.join()
         except BaseException:
             self.close()
             raise
         raw, self.raw = self.raw, None
-        if self.failure is not None:
+        if self.failure is not None and time.monotonic() - self.failed_at < FRESH_FAILURE:
             with self.wrapper.wrap_database_errors:
                 raise self.failure
         if raw is None:
