@@ -52,22 +52,47 @@ def databases(server="one"):
     return set(get_server(server).list_databases())
 
 
-def rewrite_manifest(path, change, *, sign=True):
-    """The backup at ``path`` with its manifest changed by ``change`` (the dump as it was),
-    signed again with the project's key (``sign``) as a backup of this project would be."""
+def read_members(path):
+    """The members of the backup at ``path``: name -> bytes, in their order."""
     with tarfile.open(path) as archive:
-        members = {member.name: archive.extractfile(member).read() for member in archive}
-    manifest = json.loads(members["manifest.json"])
-    change(manifest)
-    members["manifest.json"] = json.dumps(manifest).encode()
-    if sign:
-        members["manifest.sig"] = backups_module._sign(members["manifest.json"])
+        return {member.name: archive.extractfile(member).read() for member in archive}
+
+
+def write_members(path, members):
+    """The backup at ``path`` written anew with ``members`` (``read_members``')."""
     path.unlink()
     with tarfile.open(path, "w") as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+
+
+def rewrite_manifest(path, change, *, sign=True):
+    """The backup at ``path`` with its manifest changed by ``change`` (the dump as it was),
+    signed again with the project's key (``sign``) as a backup of this project would be."""
+    members = read_members(path)
+    manifest = json.loads(members["manifest.json"])
+    change(manifest)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    if sign:
+        members["manifest.sig"] = backups_module._sign(members["manifest.json"])
+    write_members(path, members)
+
+
+def replace_dump(path, data):
+    """The backup at ``path`` holding the dump ``data`` instead, its manifest saying so,
+    unsigned: a backup from elsewhere, restored only when trusted."""
+    members = read_members(path)
+    members[next(name for name in members if name.startswith("database."))] = data
+    write_members(path, members)
+    rewrite_manifest(
+        path,
+        lambda manifest: manifest.update(
+            dump_bytes=len(data), dump_sha256=hashlib.sha256(data).hexdigest()
+        ),
+        sign=False,
+    )
 
 
 def damaged_copy(path, target):
@@ -548,8 +573,6 @@ def test_a_backup_written_to_while_it_is_restored_is_undone(gamma, backup, tmp_p
 def test_a_trusted_dump_written_by_pg_dump_to_a_file_is_restored(gamma, backup, tmp_path):
     """A dump written by ``pg_dump --file`` names the positions of its blocks from its own
     start; inside a backup file it is read from a copy of its own."""
-    import hashlib
-
     from tenancy.backends.client_programs import client_program
 
     dump = tmp_path / "file.dump"
@@ -559,22 +582,8 @@ def test_a_trusted_dump_written_by_pg_dump_to_a_file_is_restored(gamma, backup, 
             env=environment,
             check=True,
         )
-    data, path = dump.read_bytes(), Path(backup.path)
-    with tarfile.open(path) as archive:
-        members = {member.name: archive.extractfile(member).read() for member in archive}
-    name = next(name for name in members if name.startswith("database."))
-    members[name] = data
-    with tarfile.open(path, "w") as archive:
-        for member, content in members.items():
-            info = tarfile.TarInfo(member)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    digest = hashlib.sha256(data).hexdigest()
-    rewrite_manifest(
-        path,
-        lambda manifest: manifest.update(dump_bytes=len(data), dump_sha256=digest),
-        sign=False,
-    )
+    path = Path(backup.path)
+    replace_dump(path, dump.read_bytes())
     restore_tenant(path, as_slug="gamma-copy", trust=True)
     assert texts(Tenant.objects.get(slug="gamma-copy")) == texts(gamma)
 
@@ -958,27 +967,12 @@ def test_the_direct_routes_check_keeps_no_connection_open(gamma):
 def test_a_restored_database_that_cannot_be_read_is_one_clean_error(gamma, backup, tmp_path):
     """A trusted backup from elsewhere whose migrations table is of another shape."""
     path = Path(backup.path)
-    with tarfile.open(path) as archive:
-        members = {member.name: archive.extractfile(member).read() for member in archive}
     work = tmp_path / "work.sqlite3"
-    work.write_bytes(members["database.sqlite3"])
+    work.write_bytes(read_members(path)["database.sqlite3"])
     with contextlib.closing(sqlite3.connect(work)) as database:
         database.execute("ALTER TABLE django_migrations RENAME COLUMN app TO label")
         database.commit()
-    data = members["database.sqlite3"] = work.read_bytes()
-    path.unlink()
-    with tarfile.open(path, "w") as archive:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            archive.addfile(info, io.BytesIO(content))
-    rewrite_manifest(
-        path,
-        lambda manifest: manifest.update(
-            dump_bytes=len(data), dump_sha256=hashlib.sha256(data).hexdigest()
-        ),
-        sign=False,
-    )
+    replace_dump(path, work.read_bytes())
     with pytest.raises(BackupError, match="cannot be read"):
         restore_tenant(path, as_slug="gamma-copy", trust=True)
     assert not Tenant.objects.filter(slug="gamma-copy").exists()
