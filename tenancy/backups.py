@@ -731,11 +731,18 @@ def _prepare_restore(server: str | None, manifest: Manifest) -> None:
     """Start opening what a restore to the server it most likely goes to asks first. A
     guess, which the tenant read under its lock may prove wrong: the connection then goes
     unused."""
-    name = server or manifest.server
-    if name not in tenancy_settings.SERVERS:
-        name = tenancy_settings.DEFAULT_SERVER
     with contextlib.suppress(Exception):  # what is wrong is met, and said, where it is used
-        get_server(name).prepare_restore()
+        get_server(_new_tenants_server(server, manifest)).prepare_restore()
+
+
+def _new_tenants_server(server: str | None, manifest: Manifest) -> str:
+    """The server a restore records a new tenant on: ``server`` if given, else the
+    backup's if this project has it, else the default one."""
+    if server:
+        return server
+    if manifest.server in tenancy_settings.SERVERS:
+        return manifest.server
+    return tenancy_settings.DEFAULT_SERVER
 
 
 def restore_locked(tenant: AbstractTenant, path: str | Path) -> RestoreReport:
@@ -845,11 +852,7 @@ def _restore_new(
         if database.database_exists(tenant.database_name):
             database.drop_database(tenant.database_name)
     else:
-        server_name = server or (
-            manifest.server
-            if manifest.server in tenancy_settings.SERVERS
-            else tenancy_settings.DEFAULT_SERVER
-        )
+        server_name = _new_tenants_server(server, manifest)
         _refuse_target(slug, server_name, manifest)
         tenant = get_tenant_model()(
             slug=slug,
@@ -1005,7 +1008,7 @@ def _restore_database(
         report.tables = len(manifest.tables)
         report.rows = sum(manifest.tables.values())
     with timed_step(report.steps, "migrated"):
-        applied = {_migration_key(key) for key in restored.migrations}
+        applied = {ledger.migration_key(key) for key in restored.migrations}
         if not migration_state().pending(applied):
             return frozenset(applied)  # read with the rows: no migrator, no connection
         stand_in = RestoredDatabase(f"_restore.{slug}", server.name, name)
@@ -1020,12 +1023,6 @@ def _restore_database(
             )
         report.migrations_applied = result.applied
     return result.applied_set
-
-
-def _migration_key(text: str) -> tuple[str, str]:
-    """``(app, name)`` of a migration written ``app.name`` (no app label has a dot)."""
-    app, _, name = text.partition(".")
-    return app, name
 
 
 def _refuse_target(slug: str, server_name: str, manifest: Manifest) -> None:

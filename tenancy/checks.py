@@ -91,12 +91,11 @@ def _check_main_database() -> list[checks.CheckMessage]:
         server = SchemaServer(name, template)
         if not server.holds_main_database:
             continue
-        if template.get("TRANSACTION_POOLING"):
+        refusal = server.shared_database_refusal()  # behind a pooler in transaction mode
+        if refusal is not None:
             errors.append(
                 checks.Error(
-                    f"TENANCY['SERVERS'][{name!r}] keeps its tenants in the main database "
-                    "behind a pooler in transaction mode, where a tenant's temporary table "
-                    "would stay on a server connection the project's statements get next.",
+                    refusal,
                     hint="Give the server's tenant schemas a database of their own, or reach "
                     "the main database without a pooler in transaction mode.",
                     id="tenancy.E012",

@@ -57,6 +57,14 @@ logger = logging.getLogger("tenancy.ledger")
 
 MigrationKey = tuple[str, str]
 
+
+def migration_key(text: str) -> MigrationKey:
+    """``(app, name)`` of a migration written ``app.name`` (no app label has a dot), as
+    the ledger's migration sets and backups' manifests write them."""
+    app, _, name = text.partition(".")
+    return app, name
+
+
 CURRENT = "current"
 BEHIND = "behind"
 FAILED = "failed"
@@ -353,7 +361,7 @@ def _pending_of(state: Any, fingerprint: str, migrations: str | None) -> list[st
                 .values_list("migrations", flat=True)
                 .get(pk=fingerprint)
             )
-        applied = {tuple(name.split(".", 1)) for name in json.loads(migrations)}
+        applied = {migration_key(name) for name in json.loads(migrations)}
         found = [f"{app}.{name}" for app, name in state.pending(applied)]
         cache[fingerprint] = found
     return found
